@@ -1,0 +1,78 @@
+"""Name -> builder registry for every model of the paper (spec §6).
+
+A model is added with one decorated function::
+
+    @register_model("lenet5", input_shape=(1, 28, 28), default_num_classes=10, is_conv=True)
+    def lenet5(num_classes: int) -> nn.Module: ...
+
+Builders take ``num_classes`` as a required keyword plus any model-specific keywords;
+:func:`build_model` fills ``num_classes`` from the model's :class:`ModelInfo` when omitted.
+Every model returns logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the trainer needs to know about a model before building it.
+
+    input_shape: per-sample input shape the model is built for by default,
+        ``(C, H, W)`` for images or ``(features,)`` for tabular data.
+    default_num_classes: output width used when ``build_model`` gets no ``num_classes``
+        (1 for a binary model that returns a single logit).
+    is_conv: the model has convolutions, so it benefits from ``torch.channels_last``.
+    """
+
+    input_shape: tuple[int, ...]
+    default_num_classes: int
+    is_conv: bool
+
+
+MODELS: dict[str, Builder] = {}
+_INFO: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str, *, input_shape: tuple[int, ...], default_num_classes: int, is_conv: bool
+) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` under ``name`` together with its :class:`ModelInfo`."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = builder
+        _INFO[name] = ModelInfo(tuple(input_shape), default_num_classes, is_conv)
+        return builder
+
+    return decorator
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"model: unknown name {name!r}; valid names: {', '.join(sorted(MODELS))}")
+
+
+def model_info(name: str) -> ModelInfo:
+    """Metadata of the registered model ``name``; ``ValueError`` for an unknown name."""
+    _check_name(name)
+    return _INFO[name]
+
+
+def build_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with freshly initialised weights.
+
+    ``num_classes`` defaults to the model's ``default_num_classes``; ``kwargs`` go to the
+    builder unchanged (an unexpected keyword raises ``TypeError``).
+    """
+    _check_name(name)
+    if num_classes is None:
+        num_classes = _INFO[name].default_num_classes
+    return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,184 @@
+"""Pruning criteria: a registry of small score functions of (weights W, gradient G, mask M).
+
+Each criterion returns a score per entry and declares which end of the ranking is removed.
+Only *active* entries (M = 1) are ever ranked in the default (clean) mode, so the scores
+need no masking and no offsets; the exact-count selection lives in `selection.py`.
+
+With ``compat=True`` a criterion returns the reference implementation's score tensor exactly
+(its epsilons, its +1 offsets, masking by M, and the scores it gives inactive entries), which
+`functional.prune` then ranks with the reference's sort-based rule. ``scope="global"``
+selects the reference's global-pruning variants, whose epsilons differ (PAPER_SPEC §2.6).
+
+Adding a criterion is one function plus its `@register_criterion(...)` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# Which entries a criterion removes.
+LOWEST = "lowest"  # the q lowest scores
+HIGHEST = "highest"  # the q highest scores
+BOTH_ENDS = "both_ends"  # half from each end of the ranking
+SIGN_SPLIT = "sign_split"  # SET: smallest positives and negatives closest to zero
+SIGN_SPLIT_LEGACY = "sign_split_legacy"  # the reference's SET (PAPER_SPEC §2.2a)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    score: Callable[..., Tensor]
+    remove: str
+    needs_grad: bool
+    # Running criteria average `sample(W, G, M)` over the steps between updates.
+    sample: Callable[..., Tensor] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.sample is not None
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, *, remove: str = LOWEST, needs_grad: bool, sample=None):
+    def wrap(fn):
+        CRITERIA[name] = Criterion(name, fn, remove, needs_grad, sample)
+        return fn
+
+    return wrap
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in CRITERIA:
+        raise ValueError(f"criterion: unknown name {name!r}; choose one of {sorted(CRITERIA)}")
+    return CRITERIA[name]
+
+
+def _abs_w_abs_g(w: Tensor, g: Tensor, m: Tensor) -> Tensor:
+    return w.abs() * g.abs()
+
+
+def _abs_w(w: Tensor, g: Tensor | None, m: Tensor) -> Tensor:
+    return w.abs()
+
+
+@register_criterion("magnitude", needs_grad=False)
+def magnitude(w, g, m, *, compat=False, **_):
+    """S = |W|; remove the lowest. (Unmasked in the reference too: inactive W is 0.)"""
+    return w.abs()
+
+
+@register_criterion("set", remove=SIGN_SPLIT, needs_grad=False)
+def set_(w, g, m, **_):
+    """SET: remove the ceil(q/2) smallest non-negative weights and the floor(q/2) negative
+    weights closest to zero (a shortfall on one side is taken from the other), so exactly q
+    go. With compat=True, `prune` applies the reference's rule instead (= `set_legacy`)."""
+    return w
+
+
+@register_criterion("set_legacy", remove=SIGN_SPLIT_LEGACY, needs_grad=False)
+def set_legacy(w, g, m, **_):
+    """The reference's SET (PAPER_SPEC §2.2a): thresholds tau+ = h-th smallest positive and
+    tau- = h-th *most negative* value, h = min(ceil(q/2), side size); keeps W > tau+ and
+    W < tau-. It therefore removes all but h-1 negative weights whatever the rate."""
+    return w
+
+
+@register_criterion("mest", needs_grad=True)
+def mest(w, g, m, *, gamma=1.0, compat=False, **_):
+    """MEST: S = |W| + gamma * |G|; remove the lowest."""
+    s = w.abs() + gamma * g.abs()
+    return s * m if compat else s
+
+
+@register_criterion("snip", needs_grad=True)
+def snip(w, g, m, *, compat=False, scope="layer", **_):
+    """SNIP: S = |W * G|; remove the lowest. Reference: (S + 1e-5) * M layer-wise,
+    (S + 1e-8) * M globally."""
+    s = (w * g).abs()
+    if compat:
+        s = (s + (1e-5 if scope == "layer" else 1e-8)) * m
+    return s
+
+
+@register_criterion("sensitivity", needs_grad=True)
+def sensitivity(w, g, m, *, compat=False, scope="layer", **_):
+    """Sensitivity: S = |G| / (|W| + 1e-8); remove the lowest. Reference: (S + 1) * M
+    layer-wise; globally S unmasked (so inactive entries score |G|*1e8 and are switched on)."""
+    s = g.abs() / (w.abs() + 1e-8)
+    if compat and scope == "layer":
+        s = (s + 1) * m
+    return s
+
+
+@register_criterion("reciprocal_sensitivity", needs_grad=True)
+def reciprocal_sensitivity(w, g, m, *, compat=False, scope="layer", **_):
+    """Reciprocal sensitivity: S = |W| / (|G| + 1e-8); remove the lowest. Reference:
+    (S + 1) * M layer-wise; S unmasked and without the +1 globally."""
+    s = w.abs() / (g.abs() + 1e-8)
+    if compat and scope == "layer":
+        s = (s + 1) * m
+    return s
+
+
+@register_criterion("random", needs_grad=False)
+def random(w, g, m, *, generator=None, compat=False, **_):
+    """Random: S ~ U(0, 1) i.i.d.; removing the lowest q removes q uniformly drawn active
+    weights. Reference: (randperm(n) + 1) * M (a random rank, inactive entries 0)."""
+    if compat:
+        perm = torch.randperm(w.numel(), generator=generator, device=w.device)
+        return (perm.view(w.shape).to(w.dtype) + 1) * m
+    return torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+
+
+@register_criterion("grad_step", needs_grad=True)
+def grad_step(w, g, m, *, gamma=1.0, compat=False, scope="layer", **_):
+    """Gradient step: S = |W - gamma * G| (the magnitude after a step of size gamma); remove
+    the lowest. The reference ignores gamma (uses 1) layer-wise and masks S by M."""
+    if compat:
+        s = (w - (gamma if scope == "global" else 1.0) * g).abs()
+        return s * m
+    return (w - gamma * g).abs()
+
+
+@register_criterion("taylor_fo", needs_grad=True)
+def taylor_fo(w, g, m, *, compat=False, **_):
+    """First-order Taylor: S = (W * G)^2; remove the lowest."""
+    s = (w * g) ** 2
+    return s * m if compat else s
+
+
+@register_criterion("running_magnitude", needs_grad=False, sample=_abs_w)
+def running_magnitude(w, g, m, *, running=None, compat=False, **_):
+    """Running magnitude: S = EMA_beta of |W| over the steps since the last update
+    (S <- beta*S + (1-beta)*|W|, started at the first sample); remove the lowest."""
+    s = w.abs() if running is None else running
+    return s * m if compat else s
+
+
+@register_criterion("running_snip", needs_grad=True, sample=_abs_w_abs_g)
+def running_snip(w, g, m, *, running=None, compat=False, **_):
+    """Running SNIP: S = EMA_beta of |W| * |G| over the steps since the last update;
+    remove the lowest."""
+    s = _abs_w_abs_g(w, g, m) if running is None else running
+    return s * m if compat else s
+
+
+@register_criterion("snip_plus", remove=HIGHEST, needs_grad=True)
+def snip_plus(w, g, m, **_):
+    """SNIP+: S = W * G (signed; a positive value means a gradient step shrinks |W|);
+    remove the highest."""
+    return w * g
+
+
+@register_criterion("snip_half", remove=BOTH_ENDS, needs_grad=True)
+def snip_half(w, g, m, *, compat=False, **_):
+    """SNIP-half: S = |W * G|; remove ceil(q/2) lowest and floor(q/2) highest. The reference
+    removes floor(q/2) from each end (and the whole layer when floor(q/2) = 0)."""
+    s = (w * g).abs()
+    return s * m if compat else s

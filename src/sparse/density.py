@@ -1,0 +1,78 @@
+"""Initial per-layer densities (ERK, ER, uniform) and mask sampling.
+
+ERK (Evci et al. 2020) gives layer l the raw density pi_l = (sum(shape) / prod(shape))^p and
+one global factor eps chosen so that sum_l d_l * n_l = d * sum_l n_l; layers whose density
+would exceed 1 are made dense and eps is re-solved (PAPER_SPEC §4.2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+INITS = ("erk", "er", "uniform")
+
+
+def layer_densities(
+    shapes: Sequence[Sequence[int]],
+    density: float,
+    method: str = "erk",
+    *,
+    power_scale: float = 1.0,
+    compat: bool = False,
+) -> list[float]:
+    """Per-layer densities whose parameter-weighted mean is ``density``.
+
+    ``erk`` uses every dim (kernel dims included); ``er`` only the first two (out, in), the
+    Erdős–Rényi rule of SET; the reference treats ``er`` as an alias of ``erk``
+    (``compat=True`` does the same). ``uniform`` gives every layer ``density``.
+    """
+    if method not in INITS:
+        raise ValueError(f"init: unknown {method!r}; choose one of {list(INITS)}")
+    if not 0 < density <= 1:
+        raise ValueError(f"density: must be in (0, 1], got {density}")
+    if method == "uniform" or density == 1:
+        return [float(density)] * len(shapes)
+    numels = [math.prod(s) for s in shapes]
+    dims = [s if (method == "erk" or compat) else s[:2] for s in shapes]
+    raw = [(sum(d) / math.prod(d)) ** power_scale for d in dims]
+    dense: set[int] = set()
+    while True:
+        budget = sum(density * n for i, n in enumerate(numels) if i not in dense) - sum(
+            (1 - density) * n for i, n in enumerate(numels) if i in dense
+        )
+        weight = sum(raw[i] * n for i, n in enumerate(numels) if i not in dense)
+        eps = budget / weight
+        largest = max(raw[i] for i in range(len(raw)) if i not in dense)
+        if eps * largest <= 1:
+            break
+        dense |= {i for i in range(len(raw)) if i not in dense and raw[i] == largest}
+        if len(dense) == len(raw):  # density so high that every layer is dense
+            break
+    return [1.0 if i in dense else eps * raw[i] for i in range(len(raw))]
+
+
+def sample_mask(
+    shape: Sequence[int],
+    density: float,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    exact: bool = True,
+) -> torch.Tensor:
+    """Boolean mask with density ``density``.
+
+    ``exact``: exactly round(density * n) positions, uniformly at random. Otherwise each
+    position independently with probability ``density`` (the reference's Bernoulli draw).
+    """
+    n = math.prod(shape)
+    noise = torch.rand(n, generator=generator, device=device)
+    if not exact:
+        return (noise < density).view(*shape)
+    k = round(density * n)
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    if k > 0:
+        mask[noise.topk(k).indices] = True
+    return mask.view(*shape)

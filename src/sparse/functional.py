@@ -1,0 +1,241 @@
+"""One-layer prune / grow, usable on their own and used by the `Sparsifier`.
+
+    new_mask = prune("snip", W, G, M, rate=0.3)        # exactly ceil(0.3 * M.sum()) fewer
+    new_mask = grow("gradient", W, G, new_mask, count=n_removed, exclude=M & ~new_mask)
+
+Masks are boolean tensors of the weight's shape; nothing is modified in place.
+``compat=True`` selects the reference implementation's exact behaviour: its scores (epsilons,
+offsets, masking), its sort-based removal of the k = z + q lowest entries of the whole tensor
+(which can remove more than q active weights when they tie with inactive ones; ties are
+ordered by index here, where the reference's unstable sort leaves them arbitrary), its SET,
+and Bernoulli random growth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .criteria import (
+    BOTH_ENDS,
+    HIGHEST,
+    LOWEST,
+    SIGN_SPLIT,
+    SIGN_SPLIT_LEGACY,
+    get_criterion,
+)
+from .growth import get_growth
+from .selection import select_highest, select_lowest
+
+NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
+NORM_REDUCTIONS = ("sum", "max")
+RESCALES = ("none", "dim0", "dim1", "total_norm")
+
+
+def prune_count(rate: float, active: int) -> int:
+    """q = ceil(rate * active): how many active weights an update removes."""
+    return math.ceil(rate * active)
+
+
+def prune(
+    criterion: str,
+    weight: Tensor,
+    grad: Tensor | None,
+    mask: Tensor,
+    rate: float,
+    *,
+    compat: bool = False,
+    count: int | None = None,
+    normalization: str = "none",
+    norm_reduction: str = "sum",
+    **options,
+) -> Tensor:
+    """Return the mask after removing ceil(rate * active) active weights of one layer.
+
+    ``count`` overrides the number removed. ``options`` go to the criterion (``gamma``,
+    ``generator`` for random, ``running`` for running criteria, ``scope``).
+    """
+    crit = get_criterion(criterion)
+    if crit.needs_grad and grad is None:
+        raise ValueError(f"criterion {criterion!r} needs the weight's gradient; got grad=None")
+    mask = mask.to(torch.bool)
+    q = prune_count(rate, int(mask.sum())) if count is None else count
+    score = crit.score(weight.detach(), None if grad is None else grad.detach(), mask,
+                       compat=compat, **options)
+    kind = SIGN_SPLIT_LEGACY if (compat and crit.remove == SIGN_SPLIT) else crit.remove
+    if kind in (SIGN_SPLIT, SIGN_SPLIT_LEGACY):
+        if normalization != "none":
+            raise ValueError(f"normalization: SET ranks signed weights; only 'none' is allowed, got {normalization!r}")
+        return _set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else _set(weight, mask, q)
+    score = normalize_scores(score, mask, normalization, norm_reduction, compat=compat)
+    if compat:
+        return _reference_removal(crit.name, kind, score, weight, mask, q)
+    if kind == LOWEST:
+        return mask & ~select_lowest(score, mask, q)
+    if kind == HIGHEST:
+        return mask & ~select_highest(score, mask, q)
+    if kind == BOTH_ENDS:
+        low = select_lowest(score, mask, math.ceil(q / 2))
+        high = select_highest(score, mask & ~low, q // 2)
+        return mask & ~(low | high)
+    raise AssertionError(kind)
+
+
+def grow(
+    rule: str,
+    weight: Tensor,
+    grad: Tensor | None,
+    mask: Tensor,
+    count: int,
+    *,
+    momentum: Tensor | None = None,
+    exclude: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    compat: bool = False,
+) -> Tensor:
+    """Return ``mask`` with ``count`` inactive positions switched on by the growth ``rule``.
+
+    Positions in ``exclude`` (typically those pruned in this update) are grown only when the
+    other candidates run out, so the count stays exact. With ``compat=True``, ``random``
+    growth is the reference's Bernoulli draw (the count is right only in expectation).
+    """
+    gr = get_growth("random_bernoulli" if (compat and rule == "random") else rule)
+    if gr.needs_grad and grad is None:
+        raise ValueError(f"growth {rule!r} needs the weight's gradient; got grad=None")
+    if gr.needs_momentum and momentum is None:
+        raise ValueError(f"growth {rule!r} needs optimizer momentum; none is available yet")
+    mask = mask.to(torch.bool)
+    candidates = ~mask
+    if count <= 0:
+        return mask.clone()
+    score = gr.score(weight, grad, momentum, generator=generator)
+    if gr.bernoulli:
+        p = count / max(int(candidates.sum()), 1)
+        return mask | (candidates & (score < p))
+    if exclude is None or not exclude.any():
+        return mask | select_highest(score, candidates, count)
+    preferred = candidates & ~exclude
+    chosen = select_highest(score, preferred, count)
+    shortfall = count - int(chosen.sum())
+    if shortfall > 0:
+        chosen |= select_highest(score, candidates & ~chosen, shortfall)
+    return mask | chosen
+
+
+def normalize_scores(
+    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, compat: bool = False
+) -> Tensor:
+    """Divide scores by their sum or max over the layer, or per input / output row or channel.
+
+    ``input``: over dim 1 (each output neuron's incoming scores; 2-D only); ``output``: over
+    dim 0 (2-D only); ``channel``: over all but dim 0 (per output filter; falls back to
+    ``layer`` for tensors that are not 4-D). Only active entries count towards the divisor;
+    a zero divisor leaves the scores unchanged (the reference divides by it).
+    """
+    if normalization == "none":
+        return score
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization: unknown {normalization!r}; choose one of {list(NORMALIZATIONS)}")
+    if reduction not in NORM_REDUCTIONS:
+        raise ValueError(f"norm_reduction: unknown {reduction!r}; choose one of {list(NORM_REDUCTIONS)}")
+    if normalization in ("input", "output") and score.dim() != 2:
+        raise ValueError(f"normalization {normalization!r} needs a 2-D (linear) weight, got shape {tuple(score.shape)}")
+    active = score * mask
+    if normalization == "channel" and score.dim() == 4:
+        dims = (1, 2, 3)
+    elif normalization == "input":
+        dims = (1,)
+    elif normalization == "output":
+        dims = (0,)
+    else:
+        dims = tuple(range(score.dim()))
+    if reduction == "sum":
+        divisor = active.sum(dim=dims, keepdim=True)
+    else:
+        divisor = active.amax(dim=dims, keepdim=True)
+    if compat:
+        return score / divisor
+    return score / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+
+
+@torch.no_grad()
+def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, compat: bool = False) -> None:
+    """Scale ``weight`` in place by rho = ||W * M_old|| / ||W * M_new|| after pruning.
+
+    ``dim0``/``dim1`` reduce the L2 norms over that dim (per input column / output row of a
+    linear weight), ``total_norm`` over the whole tensor. Where the new norm is 0 (a whole
+    row pruned) rho is 1; the reference instead maps 0/0 to 0 and x/0 to the float maximum.
+    """
+    if mode == "none":
+        return
+    if mode not in RESCALES:
+        raise ValueError(f"rescale: unknown {mode!r}; choose one of {list(RESCALES)}")
+    dims = {"dim0": (0,), "dim1": (1,), "total_norm": tuple(range(weight.dim()))}[mode]
+    old = (weight * old_mask).norm(dim=dims, keepdim=True)
+    new = (weight * new_mask).norm(dim=dims, keepdim=True)
+    if compat:
+        rho = torch.nan_to_num(old / new, nan=0.0)
+    else:
+        rho = torch.where(new == 0, torch.ones_like(new), old / new)
+    weight.mul_(rho)
+
+
+def _set(weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """Correct SET: ceil(q/2) smallest non-negative, floor(q/2) negatives closest to zero."""
+    pos = mask & (weight >= 0)
+    neg = mask & (weight < 0)
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    q_pos = min(math.ceil(q / 2), n_pos)
+    q_neg = min(q - q_pos, n_neg)
+    q_pos = min(q - q_neg, n_pos)  # a shortfall of negatives is taken from the positives
+    removed = select_lowest(weight, pos, q_pos) | select_highest(weight, neg, q_neg)
+    return mask & ~removed
+
+
+def _set_legacy(weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """The reference's layer-wise SET, bit for bit (PAPER_SPEC §2.2a).
+
+    Keeps W > tau+ (tau+ = h-th smallest positive) and W < tau- (tau- = h'-th *most negative*),
+    h = min(ceil(q/2), #positives), h' = min(ceil(q/2), #negatives). The reference indexes an
+    empty tensor when a side has no weights; that is reported as an error here.
+    """
+    w = weight.detach() * mask
+    positives = w[w > 0].sort().values
+    negatives = w[w < 0].sort().values  # ascending: most negative first (the reference's slip)
+    if positives.numel() == 0 or negatives.numel() == 0:
+        raise ValueError(
+            "set_legacy: the reference SET fails on a layer with no positive or no negative "
+            f"active weight ({positives.numel()} positive, {negatives.numel()} negative)"
+        )
+    half = math.ceil(q / 2)
+    h, h_neg = min(half, positives.numel()), min(half, negatives.numel())
+    # h = 0 indexes position -1 in the reference (the extreme value); reproduced.
+    tau_pos = positives[h - 1]
+    tau_neg = negatives[h_neg - 1]
+    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
+
+
+def _reference_removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """The reference's sort-based removal: zero the k = z + q first entries of the ranking."""
+    if q == 0 and name in ("magnitude", "running_magnitude"):
+        return weight.detach() != 0  # the reference's early exit
+    flat = score.reshape(-1)
+    z = mask.numel() - int(mask.sum())
+    new = mask.clone().reshape(-1)
+    if kind == LOWEST:
+        order = torch.sort(flat, stable=True).indices
+        new[order[: z + q]] = False
+    elif kind == HIGHEST:
+        inf = torch.full_like(flat, float("inf"))
+        order = torch.sort(torch.where(mask.reshape(-1), flat, inf), descending=True, stable=True).indices
+        new[order[: z + q]] = False
+    elif kind == BOTH_ENDS:
+        order = torch.sort(flat, stable=True).indices
+        half = q // 2
+        new[order[: z + half]] = False
+        new[order[-half:]] = False  # half = 0 selects everything: the reference's slip, kept
+    else:
+        raise AssertionError(kind)
+    return new.view(mask.shape)

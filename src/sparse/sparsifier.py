@@ -1,0 +1,324 @@
+"""The Sparsifier: masks for a model's weights, kept sparse through an optimizer's steps.
+
+    sparsifier = Sparsifier(model, optimizer, SparsityConfig(...), total_steps, seed=0)
+    sparsifier.prepare()                    # sample the initial masks, zero the inactive weights
+    for x, y in batches:
+        loss_fn(model(x), y).backward()
+        record = sparsifier.step()          # instead of optimizer.step(); a record on updates
+        optimizer.zero_grad(set_to_none=True)
+
+Between topology updates a step is `optimizer.step()` plus one fused in-place multiply of all
+masked weights by their masks, with no host-device synchronisation. Every `update_frequency`
+steps the topology update prunes with the configured criterion (layer-wise or global) and
+regrows as many weights in the same layer with the growth rule, so per-layer active counts
+never change (except under the reference's Bernoulli growth).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .config import SparsityConfig
+from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
+from .density import layer_densities, sample_mask
+from .functional import _set, grow, normalize_scores, prune, prune_count, rescale_weight
+from .overlap import OverlapResult, criteria_overlap
+from .schedules import prune_rate
+from .selection import select_lowest_global
+
+MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+# Seeds of the sparsifier's own generators are offset by purpose so that, e.g., random
+# pruning never shifts the growth or the data order (PAPER_SPEC §10.1 item 21).
+_INIT, _PRUNE, _GROW = 1, 2, 3
+
+
+@dataclass
+class LayerUpdate:
+    name: str
+    active: int  # before the update (and after it: counts are preserved)
+    removed: int
+    regrown: int
+    regrown_just_pruned: int  # of the regrown, how many were removed by this same update
+
+
+@dataclass
+class UpdateRecord:
+    step: int
+    prune_rate: float
+    layers: list[LayerUpdate] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def masked_parameter_names(model: nn.Module, include=(), exclude=()) -> list[str]:
+    """Names of the parameters to mask: Conv/Linear weights, or those matching ``include``."""
+    if include:
+        names = [n for n, p in model.named_parameters() if any(re.search(r, n) for r in include)]
+    else:
+        names = [f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules()
+                 if isinstance(m, MASKABLE)]
+    return [n for n in names if not any(re.search(r, n) for r in exclude)]
+
+
+class Sparsifier:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: SparsityConfig,
+        total_steps: int,
+        *,
+        seed: int = 0,
+    ):
+        self.model, self.optimizer = model, optimizer
+        self.config = config.validate()
+        self.total_steps = total_steps
+        self.steps = 0
+        params = dict(model.named_parameters())
+        self.names = [] if config.mode == "dense" else masked_parameter_names(model, config.include, config.exclude)
+        if config.mode != "dense" and not self.names:
+            raise ValueError("sparsity.include/exclude: no parameter of the model is selected for masking")
+        self.params = [params[n] for n in self.names]
+        # Masks are stored in the weights' dtype so one foreach multiply applies them all.
+        self.masks = [torch.ones_like(p, memory_format=torch.preserve_format) for p in self.params]
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
+                            for k in (_INIT, _PRUNE, _GROW)}
+        self._criterion = get_criterion(config.criterion)
+        self._running: list[Tensor | None] = [None] * len(self.params)
+        self._step_first = config.step_first()
+
+    # ------------------------------------------------------------------ set-up
+    @torch.no_grad()
+    def prepare(self) -> "Sparsifier":
+        """Sample the initial masks (per-layer densities by `init`) and zero inactive weights."""
+        if self.config.mode == "dense":
+            return self
+        cfg = self.config
+        densities = layer_densities([p.shape for p in self.params], cfg.density, cfg.init,
+                                    power_scale=cfg.erk_power_scale, compat=cfg.compat)
+        for mask, param, d in zip(self.masks, self.params, densities):
+            sampled = sample_mask(param.shape, d, generator=self._generators[_INIT],
+                                  device=param.device, exact=not cfg.compat)
+            mask.copy_(sampled)
+        self._sync_masks()
+        self.apply_masks()
+        return self
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+
+    # ------------------------------------------------------------------ per step
+    def step(self) -> UpdateRecord | None:
+        """One optimizer step, masks applied, and a topology update when one is due."""
+        self.steps += 1
+        if self.config.mode != "dst":
+            self.optimizer.step()
+            self.apply_masks()
+            return None
+        record = None
+        if self._step_first:
+            self.optimizer.step()
+            self.apply_masks()
+        if self._criterion.running:
+            self._accumulate_running()
+        if self.is_update_step(self.steps):
+            record = self.update()
+        if not self._step_first:
+            self.optimizer.step()
+            self.apply_masks()
+        return record
+
+    def is_update_step(self, step: int) -> bool:
+        cfg = self.config
+        if cfg.mode != "dst" or step % cfg.update_frequency:
+            return False
+        if step > cfg.end_fraction * self.total_steps:
+            return False
+        # An update on the last step leaves regrown weights untrained in the final model.
+        return cfg.compat or step < self.total_steps
+
+    def prune_rate(self, step: int | None = None) -> float:
+        cfg = self.config
+        step = self.steps if step is None else step
+        return prune_rate(cfg.prune_rate_schedule, step, self.total_steps, cfg.prune_rate, cfg.prune_rate_floor)
+
+    @torch.no_grad()
+    def _accumulate_running(self) -> None:
+        beta = self.config.beta
+        for i, (p, m) in enumerate(zip(self.params, self.masks)):
+            sample = self._criterion.sample(p, p.grad, m)
+            if self._running[i] is None:
+                self._running[i] = sample
+            else:
+                self._running[i].mul_(beta).add_(sample, alpha=1 - beta)
+
+    # ------------------------------------------------------------------ topology update
+    @torch.no_grad()
+    def update(self) -> UpdateRecord:
+        """Prune and regrow every masked tensor now (normally called by `step`)."""
+        cfg = self.config
+        rate = self.prune_rate()
+        before = [m.bool() for m in self.masks]
+        active = _counts(before)
+        if cfg.global_pruning:
+            pruned = self._prune_global(before, active, rate)
+        else:
+            pruned = [self._prune_layer(i, before[i], active[i], rate) for i in range(len(before))]
+        removed = [a - c for a, c in zip(active, _counts(pruned))]
+        record = UpdateRecord(self.steps, rate)
+        regrown_counts = []
+        for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
+            rescale_weight(param, old, new, cfg.rescale, compat=cfg.compat)
+            just_pruned = old & ~new
+            grown = grow(cfg.growth, param, param.grad, new, max(removed[i], 0),
+                         momentum=self._momentum(param), generator=self._generators[_GROW],
+                         exclude=just_pruned if cfg.exclude_just_pruned else None, compat=cfg.compat)
+            regrown = grown & ~new
+            if cfg.regrow_init == "zero":
+                param.masked_fill_(regrown, 0)
+            param.mul_(grown)
+            if cfg.optimizer_state == "zero":
+                self._zero_optimizer_state(param, just_pruned | regrown)
+            self.masks[i].copy_(grown)
+            regrown_counts.append(torch.stack([regrown.count_nonzero(), (regrown & just_pruned).count_nonzero()]))
+        self._running = [None] * len(self.params)
+        self._sync_masks()
+        counts = torch.stack(regrown_counts).tolist() if regrown_counts else []
+        for name, a, r, (g, gj) in zip(self.names, active, removed, counts):
+            record.layers.append(LayerUpdate(name, a, r, g, gj))
+        return record
+
+    def _prune_layer(self, i: int, mask: Tensor, active: int, rate: float) -> Tensor:
+        cfg = self.config
+        q = prune_count(rate, active)
+        if cfg.exclude_just_pruned:
+            q = min(q, mask.numel() - active)  # never remove more than can be regrown elsewhere
+        param = self.params[i]
+        return prune(cfg.criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
+                     normalization=cfg.normalization, norm_reduction=cfg.norm_reduction,
+                     gamma=cfg.gamma, generator=self._generators[_PRUNE], running=self._running[i])
+
+    def _prune_global(self, masks: list[Tensor], active: list[int], rate: float) -> list[Tensor]:
+        """Rank all masked tensors together; each layer then regrows what it lost."""
+        cfg = self.config
+        crit = self._criterion
+        q = prune_count(rate, sum(active))
+        if crit.remove == SIGN_SPLIT:
+            return self._prune_global_set(masks, q)
+        scores = []
+        for p, m in zip(self.params, masks):
+            s = crit.score(p.detach(), None if p.grad is None else p.grad.detach(), m, compat=cfg.compat,
+                           scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE])
+            s = normalize_scores(s, m, cfg.normalization, cfg.norm_reduction, compat=cfg.compat)
+            scores.append(-s if crit.remove == HIGHEST else s)
+        if cfg.compat:
+            # The reference: tau = K-th smallest of all scores (K = Z + Q), keep S > tau.
+            flat = torch.cat([s.reshape(-1) for s in scores])
+            k = sum(m.numel() for m in masks) - sum(active) + q
+            tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
+            return [s > tau for s in scores]
+        eligible = masks
+        if cfg.exclude_just_pruned:  # dense layers have nowhere else to regrow: leave them
+            eligible = [m if a < m.numel() else torch.zeros_like(m) for m, a in zip(masks, active)]
+        chosen = select_lowest_global(scores, eligible, q)
+        return [m & ~c for m, c in zip(masks, chosen)]
+
+    def _prune_global_set(self, masks: list[Tensor], q: int) -> list[Tensor]:
+        weights = torch.cat([p.detach().reshape(-1) for p in self.params])
+        flat_mask = torch.cat([m.reshape(-1) for m in masks])
+        if self.config.compat:  # the reference's global SET: h = ceil(Q/2) on each side
+            w = weights * flat_mask
+            pos, neg = w[w > 0].sort().values, w[w < 0].sort(descending=True).values
+            h = math.ceil(q / 2)
+            tau_pos = pos[min(h, pos.numel()) - 1] if pos.numel() else 0.0
+            tau_neg = neg[min(h, neg.numel()) - 1] if neg.numel() else 0.0
+            kept = ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
+        else:
+            kept = _set(weights, flat_mask, q)
+        return [k.view(m.shape) for k, m in zip(kept.split([m.numel() for m in masks]), masks)]
+
+    def _momentum(self, param: Tensor) -> Tensor | None:
+        """The growth signal of `momentum` growth: SGD's buffer or Adam's m / (sqrt(v) + 1e-8)."""
+        if self.config.growth != "momentum":
+            return None
+        state = self.optimizer.state.get(param, {})
+        if "momentum_buffer" in state and state["momentum_buffer"] is not None:
+            return state["momentum_buffer"]
+        if "exp_avg" in state:
+            return state["exp_avg"] / (state["exp_avg_sq"].sqrt() + 1e-8)
+        return None
+
+    def _zero_optimizer_state(self, param: Tensor, positions: Tensor) -> None:
+        for value in self.optimizer.state.get(param, {}).values():
+            if torch.is_tensor(value) and value.shape == param.shape:
+                value.masked_fill_(positions, 0)
+
+    def _sync_masks(self) -> None:
+        """Under DDP, make rank 0's masks everyone's. Called only when masks change."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        if torch.distributed.get_world_size() == 1 or not self.masks:
+            return
+        flat = torch.cat([m.reshape(-1) for m in self.masks])
+        torch.distributed.broadcast(flat, src=0)
+        for m, part in zip(self.masks, flat.split([m.numel() for m in self.masks])):
+            m.copy_(part.view_as(m))
+
+    # ------------------------------------------------------------------ inspection
+    def densities(self) -> dict[str, float]:
+        """Per-layer density (one synchronisation for all layers)."""
+        counts = _counts(self.masks)
+        return {n: c / m.numel() for n, c, m in zip(self.names, counts, self.masks)}
+
+    def overall_density(self) -> float:
+        total = sum(m.numel() for m in self.masks)
+        return sum(_counts(self.masks)) / total if total else 1.0
+
+    def overlap(self, criteria: list[str], rate: float | None = None) -> OverlapResult:
+        """Which weights each of ``criteria`` would prune now, and their pairwise Jaccard
+        similarities, on the current weights, gradients and masks (nothing is copied)."""
+        cfg = self.config
+        return criteria_overlap(
+            criteria, self.names, self.params, [p.grad for p in self.params],
+            [m.bool() for m in self.masks], self.prune_rate() if rate is None else rate,
+            compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_PRUNE],
+        )
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "steps": self.steps,
+            "masks": [m.bool().cpu() for m in self.masks],
+            "running": [None if r is None else r.clone() for r in self._running],
+            "generators": {k: g.get_state() for k, g in self._generators.items()},
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if state["names"] != self.names:
+            raise ValueError(f"sparsifier state is for tensors {state['names']}, this model has {self.names}")
+        self.steps = state["steps"]
+        for mask, saved in zip(self.masks, state["masks"]):
+            mask.copy_(saved)
+        self._running = [None if r is None else r.to(p.device) for r, p in zip(state["running"], self.params)]
+        for k, g in self._generators.items():
+            g.set_state(state["generators"][k])
+        self.apply_masks()
+
+
+def _counts(masks: list[Tensor]) -> list[int]:
+    """Active count of each mask, with a single host-device synchronisation."""
+    if not masks:
+        return []
+    return torch.stack([m.count_nonzero() for m in masks]).tolist()

@@ -1,0 +1,179 @@
+"""Hand-computed expectations for growth rules, initial densities and prune-rate schedules."""
+
+import math
+
+import pytest
+import torch
+
+from src.sparse import grow, layer_densities, prune_rate, sample_mask
+
+T = torch.tensor
+
+
+def on(mask):
+    return mask.nonzero().flatten().tolist()
+
+
+# ---------------------------------------------------------------- growth
+MASK = T([1, 0, 0, 0, 0], dtype=torch.bool)
+G = T([9.0, 0.1, 0.5, 0.3, 0.2])
+W = torch.zeros(5)
+
+
+def test_gradient_growth_picks_largest_gradients_among_candidates():
+    assert on(grow("gradient", W, G, MASK, 2)) == [0, 2, 3]
+
+
+def test_gradient_growth_prefers_not_just_pruned_then_fills():
+    assert on(grow("gradient", W, G, MASK, 2, exclude=T([0, 0, 1, 0, 0], dtype=torch.bool))) == [0, 3, 4]
+    # only two candidates are not excluded: the third comes from the excluded ones
+    excl = T([0, 0, 1, 1, 0], dtype=torch.bool)
+    assert on(grow("gradient", W, G, MASK, 3, exclude=excl)) == [0, 1, 2, 4]
+
+
+def test_momentum_growth_uses_momentum_not_gradient():
+    mom = T([0.0, 5.0, -4.0, 0.0, 0.1])
+    assert on(grow("momentum", W, G, MASK, 2, momentum=mom)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="momentum"):
+        grow("momentum", W, G, MASK, 2)
+
+
+def test_random_growth_exact_count_uniform_over_candidates():
+    mask = torch.zeros(40, dtype=torch.bool)
+    mask[:10] = True
+    gen = torch.Generator().manual_seed(0)
+    hits = torch.zeros(40)
+    for _ in range(300):
+        new = grow("random", torch.zeros(40), None, mask, 6, generator=gen)
+        assert int(new.sum()) == 16 and new[:10].all()
+        hits += (new & ~mask).float()
+    freq = hits[10:] / 300
+    assert abs(freq.mean().item() - 6 / 30) < 1e-6 and freq.min() > 0.08 and freq.max() < 0.35
+
+
+def test_random_bernoulli_is_exact_only_in_expectation():
+    mask = torch.zeros(1000, dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    counts = [int(grow("random_bernoulli", torch.zeros(1000), None, mask, 100, generator=gen).sum()) for _ in range(50)]
+    assert len(set(counts)) > 1 and abs(sum(counts) / 50 - 100) < 5
+    compat = [int(grow("random", torch.zeros(1000), None, mask, 100, generator=gen, compat=True).sum()) for _ in range(20)]
+    assert len(set(compat)) > 1
+    # p = 1 when every candidate is needed
+    assert grow("random_bernoulli", torch.zeros(5), None, MASK, 4, generator=gen).all()
+
+
+def test_growth_errors_name_the_field():
+    with pytest.raises(ValueError, match=r"growth: unknown name 'x'.*gradient"):
+        grow("x", W, G, MASK, 1)
+    with pytest.raises(ValueError, match="gradient"):
+        grow("gradient", W, None, MASK, 1)
+
+
+# ---------------------------------------------------------------- ERK
+# PAPER_SPEC §4.2: per-layer ERK densities, checked to 3 decimals.
+SHAPES = {
+    "mlp_cifar10": [(1024, 3072), (512, 1024), (10, 512)],
+    "mlp_higgs": [(256, 24), (256, 256), (1, 256)],
+    "conv_cifar10": [(32, 3, 3, 3), (64, 32, 3, 3), (128, 64, 3, 3), (10, 128)],
+    "lenet5": [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)],
+}
+TABLE = {
+    "mlp_cifar10": {0.05: [.0413, .0929, 1], 0.1: [.0838, .1885, 1], 0.2: [.1688, .3797, 1], 0.5: [.4237, .9532, 1]},
+    "mlp_higgs": {0.05: [.1922, .0330, 1], 0.1: [.3992, .0684, 1], 0.2: [.8131, .1394, 1], 0.5: [1, .4512, 1]},
+    "conv_cifar10": {0.05: [.4780, .0557, .0271, 1], 0.1: [1, .1344, .0652, 1], 0.2: [1, .3084, .1496, 1],
+                     0.5: [1, .8302, .4029, 1]},
+    "lenet5": {0.05: [.7261, .0375, .0381, 1], 0.1: [1, .0871, .0884, 1], 0.2: [1, .1869, .1898, 1],
+               0.5: [1, .4864, .4940, 1]},
+}
+
+
+@pytest.mark.parametrize("model", sorted(TABLE))
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.2, 0.5])
+def test_erk_matches_reference_table(model, density):
+    got = layer_densities(SHAPES[model], density, "erk")
+    assert [round(d, 3) for d in got] == [round(d, 3) for d in TABLE[model][density]]
+    numels = [math.prod(s) for s in SHAPES[model]]
+    assert sum(d * n for d, n in zip(got, numels)) == pytest.approx(density * sum(numels))
+
+
+def _resnet56_shapes():
+    shapes = {"conv": (16, 3, 3, 3)}
+    block, c_in = 0, 16
+    for width in (16, 32, 64):
+        for j in range(9):
+            shapes[f"blocks.{block}.conv1"] = (width, c_in, 3, 3)
+            shapes[f"blocks.{block}.conv2"] = (width, width, 3, 3)
+            if c_in != width:
+                shapes[f"blocks.{block}.shortcut"] = (width, c_in, 1, 1)
+            c_in, block = width, block + 1
+    shapes["fc"] = (10, 64)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    "density, dense",
+    [
+        (0.05, {"fc"}),
+        (0.1, {"conv", "blocks.9.shortcut", "fc"}),
+        (0.2, {"conv", "blocks.9.shortcut", "fc", "blocks.18.shortcut"}),
+        (0.5, {"conv", "blocks.9.shortcut", "fc", "blocks.18.shortcut", "blocks.9.conv1"}
+         | {f"blocks.{b}.conv{i}" for b in range(9) for i in (1, 2)}),
+    ],
+)
+def test_erk_dense_layers_resnet56(density, dense):
+    shapes = _resnet56_shapes()
+    got = layer_densities(list(shapes.values()), density)
+    assert {n for n, d in zip(shapes, got) if d == 1.0} == dense
+
+
+@pytest.mark.parametrize("density, n_dense_convs", [(0.05, 1), (0.1, 1), (0.2, 2), (0.5, 5)])
+def test_erk_dense_layers_vgg16(density, n_dense_convs):
+    cfg = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    shapes = [(o, i, 3, 3) for i, o in zip([3] + cfg[:-1], cfg)] + [(100, 512)]
+    got = layer_densities(shapes, density)
+    assert got[-1] == 1.0
+    assert [d == 1.0 for d in got[:-1]] == [True] * n_dense_convs + [False] * (13 - n_dense_convs)
+
+
+def test_er_ignores_kernel_dims_unless_compat():
+    shapes = [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)]
+    er = layer_densities(shapes, 0.05, "er")
+    assert er != layer_densities(shapes, 0.05, "erk")
+    assert layer_densities(shapes, 0.05, "er", compat=True) == layer_densities(shapes, 0.05, "erk")
+    # linear layers: ER and ERK raw densities agree, so their ratio is preserved
+    assert er[2] / er[1] == pytest.approx((1300 / 400000) / (70 / 1000))
+
+
+def test_uniform_and_density_one():
+    assert layer_densities([(4, 4), (8, 2)], 0.3, "uniform") == [0.3, 0.3]
+    assert layer_densities([(4, 4), (8, 2, 3, 3)], 1.0) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="density"):
+        layer_densities([(4, 4)], 0.0)
+    with pytest.raises(ValueError, match="init: unknown"):
+        layer_densities([(4, 4)], 0.5, "nope")
+
+
+def test_exact_sampling_count_and_bernoulli_drift():
+    gen = torch.Generator().manual_seed(0)
+    for d in (0.0371, 0.5, 1.0):
+        assert int(sample_mask((50, 20, 5, 5), d, generator=gen).sum()) == round(d * 25000)
+    counts = {int(sample_mask((1000,), 0.1, generator=gen, exact=False).sum()) for _ in range(10)}
+    assert len(counts) > 1
+
+
+# ---------------------------------------------------------------- schedules
+def test_cosine_schedule_values():
+    assert prune_rate("cosine", 0, 35200, 0.5) == pytest.approx(0.5)
+    assert prune_rate("cosine", 35200, 35200, 0.5) == pytest.approx(0.005)
+    assert prune_rate("cosine", 17600, 35200, 0.5) == pytest.approx(0.2525)
+    assert prune_rate("cosine", 800, 35200, 0.5) == pytest.approx(0.4994, abs=1e-4)  # spec §5.2
+
+
+def test_linear_constant_exponential_steps():
+    assert prune_rate("linear", 50, 100, 0.5, 0.1) == pytest.approx(0.3)
+    assert prune_rate("linear", 100, 100, 0.5, 0.1) == pytest.approx(0.1)
+    assert prune_rate("constant", 77, 100, 0.25) == 0.25
+    assert prune_rate("exponential_steps", 1199, 10**6, 0.5) == pytest.approx(0.5 * 0.99)
+    assert prune_rate("exponential_steps", 1200, 10**6, 0.5) == pytest.approx(0.5 * 0.99**2)
+    with pytest.raises(ValueError, match="prune_rate_schedule"):
+        prune_rate("nope", 1, 2, 0.5)
