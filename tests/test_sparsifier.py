@@ -274,9 +274,24 @@ def test_overlap_of_live_state():
     model, opt, sp = make(SparsityConfig(density=0.5, update_frequency=100))
     data = batches(1)
     nn.functional.cross_entropy(model(data[0][0]), data[0][1]).backward()
-    res = sp.overlap(["magnitude", "snip", "magnitude"], rate=0.3)
-    assert res.jaccard[0][2] == 1.0 and res.jaccard[0][0] == 1.0
+    res = sp.overlap(["magnitude", "snip", "mest"], rate=0.3)
+    assert res.jaccard[0][0] == res.jaccard[2][2] == 1.0
     assert 0 <= res.jaccard[0][1] <= 1 and res.jaccard[0][1] == res.jaccard[1][0]
     assert set(res.jaccard_per_layer) == set(sp.names)
     for pruned, mask in zip(res.pruned["snip"], sp.masks):
         assert not (pruned & ~mask.bool()).any()
+
+
+def test_overlap_with_reference_criteria_at_every_update_leaves_the_run_unchanged():
+    cfg = SparsityConfig(density=0.4, criterion="random", growth="random", update_frequency=2)
+    data = batches(6)
+    model, opt, sp = make(cfg)
+    plain = train(model, opt, sp, data)
+    model2, opt2, sp2 = make(SparsityConfig(**{**cfg.__dict__, "overlap_with": ["magnitude", "random"]}))
+    tracked = train(model2, opt2, sp2, data)
+    for a, b in zip(sp.masks, sp2.masks):
+        assert torch.equal(a, b)  # the analysis draws from its own generator
+    assert plain[0].overlap is None
+    ov = tracked[0].overlap
+    assert ov["criteria"] == ["run", "magnitude", "random"]
+    assert ov["jaccard"][0][0] == 1.0 and 0 < ov["jaccard"][0][2] < 1

@@ -53,6 +53,9 @@ class SparsityConfig:
     regrow_init: str = "zero"  # zero | keep (pruned-and-regrown weights keep their value)
     optimizer_state: str = "zero"  # zero | keep the moments of pruned and regrown weights
     update_order: str = "prune_then_step"  # | step_then_prune | reference (per criterion)
+    # At every update, also compute which weights these criteria would prune and the Jaccard
+    # similarity of their pruned sets with the run's own (the paper's Fig. 6b analysis).
+    overlap_with: list[str] = field(default_factory=list)
     # The reference's scores, tie handling, SET, Bernoulli growth and mask sampling, ER as
     # an ERK alias, and a topology update allowed on the very last step.
     compat: bool = False
@@ -88,6 +91,11 @@ class SparsityConfig:
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"sparsity.{name}: {value!r} is not one of {list(allowed)}")
+        for name in self.overlap_with:
+            if name not in CRITERIA:
+                raise ValueError(f"sparsity.overlap_with: {name!r} is not one of {sorted(CRITERIA)}")
+        if self.overlap_with and self.global_pruning:
+            raise ValueError("sparsity.overlap_with: overlap is measured layer-wise; it needs global_pruning=false")
         if not 0 < self.density <= 1:
             raise ValueError(f"sparsity.density: must be in (0, 1], got {self.density}")
         for name in ("prune_rate", "prune_rate_floor", "end_fraction"):

@@ -44,16 +44,20 @@ def criteria_overlap(
     grads: list[Tensor | None],
     masks: list[Tensor],
     rate: float,
+    *,
+    given: dict[str, list[Tensor]] | None = None,
     **options,
 ) -> OverlapResult:
     """Prune every layer with each criterion at ``rate`` (no growth) and compare the pruned sets.
 
-    ``options`` go to `functional.prune` (``compat``, ``gamma``, ``generator``).
+    ``given`` adds already-known pruned sets (e.g. a run's actual one) to the comparison,
+    first in the matrix. ``options`` go to `functional.prune` (``compat``, ``gamma``,
+    ``generator``: pass one of its own, so the analysis draws no random numbers of the run).
     """
-    pruned = {
-        c: [m & ~prune(c, w, g, m, rate, **options) for w, g, m in zip(weights, grads, masks)]
-        for c in criteria
-    }
+    pruned = dict(given or {})
+    for c in criteria:
+        pruned[c] = [m & ~prune(c, w, g, m, rate, **options) for w, g, m in zip(weights, grads, masks)]
+    criteria = list(pruned)
     per_layer = {}
     for i, name in enumerate(names):
         stacked = torch.stack([pruned[c][i].reshape(-1) for c in criteria])

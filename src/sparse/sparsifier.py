@@ -35,7 +35,7 @@ MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Seeds of the sparsifier's own generators are offset by purpose so that, e.g., random
 # pruning never shifts the growth or the data order (PAPER_SPEC §10.1 item 21).
-_INIT, _PRUNE, _GROW = 1, 2, 3
+_INIT, _PRUNE, _GROW, _ANALYSIS = 1, 2, 3, 4
 
 
 @dataclass
@@ -52,6 +52,9 @@ class UpdateRecord:
     step: int
     prune_rate: float
     layers: list[LayerUpdate] = field(default_factory=list)
+    # Jaccard similarity of the pruned set with each `overlap_with` criterion's, and between
+    # those criteria (pooled over layers; "run" is this update's actual pruned set).
+    overlap: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +93,7 @@ class Sparsifier:
         self.masks = [torch.ones_like(p, memory_format=torch.preserve_format) for p in self.params]
         device = self.params[0].device if self.params else torch.device("cpu")
         self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
-                            for k in (_INIT, _PRUNE, _GROW)}
+                            for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)}
         self._criterion = get_criterion(config.criterion)
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
@@ -176,6 +179,8 @@ class Sparsifier:
             pruned = [self._prune_layer(i, before[i], active[i], rate) for i in range(len(before))]
         removed = [a - c for a, c in zip(active, _counts(pruned))]
         record = UpdateRecord(self.steps, rate)
+        if cfg.overlap_with:
+            record.overlap = self._overlap(cfg.overlap_with, rate, before, pruned).as_dict()
         regrown_counts = []
         for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
             rescale_weight(param, old, new, cfg.rescale, compat=cfg.compat)
@@ -287,11 +292,15 @@ class Sparsifier:
     def overlap(self, criteria: list[str], rate: float | None = None) -> OverlapResult:
         """Which weights each of ``criteria`` would prune now, and their pairwise Jaccard
         similarities, on the current weights, gradients and masks (nothing is copied)."""
+        masks = [m.bool() for m in self.masks]
+        return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
+
+    def _overlap(self, criteria, rate, masks, pruned=None) -> OverlapResult:
         cfg = self.config
+        given = None if pruned is None else {"run": [m & ~p for m, p in zip(masks, pruned)]}
         return criteria_overlap(
-            criteria, self.names, self.params, [p.grad for p in self.params],
-            [m.bool() for m in self.masks], self.prune_rate() if rate is None else rate,
-            compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_PRUNE],
+            criteria, self.names, self.params, [p.grad for p in self.params], masks, rate, given=given,
+            compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
         )
 
     # ------------------------------------------------------------------ state

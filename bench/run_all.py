@@ -1,0 +1,6 @@
+"""`make bench`: run every benchmark and write JSON under bench/results/."""
+
+from . import sparse_step
+
+if __name__ == "__main__":
+    sparse_step.main()
