@@ -1,0 +1,133 @@
+"""The configuration of one run: one dataclass per concern, composed into `RunConfig`.
+
+These dataclasses are the structured-config schemas that Hydra validates YAML against, and
+plain Python objects for everything else (`RunConfig.from_dict`, `to_dict`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any
+
+from .sparse.config import SparsityConfig
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+WANDB_MODES = ("off", "offline", "online")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet5"
+    num_classes: int | None = None  # default: the dataset's
+    kwargs: dict[str, Any] = field(default_factory=dict)  # model-specific, e.g. {dropout: 0.05}
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None  # default: the dataset's environment variable / standard places
+    val_fraction: float | None = None  # held out for model selection; None: the dataset's default
+    reference_splits: bool = False  # the reference's splits (val = test for CIFAR-100 / TIN)
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    num_workers: int = 4  # only for datasets streamed from disk
+    kwargs: dict[str, Any] = field(default_factory=dict)  # dataset-specific options
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_bias_and_norm: bool = True  # the paper decays every parameter
+    lr_schedule: str = "multistep"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of epochs
+    lr_decay: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when available
+    threads: int | None = None  # default: the CPUs this process may use
+    channels_last: bool | None = None  # default: for conv models
+    progress: bool | None = None  # default: a progress bar on a terminal, plain lines otherwise
+    log_every: int = 200  # steps between non-finite-loss checks and progress lines
+    save_model: bool = False  # keep the final weights and masks as model_final.pt
+
+
+@dataclass
+class LoggingConfig:
+    wandb: str = "off"  # off | offline | online (the API key only from WANDB_API_KEY)
+    wandb_project: str = "fantastic-dst"
+    wandb_entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        return _build(cls, d)
+
+    def validate(self) -> "RunConfig":
+        """Raise ValueError naming the field and its allowed values; return self."""
+        from .data import DATASETS
+        from .models import MODELS
+
+        _choice("model.name", self.model.name, sorted(MODELS))
+        _choice("data.name", self.data.name, sorted(DATASETS))
+        _choice("optim.name", self.optim.name, OPTIMIZERS)
+        _choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
+        _choice("logging.wandb", self.logging.wandb, WANDB_MODES)
+        _choice("train.device", self.train.device, DEVICES)
+        for name, value, low in (("train.epochs", self.train.epochs, 1), ("data.batch_size", self.data.batch_size, 1),
+                                 ("data.eval_batch_size", self.data.eval_batch_size, 1),
+                                 ("train.log_every", self.train.log_every, 1)):
+            if value < low:
+                raise ValueError(f"{name}: must be >= {low}, got {value}")
+        if self.data.val_fraction is not None and not 0 < self.data.val_fraction < 1:
+            raise ValueError(f"data.val_fraction: must be in (0, 1), got {self.data.val_fraction}")
+        if self.optim.lr <= 0:
+            raise ValueError(f"optim.lr: must be > 0, got {self.optim.lr}")
+        if any(not 0 < m < 1 for m in self.optim.milestones):
+            raise ValueError(f"optim.milestones: fractions of training in (0, 1), got {self.optim.milestones}")
+        self.sparsity.validate()
+        return self
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: {value!r} is not one of {list(allowed)}")
+
+
+def _build(cls, d: dict):
+    """Dataclass from a nested dict, rejecting unknown keys by their full name."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}")
+    kwargs = {}
+    for name, value in d.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        if is_dataclass(default) and isinstance(value, dict):
+            value = _build(type(default), value)
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,42 @@
+"""Datasets, splits and loaders.
+
+Typical use::
+
+    splits = build_dataset("fashion_mnist", seed=0, device=device)
+    loaders = make_loaders(splits, batch_size=128, seed=0, memory_format=torch.channels_last)
+    for inputs, targets in loaders.train: ...
+    evaluate(model, loaders[splits.selection_split])
+
+``check_dataset(name, root)`` validates that a dataset exists without loading it.
+"""
+
+from . import sources  # noqa: F401  (registers the datasets)
+from .loaders import InMemoryLoader, Loader, Loaders, StreamLoader, make_loader, make_loaders
+from .locate import DatasetNotFoundError, FileLayout
+from .registry import DATASETS, DatasetSource, build_dataset, check_dataset, register_dataset
+from .splits import DataSplits, Holdout, Split, StreamedSplit, TensorSplit, ValidationPolicy
+from .transforms import BatchAugment, Normalize
+
+__all__ = [
+    "DATASETS",
+    "BatchAugment",
+    "DataSplits",
+    "DatasetNotFoundError",
+    "DatasetSource",
+    "FileLayout",
+    "Holdout",
+    "InMemoryLoader",
+    "Loader",
+    "Loaders",
+    "Normalize",
+    "Split",
+    "StreamLoader",
+    "StreamedSplit",
+    "TensorSplit",
+    "ValidationPolicy",
+    "build_dataset",
+    "check_dataset",
+    "make_loader",
+    "make_loaders",
+    "register_dataset",
+]

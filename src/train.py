@@ -1,0 +1,452 @@
+"""Train one model, dense or sparse, and write its run records.
+
+    python -m src.train model.name=lenet5 sparsity.mode=dst sparsity.density=0.05 \
+        train.epochs=4 --run-dir runs/lenet5-dst
+
+The loop is the whole story: batches -> loss -> backward -> `sparsifier.step()` (the optimizer
+step, the masks, and every `update_frequency` steps a prune-and-regrow update) -> evaluate
+each epoch -> checkpoint. A run resumes from `<run_dir>/checkpoint.pt` bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import RunConfig
+from .data import build_dataset, make_loaders
+from .models import build_model, model_info
+from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_result
+from .sparse import Sparsifier
+
+
+# ---------------------------------------------------------------------------- set-up helpers
+def available_cpus() -> int:
+    """CPUs this process may use: the SLURM allocation, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD or Adam; with `decay_bias_and_norm=False`, biases and norm parameters (<= 1-D)
+    get no weight decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.decay_bias_and_norm:
+        groups = [{"params": params, "weight_decay": cfg.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def learning_rate(cfg, epoch: int, step: int, epochs: int, steps_per_epoch: int) -> float:
+    """LR at optimizer step ``step`` (0-based, global) of epoch ``epoch`` (0-based).
+
+    Warm-up: lr * (e + 1) / (w + 1) for the first w epochs. ``multistep``: x lr_decay at each
+    milestone epoch floor(m * epochs) (the paper's 50 % / 75 %); ``cosine``: per step to 0.
+    """
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.lr_schedule == "multistep":
+        boundaries = [math.floor(m * epochs) for m in cfg.milestones]
+        passed = sum(0 < b <= epoch for b in boundaries)  # a milestone at epoch 0 would skip the base lr
+        return cfg.lr * cfg.lr_decay**passed
+    if cfg.lr_schedule == "cosine":
+        start = cfg.warmup_epochs * steps_per_epoch
+        progress = (step - start) / max(epochs * steps_per_epoch - start, 1)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+@dataclass
+class Task:
+    """Loss and accuracy for the dataset's task (multiclass logits or one binary logit)."""
+
+    binary: bool
+    label_smoothing: float = 0.0
+
+    def loss(self, out, y):
+        if self.binary:
+            return nn.functional.binary_cross_entropy_with_logits(out, y.float())
+        return nn.functional.cross_entropy(out, y, label_smoothing=self.label_smoothing)
+
+    def correct(self, out, y):
+        pred = (out > 0).to(y.dtype) if self.binary else out.argmax(dim=1)
+        return (pred == y).sum()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, task: Task) -> dict:
+    """Mean loss and accuracy (%) over a split; one host synchronisation at the end."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        out = model(x)
+        loss_sum += task.loss(out, y) * len(y)
+        correct += task.correct(out, y)
+        n += len(y)
+    model.train()
+    loss, acc = torch.stack([loss_sum, correct.float()]).tolist()
+    return {"loss": loss / max(n, 1), "acc": 100.0 * acc / max(n, 1)}
+
+
+# ---------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the process group when launched by torchrun or as SLURM tasks (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class Progress:
+    """Where the run is; saved in checkpoints."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_acc: float = -math.inf
+    best: dict = field(default_factory=dict)  # the epoch record with the best val accuracy
+    last: dict = field(default_factory=dict)  # the latest epoch record
+    elapsed: float = 0.0  # seconds of training + evaluation, summed over resumes
+    train_time: float = 0.0
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run (or resume) one training run in ``run_dir`` and return its result dict.
+
+    ``should_stop`` is polled between steps; when it returns True the run checkpoints and
+    returns with status "interrupted" (used on SLURM preemption / time limits). An exception
+    is recorded as a "failed" result (with the traceback) and re-raised; the last epoch
+    checkpoint stays, so running again resumes from it.
+    """
+    cfg.validate()
+    run_dir = Path(run_dir)
+    try:
+        return _train(cfg, run_dir, should_stop)
+    except Exception as error:
+        failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                  "traceback": traceback.format_exc(), "config": cfg.to_dict(),
+                  "config_hash": config_hash(cfg.to_dict()), "code_version": code_version(),
+                  "seed": cfg.train.seed}
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
+        raise
+
+
+def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
+    tc = cfg.train
+    device_kind = "cuda" if tc.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if tc.device == "auto" else tc.device)
+    ddp = init_distributed(device_kind)
+    device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
+    torch.set_num_threads(tc.threads or available_cpus())
+    config = cfg.to_dict()
+    recorder = RunRecorder(run_dir, config, enabled=ddp.main)
+    done = read_result(run_dir)
+    if done is not None and done.get("status") in ("completed", "diverged"):
+        return done
+    started = time.perf_counter()
+    seed_everything(tc.seed)
+
+    # Data, model, optimizer, sparsifier: built in this order so the global RNG gives the
+    # same model initialisation for every criterion with the same seed.
+    info = model_info(cfg.model.name)
+    channels_last = info.is_conv if tc.channels_last is None else tc.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    splits = build_dataset(cfg.data.name, cfg.data.root, val_fraction=cfg.data.val_fraction, seed=tc.seed,
+                           device=device, reference_splits=cfg.data.reference_splits, **cfg.data.kwargs)
+    loaders = make_loaders(splits, cfg.data.batch_size, cfg.data.eval_batch_size, seed=tc.seed, device=device,
+                           memory_format=memory_format, num_workers=cfg.data.num_workers,
+                           distributed=ddp.world > 1)
+    task = Task(binary=splits.task == "binary", label_smoothing=cfg.optim.label_smoothing)
+    num_classes = cfg.model.num_classes or splits.num_classes
+    model = build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device, memory_format=memory_format)
+    optimizer = make_optimizer(model, cfg.optim)
+    steps_per_epoch = len(loaders.train)
+    total_steps = tc.epochs * steps_per_epoch
+    sparsifier = Sparsifier(model, optimizer, cfg.sparsity, total_steps, seed=tc.seed).prepare()
+    net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+
+    progress = Progress()
+    acc = _EpochAccumulator(device)
+    if recorder.checkpoint_path.exists():
+        ckpt = torch.load(recorder.checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        sparsifier.load_state_dict(ckpt["sparsifier"])
+        loaders.train.load_state_dict(ckpt["loader"])
+        set_rng_state(ckpt["rng"])
+        progress = Progress(**ckpt["progress"])
+        acc.load_state_dict(ckpt["accumulator"])
+        recorder.truncate_metrics(ckpt["metrics_offset"])
+
+    def checkpoint():
+        if ddp.main:
+            atomic_torch_save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "sparsifier": sparsifier.state_dict(), "loader": loaders.train.state_dict(),
+                "rng": rng_state(), "progress": progress.__dict__, "accumulator": acc.state_dict(),
+                "metrics_offset": recorder.metrics_offset(),
+            }, recorder.checkpoint_path)
+
+    wandb_run = _start_wandb(cfg, config, run_dir) if ddp.main else None
+    bar = _progress_bar(tc.progress, steps_per_epoch) if ddp.main else None
+    status, diverged = "completed", None
+    segment_start = time.perf_counter()
+    while progress.epoch < tc.epochs:
+        epoch_start = time.perf_counter()
+        lr = learning_rate(cfg.optim, progress.epoch, progress.step, tc.epochs, steps_per_epoch)
+        if bar is not None:
+            bar.reset(total=steps_per_epoch)
+            bar.n = loaders.train.state_dict().get("position", 0)
+        for x, y in loaders.train:
+            lr = learning_rate(cfg.optim, progress.epoch, progress.step, tc.epochs, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            out = net(x)
+            loss = task.loss(out, y)
+            loss.backward()
+            record = sparsifier.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.step += 1
+            acc.add(loss.detach(), task.correct(out.detach(), y), len(y), progress.step)
+            if record is not None:
+                recorder.log("update", epoch=progress.epoch, **_update_metrics(record))
+            if bar is not None:
+                bar.update(1)
+            if progress.step % tc.log_every == 0:
+                diverged = acc.divergence()
+                if diverged:
+                    break
+                if bar is None and ddp.main:
+                    print(f"epoch {progress.epoch + 1} step {progress.step}/{total_steps} lr {lr:.4g}", flush=True)
+            if should_stop is not None and should_stop():
+                status = "interrupted"
+                break
+        if status == "interrupted" or diverged:
+            break
+        diverged = acc.divergence()
+        if diverged:
+            break
+        train_time = time.perf_counter() - epoch_start
+        train_metrics = acc.summary()
+        acc = _EpochAccumulator(device)
+        val = evaluate(model, loaders.val, task)
+        test = evaluate(model, loaders.test, task)
+        progress.epoch += 1
+        progress.train_time += train_time
+        epoch_record = {
+            "epoch": progress.epoch, "step": progress.step, "lr": lr,
+            "train_loss": train_metrics["loss"], "train_acc": train_metrics["acc"],
+            "val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"],
+            "prune_rate": sparsifier.prune_rate() if cfg.sparsity.mode == "dst" else 0.0,
+            "density": sparsifier.overall_density(), "layer_density": sparsifier.densities(),
+            "epoch_time": time.perf_counter() - epoch_start, "train_time": train_time,
+        }
+        progress.last = epoch_record
+        if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
+            progress.best_val_acc, progress.best = val["acc"], epoch_record
+        recorder.log("epoch", **epoch_record)
+        if wandb_run is not None:
+            wandb_run.log({k: v for k, v in epoch_record.items() if k != "layer_density"}, step=progress.epoch)
+        if ddp.main:
+            print(_epoch_line(epoch_record, tc.epochs), flush=True)
+        progress.elapsed += time.perf_counter() - segment_start
+        segment_start = time.perf_counter()
+        checkpoint()
+    if bar is not None:
+        bar.close()
+    progress.elapsed += time.perf_counter() - segment_start
+
+    if diverged:
+        status = "diverged"
+    if status == "interrupted":
+        checkpoint()
+    result = _result(cfg, config, status, progress, sparsifier, diverged, total_steps,
+                     setup_time=time.perf_counter() - started - progress.elapsed)
+    if status != "interrupted":
+        if tc.save_model and ddp.main:
+            masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
+            atomic_torch_save({"model": model.state_dict(), "masks": masks}, run_dir / "model_final.pt")
+        recorder.write_result(result)
+        if ddp.main and recorder.checkpoint_path.exists():
+            recorder.checkpoint_path.unlink()
+    if wandb_run is not None:
+        wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
+        wandb_run.finish()
+    return result
+
+
+class _EpochAccumulator:
+    """Training loss / accuracy sums kept on the device (no per-step synchronisation), and
+    the first step whose loss was not finite."""
+
+    def __init__(self, device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        self.n = 0
+
+    def add(self, loss, correct, n, step):
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.n += n
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, step, self.first_bad_step)
+
+    def divergence(self) -> dict | None:
+        step = int(self.first_bad_step)
+        if step < 0:
+            return None
+        return {"step": step, "reason": "non-finite training loss"}
+
+    def summary(self) -> dict:
+        loss, correct = torch.stack([self.loss_sum, self.correct.float()]).tolist()
+        return {"loss": loss / max(self.n, 1), "acc": 100.0 * correct / max(self.n, 1)}
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "first_bad_step": self.first_bad_step, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_sum, self.correct = state["loss_sum"], state["correct"]
+        self.first_bad_step, self.n = state["first_bad_step"], state["n"]
+
+
+def _update_metrics(record) -> dict:
+    layers = [layer.__dict__ for layer in record.layers]
+    regrown = sum(layer["regrown"] for layer in layers)
+    just = sum(layer["regrown_just_pruned"] for layer in layers)
+    out = {"step": record.step, "prune_rate": record.prune_rate, "layers": layers,
+           "removed": sum(layer["removed"] for layer in layers), "regrown": regrown,
+           "regrown_just_pruned_share": just / regrown if regrown else 0.0}
+    if record.overlap is not None:
+        out["overlap"] = record.overlap
+    return out
+
+
+def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
+    last, best = progress.last, progress.best
+    return {
+        "status": status,
+        "config": config,
+        "config_hash": config_hash(config),
+        "code_version": code_version(),
+        "seed": cfg.train.seed,
+        "epochs_completed": progress.epoch,
+        "steps": progress.step,
+        "total_steps": total_steps,
+        "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                                           "test_loss", "test_acc")},
+        "best_val": {k: best.get(k) for k in ("epoch", "val_loss", "val_acc", "test_loss", "test_acc")},
+        "density": sparsifier.overall_density(),
+        "layer_density": sparsifier.densities(),
+        "wall_time": progress.elapsed + max(setup_time, 0.0),
+        "train_time": progress.train_time,
+        "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
+        "diverged": diverged,
+    }
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    return (f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.4f} / {r['train_acc']:.2f}%  "
+            f"val {r['val_loss']:.4f} / {r['val_acc']:.2f}%  test {r['test_acc']:.2f}%  "
+            f"density {r['density']:.4f}  {r['epoch_time']:.1f}s")
+
+
+def _progress_bar(enabled: bool | None, total: int):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, leave=False, dynamic_ncols=True, unit="step")
+
+
+def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
+    if cfg.logging.wandb == "off":
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, config=config,
+                      tags=cfg.logging.tags, dir=str(run_dir), mode=cfg.logging.wandb,
+                      id=config_hash(config), resume="allow")
+
+
+# ---------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    """`python -m src.train [key=value ...] [--run-dir DIR]`: one run, no Hydra needed."""
+    from omegaconf import OmegaConf
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_dir = "runs/train"
+    if "--run-dir" in argv:
+        i = argv.index("--run-dir")
+        run_dir = argv[i + 1]
+        del argv[i:i + 2]
+    base = OmegaConf.structured(RunConfig)
+    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
+    cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
+    result = train(cfg, run_dir)
+    print(f"{result['status']}: final test acc {result['final']['test_acc']}, "
+          f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}")
+    return 0 if result["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

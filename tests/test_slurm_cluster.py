@@ -1,0 +1,192 @@
+"""End-to-end tests of submitit on the real single-node SLURM cluster (scripts/slurm/).
+
+Run with ``python -m pytest -m slurm tests/test_slurm_cluster.py`` (as root on Debian; a cold
+start installs the packages). About 2 minutes, almost all of it the time-limit test.
+
+What SLURM 22.05 (Debian 12) does with a job's time limit, as measured here -- it decides the
+parameters of ``test_timed_out_job_is_requeued_and_resumes``:
+
+* slurmctld checks time limits only every 30 s (a compile-time constant), at a fixed phase of
+  its own clock, so a job is ended 0-30 s after its limit (OverTimeLimit=0): SIGTERM, then
+  SIGKILL ``KillWait`` (5 s) later; sacct says TIMEOUT.
+* ``--signal=USR2@D`` (submitit always sends it, D = ``slurm_signal_delay_s``, default 90) is
+  delivered to the job *steps* (submitit runs the work in an srun step), at the first of those
+  checks that is past ``end - D - 30 s``. With the default D=90 and a 1-minute job, that is the
+  first check after the start: the job is signalled 0-30 s into every run, and requeued again
+  and again until ``max_num_timeout`` runs out. So short limits need a small D: with D=5 the
+  signal comes 25-55 s into a 1-minute run, and always at least one check (30 s) before the
+  kill, which leaves submitit plenty of time to checkpoint and requeue.
+* submitit's handler treats every USR2 in a job shorter than ~12 min as a timeout (not a
+  preemption): it calls ``checkpoint()``, pickles the result and runs ``scontrol requeue``.
+  That is refused ("Requested operation is presently disabled") unless the job is requeueable:
+  slurm.conf sets JobRequeue=1 because submitit does not pass ``--requeue``.
+* A requeued job keeps its job id and may only start again once its launch credential has
+  expired (AuthInfo=cred_expire, default 120 s, here 10 s), and then only when the scheduler
+  next runs (sched_interval=5 here, default 60 s): it restarts ~15 s after the requeue.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+
+try:  # `python -m pytest` from the repository root (or tests/ as a package)
+    from tests.slurm_cluster import slurm_cluster  # noqa: F401  (registers the fixture)
+except ImportError:  # pytest put tests/ itself on sys.path (rootdir-less "prepend" import)
+    from slurm_cluster import slurm_cluster  # noqa: F401
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _executor(folder: Path, cluster, **params) -> submitit.AutoExecutor:
+    max_num_timeout = params.pop("max_num_timeout", 0)
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster="slurm", slurm_max_num_timeout=max_num_timeout
+    )
+    executor.update_parameters(slurm_partition=cluster.partition, **params)
+    return executor
+
+
+def _final_state(job: submitit.Job, timeout_s: float = 30.0) -> str:
+    """The job's state from sacct, once it is final (submitit caches states for a few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = job.get_info(mode="force").get("State", "UNKNOWN")
+        if state not in {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "UNKNOWN"}:
+            return state
+        if time.monotonic() > deadline:
+            return state
+        time.sleep(1)
+
+
+def square_in_job(x: int) -> dict:
+    return {
+        "square": x * x,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "partition": os.environ.get("SLURM_JOB_PARTITION"),
+        "cpus": os.environ.get("SLURM_CPUS_PER_TASK"),
+    }
+
+
+def test_function_job_returns_its_result(slurm_cluster, tmp_path):
+    executor = _executor(tmp_path, slurm_cluster, timeout_min=5, cpus_per_task=1, mem_gb=1)
+    job = executor.submit(square_in_job, 7)
+
+    result = job.result()
+
+    assert result == {
+        "square": 49,
+        "job_id": job.job_id,
+        "partition": slurm_cluster.partition,
+        "cpus": "1",
+    }
+    # accounting (slurmdbd) works: submitit reads the final state through sacct
+    assert _final_state(job) == "COMPLETED"
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_one_gib_jobs_run_side_by_side(slurm_cluster, tmp_path):
+    """DefMemPerCPU/RealMemory leave room for concurrent 1-GiB, 1-CPU jobs (an array here)."""
+    executor = _executor(tmp_path, slurm_cluster, timeout_min=5, cpus_per_task=1, mem_gb=1)
+    jobs = executor.map_array(timed_sleep, [4.0, 4.0])
+
+    (start0, end0), (start1, end1) = [job.result() for job in jobs]
+
+    overlap = min(end0, end1) - max(start0, start1)
+    assert overlap > 2.0, "the two array tasks ran one after the other"
+
+
+def test_cancelled_job_is_reported_not_awaited_forever(slurm_cluster, tmp_path):
+    """A job killed before writing its result must make result() raise (needs sacct)."""
+    executor = _executor(tmp_path, slurm_cluster, timeout_min=5, cpus_per_task=1, mem_gb=1)
+    job = executor.submit(time.sleep, 300)
+    deadline = time.monotonic() + 60
+    while job.get_info(mode="force").get("State") != "RUNNING":
+        assert time.monotonic() < deadline, "job did not start within 60 s"
+        time.sleep(0.5)
+
+    job.cancel()
+
+    t0 = time.monotonic()
+    with pytest.raises(submitit.core.utils.UncompletedJobError, match="CANCELLED"):
+        job.result()
+    assert time.monotonic() - t0 < 90
+    assert _final_state(job).startswith("CANCELLED")
+
+
+class CountSeconds(submitit.helpers.Checkpointable):
+    """Counts to ``need``, one per second; its progress lives in ``self.done``.
+
+    When SLURM's USR2 warning arrives, submitit calls ``checkpoint()`` (inherited: it pickles
+    ``self`` with the current ``done``), requeues the job and exits; the next run unpickles the
+    checkpoint and carries on. Every run logs a line to ``log_path`` for the test to check.
+    """
+
+    def __init__(self, need: int, log_path: str) -> None:
+        self.need = need
+        self.log_path = log_path
+        self.done = 0
+
+    def __call__(self) -> int:
+        with open(self.log_path, "a") as log:
+            log.write(f"start {self.done} {time.time():.1f}\n")
+            log.flush()
+            while self.done < self.need:
+                time.sleep(1)
+                self.done += 1
+                log.write(f"tick {self.done} {time.time():.1f}\n")
+                log.flush()
+        return self.done
+
+
+# A 1-minute limit gives every run 25-55 s of work before the USR2 warning (signal delay 5 s,
+# see the module docstring). NEED_S is more than one run can do, so the job has to be requeued
+# at least once; with 4 runs allowed it has >= 90 s even if every run gets the minimum.
+NEED_S = 70
+SIGNAL_DELAY_S = 5
+MAX_NUM_TIMEOUT = 3
+
+
+def test_timed_out_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
+    log_path = tmp_path / "progress.log"
+    executor = _executor(
+        tmp_path,
+        slurm_cluster,
+        timeout_min=1,
+        slurm_signal_delay_s=SIGNAL_DELAY_S,
+        max_num_timeout=MAX_NUM_TIMEOUT,
+        cpus_per_task=1,
+        mem_gb=1,
+    )
+    job = executor.submit(CountSeconds(NEED_S, str(log_path)))
+
+    try:
+        result = job.result()
+    except Exception:
+        print(log_path.read_text() if log_path.exists() else "(no progress log)")
+        print(job.stderr())
+        print(slurm_cluster.logs())
+        raise
+
+    assert result == NEED_S
+    lines = log_path.read_text().splitlines()
+    starts = [int(line.split()[1]) for line in lines if line.startswith("start ")]
+    ticks = [int(line.split()[1]) for line in lines if line.startswith("tick ")]
+    assert len(starts) >= 2, f"never requeued: {lines[:3]}"
+    assert len(starts) <= MAX_NUM_TIMEOUT + 1
+    # each run resumed from the checkpointed progress, not from 0 ...
+    assert starts[0] == 0 and all(later > 0 for later in starts[1:])
+    assert starts == sorted(starts)
+    # ... and little work was redone (at most the second a signal interrupted, per run)
+    assert len(ticks) - NEED_S <= len(starts)
+    assert "Caught signal SIGUSR2" in job.stderr()
+    assert _final_state(job) == "COMPLETED"
