@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import sparse_step
+from . import sparse_step, train_speed
 
 if __name__ == "__main__":
     sparse_step.main()
+    train_speed.main()
