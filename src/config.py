@@ -61,6 +61,7 @@ class TrainConfig:
     progress: bool | None = None  # default: a progress bar on a terminal, plain lines otherwise
     log_every: int = 200  # steps between non-finite-loss checks and progress lines
     save_model: bool = False  # keep the final weights and masks as model_final.pt
+    max_steps: int | None = None  # stop after this many optimizer steps (schedules still span `epochs`)
 
 
 @dataclass
@@ -100,13 +101,14 @@ class RunConfig:
         _choice("train.device", self.train.device, DEVICES)
         for name, value, low in (("train.epochs", self.train.epochs, 1), ("data.batch_size", self.data.batch_size, 1),
                                  ("data.eval_batch_size", self.data.eval_batch_size, 1),
-                                 ("train.log_every", self.train.log_every, 1)):
+                                 ("train.log_every", self.train.log_every, 1),
+                                 ("train.max_steps", self.train.max_steps or 1, 1)):
             if value < low:
                 raise ValueError(f"{name}: must be >= {low}, got {value}")
         if self.data.val_fraction is not None and not 0 < self.data.val_fraction < 1:
             raise ValueError(f"data.val_fraction: must be in (0, 1), got {self.data.val_fraction}")
-        if self.optim.lr <= 0:
-            raise ValueError(f"optim.lr: must be > 0, got {self.optim.lr}")
+        if self.optim.lr < 0:  # 0 is allowed: measuring criteria on the initial weights
+            raise ValueError(f"optim.lr: must be >= 0, got {self.optim.lr}")
         if any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError(f"optim.milestones: fractions of training in (0, 1), got {self.optim.milestones}")
         self.sparsity.validate()

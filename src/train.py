@@ -278,6 +278,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             if should_stop is not None and should_stop():
                 status = "interrupted"
                 break
+            if tc.max_steps is not None and progress.step >= tc.max_steps:
+                break
         if status == "interrupted" or diverged:
             break
         diverged = acc.divergence()
@@ -308,6 +310,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)
         progress.elapsed += time.perf_counter() - segment_start
         segment_start = time.perf_counter()
+        if tc.max_steps is not None and progress.step >= tc.max_steps:
+            break
         checkpoint()
     if bar is not None:
         bar.close()

@@ -200,3 +200,18 @@ def test_lenet5_dense_reaches_86_percent_on_real_fashion_mnist(tmp_path):
     cfg.sparsity = SparsityConfig(mode="dense")
     result = train(cfg, tmp_path)
     assert result["final"]["test_acc"] >= 86.0, result["final"]
+
+
+def test_max_steps_measures_overlap_at_initialisation(tmp_path):
+    # The paper's Fig. 6a set-up: no training (lr 0), one update at step u with a constant
+    # prune fraction, every criterion's pruned set compared on the initial weights.
+    cfg = tiny(density=1.0, prune_rate=0.25, prune_rate_schedule="constant", update_frequency=5,
+               overlap_with=["magnitude", "snip", "random", "set"])
+    cfg.optim.lr = 0.0
+    cfg.train.max_steps = 5
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed" and result["steps"] == 5 and result["epochs_completed"] == 1
+    (update,) = read_metrics(tmp_path, "update")
+    matrix = update["overlap"]["jaccard"]
+    assert update["overlap"]["criteria"] == ["run", "magnitude", "snip", "random", "set"]
+    assert abs(matrix[1][3] - 0.25 / 1.75) < 0.05  # random vs magnitude: r / (2 - r)
