@@ -115,6 +115,48 @@ class RunConfig:
         return self
 
 
+@dataclass
+class LaunchConfig(RunConfig):
+    """The Hydra root config: a run plus where it goes and what it belongs to.
+
+    `seed` is top level so that sweeps read `seed=1,2,3` (conf/config.yaml sets
+    `train.seed: ${seed}`); `name` groups the runs of one sweep under `runs_root/name/`.
+    """
+
+    seed: int = 0
+    name: str = "default"
+    runs_root: str = "runs"
+
+
+# Fields that change how a run is executed, not what it computes: excluded from the run's
+# identity (its directory hash), so relaunching with more threads or on another node reuses it.
+LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "data.root",
+               "data.num_workers", "logging")
+
+
+def run_identity(config: dict) -> dict:
+    """The part of a resolved run config that identifies the experiment.
+
+    Launch-only fields are dropped, and so are sparsity fields that cannot affect the run
+    (everything but the mode for dense runs; the update rule for static ones), so that e.g.
+    a dense baseline launched with another default criterion is recognised as done.
+    """
+    identity = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in LAUNCH_ONLY:
+        section, _, field_name = key.partition(".")
+        if field_name:
+            identity.get(section, {}).pop(field_name, None)
+        else:
+            identity.pop(section, None)
+    sparsity = identity.get("sparsity", {})
+    if sparsity.get("mode") == "dense":
+        identity["sparsity"] = {"mode": "dense"}
+    elif sparsity.get("mode") == "static":
+        keep = ("mode", "density", "init", "erk_power_scale", "include", "exclude", "compat")
+        identity["sparsity"] = {k: sparsity[k] for k in keep if k in sparsity}
+    return identity
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}: {value!r} is not one of {list(allowed)}")

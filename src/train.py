@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import RunConfig
+from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
 from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_result
@@ -180,7 +180,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
     except Exception as error:
         failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                   "traceback": traceback.format_exc(), "config": cfg.to_dict(),
-                  "config_hash": config_hash(cfg.to_dict()), "code_version": code_version(),
+                  "config_hash": config_hash(run_identity(cfg.to_dict())), "code_version": code_version(),
                   "seed": cfg.train.seed}
         if int(os.environ.get("RANK", "0")) == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, se
     return {
         "status": status,
         "config": config,
-        "config_hash": config_hash(config),
+        "config_hash": config_hash(run_identity(config)),
         "code_version": code_version(),
         "seed": cfg.train.seed,
         "epochs_completed": progress.epoch,
@@ -429,7 +429,7 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
 
     return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, config=config,
                       tags=cfg.logging.tags, dir=str(run_dir), mode=cfg.logging.wandb,
-                      id=config_hash(config), resume="allow")
+                      id=config_hash(run_identity(config)), resume="allow")
 
 
 # ---------------------------------------------------------------------------- command line

@@ -1,0 +1,264 @@
+"""Launch runs and sweeps with Hydra: locally, or on SLURM through submitit.
+
+    python -m src.launch setup=lenet5_fmnist criterion=snip sparsity.density=0.1
+    python -m src.launch -m criterion=magnitude,mest seed=1,2,3
+    python -m src.launch -m +sweeps=mlp_dst launcher=slurm hydra.launcher.partition=gpu
+    python -m src.launch -m +sweeps=mlp_dst --dry-run      # count and show, launch nothing
+
+Before anything is launched, every job of the sweep is composed and validated (names,
+ranges, dataset files): one bad value stops the sweep with a message naming the field.
+Each run's directory is `runs_root/name/<slug>-<hash of the run's identity>`, so launching a
+sweep again skips completed runs, resumes interrupted ones from their checkpoints, and retries
+failed ones. A failing run is recorded and never stops the others; the sweep ends with a
+summary and a non-zero exit status if any run failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import LaunchConfig, RunConfig, run_identity
+from .records import config_hash, read_result
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+SEARCH_PATH = f"hydra.searchpath=[file://{REPO}]"  # makes sweeps/ the `sweeps` config group
+FINISHED = ("completed", "diverged")
+
+ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
+
+
+# ---------------------------------------------------------------------------- one job
+def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
+    """The RunConfig of a composed Hydra config, and the launch-level fields."""
+    data = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    launch = OmegaConf.create({k: data.pop(k) for k in ("seed", "name", "runs_root")})
+    return RunConfig.from_dict(data), launch
+
+
+def run_directory(runs_root: str, name: str, run_cfg: RunConfig) -> Path:
+    """`runs_root/name/<slug>-<hash>`: readable, and unique per experiment identity."""
+    s = run_cfg.sparsity
+    parts = [run_cfg.model.name, s.mode]
+    if s.mode != "dense":
+        parts.append(f"d{s.density:g}")
+    if s.mode == "dst":
+        parts += [s.criterion, s.growth]
+    parts.append(f"s{run_cfg.train.seed}")
+    return Path(runs_root) / name / ("-".join(parts) + "-" + config_hash(run_identity(run_cfg.to_dict()))[:10])
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Run one configured job in its run directory; never raises for a failing run."""
+    from .train import train
+
+    run_cfg, launch = to_run_config(cfg)
+    run_dir = run_directory(launch.runs_root, launch.name, run_cfg)
+    previous = read_result(run_dir)
+    if previous is not None and previous.get("status") in FINISHED:
+        print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
+        return {"status": "skipped", "run_dir": str(run_dir)}
+    stop = _PreemptionFlag()
+    try:
+        result = train(run_cfg, run_dir, should_stop=stop)
+    except Exception as error:  # recorded in result.json by train(); the sweep goes on
+        print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
+    if result["status"] == "interrupted":
+        stop.hand_over()  # on SLURM: submitit requeues the job, which then resumes
+    print(f"{result['status']}: {run_dir}", flush=True)
+    return {"status": result["status"], "run_dir": str(run_dir)}
+
+
+class _PreemptionFlag:
+    """Turns the SLURM time-limit / preemption signal into a request to stop at the next
+    step boundary; the run then checkpoints and `hand_over` lets submitit requeue the job.
+
+    Outside a submitit job this is a flag that is never set.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._submitit_handler = None
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+            self._signal = sig
+            self._submitit_handler = signal.getsignal(sig)
+            signal.signal(sig, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def hand_over(self) -> None:
+        if self._submitit_handler is not None and callable(self._submitit_handler):
+            self._submitit_handler(self._signal, None)
+
+
+# ---------------------------------------------------------------------------- sweeps
+@dataclass
+class Job:
+    overrides: list[str]
+    config: RunConfig
+    run_dir: Path
+
+
+def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
+    """Compose and validate every job of the sweep that `overrides` (plus any
+    `hydra.sweeper.params` of the selected configs) describes. Raises ValueError with the
+    field and the allowed values on the first invalid job, FileNotFoundError for missing
+    dataset files (unless `check_data` is false), and ValueError if two jobs are the same
+    experiment (they would share a run directory)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .data import check_dataset
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
+        params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+        sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+        (combinations,) = BasicSweeper.split_arguments(parser.parse_overrides(sweep_lines), None)
+        composed: dict[tuple[str, ...], DictConfig] = {}
+        jobs, checked = [], set()
+        for combo in combinations:
+            # Composing is slow (tens of ms), so each distinct choice of config groups is
+            # composed once and plain `key=value` overrides are applied to a copy, as Hydra would.
+            groups = tuple(o for o in combo if _is_group_choice(o))
+            if groups not in composed:
+                composed[groups] = compose("config", overrides=[SEARCH_PATH, *groups])
+            try:
+                cfg = copy.deepcopy(composed[groups])
+                for line in combo:
+                    if line not in groups:
+                        _apply(cfg, parser.parse_override(line))
+                run_cfg, launch = to_run_config(cfg)
+                run_cfg.validate()
+            except (ValueError, OmegaConfBaseException) as error:
+                raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
+            key = (run_cfg.data.name, run_cfg.data.root)
+            if check_data and key not in checked:  # the error says where it looked, how to get it
+                check_dataset(*key)
+                checked.add(key)
+            jobs.append(Job(combo, run_cfg, run_directory(launch.runs_root, launch.name, run_cfg)))
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        if job.run_dir in seen:
+            raise ValueError(f"two jobs are the same experiment (a sweep axis has no effect on them):\n"
+                             f"  {' '.join(seen[job.run_dir].overrides)}\n  {' '.join(job.overrides)}")
+        seen[job.run_dir] = job
+    return jobs
+
+
+GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"sweeps", "hydra/launcher"}
+
+
+def _is_group_choice(line: str) -> bool:
+    """`criterion=snip`, `+sweeps=mlp_dst`: a choice of config group (composed by Hydra)."""
+    key = line.split("=", 1)[0].lstrip("+~")
+    return key in GROUPS or key.startswith("hydra")
+
+
+def _apply(cfg: DictConfig, override) -> None:
+    """Apply a `key=value` / `+key=value` override the way Hydra does."""
+    if override.is_delete():
+        raise ValueError(f"{override.input_line}: deletions are not supported in sweeps")
+    OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True, force_add=override.is_add() or override.is_force_add())
+
+
+def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]:
+    """Count the sweep's runs by outcome: skipped (finished before this launch), completed,
+    diverged, failed, interrupted, missing (no result: never ran, or killed)."""
+    counts: dict[str, int] = {}
+    for job in jobs:
+        if before.get(job.run_dir) in FINISHED:
+            outcome = "skipped"
+        else:
+            result = read_result(job.run_dir)
+            outcome = result["status"] if result else "missing"
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------------- entry point
+def _hydra_entry() -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def task(cfg: DictConfig) -> dict:
+        return run_job(cfg)
+
+    task()
+
+
+def _with_search_path(argv: list[str]) -> list[str]:
+    """argv for Hydra with the sweeps search path added: overrides first, flags after
+    (Hydra's parser takes its positional overrides as one run)."""
+    from hydra._internal.utils import get_args_parser
+
+    overrides = get_args_parser().parse_args(argv).overrides
+    rest = list(argv)
+    for o in overrides:
+        rest.remove(o)
+    return [sys.argv[0], *overrides, SEARCH_PATH, *rest]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    hydra_flags = [a for a in argv if a.startswith("-")]
+    if any(f not in ("-m", "--multirun") for f in hydra_flags) and not dry_run:
+        # --cfg job, --help, --info ...: plain Hydra behaviour, nothing to validate or launch
+        sys.argv = _with_search_path(argv)
+        _hydra_entry()
+        return 0
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        jobs = expand(overrides, check_data=not dry_run)
+    except (ValueError, FileNotFoundError, HydraException) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not multirun and len(jobs) > 1:
+        print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
+        return 2
+    before = {job.run_dir: (read_result(job.run_dir) or {}).get("status") for job in jobs}
+    done = sum(status in FINISHED for status in before.values())
+    print(f"{len(jobs)} run(s); {done} already finished (will be skipped)")
+    if dry_run:
+        for job in jobs[:5]:
+            print(f"  {job.run_dir}  <- {' '.join(job.overrides)}")
+        if len(jobs) > 5:
+            print(f"  ... and {len(jobs) - 5} more")
+        return 0
+    sys.argv = _with_search_path(argv)
+    try:
+        _hydra_entry()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            print(f"hydra exited with {exit_.code}", file=sys.stderr)
+    counts = summarize(jobs, before)
+    print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")
+    return 1 if counts.get("failed") or counts.get("missing") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
