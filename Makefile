@@ -1,10 +1,16 @@
-# One venv per clone; every target that runs code depends on it being installed.
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+# Everything runs from one venv per clone (.venv), created and filled on first use.
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+FMNIST   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SPEC     ?= fmnist_quick
+LAUNCHER ?= local
+RUNS     ?= runs
+SWEEP    ?= $(RUNS)/fmnist_quick
+OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test test-fast bench clean
+.PHONY: install data test test-fast bench sweep demo report slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,16 +18,45 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) data
 
-test: $(STAMP)
+# The embedded default dataset: Debian's Fashion-MNIST package, when we may install it.
+data:
+	@if [ ! -f $(FMNIST) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+	@test -f $(FMNIST) || echo "note: Fashion-MNIST not found; install Debian's dataset-fashion-mnist or set FASHION_MNIST_PYTORCH"
+
+test: install
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not slurm" -x
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not slurm"
 
-bench: $(STAMP)
+bench: install
 	$(PY) -m bench.run_all
+
+# make sweep SPEC=mlp_dst [LAUNCHER=local|slurm|slurm_gpu|slurm_ddp] [ARGS="extra overrides"] [DRY=1]
+sweep: install
+	$(PY) -m src.launch -m +sweeps=$(SPEC) launcher=$(LAUNCHER) runs_root=$(RUNS) $(ARGS) $(if $(DRY),--dry-run)
+
+# The main job: a small real comparison on Fashion-MNIST, then its tables and figures.
+demo: install
+	$(PY) -m src.launch -m +sweeps=fmnist_quick_dense runs_root=$(RUNS) $(ARGS)
+	$(PY) -m src.launch -m +sweeps=fmnist_quick_static runs_root=$(RUNS) $(ARGS)
+	$(PY) -m src.launch -m +sweeps=fmnist_quick runs_root=$(RUNS) $(ARGS)
+	@echo "run records: $(RUNS)/fmnist_quick"
+
+# make report [SWEEP=runs/fmnist_quick] [OUT=dir]
+report: install
+	$(PY) -m analysis report $(SWEEP) --out $(OUT)
+
+# A real single-node SLURM cluster on loopback (Debian packages; needs root).
+slurm-up:
+	bash scripts/slurm/start.sh
+
+slurm-down:
+	bash scripts/slurm/stop.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis bench/results

@@ -75,6 +75,7 @@ def run_job(cfg: DictConfig) -> dict:
         print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
     if result["status"] == "interrupted":
+        print(f"interrupted at step {result['steps']}, checkpointed: {run_dir}", flush=True)
         stop.hand_over()  # on SLURM: submitit requeues the job, which then resumes
     print(f"{result['status']}: {run_dir}", flush=True)
     return {"status": result["status"], "run_dir": str(run_dir)}

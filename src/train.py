@@ -142,7 +142,13 @@ class Dist:
 
 
 def init_distributed(device_kind: str) -> Dist:
-    """Join the process group when launched by torchrun or as SLURM tasks (WORLD_SIZE > 1)."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) or as several SLURM
+    tasks of a submitit job (the task environment is turned into torchrun's variables)."""
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and \
+            os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
@@ -163,6 +169,7 @@ class Progress:
     last: dict = field(default_factory=dict)  # the latest epoch record
     elapsed: float = 0.0  # seconds of training + evaluation, summed over resumes
     train_time: float = 0.0
+    resumed_at: list = field(default_factory=list)  # the steps this run was resumed from
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
@@ -232,6 +239,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         loaders.train.load_state_dict(ckpt["loader"])
         set_rng_state(ckpt["rng"])
         progress = Progress(**ckpt["progress"])
+        progress.resumed_at.append(progress.step)
         acc.load_state_dict(ckpt["accumulator"])
         recorder.truncate_metrics(ckpt["metrics_offset"])
 
@@ -275,7 +283,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
                     break
                 if bar is None and ddp.main:
                     print(f"epoch {progress.epoch + 1} step {progress.step}/{total_steps} lr {lr:.4g}", flush=True)
-            if should_stop is not None and should_stop():
+            # Under DDP every rank must stop at the same step: agree every `log_every` steps.
+            if should_stop is not None and (ddp.world == 1 or progress.step % tc.log_every == 0) \
+                    and _agree(should_stop(), ddp, device):
                 status = "interrupted"
                 break
             if tc.max_steps is not None and progress.step >= tc.max_steps:
@@ -334,6 +344,15 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()
     return result
+
+
+def _agree(flag: bool, ddp: Dist, device) -> bool:
+    """True if any rank's flag is true (the flag itself in a single process)."""
+    if ddp.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 class _EpochAccumulator:
@@ -403,6 +422,7 @@ def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, se
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
         "diverged": diverged,
+        "resumed_at_steps": progress.resumed_at,
     }
 
 

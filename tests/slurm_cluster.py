@@ -84,19 +84,23 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"no SLURM cluster: {reason}")
 
 
-def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    cmd: list[str], timeout: float, env: Optional[dict[str, str]] = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
 
 
-def _running_cluster_partition() -> Optional[str]:
-    """Default partition of a cluster that already answers, or None if none does."""
+def _running_cluster_partition(env: dict[str, str]) -> Optional[str]:
+    """Default partition of a cluster that answers clients run with ``env``, or None."""
     if shutil.which("scontrol") is None or shutil.which("sinfo") is None:
         return None
     try:
-        ping = _run(["scontrol", "ping"], timeout=30)
+        ping = _run(["scontrol", "ping"], timeout=30, env=env)
         if ping.returncode != 0 or "is UP" not in ping.stdout:
             return None
-        parts = _run(["sinfo", "-h", "-o", "%P"], timeout=30).stdout.split()
+        parts = _run(["sinfo", "-h", "-o", "%P"], timeout=30, env=env).stdout.split()
     except (OSError, subprocess.TimeoutExpired):
         return None
     defaults = [p.rstrip("*") for p in parts if p.endswith("*")]
@@ -136,13 +140,24 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     state_dir = Path(os.environ.get("DST_SLURM_DIR", "/tmp/dst-slurm"))
     started_here = False
 
-    partition = _running_cluster_partition()
+    # Already running? Ask with the caller's config (SLURM_CONF or /etc/slurm/slurm.conf), then
+    # with the one a still-running start.sh cluster left in its state dir.
+    our_conf = state_dir / "etc" / "slurm.conf"
+    candidates = [dict(os.environ)]
+    if our_conf.is_file():
+        candidates.append({**os.environ, "SLURM_CONF": str(our_conf)})
+    partition = None
+    for env in candidates:
+        partition = _running_cluster_partition(env)
+        if partition is not None:
+            break
     if partition is not None:
-        ours = (state_dir / "etc" / "slurm.conf").is_file()
+        if env.get("SLURM_CONF"):
+            os.environ["SLURM_CONF"] = env["SLURM_CONF"]
         cluster = SlurmCluster(
             partition=partition,
-            slurm_conf=os.environ.get("SLURM_CONF"),
-            state_dir=state_dir if ours else None,
+            slurm_conf=env.get("SLURM_CONF"),
+            state_dir=state_dir if our_conf.is_file() else None,
             started_here=False,
         )
     else:

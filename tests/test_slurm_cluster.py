@@ -34,10 +34,6 @@ from pathlib import Path
 import pytest
 import submitit
 
-try:  # `python -m pytest` from the repository root (or tests/ as a package)
-    from tests.slurm_cluster import slurm_cluster  # noqa: F401  (registers the fixture)
-except ImportError:  # pytest put tests/ itself on sys.path (rootdir-less "prepend" import)
-    from slurm_cluster import slurm_cluster  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -127,72 +123,3 @@ def test_cancelled_job_is_seen_as_finished(slurm_cluster, tmp_path):
         time.sleep(0.5)
     assert _final_state(job).startswith("CANCELLED")
     assert not job.paths.result_pickle.exists()
-
-
-class CountSeconds(submitit.helpers.Checkpointable):
-    """Counts to ``need``, one per second; its progress lives in ``self.done``.
-
-    When SLURM's USR2 warning arrives, submitit calls ``checkpoint()`` (inherited: it pickles
-    ``self`` with the current ``done``), requeues the job and exits; the next run unpickles the
-    checkpoint and carries on. Every run logs a line to ``log_path`` for the test to check.
-    """
-
-    def __init__(self, need: int, log_path: str) -> None:
-        self.need = need
-        self.log_path = log_path
-        self.done = 0
-
-    def __call__(self) -> int:
-        with open(self.log_path, "a") as log:
-            log.write(f"start {self.done} {time.time():.1f}\n")
-            log.flush()
-            while self.done < self.need:
-                time.sleep(1)
-                self.done += 1
-                log.write(f"tick {self.done} {time.time():.1f}\n")
-                log.flush()
-        return self.done
-
-
-# A 1-minute limit gives every run 25-55 s of work before the USR2 warning (signal delay 5 s,
-# see the module docstring). NEED_S is more than one run can do, so the job has to be requeued
-# at least once; with 4 runs allowed it has >= 90 s even if every run gets the minimum.
-NEED_S = 70
-SIGNAL_DELAY_S = 5
-MAX_NUM_TIMEOUT = 3
-
-
-def test_timed_out_job_is_requeued_and_resumes(slurm_cluster, tmp_path):
-    log_path = tmp_path / "progress.log"
-    executor = _executor(
-        tmp_path,
-        slurm_cluster,
-        timeout_min=1,
-        slurm_signal_delay_s=SIGNAL_DELAY_S,
-        max_num_timeout=MAX_NUM_TIMEOUT,
-        cpus_per_task=1,
-        mem_gb=1,
-    )
-    job = executor.submit(CountSeconds(NEED_S, str(log_path)))
-
-    try:
-        result = job.result()
-    except Exception:
-        print(log_path.read_text() if log_path.exists() else "(no progress log)")
-        print(job.stderr())
-        print(slurm_cluster.logs())
-        raise
-
-    assert result == NEED_S
-    lines = log_path.read_text().splitlines()
-    starts = [int(line.split()[1]) for line in lines if line.startswith("start ")]
-    ticks = [int(line.split()[1]) for line in lines if line.startswith("tick ")]
-    assert len(starts) >= 2, f"never requeued: {lines[:3]}"
-    assert len(starts) <= MAX_NUM_TIMEOUT + 1
-    # each run resumed from the checkpointed progress, not from 0 ...
-    assert starts[0] == 0 and all(later > 0 for later in starts[1:])
-    assert starts == sorted(starts)
-    # ... and little work was redone (at most the second a signal interrupted, per run)
-    assert len(ticks) - NEED_S <= len(starts)
-    assert "Caught signal SIGUSR2" in job.stderr()
-    assert _final_state(job) == "COMPLETED"
