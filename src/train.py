@@ -278,7 +278,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             if bar is not None:
                 bar.update(1)
             if progress.step % tc.log_every == 0:
-                diverged = acc.divergence()
+                diverged = _divergence(acc, ddp, device)
                 if diverged:
                     break
                 if bar is None and ddp.main:
@@ -292,7 +292,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
                 break
         if status == "interrupted" or diverged:
             break
-        diverged = acc.divergence()
+        diverged = _divergence(acc, ddp, device)
         if diverged:
             break
         train_time = time.perf_counter() - epoch_start
@@ -353,6 +353,14 @@ def _agree(flag: bool, ddp: Dist, device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def _divergence(acc, ddp: Dist, device) -> dict | None:
+    """The first non-finite loss of this rank, or of any rank (all ranks stop together)."""
+    diverged = acc.divergence()
+    if _agree(diverged is not None, ddp, device):
+        return diverged or {"step": None, "reason": "non-finite training loss on another rank"}
+    return None
 
 
 class _EpochAccumulator:
