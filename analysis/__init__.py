@@ -1,0 +1,32 @@
+"""Analysis of run records: tables, statistics and the paper's figures.
+
+    runs = load_runs("runs/my_sweep")          # one row per run (cached as parquet)
+    print(completeness(runs).summary())        # what failed, what is missing
+    main = main_grid(runs, "lenet5/fashion_mnist")
+    accuracy_vs_density(main)                  # Fig. 1 as a matplotlib Figure
+    rank_criteria(main.runs)                   # which criterion wins at each density
+
+``python -m analysis report <sweep dirs> --out <dir>`` writes everything at once.
+Needs only the run directories (config.json, metrics.jsonl, result.json); never W&B.
+"""
+
+from .completeness import Completeness, completeness
+from .figures import (accuracy_vs_density, accuracy_vs_gamma, accuracy_vs_update_frequency, density_one,
+                      global_vs_layerwise, overlap_heatmaps, overlap_trajectory_curves, save_figure)
+from .grid import (Selection, completed, density_grids, density_one_grids, gamma_grids, global_pruning_grids,
+                   main_grid, sensitivity_grids, setups, split_variants, update_frequency_grids)
+from .load import find_run_dirs, load_metrics, load_runs
+from .overlap import jaccard_matrix, jaccard_pairs, overlap_at_init, overlap_trajectories, random_expectation
+from .report import Options, build_report
+from .stats import compare_to_best, holm, rank_criteria, rank_summary, summarize, welch_pvalue
+from .tables import Table, accuracy_table, ranking_tables
+
+__all__ = [
+    "Completeness", "Options", "Selection", "Table", "accuracy_table", "accuracy_vs_density", "accuracy_vs_gamma",
+    "accuracy_vs_update_frequency", "build_report", "compare_to_best", "completed", "completeness",
+    "density_grids", "density_one", "density_one_grids", "find_run_dirs", "gamma_grids", "global_pruning_grids",
+    "global_vs_layerwise", "holm", "jaccard_matrix", "jaccard_pairs", "load_metrics", "load_runs", "main_grid",
+    "overlap_at_init", "overlap_heatmaps", "overlap_trajectories", "overlap_trajectory_curves", "random_expectation",
+    "rank_criteria", "rank_summary", "ranking_tables", "save_figure", "sensitivity_grids", "setups",
+    "split_variants", "summarize", "update_frequency_grids", "welch_pvalue",
+]

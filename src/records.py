@@ -18,8 +18,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import torch
-
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 
@@ -35,6 +33,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch  # here, so that reading records (the analysis) does not need torch
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -274,7 +274,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             progress.step += 1
             acc.add(loss.detach(), task.correct(out.detach(), y), len(y), progress.step)
             if record is not None:
-                recorder.log("update", epoch=progress.epoch, **_update_metrics(record))
+                recorder.log("update", epoch=progress.epoch + 1, **_update_metrics(record))
             if bar is not None:
                 bar.update(1)
             if progress.step % tc.log_every == 0:
@@ -424,13 +424,14 @@ def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, se
         "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                                            "test_loss", "test_acc")},
         "best_val": {k: best.get(k) for k in ("epoch", "val_loss", "val_acc", "test_loss", "test_acc")},
-        "density": sparsifier.overall_density(),
-        "layer_density": sparsifier.densities(),
+        "achieved_density": sparsifier.overall_density(),
+        "achieved_layer_density": sparsifier.densities(),
         "wall_time": progress.elapsed + max(setup_time, 0.0),
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
         "diverged": diverged,
         "resumed_at_steps": progress.resumed_at,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.config import RunConfig
+from src.config import RunConfig, run_identity
 from src.records import RunRecorder, config_hash
 
 SETUP = "lenet5/fashion_mnist"
@@ -77,14 +77,15 @@ def write_run(run_dir: Path, cfg: dict, *, test_acc: float | None = None, status
 def _result(cfg: dict, status: str, test_acc: float | None) -> dict:
     epochs = cfg["train"]["epochs"]
     out = {
-        "status": status, "config": cfg, "config_hash": config_hash(cfg), "code_version": "fixture",
+        "status": status, "config": cfg, "config_hash": config_hash(run_identity(cfg)), "code_version": "fixture",
         "seed": cfg["train"]["seed"], "epochs_completed": epochs if status == "completed" else 1,
         "steps": 10 * epochs, "total_steps": 10 * epochs,
         "final": {"epoch": epochs, "train_loss": 0.5, "train_acc": test_acc, "val_loss": 0.5, "val_acc": test_acc,
                   "test_loss": 0.5, "test_acc": test_acc},
         "best_val": {"epoch": epochs, "val_loss": 0.5, "val_acc": test_acc, "test_loss": 0.5,
                      "test_acc": None if test_acc is None else test_acc + 0.25},
-        "density": cfg["sparsity"]["density"], "layer_density": {"fc3.weight": cfg["sparsity"]["density"]},
+        "achieved_density": cfg["sparsity"]["density"],
+        "achieved_layer_density": {"fc3.weight": cfg["sparsity"]["density"]},
         "wall_time": 2.0, "train_time": 1.5, "steps_per_s": 10.0, "diverged": None,
     }
     if status == "diverged":

@@ -153,7 +153,8 @@ def test_cell_means_and_stds_over_seeds(main_grid):
     assert full["mean"] == pytest.approx(fx.BASE[0.05] + fx.OFFSET["snip"]) and full["std"] == pytest.approx(fx.STD)
     short = stats.loc[("random", "set", 0.2)]  # seed 1 failed
     assert (short["n"], short["seeds"]) == (2, "0,2")
-    assert short["mean"] == pytest.approx(fx.BASE[0.2] + fx.OFFSET["set"]) and short["std"] == pytest.approx(np.sqrt(0.5))
+    assert short["mean"] == pytest.approx(fx.BASE[0.2] + fx.OFFSET["set"])
+    assert short["std"] == pytest.approx(np.sqrt(0.5))
 
 
 def test_the_metric_is_chosen_by_name(main_grid):
@@ -233,7 +234,8 @@ def test_overlap_at_initialisation_averages_each_seed_once(runs):
     assert "run" not in set(at_init["a"]) | set(at_init["b"])
     pair = at_init[(at_init["a"] == "magnitude") & (at_init["b"] == "snip") & (at_init["prune_rate"] == 0.5)].iloc[0]
     # Seed 0 has two probes (0.6 each), seed 1 one (0.8): 0.7, not (0.6 + 0.6 + 0.8) / 3.
-    assert (pair["mean"], pair["n"]) == (pytest.approx(0.7), 2) and pair["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert (pair["mean"], pair["n"]) == (pytest.approx(0.7), 2)
+    assert pair["std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
     matrix = analysis.jaccard_matrix(at_init[at_init["prune_rate"] == 0.25])
     np.testing.assert_allclose(matrix.to_numpy(), matrix.to_numpy().T)
     np.testing.assert_allclose(np.diag(matrix.to_numpy()), 1.0)

@@ -295,3 +295,13 @@ def test_overlap_with_reference_criteria_at_every_update_leaves_the_run_unchange
     ov = tracked[0].overlap
     assert ov["criteria"] == ["run", "magnitude", "random"]
     assert ov["jaccard"][0][0] == 1.0 and 0 < ov["jaccard"][0][2] < 1
+
+
+def test_overlap_references_remove_what_the_run_removed():
+    # magnitude tracking itself: identical pruned sets in every layer, dense ERK layers included
+    cfg = SparsityConfig(density=0.3, criterion="magnitude", growth="gradient", update_frequency=2,
+                         overlap_with=["magnitude"])
+    model, opt, sp = make(cfg)
+    (record, *_) = train(model, opt, sp, batches(2))
+    assert record.overlap["jaccard"][0][1] == 1.0
+    assert all(m[0][1] == 1.0 for m in record.overlap["jaccard_per_layer"].values())

@@ -54,7 +54,7 @@ def test_run_writes_complete_records(tmp_path):
     assert result["epochs_completed"] == 3 and result["steps"] == 54 == result["total_steps"]  # 576 / 32 * 3
     assert result["final"]["test_acc"] > 30  # well above chance (10 %) on the separable data
     assert result["best_val"]["epoch"] in (1, 2, 3)
-    assert abs(result["density"] - 0.5) < 1e-3 and len(result["layer_density"]) == 4
+    assert abs(result["achieved_density"] - 0.5) < 1e-3 and len(result["achieved_layer_density"]) == 4
     assert result["config"]["sparsity"]["criterion"] == "magnitude" and len(result["config_hash"]) == 16
     assert result["steps_per_s"] > 0 and result["wall_time"] >= result["train_time"] > 0
     epochs = read_metrics(tmp_path, "epoch")
@@ -149,7 +149,7 @@ def test_binary_task_and_dense_mode(tmp_path):
                        "class_separation": 6.0}
     cfg.sparsity = SparsityConfig(mode="dense")
     result = train(cfg, tmp_path)
-    assert result["status"] == "completed" and result["final"]["test_acc"] > 70 and result["density"] == 1.0
+    assert result["status"] == "completed" and result["final"]["test_acc"] > 70 and result["achieved_density"] == 1.0
 
 
 def test_learning_rate_schedules():

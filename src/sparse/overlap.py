@@ -45,18 +45,22 @@ def criteria_overlap(
     masks: list[Tensor],
     rate: float,
     *,
+    counts: list[int] | None = None,
     given: dict[str, list[Tensor]] | None = None,
     **options,
 ) -> OverlapResult:
     """Prune every layer with each criterion at ``rate`` (no growth) and compare the pruned sets.
 
+    ``counts`` fixes how many weights each layer loses (default ceil(rate * active));
     ``given`` adds already-known pruned sets (e.g. a run's actual one) to the comparison,
     first in the matrix. ``options`` go to `functional.prune` (``compat``, ``gamma``,
     ``generator``: pass one of its own, so the analysis draws no random numbers of the run).
     """
+    counts = counts or [None] * len(masks)
     pruned = dict(given or {})
     for c in criteria:
-        pruned[c] = [m & ~prune(c, w, g, m, rate, **options) for w, g, m in zip(weights, grads, masks)]
+        pruned[c] = [m & ~prune(c, w, g, m, rate, count=q, **options)
+                     for w, g, m, q in zip(weights, grads, masks, counts)]
     criteria = list(pruned)
     per_layer = {}
     for i, name in enumerate(names):

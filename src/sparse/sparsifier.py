@@ -176,11 +176,12 @@ class Sparsifier:
         if cfg.global_pruning:
             pruned = self._prune_global(before, active, rate)
         else:
-            pruned = [self._prune_layer(i, before[i], active[i], rate) for i in range(len(before))]
+            counts = [self._prune_count(m, a, rate) for m, a in zip(before, active)]
+            pruned = [self._prune_layer(i, before[i], counts[i], rate) for i in range(len(before))]
         removed = [a - c for a, c in zip(active, _counts(pruned))]
         record = UpdateRecord(self.steps, rate)
-        if cfg.overlap_with:
-            record.overlap = self._overlap(cfg.overlap_with, rate, before, pruned).as_dict()
+        if cfg.overlap_with:  # the references remove as many weights per layer as the run did
+            record.overlap = self._overlap(cfg.overlap_with, rate, before, pruned, removed).as_dict()
         regrown_counts = []
         for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
             rescale_weight(param, old, new, cfg.rescale, compat=cfg.compat)
@@ -203,11 +204,14 @@ class Sparsifier:
             record.layers.append(LayerUpdate(name, a, r, g, gj))
         return record
 
-    def _prune_layer(self, i: int, mask: Tensor, active: int, rate: float) -> Tensor:
-        cfg = self.config
+    def _prune_count(self, mask: Tensor, active: int, rate: float) -> int:
         q = prune_count(rate, active)
-        if cfg.exclude_just_pruned:
+        if self.config.exclude_just_pruned:
             q = min(q, mask.numel() - active)  # never remove more than can be regrown elsewhere
+        return q
+
+    def _prune_layer(self, i: int, mask: Tensor, q: int, rate: float) -> Tensor:
+        cfg = self.config
         param = self.params[i]
         return prune(cfg.criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
                      normalization=cfg.normalization, norm_reduction=cfg.norm_reduction,
@@ -295,12 +299,12 @@ class Sparsifier:
         masks = [m.bool() for m in self.masks]
         return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
 
-    def _overlap(self, criteria, rate, masks, pruned=None) -> OverlapResult:
+    def _overlap(self, criteria, rate, masks, pruned=None, counts=None) -> OverlapResult:
         cfg = self.config
         given = None if pruned is None else {"run": [m & ~p for m, p in zip(masks, pruned)]}
         return criteria_overlap(
-            criteria, self.names, self.params, [p.grad for p in self.params], masks, rate, given=given,
-            compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
+            criteria, self.names, self.params, [p.grad for p in self.params], masks, rate, counts=counts,
+            given=given, compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
         )
 
     # ------------------------------------------------------------------ state

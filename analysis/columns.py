@@ -1,0 +1,62 @@
+"""Column names of the runs table and how they are shown.
+
+`load_runs` flattens each run's config with dotted names (``sparsity.density``) and adds
+the derived columns below; everything else in the package refers to columns by these names.
+"""
+
+from __future__ import annotations
+
+# Config columns the analyses group by.
+MODEL, DATA = "model.name", "data.name"
+MODE, CRITERION, GROWTH = "sparsity.mode", "sparsity.criterion", "sparsity.growth"
+DENSITY, SEED = "sparsity.density", "train.seed"
+UPDATE_FREQUENCY, GAMMA, GLOBAL = "sparsity.update_frequency", "sparsity.gamma", "sparsity.global_pruning"
+
+# Derived columns (see analysis.load).
+RUN_DIR = "run_dir"
+STATUS = "status"
+SETUP = "setup"  # "<model.name>/<data.name>"
+KIND = "kind"  # dense | static | dst | overlap_init
+IDENTITY = "identity"  # JSON of the config fields that define the experiment, seed excluded
+CELL = "cell"  # short hash of IDENTITY: runs of one cell differ only in their seed
+VARIANT = "variant"  # the identity fields besides the standard axes that vary within (setup, kind)
+RESULT_MTIME = "result_mtime"
+
+COMPLETED = "completed"
+INCOMPLETE = "incomplete"  # config.json but no result.json: running, or killed without a trace
+UNREADABLE = "unreadable"  # a record that is not valid JSON
+NOT_COMPLETED = ("diverged", "failed", "interrupted", INCOMPLETE, UNREADABLE)
+
+DEFAULT_METRIC = "final.test_acc"
+
+METRIC_LABELS = {
+    "final.test_acc": "test accuracy (%)",
+    "best_val.test_acc": "test accuracy at best validation (%)",
+    "final.val_acc": "validation accuracy (%)",
+    "best_val.val_acc": "best validation accuracy (%)",
+    "final.train_acc": "training accuracy (%)",
+    "final.test_loss": "test loss",
+}
+
+# The paper's names for the criteria in figures; tables keep the config names.
+CRITERION_LABELS = {
+    "magnitude": "Magnitude",
+    "set": "SET",
+    "set_legacy": "SET (legacy)",
+    "mest": "MEST",
+    "snip": "SNIP",
+    "sensitivity": "Sensitivity",
+    "reciprocal_sensitivity": "RSensitivity",
+    "random": "Random",
+    "grad_step": "GradStep",
+    "taylor_fo": "Taylor FO",
+    "run": "run",
+}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def criterion_label(criterion: str) -> str:
+    return CRITERION_LABELS.get(criterion, criterion)

@@ -1,0 +1,96 @@
+"""What a sweep is missing: runs that did not complete and cells short of seeds.
+
+A *cell* is one experiment (identity without the seed). Analyses use only completed runs;
+this report says what that leaves out, so that a mean over 3 seeds is never mistaken for
+one over 5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import columns as C
+
+_STATUSES = (C.COMPLETED, *C.NOT_COMPLETED)
+_DESCRIPTION = [C.SETUP, C.KIND, C.CRITERION, C.GROWTH, C.DENSITY, C.VARIANT]
+
+
+@dataclass
+class Completeness:
+    status: pd.DataFrame  # runs per (setup, kind) and status
+    cells: pd.DataFrame  # one row per cell: its runs by status, completed seeds, missing seeds
+    problems: pd.DataFrame  # every run that did not complete, with why when known
+    duplicates: pd.DataFrame  # (cell, seed) completed more than once; the analyses keep one
+
+    @property
+    def short(self) -> pd.DataFrame:
+        """Cells with fewer completed seeds than expected."""
+        return self.cells[self.cells["short"]]
+
+    def summary(self) -> str:
+        totals = self.status[list(_STATUSES)].sum()
+        lines = [f"{int(totals.sum())} runs: " + ", ".join(f"{int(totals[s])} {s}" for s in _STATUSES if totals[s])]
+        if len(self.short):
+            lines.append(f"{len(self.short)} of {len(self.cells)} cells have fewer completed seeds than expected")
+        if len(self.duplicates):
+            lines.append(f"{len(self.duplicates)} (cell, seed) pairs completed more than once (one is used)")
+        return "\n".join(lines)
+
+
+def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Completeness:
+    """Status counts, per-cell seed counts and the list of runs that did not complete.
+
+    A cell is *short* when it has fewer completed seeds than ``expected_seeds``, or by
+    default than the best-covered cell of its *family*: the cells of the same setup, kind
+    and variant (one study of one sweep, which is meant to have the same seeds throughout).
+    ``missing_seeds`` lists the seeds that runs of the family have and this cell lacks.
+    """
+    runs = runs.assign(**{C.STATUS: runs[C.STATUS].fillna(C.UNREADABLE)})
+    status = (runs.groupby([C.SETUP, C.KIND, C.STATUS], dropna=False).size()
+              .unstack(C.STATUS, fill_value=0).reindex(columns=list(_STATUSES), fill_value=0)
+              .rename_axis(columns=None).reset_index())
+    readable = runs[runs[C.CELL].notna()]
+    cells = _cells(readable, expected_seeds)
+    problem_columns = [C.RUN_DIR, *_DESCRIPTION, C.SEED, C.STATUS,
+                       *(c for c in ("epochs_completed", "diverged.reason", "error") if c in runs)]
+    not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
+    problems = not_completed[[c for c in problem_columns if c in not_completed]]
+    done = readable[readable[C.STATUS] == C.COMPLETED]
+    counts = done.groupby([C.CELL, C.SEED]).size()
+    duplicates = counts[counts > 1].rename("runs").reset_index()
+    return Completeness(status, cells, problems.reset_index(drop=True), duplicates)
+
+
+def _described(runs: pd.DataFrame) -> pd.DataFrame:
+    """Criterion and growth blanked for dense and static runs, density for dense ones: their
+    configs hold defaults that mean nothing for them."""
+    updates_topology = runs[C.KIND].isin(["dst", "overlap_init"])
+    return runs.assign(**{
+        C.CRITERION: runs[C.CRITERION].where(updates_topology),
+        C.GROWTH: runs[C.GROWTH].where(updates_topology),
+        C.DENSITY: runs[C.DENSITY].where(runs[C.KIND] != "dense"),
+    })
+
+
+def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
+    described = _described(runs)
+    grouped = described.groupby(C.CELL, sort=False)
+    cells = grouped[_DESCRIPTION].first()
+    cells = cells.join(grouped[C.STATUS].value_counts().unstack(fill_value=0)
+                       .reindex(columns=list(_STATUSES), fill_value=0))
+    seeds = described[described[C.STATUS] == C.COMPLETED].groupby(C.CELL)[C.SEED].agg(lambda s: sorted(set(s)))
+    cells["seeds"] = seeds.reindex(cells.index).map(lambda s: s if isinstance(s, list) else [])
+    cells["n_seeds"] = cells["seeds"].map(len)
+    family = [C.SETUP, C.KIND, C.VARIANT]
+    family_seeds = described.groupby(family)[C.SEED].agg(lambda s: set(s.dropna()))
+    cells["missing_seeds"] = [sorted(family_seeds[key] - set(seeds))
+                              for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])]
+    cells["expected"] = (expected_seeds if expected_seeds is not None
+                         else cells.groupby(family)["n_seeds"].transform("max"))
+    cells["short"] = cells["n_seeds"] < cells["expected"]
+    for name in ("seeds", "missing_seeds"):  # text, so that the table writes to CSV and parquet alike
+        cells[name] = cells[name].map(lambda s: ",".join(str(x) for x in s))
+    return cells.reset_index().sort_values([C.SETUP, C.KIND, C.VARIANT, C.CRITERION, C.GROWTH, C.DENSITY],
+                                           na_position="first", ignore_index=True)

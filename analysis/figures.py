@@ -1,0 +1,355 @@
+"""The report's figures, as `matplotlib.figure.Figure` objects.
+
+Figures are built without pyplot, so they work under any backend (Agg in scripts and
+tests, inline in notebooks) and are freed when dropped. Each accuracy figure draws the
+mean over seeds with a ±1 std band and says how many seeds each point has; a criterion has
+the same colour in every figure, static sparse training is light blue and the dense model a
+dashed black line, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+from . import columns as C
+from .grid import Baseline, Selection
+from .overlap import jaccard_matrix, random_expectation
+from .stats import summarize
+
+STATIC_COLOR = "#8ecae6"  # the paper's light blue
+DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.3}
+DROPOUT_STYLE = {"color": "tab:blue", "linestyle": ":", "linewidth": 1.6}
+RANDOM_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.4}
+_CRITERION_COLORS = {
+    "magnitude": "tab:red", "set": "tab:green", "set_legacy": "tab:olive", "mest": "tab:purple",
+    "snip": "tab:orange", "reciprocal_sensitivity": "tab:brown", "sensitivity": "tab:pink",
+    "random": "tab:gray", "grad_step": "tab:cyan", "taylor_fo": "navy",
+}
+_OTHER_COLORS = ("black", "darkgoldenrod", "teal", "crimson", "slateblue", "olivedrab")
+_PANEL = (4.4, 3.6)  # inches per panel
+
+
+def criterion_color(criterion: str) -> str:
+    if criterion in _CRITERION_COLORS:
+        return _CRITERION_COLORS[criterion]
+    return _OTHER_COLORS[sum(map(ord, criterion)) % len(_OTHER_COLORS)]  # stable across runs and figures
+
+
+def criterion_order(criteria: Iterable[str]) -> list[str]:
+    """The paper's order for known criteria, then the others alphabetically."""
+    known = list(C.CRITERION_LABELS)
+    return sorted(set(criteria), key=lambda c: (known.index(c) if c in known else len(known), c))
+
+
+def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.pdf``."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]  # (stems may contain dots)
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+# ------------------------------------------------------------------------ drawing helpers
+def _panels(rows: int, cols: int, *, sharey: bool = True, legend_space: float = 1.9) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(_PANEL[0] * cols + legend_space, _PANEL[1] * rows), layout="constrained")
+    return fig, fig.subplots(rows, cols, sharey=sharey, squeeze=False)
+
+
+def _curve(ax: Axes, stats: pd.DataFrame, x: str, label: str, color: str, **style) -> None:
+    """Mean with a ±1 std band (no band for single-seed points)."""
+    stats = stats.sort_values(x)
+    ax.plot(stats[x], stats["mean"], marker="o", markersize=3.5, color=color, label=label, **style)
+    spread = stats["std"].fillna(0)
+    ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, color=color, alpha=0.15, linewidth=0)
+
+
+def _hline(ax: Axes, baseline: Baseline, metric: str, label: str, style: dict) -> int:
+    """The baseline's mean as a horizontal line with a ±1 std band; returns its seed count."""
+    values = baseline.runs[metric].dropna()
+    if baseline.differences:
+        label = f"{label} ({baseline.note()})"
+    ax.axhline(values.mean(), label=label, **style)
+    if len(values) > 1:
+        ax.axhspan(values.mean() - values.std(), values.mean() + values.std(), color=style["color"], alpha=0.07,
+                   linewidth=0)
+    return len(values)
+
+
+def _log_axis(ax: Axes, values: Iterable[float], base: float = 10) -> None:
+    """Log x axis with a labelled tick at every value that occurs (no minor ticks)."""
+    values = sorted(set(values))
+    ax.set_xscale("log", base=base)
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    if len(values) > 6:  # the paper's 11 densities crowd below 0.1
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+
+
+def _seeds_text(counts: Iterable[int]) -> str:
+    counts = [int(n) for n in counts]
+    if not counts:
+        return ""
+    low, high = min(counts), max(counts)
+    return f"seeds per point: {low}" if low == high else f"seeds per point: {low}–{high}"
+
+
+def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
+    """One legend for all panels, right of them (labels deduplicated, in drawing order),
+    titled with how many seeds the points average."""
+    entries = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside right center", frameon=False, fontsize=8,
+                   title=_seeds_text(counts), title_fontsize=8)
+
+
+def _growth_order(growths: Iterable[str]) -> list[str]:
+    """Random growth first, as in the paper's figures."""
+    known = ["random", "gradient", "momentum"]
+    return sorted(set(growths), key=lambda g: (known.index(g) if g in known else len(known), g))
+
+
+def _criterion_curves(ax: Axes, runs: pd.DataFrame, x: str, metric: str, highlight: str | None = None) -> list[int]:
+    """One curve per criterion of ``runs`` against ``x``; returns the seed counts drawn."""
+    stats = summarize(runs, [C.CRITERION, x], metric)
+    for criterion in criterion_order(stats[C.CRITERION]):
+        style = {}
+        if highlight is not None:
+            style = {"linewidth": 2.6, "zorder": 3} if criterion == highlight else {"alpha": 0.55}
+        _curve(ax, stats[stats[C.CRITERION] == criterion], x, C.criterion_label(criterion),
+               criterion_color(criterion), **style)
+    return list(stats["n"])
+
+
+def _variant_title(fig: Figure, label: str) -> None:
+    """The variant's settings above the panels, wrapped to the figure's width."""
+    if label:
+        fig.suptitle(textwrap.fill(label, width=int(fig.get_figwidth() * 11)), fontsize=8)
+
+
+# ------------------------------------------------------------------------ accuracy figures
+def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, highlight: str | None = None) -> Figure:
+    """Fig. 1: one panel per growth rule, one curve per criterion, log density axis, static
+    sparse training as a light-blue curve and the dense model as a dashed line.
+    ``highlight`` draws one criterion bold and the others faded (Fig. 8)."""
+    runs = selection.runs
+    growths = _growth_order(runs[C.GROWTH])
+    fig, axes = _panels(1, len(growths))
+    static, dense = selection.baselines.get("static"), selection.baselines.get("dense")
+    densities, counts = set(runs[C.DENSITY]), []
+    for ax, growth in zip(axes[0], growths):
+        counts += _criterion_curves(ax, runs[runs[C.GROWTH] == growth], C.DENSITY, metric, highlight)
+        if static is not None:
+            stats = summarize(static.runs, [C.DENSITY], metric)
+            label = "static" + (f" ({static.note()})" if static.differences else "")
+            _curve(ax, stats, C.DENSITY, label, STATIC_COLOR, linewidth=2)
+            densities |= set(stats[C.DENSITY])
+            counts += list(stats["n"])
+        if dense is not None:
+            counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
+        _log_axis(ax, densities)
+        ax.set_title(f"{selection.setup} — {growth} growth", fontsize=10)
+        ax.set_xlabel("density")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(C.metric_label(metric))
+    _variant_title(fig, selection.label)
+    _legend(fig, axes, counts)
+    return fig
+
+
+def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
+    """Fig. 4: accuracy against the update frequency (log2 axis), one curve per criterion,
+    one row per density and one column per growth rule."""
+    runs = selection.runs
+    densities, growths = sorted(runs[C.DENSITY].unique()), _growth_order(runs[C.GROWTH])
+    fig, axes = _panels(len(densities), len(growths), sharey=False)
+    dense, counts = selection.baselines.get("dense"), []
+    for row, density in zip(axes, densities):
+        for ax, growth in zip(row, growths):
+            cell = runs[(runs[C.DENSITY] == density) & (runs[C.GROWTH] == growth)]
+            counts += _criterion_curves(ax, cell, C.UPDATE_FREQUENCY, metric)
+            if dense is not None:
+                counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
+            _log_axis(ax, runs[C.UPDATE_FREQUENCY], base=2)
+            ax.set_title(f"{selection.setup} — density {density:g}, {growth} growth", fontsize=10)
+            ax.set_xlabel("update frequency (steps between updates)")
+            ax.set_ylabel(C.metric_label(metric))
+            ax.grid(alpha=0.3)
+    _variant_title(fig, selection.label)
+    _legend(fig, axes, counts)
+    return fig
+
+
+def accuracy_vs_gamma(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
+    """Fig. 7: MEST's accuracy against gamma (log axis), one curve per density, one panel per
+    growth rule."""
+    runs = selection.runs
+    growths = _growth_order(runs[C.GROWTH])
+    densities = sorted(runs[C.DENSITY].unique())
+    colors = dict(zip(densities, _sequential(len(densities))))
+    fig, axes = _panels(1, len(growths), sharey=False)
+    counts = []
+    for ax, growth in zip(axes[0], growths):
+        stats = summarize(runs[runs[C.GROWTH] == growth], [C.DENSITY, C.GAMMA], metric)
+        for density, curve in stats.groupby(C.DENSITY):
+            _curve(ax, curve, C.GAMMA, f"density {density:g}", colors[density])
+        _log_axis(ax, runs[C.GAMMA])
+        counts += list(stats["n"])
+        ax.set_title(f"{selection.setup} — MEST, {growth} growth", fontsize=10)
+        ax.set_xlabel("γ (MEST gradient coefficient)")
+        ax.set_ylabel(C.metric_label(metric))
+        ax.grid(alpha=0.3)
+    _variant_title(fig, selection.label)
+    _legend(fig, axes, counts)
+    return fig
+
+
+def _sequential(n: int) -> list:
+    return [colormaps["viridis"](x) for x in np.linspace(0.05, 0.9, n)]
+
+
+def global_vs_layerwise(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
+    """Fig. 13: global against layer-wise pruning per criterion (panels), accuracy against
+    density; the layer-wise runs are the selection's ``"layer-wise"`` baseline."""
+    runs = selection.runs
+    layerwise = selection.baselines.get("layer-wise")
+    growths, criteria = _growth_order(runs[C.GROWTH]), criterion_order(runs[C.CRITERION])
+    fig, axes = _panels(len(growths), len(criteria))
+    label = "layer-wise" + (f" ({layerwise.note()})" if layerwise is not None and layerwise.differences else "")
+    counts = []
+    for row, growth in zip(axes, growths):
+        for ax, criterion in zip(row, criteria):
+            cell = runs[(runs[C.GROWTH] == growth) & (runs[C.CRITERION] == criterion)]
+            stats = summarize(cell, [C.DENSITY], metric)
+            _curve(ax, stats, C.DENSITY, "global pruning", "black")
+            counts += list(stats["n"])
+            if layerwise is not None:
+                other = layerwise.runs
+                other = other[(other[C.GROWTH] == growth) & (other[C.CRITERION] == criterion)
+                              & other[C.DENSITY].isin(stats[C.DENSITY])]
+                other_stats = summarize(other, [C.DENSITY], metric)
+                _curve(ax, other_stats, C.DENSITY, label, "0.55", linestyle="--")
+                counts += list(other_stats["n"])
+            _log_axis(ax, stats[C.DENSITY])
+            ax.set_title(f"{selection.setup} — {C.criterion_label(criterion)}, {growth} growth", fontsize=10)
+            ax.set_xlabel("density")
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(C.metric_label(metric))
+    _variant_title(fig, selection.label)
+    _legend(fig, axes, counts)
+    return fig
+
+
+def density_one(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
+    """Fig. 5: DST at density 1.0 per criterion (mean ± std) against the dense model and
+    the dense model with dropout (horizontal lines with ±1 std bands)."""
+    stats = summarize(selection.runs, [C.CRITERION, C.GROWTH], metric)
+    several_growths = stats[C.GROWTH].nunique() > 1
+    order = {c: i for i, c in enumerate(criterion_order(stats[C.CRITERION]))}
+    stats = stats.assign(order=stats[C.CRITERION].map(order)).sort_values([C.GROWTH, "order"])
+    fig, axes = _panels(1, 1, legend_space=2.6)
+    ax = axes[0, 0]
+    x = np.arange(len(stats))
+    for i, (_, row) in enumerate(stats.iterrows()):
+        ax.errorbar(i, row["mean"], yerr=0 if pd.isna(row["std"]) else row["std"], fmt="o", capsize=4,
+                    color=criterion_color(row[C.CRITERION]))
+    labels = [C.criterion_label(c) + (f"\n{g}" if several_growths else "")
+              for c, g in zip(stats[C.CRITERION], stats[C.GROWTH])]
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    counts = list(stats["n"])
+    for kind, style in (("dense", DENSE_STYLE), ("dense + dropout", DROPOUT_STYLE)):
+        if kind in selection.baselines:
+            counts.append(_hline(ax, selection.baselines[kind], metric, kind, style))
+    ax.set_xlim(-0.6, len(stats) - 0.4)
+    ax.set_title(f"{selection.setup} — DST at density 1.0", fontsize=10)
+    ax.set_ylabel(C.metric_label(metric))
+    ax.grid(alpha=0.3, axis="y")
+    _variant_title(fig, selection.label)
+    _legend(fig, axes, counts)
+    return fig
+
+
+# ------------------------------------------------------------------------ overlap figures
+def overlap_heatmaps(at_init: pd.DataFrame, setup: str) -> Figure:
+    """Fig. 6a: Jaccard similarity of the criteria's pruned sets at initialisation, one
+    annotated heatmap per (density: rows, prune fraction: columns), mean over seeds."""
+    data = at_init[at_init[C.SETUP] == setup]
+    densities = sorted(data[C.DENSITY].unique())
+    rates = sorted(data["prune_rate"].unique(), reverse=True)
+    k = data["a"].nunique()
+    side = max(2.6, 0.5 * k + 1.2)
+    fig = Figure(figsize=(side * len(rates) + 1.2, side * len(densities) + 0.6), layout="constrained")
+    axes = fig.subplots(len(densities), len(rates), squeeze=False)
+    image = None
+    for row, density in zip(axes, densities):
+        for ax, rate in zip(row, rates):
+            cell = data[(data[C.DENSITY] == density) & (data["prune_rate"] == rate)]
+            if cell.empty:
+                ax.set_axis_off()
+                continue
+            matrix = jaccard_matrix(cell)
+            order = criterion_order(matrix.index)
+            matrix = matrix.reindex(index=order, columns=order)
+            image = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+            for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if value > 0.6 else "white")
+            names = [C.criterion_label(c) for c in order]
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+            ax.set_yticks(range(len(names)), names, fontsize=8)
+            seeds = int(cell["n"].max())
+            ax.set_title(f"density {density:g}, r = {rate:g} (random: {random_expectation(rate):.2f}); "
+                         f"{seeds} seed{'s' if seeds > 1 else ''}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="Jaccard similarity")
+    fig.suptitle(f"{setup} — overlap of pruned sets at initialisation", fontsize=10)
+    return fig
+
+
+def overlap_trajectory_curves(trajectories: pd.DataFrame) -> Figure:
+    """Fig. 6b: per trajectory criterion (panels), the Jaccard similarity of the run's pruned
+    set with each reference criterion's along training (mean ± std over seeds), and the
+    random-pruning expectation r/(2-r) at each update's prune fraction.
+
+    ``trajectories``: the `overlap_trajectories` rows of one (setup, variant, density).
+    """
+    criteria = criterion_order(trajectories[C.CRITERION])
+    cols = min(3, len(criteria))
+    rows = math.ceil(len(criteria) / cols)
+    fig, axes = _panels(rows, cols)
+    first = trajectories.iloc[0]
+    for ax, criterion in zip(axes.flat, criteria):
+        runs = trajectories[trajectories[C.CRITERION] == criterion]
+        for reference in criterion_order(runs["reference"]):
+            _curve(ax, runs[runs["reference"] == reference], "step", C.criterion_label(reference),
+                   criterion_color(reference))
+        rate = runs.groupby("step")["prune_rate"].mean()
+        ax.plot(rate.index, random_expectation(rate), label="random expectation r/(2−r)", **RANDOM_STYLE)
+        ax.set_title(f"{first[C.SETUP]}, density {first[C.DENSITY]:g} — run: {C.criterion_label(criterion)}",
+                     fontsize=10)
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(criteria):]:
+        ax.set_axis_off()
+    for row in axes:
+        row[0].set_ylabel("Jaccard similarity with the run's pruned set")
+    _variant_title(fig, first[C.VARIANT])
+    _legend(fig, axes, trajectories["n"])
+    return fig

@@ -1,0 +1,250 @@
+"""Reading run records into pandas: one row per run, and the per-epoch / per-update metrics.
+
+A run directory holds ``config.json`` (written at the start), ``metrics.jsonl`` and, once
+the run has ended in any way, ``result.json`` (see ``src/records.py``). Runs are found by
+searching sweep directories recursively, so any launcher layout works. A run without a
+result is kept with status ``incomplete``; a record that cannot be parsed is kept with
+status ``unreadable``: nothing is dropped here, the analyses choose what they use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from src.config import run_identity
+from src.records import CONFIG, METRICS, RESULT, config_hash
+
+from . import columns as C
+from .grid import variant_labels
+
+CACHE_NAME = ".analysis_cache.parquet"
+# Bump when the rows built by `read_run` change, so that old caches are rebuilt.
+CACHE_VERSION = "1"
+_FINGERPRINT_KEY = b"analysis.fingerprint"
+
+# Identity fields that do not change what a run computes: overlap tracking draws from its own
+# random generator, so a run with `overlap_with` set trains exactly like one without.
+_NOT_IDENTITY = (C.SEED, "sparsity.overlap_with")
+# Present in every runs table, even one of unreadable or no records, so analyses need no guards.
+_BASE_COLUMNS = [C.RUN_DIR, C.STATUS, C.SETUP, C.KIND, C.IDENTITY, C.CELL, C.RESULT_MTIME,
+                 C.MODEL, C.DATA, C.MODE, C.CRITERION, C.GROWTH, C.DENSITY, C.SEED]
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every directory under ``root`` (itself included) holding a config.json or result.json.
+
+    Hidden directories (.hydra, .submitit, caches) are skipped, and so is everything below a
+    run directory: runs do not nest.
+    """
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if CONFIG in filenames or RESULT in filenames:
+            found.append(Path(dirpath))
+            dirnames.clear()
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(found)
+
+
+def load_runs(*sweep_dirs: str | Path, cache: bool = True) -> pd.DataFrame:
+    """One row per run found under ``sweep_dirs``.
+
+    Columns: the flattened config (``model.name``, ``sparsity.density``, ``train.seed``, ...;
+    lists as JSON text), the result (``status``, ``final.test_acc``, ``best_val.test_acc``,
+    ``wall_time``, ``density`` = realised density, ``diverged.step``, ``error``, ...), and the
+    derived ``run_dir``, ``setup``, ``kind``, ``identity``, ``cell``, ``variant`` (see
+    `analysis.columns`). With ``cache``, each sweep directory's rows are kept in
+    ``<sweep_dir>/.analysis_cache.parquet`` and rebuilt when any config.json or result.json
+    appears, disappears or changes (modification time or size).
+    """
+    if not sweep_dirs:
+        raise ValueError("load_runs: give at least one sweep directory")
+    frames = []
+    for root in sweep_dirs:
+        root = Path(root).resolve()  # run_dir is absolute, whatever the working directory
+        if not root.is_dir():
+            raise FileNotFoundError(f"load_runs: {root} is not a directory")
+        frames.append(_load_sweep(root, cache))
+    runs = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    # A run reachable from two of the given directories (nested sweeps) is one run.
+    runs = runs.drop_duplicates(C.RUN_DIR, ignore_index=True)
+    runs[C.VARIANT] = variant_labels(runs)
+    first = [C.RUN_DIR, C.STATUS, C.SETUP, C.KIND, C.VARIANT, C.CELL]
+    return runs[first + [c for c in runs.columns if c not in first]]
+
+
+def load_metrics(runs: pd.DataFrame | Iterable[str | Path], kind: str) -> pd.DataFrame:
+    """The ``kind`` ("epoch" or "update") lines of the runs' metrics.jsonl, one row per line.
+
+    ``runs`` is a runs table (its ``run_dir`` column is used) or run directories. Nested
+    fields stay Python objects (``layer_density``, ``layers``, ``overlap``); join with the
+    runs table on ``run_dir`` for the config. A line that cannot be parsed (the last line
+    of a killed run can be cut short) is skipped with a warning.
+    """
+    run_dirs = runs[C.RUN_DIR] if isinstance(runs, pd.DataFrame) else runs
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / METRICS
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                warnings.warn(f"{path}:{number}: not valid JSON, skipped", stacklevel=2)
+                continue
+            if record.get("kind") == kind:
+                rows.append({C.RUN_DIR: str(run_dir), **record})
+    return pd.DataFrame(rows, columns=None if rows else [C.RUN_DIR, "kind", "epoch", "step"])
+
+
+def read_run(run_dir: Path) -> dict:
+    """The runs-table row of one run directory."""
+    row: dict = {C.RUN_DIR: str(run_dir), C.RESULT_MTIME: None}
+    config, result, errors = None, None, []
+    for name in (CONFIG, RESULT):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if name == CONFIG:
+            config = content
+        else:
+            result = content
+            row[C.RESULT_MTIME] = path.stat().st_mtime
+    config = config or (result or {}).get("config")
+    if config:
+        row.update(flatten(config))
+        row.update(_derived(config))
+    if result:
+        row.update(_result_columns(result))
+    if errors:
+        row[C.STATUS], row["error"] = C.UNREADABLE, "; ".join(errors)
+    elif result is None:
+        row[C.STATUS] = C.INCOMPLETE
+    return row
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts to dotted keys; lists become JSON text (hashable, and one parquet type)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _derived(config: dict) -> dict:
+    flat = flatten(config)
+    identity = {k: v for k, v in flatten(run_identity(config)).items() if k not in _NOT_IDENTITY}
+    identity_json = json.dumps(identity, sort_keys=True)
+    return {
+        C.SETUP: f"{flat.get(C.MODEL)}/{flat.get(C.DATA)}",
+        C.KIND: _kind(flat),
+        C.IDENTITY: identity_json,
+        C.CELL: config_hash(identity),
+    }
+
+
+def _kind(flat: dict) -> str:
+    """dense, static, dst, or overlap_init: a DST run stopped before it trained (learning
+    rate 0, a step limit) to compare the criteria's pruned sets at initialisation."""
+    mode = flat.get(C.MODE)
+    if mode == "dst" and flat.get("optim.lr") == 0 and flat.get("train.max_steps") is not None:
+        return "overlap_init"
+    return mode
+
+
+def _result_columns(result: dict) -> dict:
+    result = {k: v for k, v in result.items() if k != "config"}
+    diverged = result.pop("diverged", None) or {}
+    row = flatten({k: v for k, v in result.items() if k != "achieved_layer_density"})
+    row["achieved_layer_density"] = json.dumps(result.get("achieved_layer_density"), sort_keys=True)
+    row["diverged.step"] = diverged.get("step")
+    row["diverged.reason"] = diverged.get("reason")
+    return row
+
+
+# ---------------------------------------------------------------------------- cache
+def _load_sweep(root: Path, cache: bool) -> pd.DataFrame:
+    run_dirs = find_run_dirs(root)
+    fingerprint = _fingerprint(root, run_dirs)
+    path = root / CACHE_NAME
+    if cache:
+        cached = _read_cache(path, fingerprint)
+        if cached is not None:
+            return cached
+    runs = pd.DataFrame([read_run(d) for d in run_dirs])
+    runs = runs.reindex(columns=[*runs.columns, *(c for c in _BASE_COLUMNS if c not in runs)])
+    # Through Arrow either way, so that a fresh load and a cached one have the same dtypes.
+    table = pa.Table.from_pandas(_arrow_safe(runs), preserve_index=False)
+    if cache:
+        _write_cache(path, table, fingerprint)
+    return table.to_pandas()
+
+
+def _fingerprint(root: Path, run_dirs: list[Path]) -> str:
+    """Changes whenever a config.json or result.json is added, removed or rewritten, and
+    when the sweep directory moves (the rows hold absolute run directories)."""
+    entries = [CACHE_VERSION, str(root)]
+    for run_dir in run_dirs:
+        for name in (CONFIG, RESULT):
+            try:
+                st = (run_dir / name).stat()
+                entries.append(f"{run_dir.relative_to(root)}/{name}:{st.st_mtime_ns}:{st.st_size}")
+            except FileNotFoundError:
+                pass
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _read_cache(path: Path, fingerprint: str) -> pd.DataFrame | None:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return None
+    if (table.schema.metadata or {}).get(_FINGERPRINT_KEY) != fingerprint.encode():
+        return None
+    return table.to_pandas()
+
+
+def _write_cache(path: Path, table: pa.Table, fingerprint: str) -> None:
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _FINGERPRINT_KEY: fingerprint.encode()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only sweep directory still loads, just without a cache
+        warnings.warn(f"could not write the analysis cache {path}: {e}", stacklevel=3)
+        tmp.unlink(missing_ok=True)
+
+
+def _arrow_safe(runs: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose values mix Python types (a field that changed type between code
+    versions) become text, so that the table can be stored as parquet."""
+    for name in runs.columns[runs.dtypes == object]:
+        values = runs[name].dropna()
+        types = {type(v) for v in values if not (isinstance(v, float) and math.isnan(v))}
+        if len(types) > 1:
+            runs[name] = runs[name].map(lambda v: v if v is None or v != v else str(v))
+    return runs

@@ -1,0 +1,286 @@
+"""Everything the records support, written to one directory with an index page.
+
+    <out>/index.md, <out>/index.html   what was produced, with the figures inline
+    <out>/tables/<name>.{md,csv,tex}
+    <out>/figures/<name>.{png,pdf}
+
+Each study (a figure of the paper and its table) is produced only when the runs contain it;
+the index lists the ones that were not, and why.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import columns as C
+from . import figures, grid, overlap, tables
+from .completeness import completeness
+from .tables import Table
+
+_EMBED_MAX_ROWS = 60  # larger tables are linked from the HTML index, not inlined
+
+
+@dataclass
+class Options:
+    """How runs are compared (the options of ``python -m analysis report``)."""
+
+    metric: str = C.DEFAULT_METRIC
+    alpha: float = 0.05
+    alternative: str = "greater"
+    low_density: float = 0.1
+    expected_seeds: int | None = None
+
+
+@dataclass
+class Section:
+    """One heading of the index: a study's text, tables and figures."""
+
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, file stem relative to out)
+
+
+class _Output:
+    """Writes tables and figures under the report directory and files them in a section."""
+
+    def __init__(self, out: Path):
+        self.out = out
+
+    def table(self, section: Section, table: Table | None) -> None:
+        if table is not None:
+            table.write(self.out / "tables")
+            section.tables.append(table)
+
+    def figure(self, section: Section, fig: Figure, name: str, caption: str) -> None:
+        figures.save_figure(fig, self.out / "figures" / name)
+        section.figures.append((caption, f"figures/{name}"))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
+
+
+def _name(prefix: str, setup: str, number: int | None = None) -> str:
+    """``<prefix>__<setup>``, numbered when a setup has several figures of a study (their
+    variants are in the captions: labels can be too long for file names)."""
+    return f"{prefix}__{slug(setup)}" + ("" if number is None else f"__{number}")
+
+
+# ------------------------------------------------------------------------ studies
+def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    section = Section("Accuracy vs density (Fig. 1) and which criterion wins where")
+    mains, notes = [], []
+    for setup in grid.setups(runs):
+        grids = grid.density_grids(runs, setup)
+        if not grids:
+            continue
+        main = grids[0]
+        mains.append(main)
+        out.figure(section, figures.accuracy_vs_density(main, opt.metric), _name("fig1_accuracy_vs_density", setup),
+                   f"{main.title}: {C.metric_label(opt.metric)} vs density")
+        notes += [f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
+                  for kind, b in main.baselines.items() if b.differences]
+        if len(grids) > 1:
+            notes.append(f"{setup}: main grid '{main.label or 'all'}'; other DST variants (in their own studies "
+                         f"below, or not plotted): " + "; ".join(g.label for g in grids[1:]))
+    if not mains:
+        return None
+    section.text = "\n".join(notes)
+    out.table(section, tables.accuracy_table(mains, opt.metric))
+    ranked = tables.ranking_tables(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
+                                   low_density=opt.low_density)
+    for table in ranked or ():
+        out.table(section, table)
+    return section
+
+
+def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
+                  table: Callable[[list[grid.Selection], Options], Table | None]):
+    """A study drawn as one figure per selection, with one table over all selections."""
+    def study(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+        section = Section(title)
+        selections = []
+        for setup in grid.setups(runs):
+            found = select(runs, setup)
+            for number, selection in enumerate(found, 1):
+                out.figure(section, draw(selection, opt.metric),
+                           _name(prefix, setup, number if len(found) > 1 else None), selection.title)
+            selections += found
+        if not selections:
+            return None
+        out.table(section, table(selections, opt))
+        return section
+
+    return study
+
+
+def _update_frequency_table(selections: list[grid.Selection], opt: Options) -> Table | None:
+    return tables.study_table("update_frequency", "Accuracy by update frequency (columns).", selections,
+                              [C.GROWTH, C.DENSITY, C.CRITERION], C.UPDATE_FREQUENCY, opt.metric)
+
+
+def _gamma_table(selections: list[grid.Selection], opt: Options) -> Table | None:
+    return tables.study_table("mest_gamma", "MEST accuracy by gamma (columns).", selections,
+                              [C.GROWTH, C.DENSITY], C.GAMMA, opt.metric)
+
+
+def _sensitivity_table(selections: list[grid.Selection], opt: Options) -> Table | None:
+    return tables.study_table("sensitivity", "Sensitivity and the criteria run with the same settings.", selections,
+                              [C.GROWTH, C.CRITERION], C.DENSITY, opt.metric)
+
+
+def _global_table(selections: list[grid.Selection], opt: Options) -> Table | None:
+    combined = []
+    for s in selections:
+        runs = s.runs.assign(pruning="global")
+        if "layer-wise" in s.baselines:
+            other = s.baselines["layer-wise"].runs
+            other = other[other[C.CRITERION].isin(runs[C.CRITERION]) & other[C.GROWTH].isin(runs[C.GROWTH])
+                          & other[C.DENSITY].isin(runs[C.DENSITY])]
+            runs = pd.concat([runs, other.assign(pruning="layer-wise")])
+        combined.append(grid.Selection(s.setup, s.label, runs))
+    return tables.study_table("global_pruning", "Global vs layer-wise pruning.", combined,
+                              [C.GROWTH, C.CRITERION, "pruning"], C.DENSITY, opt.metric)
+
+
+def _density_one_table(selections: list[grid.Selection], opt: Options) -> Table | None:
+    return tables.baselines_table("density_one", "DST at density 1.0 by criterion / growth, the dense model, and "
+                                  "the dense model with dropout.", selections, [C.CRITERION, C.GROWTH], opt.metric)
+
+
+def _sensitivity_figure(selection: grid.Selection, metric: str) -> Figure:
+    return figures.accuracy_vs_density(selection, metric, highlight="sensitivity")
+
+
+def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    at_init = overlap.overlap_at_init(runs)
+    if at_init.empty:
+        return None
+    section = Section("Overlap of pruned sets at initialisation (Fig. 6a)")
+    for setup in sorted(at_init[C.SETUP].unique()):
+        out.figure(section, figures.overlap_heatmaps(at_init, setup), _name("fig6a_overlap_init", setup),
+                   f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation")
+    out.table(section, tables.overlap_init_table(at_init))
+    return section
+
+
+def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    trajectories = overlap.overlap_trajectories(runs)
+    if trajectories.empty:
+        return None
+    section = Section("Overlap of pruned sets along training (Fig. 6b)")
+    for setup, of_setup in trajectories.groupby(C.SETUP):
+        parts = list(of_setup.groupby([C.VARIANT, C.DENSITY]))
+        for number, ((variant, density), part) in enumerate(parts, 1):
+            out.figure(section, figures.overlap_trajectory_curves(part),
+                       _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
+                       f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training")
+    out.table(section, tables.overlap_trajectory_table(trajectories))
+    return section
+
+
+# (why the study is missing when it returns None, the study)
+STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
+    ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
+    ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
+     _figure_study("Update frequency (Fig. 4)", "fig4_update_frequency", grid.update_frequency_grids,
+                   figures.accuracy_vs_update_frequency, _update_frequency_table)),
+    ("Fig. 7 (MEST gamma): no MEST runs with two or more values of gamma",
+     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids, figures.accuracy_vs_gamma, _gamma_table)),
+    ("Fig. 8 (sensitivity): no runs of the sensitivity criterion at two or more densities",
+     _figure_study("Sensitivity criterion (Fig. 8)", "fig8_sensitivity", grid.sensitivity_grids, _sensitivity_figure,
+                   _sensitivity_table)),
+    ("Fig. 13 (global pruning): no global-pruning runs at two or more densities",
+     _figure_study("Global vs layer-wise pruning (Fig. 13)", "fig13_global_pruning", grid.global_pruning_grids,
+                   figures.global_vs_layerwise, _global_table)),
+    ("Fig. 5 (density 1.0 and dropout): no DST runs at density 1.0",
+     _figure_study("DST at density 1.0 as a regulariser, and dropout (Fig. 5)", "fig5_density_one",
+                   grid.density_one_grids, figures.density_one, _density_one_table)),
+    ("Fig. 6a (overlap at initialisation): no completed overlap_init runs", _overlap_init),
+    ("Fig. 6b (overlap along training): no completed DST runs with overlap_with", _overlap_trajectories),
+]
+
+
+# ------------------------------------------------------------------------ entry point
+def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = None,
+                 sources: Sequence[str | Path] = ()) -> Path:
+    """Write every table and figure ``runs`` support under ``out``; returns index.html."""
+    opt = options or Options()
+    out = Path(out)
+    output = _Output(out)
+    status = completeness(runs, opt.expected_seeds)
+    first = Section("Completeness", status.summary())
+    for table in tables.completeness_tables(status):
+        output.table(first, table)
+    sections, missing = [first], []
+    for why_not, study in STUDIES:
+        section = study(runs, output, opt)
+        if section is None:
+            missing.append(why_not)
+        else:
+            sections.append(section)
+    header = {
+        "sources": ", ".join(str(s) for s in sources) or "(runs table)",
+        "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",
+        "significance": f"Welch's t-test ({'one' if opt.alternative == 'greater' else 'two'}-sided) against the "
+                        f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
+        "runs used": "completed runs only (one per experiment and seed); see Completeness",
+    }
+    (out / "index.md").write_text(_markdown_index(header, sections, missing))
+    (out / "index.html").write_text(_html_index(header, sections, missing))
+    return out / "index.html"
+
+
+def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -> str:
+    lines = ["# DST analysis report", ""]
+    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+    for section in sections:
+        lines += ["", f"## {section.title}", ""]
+        if section.text:
+            lines += ["```", section.text, "```", ""]
+        for table in section.tables:
+            links = ", ".join(f"[{fmt}](tables/{table.name}.{fmt})" for fmt in ("md", "csv", "tex"))
+            lines.append(f"- table `{table.name}` ({links}): {table.caption}")
+        for caption, stem in section.figures:
+            lines += ["", f"![{caption}]({stem}.png)", f"*{caption}* ([PDF]({stem}.pdf))"]
+    if missing:
+        lines += ["", "## Not produced", ""] + [f"- {m}" for m in missing]
+    return "\n".join(lines) + "\n"
+
+
+def _html_index(header: dict, sections: list[Section], missing: list[str]) -> str:
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>DST analysis report</title><style>",
+             "body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}",
+             "img{max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.5em 0}",
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}pre{background:#f6f6f6;padding:.5em}",
+             "</style></head><body><h1>DST analysis report</h1><ul>"]
+    parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
+    parts.append("</ul>")
+    for section in sections:
+        parts.append(f"<h2>{e(section.title)}</h2>")
+        if section.text:
+            parts.append(f"<pre>{e(section.text)}</pre>")
+        for table in section.tables:
+            links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
+            parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
+            shown = table.shown()
+            if len(shown) <= _EMBED_MAX_ROWS:
+                parts.append(shown.to_html(index=False, na_rep=""))
+            else:
+                parts.append(f"<p>({len(shown)} rows: see the linked files)</p>")
+        for caption, stem in section.figures:
+            parts.append(f"<figure><img src='{stem}.png' alt='{e(caption)}'><figcaption>{e(caption)} "
+                         f"(<a href='{stem}.pdf'>PDF</a>)</figcaption></figure>")
+    if missing:
+        parts.append("<h2>Not produced</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in missing) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,139 @@
+"""Aggregation over seeds, and which criterion wins where.
+
+Significance (`compare_to_best`): at one (setup, growth, density), the criterion with the
+highest mean is the *best*; every other criterion is compared with it by Welch's t-test
+(unequal variances) across seeds, by default one-sided (H1: the best's mean is higher;
+``alternative="two-sided"`` tests for any difference). The p-values of the k-1 comparisons
+at that density are Holm-corrected, so the chance of calling any tied criterion "worse" at
+that density is at most alpha. A criterion is in the *best group* when it is the best or not
+significantly worse than it. The best is picked from the same data it is tested on, so the
+best group is a descriptive summary, not a confirmatory test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from . import columns as C
+
+ALTERNATIVES = ("greater", "two-sided")
+
+
+def summarize(runs: pd.DataFrame, by: Sequence[str], metric: str = C.DEFAULT_METRIC) -> pd.DataFrame:
+    """Mean, sample std (ddof 1), standard error, n and the seeds of ``metric`` per group."""
+    by = list(by)
+    values = runs[[*by, metric, C.SEED]].dropna(subset=[metric])
+    grouped = values.groupby(by, dropna=False, sort=True)
+    out = grouped[metric].agg(n="count", mean="mean", std="std")
+    out["sem"] = out["std"] / np.sqrt(out["n"])
+    out["seeds"] = grouped[C.SEED].agg(lambda s: ",".join(str(x) for x in sorted(s)))
+    return out.reset_index()
+
+
+def welch_pvalue(best: Sequence[float], other: Sequence[float], alternative: str = "greater") -> float:
+    """p-value of Welch's t-test of ``best`` against ``other``.
+
+    ``greater``: H1 mean(best) > mean(other); ``two-sided``: H1 the means differ. NaN with
+    fewer than two values on either side (no variance estimate). When both samples have
+    zero variance the test degenerates: p is 1 for equal means and 0 for different ones
+    (in the tested direction).
+    """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative: {alternative!r} is not one of {ALTERNATIVES}")
+    a, b = np.asarray(best, dtype=float), np.asarray(other, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    if a.var() == 0 and b.var() == 0:
+        diff = a.mean() - b.mean()
+        return 1.0 if diff == 0 or (alternative == "greater" and diff < 0) else 0.0
+    return float(sps.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaNs are not tests: they stay NaN and do not count).
+
+    Sorted ascending, p_(i) becomes max_{j<=i} min(1, (m - j + 1) p_(j)); rejecting the
+    hypotheses with adjusted p < alpha controls the family-wise error rate at alpha.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, index in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def compare_to_best(samples: Mapping[str, Sequence[float]], *, alpha: float = 0.05,
+                    alternative: str = "greater") -> pd.DataFrame:
+    """Rank the items of one comparison (e.g. the criteria at one density) and test each
+    against the best (module docstring).
+
+    Returns one row per item: n, mean, std, rank (1 = highest mean; ties share the average
+    rank), p_value and p_holm (NaN for the best and for items that cannot be tested: fewer
+    than 2 values on either side), worse (significantly worse than the best after Holm) and
+    best_group (not worse; an item that cannot be tested is not called worse).
+    """
+    names = sorted(samples)
+    values = [np.asarray(samples[n], dtype=float) for n in names]
+    table = pd.DataFrame({
+        "item": names,
+        "n": [len(v) for v in values],
+        "mean": [v.mean() if len(v) else np.nan for v in values],
+        "std": [v.std(ddof=1) if len(v) > 1 else np.nan for v in values],
+    })
+    table["rank"] = table["mean"].rank(ascending=False, method="average")
+    best = int(table["mean"].idxmax())  # first name among equal means
+    table["p_value"] = [np.nan if i == best else welch_pvalue(values[best], v, alternative)
+                        for i, v in enumerate(values)]
+    table["p_holm"] = holm(table["p_value"])
+    table["worse"] = table["p_holm"] < alpha
+    table["best_group"] = ~table["worse"]
+    return table
+
+
+def rank_criteria(runs: pd.DataFrame, *, metric: str = C.DEFAULT_METRIC, alpha: float = 0.05,
+                  alternative: str = "greater", by: Sequence[str] = (C.SETUP, C.GROWTH, C.DENSITY),
+                  item: str = C.CRITERION) -> pd.DataFrame:
+    """`compare_to_best` of the ``item`` values within every ``by`` group of ``runs``
+    (one row per run; give completed runs of one variant, e.g. `grid.main_grid(...).runs`)."""
+    parts = []
+    for key, group in runs.dropna(subset=[metric]).groupby(list(by), sort=True):
+        table = compare_to_best({name: g[metric].to_numpy() for name, g in group.groupby(item)},
+                                alpha=alpha, alternative=alternative)
+        parts.append(table.rename(columns={"item": item}).assign(**dict(zip(by, key))))
+    if not parts:
+        return pd.DataFrame(columns=[*by, item, "n", "mean", "std", "rank", "p_value", "p_holm", "worse", "best_group"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[[*by, *(c for c in out.columns if c not in by)]]
+
+
+def rank_summary(ranking: pd.DataFrame, *, low_density: float = 0.1,
+                 by: Sequence[str] = (C.SETUP, C.GROWTH), item: str = C.CRITERION) -> pd.DataFrame:
+    """Per item: average rank over densities, how often it was first and how often in the
+    best group, overall and split into low (density <= ``low_density``) and high densities.
+
+    Averages are over the densities at which the item was ranked (``densities``).
+    """
+    def aggregate(rows: pd.DataFrame, suffix: str) -> pd.DataFrame:
+        grouped = rows.groupby([*by, item])
+        return pd.DataFrame({
+            f"densities{suffix}": grouped["rank"].count(),
+            f"avg_rank{suffix}": grouped["rank"].mean(),
+            f"first{suffix}": grouped["rank"].agg(lambda r: int((r == 1).sum())),
+            f"best_group{suffix}": grouped["best_group"].sum().astype(int),
+        })
+
+    low = ranking[C.DENSITY] <= low_density
+    parts = [aggregate(ranking, ""), aggregate(ranking[low], "_low"), aggregate(ranking[~low], "_high")]
+    out = pd.concat(parts, axis=1).reset_index()
+    counts = [c for c in out.columns if c.startswith(("densities", "first", "best_group"))]
+    out[counts] = out[counts].fillna(0).astype(int)
+    return out.sort_values([*by, "avg_rank", item], ignore_index=True)
