@@ -45,7 +45,9 @@ demo: install
 	$(PY) -m src.launch -m +sweeps=fmnist_quick_dense runs_root=$(RUNS) $(ARGS)
 	$(PY) -m src.launch -m +sweeps=fmnist_quick_static runs_root=$(RUNS) $(ARGS)
 	$(PY) -m src.launch -m +sweeps=fmnist_quick runs_root=$(RUNS) $(ARGS)
-	@echo "run records: $(RUNS)/fmnist_quick"
+	$(PY) -m analysis report $(RUNS)/fmnist_quick --out $(RUNS)/fmnist_quick/report
+	@cat $(RUNS)/fmnist_quick/report/tables/accuracy.md $(RUNS)/fmnist_quick/report/tables/ranking.md
+	@echo "run records: $(RUNS)/fmnist_quick   report: $(RUNS)/fmnist_quick/report/index.html"
 
 # make report [SWEEP=runs/fmnist_quick] [OUT=dir]
 report: install
