@@ -205,8 +205,10 @@ def test_lenet5_dense_reaches_86_percent_on_real_fashion_mnist(tmp_path):
 def test_max_steps_measures_overlap_at_initialisation(tmp_path):
     # The paper's Fig. 6a set-up: no training (lr 0), one update at step u with a constant
     # prune fraction, every criterion's pruned set compared on the initial weights.
+    # exclude_just_pruned=False: a full mask has nowhere else to regrow, and the run itself
+    # should prune what the criteria are compared on.
     cfg = tiny(density=1.0, prune_rate=0.25, prune_rate_schedule="constant", update_frequency=5,
-               overlap_with=["magnitude", "snip", "random", "set"])
+               exclude_just_pruned=False, overlap_with=["magnitude", "snip", "random", "set"])
     cfg.optim.lr = 0.0
     cfg.train.max_steps = 5
     result = train(cfg, tmp_path)
@@ -215,3 +217,4 @@ def test_max_steps_measures_overlap_at_initialisation(tmp_path):
     matrix = update["overlap"]["jaccard"]
     assert update["overlap"]["criteria"] == ["run", "magnitude", "snip", "random", "set"]
     assert abs(matrix[1][3] - 0.25 / 1.75) < 0.05  # random vs magnitude: r / (2 - r)
+    assert matrix[0][1] == 1.0 and update["removed"] == sum(-(-a // 4) for a in (500, 25000, 400000, 5000))
