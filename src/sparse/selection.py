@@ -23,19 +23,44 @@ def select_lowest(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.
     ok = eligible.reshape(-1)
     if k <= 0:
         return torch.zeros_like(eligible, dtype=torch.bool)
-    n_eligible = int(ok.sum())
+    n_eligible = int(ok.count_nonzero())
     if k >= n_eligible:
         return eligible.clone().to(torch.bool)
-    # Ineligible entries get +inf so the k-th smallest over the whole tensor is an eligible
-    # value; ties with +inf are excluded again by `& ok` below.
     inf = torch.tensor(float("inf"), dtype=flat.dtype, device=flat.device)
-    ranked = torch.where(ok & ~torch.isnan(flat), flat, inf)
-    tau = ranked.kthvalue(k).values
+    ranked = torch.where(torch.isnan(flat), inf, flat)
+    tau = _kth_smallest(ranked, ok, k, n_eligible)
     below = ok & (ranked < tau)
     tied = ok & (ranked == tau)
-    need = k - below.sum()
-    chosen = below | (tied & (tied.cumsum(0) <= need))
+    n_below, n_tied = torch.stack([below.count_nonzero(), tied.count_nonzero()]).tolist()
+    if n_below + n_tied == k:  # the usual case: no tie straddles the threshold
+        chosen = below | tied
+    else:
+        chosen = below | (tied & (tied.cumsum(0) <= k - n_below))
     return chosen.view(eligible.shape)
+
+
+_SAMPLE = 65536  # entries of the strided sample that pre-filters large selections
+
+
+def _kth_smallest(ranked: torch.Tensor, ok: torch.Tensor, k: int, n_eligible: int) -> torch.Tensor:
+    """The k-th smallest of ``ranked`` over the eligible entries."""
+    if n_eligible * 2 <= ranked.numel():  # few eligible (pruning a sparse layer): gather them
+        return ranked[ok].kthvalue(k).values
+    if k * 8 <= n_eligible and ranked.numel() > 4 * _SAMPLE:
+        # Few wanted among many (growing a sparse layer): a threshold read off a strided
+        # sample keeps about 4k entries, and the exact k-th is taken among those. If the
+        # sample misjudged and fewer than k pass, fall through to the full selection.
+        stride = ranked.numel() // _SAMPLE
+        sample = ranked[::stride][ok[::stride]]
+        if sample.numel():
+            rank = min(sample.numel(), -(-4 * k * sample.numel() // n_eligible))
+            candidates = ok & (ranked <= sample.kthvalue(rank).values)
+            if int(candidates.count_nonzero()) >= k:
+                return ranked[candidates].kthvalue(k).values
+    # Many eligible: ineligible entries get +inf so the k-th smallest of the whole tensor is an
+    # eligible value (k <= n_eligible, so an ineligible +inf is never the k-th unless tied).
+    inf = torch.tensor(float("inf"), dtype=ranked.dtype, device=ranked.device)
+    return torch.where(ok, ranked, inf).kthvalue(k).values
 
 
 def select_highest(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
