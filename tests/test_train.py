@@ -218,3 +218,16 @@ def test_max_steps_measures_overlap_at_initialisation(tmp_path):
     assert update["overlap"]["criteria"] == ["run", "magnitude", "snip", "random", "set"]
     assert abs(matrix[1][3] - 0.25 / 1.75) < 0.05  # random vs magnitude: r / (2 - r)
     assert matrix[0][1] == 1.0 and update["removed"] == sum(-(-a // 4) for a in (500, 25000, 400000, 5000))
+
+
+@pytest.mark.slow
+def test_wandb_offline_mirror_is_optional(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny()
+    cfg.train.epochs = 1
+    cfg.logging.wandb = "offline"
+    result = train(cfg, tmp_path)
+    assert result["status"] == "completed"
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # written without network or key
+    assert read_metrics(tmp_path, "epoch")  # the run records do not depend on it
