@@ -38,12 +38,10 @@ class LocalPoolLauncherConf:
 ConfigStore.instance().store(group="hydra/launcher", name="dst_local", node=LocalPoolLauncherConf, provider="dst")
 
 
-def available_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 class LocalPoolLauncher(Launcher):
     def __init__(self, threads_per_job: int = 1, max_workers: Optional[int] = None) -> None:
+        from src.train import available_cpus  # not at import: plugin discovery must stay light
+
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: Optional[DictConfig] = None

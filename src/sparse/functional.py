@@ -68,7 +68,7 @@ def prune(
     if kind in (SIGN_SPLIT, SIGN_SPLIT_LEGACY):
         if normalization != "none":
             raise ValueError(f"normalization: SET ranks signed weights; only 'none' is allowed, got {normalization!r}")
-        return _set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else _set(weight, mask, q)
+        return _set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else prune_set(weight, mask, q)
     score = normalize_scores(score, mask, normalization, norm_reduction, compat=compat)
     if compat:
         return _reference_removal(crit.name, kind, score, weight, mask, q)
@@ -182,8 +182,9 @@ def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str
     weight.mul_(rho)
 
 
-def _set(weight: Tensor, mask: Tensor, q: int) -> Tensor:
-    """Correct SET: ceil(q/2) smallest non-negative, floor(q/2) negatives closest to zero."""
+def prune_set(weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """Correct SET on any (flattened or not) set of weights: remove the ceil(q/2) smallest
+    non-negative and the floor(q/2) negatives closest to zero; return the kept mask."""
     pos = mask & (weight >= 0)
     neg = mask & (weight < 0)
     n_pos, n_neg = int(pos.sum()), int(neg.sum())

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .config import SparsityConfig
 from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
 from .density import layer_densities, sample_mask
-from .functional import _set, grow, normalize_scores, prune, prune_count, rescale_weight
+from .functional import grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
 from .overlap import OverlapResult, criteria_overlap
 from .schedules import prune_rate
 from .selection import select_lowest_global
@@ -253,7 +253,7 @@ class Sparsifier:
             tau_neg = neg[min(h, neg.numel()) - 1] if neg.numel() else 0.0
             kept = ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
         else:
-            kept = _set(weights, flat_mask, q)
+            kept = prune_set(weights, flat_mask, q)
         return [k.view(m.shape) for k, m in zip(kept.split([m.numel() for m in masks]), masks)]
 
     def _momentum(self, param: Tensor) -> Tensor | None:
