@@ -92,6 +92,7 @@ def test_run_directory_ignores_launch_only_and_irrelevant_fields():
     (["-m", "setup=smoke", "sparsity=dense", "sparsity.density=0.1,0.2"], "two jobs are the same experiment"),
     (["setup=smoke", "seed=1,2"], "add -m to launch a sweep"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_refused_before_any_job_starts(tmp_path, args, message):
     out = launch(*args, f"runs_root={tmp_path}")
     assert out.returncode == 2, out.stdout + out.stderr

@@ -72,6 +72,7 @@ def test_run_writes_complete_records(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text()) == cfg.to_dict()
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_identical_results(tmp_path):
     a, b = tiny(criterion="random"), tiny(criterion="random")
     ra, rb = train(a, tmp_path / "a"), train(b, tmp_path / "b")
@@ -83,6 +84,7 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     assert train(other, tmp_path / "c")["final"] != ra["final"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_at", [13, 20, 45])
 def test_resume_after_interruption_is_bit_identical(tmp_path, stop_at):
     cfg = tiny(criterion="running_snip", growth="gradient", beta=0.7)
@@ -105,6 +107,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, stop_at):
     assert_same_model(final_state(tmp_path / "full"), final_state(tmp_path / "resumed"))
 
 
+@pytest.mark.slow
 def test_crash_is_recorded_as_failed_and_rerun_resumes_from_last_epoch(tmp_path):
     cfg = tiny()
     train(cfg, tmp_path / "full")
@@ -177,6 +180,7 @@ def test_invalid_config_names_field_and_choices(tmp_path):
         RunConfig.from_dict({"modle": {}})
 
 
+@pytest.mark.slow
 def test_cli_runs_tiny_config(tmp_path):
     args = ["model.name=mlp_higgs", "data.name=synthetic", "data.kwargs.input_shape=[24]",
             "data.kwargs.num_classes=2", "data.kwargs.binary=true",
