@@ -28,12 +28,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
-from .records import config_hash, read_result
+from .records import FINISHED, config_hash, read_finished_result, read_result
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
 SEARCH_PATH = f"hydra.searchpath=[file://{REPO}]"  # makes sweeps/ the `sweeps` config group
-FINISHED = ("completed", "diverged")
 
 ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
 
@@ -58,14 +57,19 @@ def run_directory(runs_root: str, name: str, run_cfg: RunConfig) -> Path:
     return Path(runs_root) / name / ("-".join(parts) + "-" + config_hash(run_identity(run_cfg.to_dict()))[:10])
 
 
+def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
+    """The run a composed Hydra config describes, and its directory."""
+    run_cfg, launch = to_run_config(cfg)
+    return run_cfg, run_directory(launch.runs_root, launch.name, run_cfg)
+
+
 def run_job(cfg: DictConfig) -> dict:
     """Run one configured job in its run directory; never raises for a failing run."""
     from .train import train
 
-    run_cfg, launch = to_run_config(cfg)
-    run_dir = run_directory(launch.runs_root, launch.name, run_cfg)
-    previous = read_result(run_dir)
-    if previous is not None and previous.get("status") in FINISHED:
+    run_cfg, run_dir = job_of(cfg)
+    previous = read_finished_result(run_dir)
+    if previous is not None:
         print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
         return {"status": "skipped", "run_dir": str(run_dir)}
     stop = _PreemptionFlag()
@@ -149,7 +153,7 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
                 for line in combo:
                     if line not in groups:
                         _apply(cfg, parser.parse_override(line))
-                run_cfg, launch = to_run_config(cfg)
+                run_cfg, run_dir = job_of(cfg)
                 run_cfg.validate()
             except (ValueError, OmegaConfBaseException) as error:
                 raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
@@ -157,7 +161,7 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
             if check_data and key not in checked:  # the error says where it looked, how to get it
                 check_dataset(*key)
                 checked.add(key)
-            jobs.append(Job(combo, run_cfg, run_directory(launch.runs_root, launch.name, run_cfg)))
+            jobs.append(Job(combo, run_cfg, run_dir))
     seen: dict[Path, Job] = {}
     for job in jobs:
         if job.run_dir in seen:

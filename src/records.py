@@ -20,6 +20,7 @@ from typing import Any
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
+FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -83,6 +84,12 @@ def read_result(run_dir: Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text())
+
+
+def read_finished_result(run_dir: Path) -> dict | None:
+    """The run's result if it finished (completed or diverged), else None."""
+    result = read_result(run_dir)
+    return result if result is not None and result.get("status") in FINISHED else None
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:

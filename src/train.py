@@ -28,7 +28,7 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_result
+from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_finished_result
 from .sparse import Sparsifier
 
 
@@ -186,9 +186,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
         return _train(cfg, run_dir, should_stop)
     except Exception as error:
         failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc(), "config": cfg.to_dict(),
-                  "config_hash": config_hash(run_identity(cfg.to_dict())), "code_version": code_version(),
-                  "seed": cfg.train.seed}
+                  "traceback": traceback.format_exc(), **_provenance(cfg.to_dict())}
         if int(os.environ.get("RANK", "0")) == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
@@ -204,8 +202,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
     torch.set_num_threads(tc.threads or available_cpus())
     config = cfg.to_dict()
     recorder = RunRecorder(run_dir, config, enabled=ddp.main)
-    done = read_result(run_dir)
-    if done is not None and done.get("status") in ("completed", "diverged"):
+    done = read_finished_result(run_dir)
+    if done is not None:
         return done
     started = time.perf_counter()
     seed_everything(tc.seed)
@@ -410,14 +408,17 @@ def _update_metrics(record) -> dict:
     return out
 
 
+def _provenance(config: dict) -> dict:
+    """What every result.json says about where it came from."""
+    return {"config": config, "config_hash": config_hash(run_identity(config)), "code_version": code_version(),
+            "seed": config["train"]["seed"]}
+
+
 def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
     last, best = progress.last, progress.best
     return {
         "status": status,
-        "config": config,
-        "config_hash": config_hash(run_identity(config)),
-        "code_version": code_version(),
-        "seed": cfg.train.seed,
+        **_provenance(config),
         "epochs_completed": progress.epoch,
         "steps": progress.step,
         "total_steps": total_steps,

@@ -83,10 +83,8 @@ class LocalPoolLauncher(Launcher):
         return ret
 
     def _finished(self, overrides: List[str]) -> bool:
-        from src.launch import FINISHED, run_directory, to_run_config
-        from src.records import read_result
+        from src.launch import job_of
+        from src.records import read_finished_result
 
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        run_cfg, launch = to_run_config(cfg)
-        result = read_result(run_directory(launch.runs_root, launch.name, run_cfg))
-        return result is not None and result.get("status") in FINISHED
+        _, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+        return read_finished_result(run_dir) is not None

@@ -125,21 +125,22 @@ class Sparsifier:
         """One optimizer step, masks applied, and a topology update when one is due."""
         self.steps += 1
         if self.config.mode != "dst":
-            self.optimizer.step()
-            self.apply_masks()
+            self._optimizer_step()
             return None
         record = None
         if self._step_first:
-            self.optimizer.step()
-            self.apply_masks()
+            self._optimizer_step()
         if self._criterion.running:
             self._accumulate_running()
         if self.is_update_step(self.steps):
             record = self.update()
         if not self._step_first:
-            self.optimizer.step()
-            self.apply_masks()
+            self._optimizer_step()
         return record
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.apply_masks()
 
     def is_update_step(self, step: int) -> bool:
         cfg = self.config
