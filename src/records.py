@@ -4,41 +4,73 @@
     <run_dir>/metrics.jsonl   one JSON object per line: {"kind": "epoch" | "update", ...}
     <run_dir>/checkpoint.pt   the latest checkpoint (while the run is unfinished)
     <run_dir>/result.json     written once, atomically, when the run ends (any status)
+    <run_dir>/.lock           held (flock) by the process running the run, with its host and pid
 
 Everything the analysis needs is in these files; W&B is an optional mirror.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
+MODEL_FINAL, LOCK = "model_final.pt", ".lock"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch  # here, so that reading records (the analysis) does not need torch
 
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """The file and its directory entry reach the disk before this returns, so a node crash
+    leaves the old file or the new one, never a half-written one under the final name; on
+    failure (a full disk) the temporary file is removed."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed run left behind (only the
+    holder of the run's lock writes there, so any that exist now are stale)."""
+    stale = [p for name in (CONFIG, RESULT, CHECKPOINT, MODEL_FINAL) for p in Path(run_dir).glob(f".{name}.tmp-*")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def to_json(obj: Any) -> str:
@@ -80,16 +112,155 @@ def code_version() -> str:
 
 
 def read_result(run_dir: Path) -> dict | None:
+    """The run's result, or None when it has none. A damaged result.json (cut short, not a
+    result) is reported on stderr with its path and read as none, so the run is run again."""
     path = Path(run_dir) / RESULT
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict) or result.get("status") not in STATUSES:
+            raise ValueError(f"not a run result (status must be one of {list(STATUSES)})")
+    except (OSError, ValueError) as error:
+        print(f"warning: unreadable run record {path}: {error}; the run counts as not finished",
+              file=sys.stderr, flush=True)
+        return None
+    return result
 
 
 def read_finished_result(run_dir: Path) -> dict | None:
     """The run's result if it finished (completed or diverged), else None."""
     result = read_result(run_dir)
     return result if result is not None and result.get("status") in FINISHED else None
+
+
+def recorded_config(run_dir: Path) -> dict | None:
+    """The config a run directory was used for: config.json, or the copy inside result.json
+    when config.json is damaged; None for a new directory."""
+    for name in (CONFIG, RESULT):
+        try:
+            content = json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        config = content.get("config") if name == RESULT and isinstance(content, dict) else content
+        if isinstance(config, dict) and config:
+            return config
+    return None
+
+
+def metrics_damage(run_dir: Path) -> str | None:
+    """What is wrong with a run's metrics.jsonl (NUL bytes, a line that is not JSON, an epoch
+    or update logged twice or out of order), or None when it is sound or absent."""
+    path = Path(run_dir) / METRICS
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if b"\0" in data:  # a truncate past the end of the file pads it with NULs
+        return f"{path}: NUL bytes from offset {data.index(0)}"
+    epoch, step = 0, 0
+    for number, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return f"{path}:{number}: not valid JSON"
+        if row.get("kind") == "epoch":
+            if row.get("epoch") != epoch + 1:
+                return f"{path}:{number}: epoch {row.get('epoch')} after epoch {epoch} (duplicated records)"
+            epoch = row["epoch"]
+        if row.get("kind") == "update":
+            if not isinstance(row.get("step"), int) or row["step"] <= step:
+                return f"{path}:{number}: update at step {row.get('step')} after step {step} (duplicated records)"
+            step = row["step"]
+    return None
+
+
+class RunLocked(RuntimeError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the whole life of the run, so that two
+    launchers never train the same run: the second gets `RunLocked` naming the holder.
+
+    `flock` is released by the kernel when the holder dies in any way (kill -9 included). On
+    network file systems it is only as good as their lock manager: NFS (v4, or v3 with lockd)
+    maps it to a POSIX lock, Lustre needs the `flock` mount option.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True):
+        self.path = Path(run_dir) / LOCK
+        self.enabled = enabled
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunLocked(f"running elsewhere ({holder}): {self.path.parent}") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
+            self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the file stays (unlinking it would race)
+            self._fd = None
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """"host H, pid P" of the process running this run now, or None when none is."""
+    try:
+        with RunLock(run_dir, enabled=(Path(run_dir) / LOCK).exists()):
+            return None
+    except RunLocked as held:
+        return str(held).split("(", 1)[1].split(")", 1)[0]
+
+
+class RunDirConflict(ValueError):
+    """The run directory holds the records of another experiment."""
+
+
+def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
+    """Make sure ``run_dir`` belongs to the experiment of ``config`` before anything in it is
+    written: records of another experiment raise `RunDirConflict` naming both hashes and the
+    differing fields, unless ``force``, which deletes them and starts over. Also removes the
+    temporary files of a killed run. (Call with the run's lock held.)"""
+    from .config import run_identity
+
+    run_dir = Path(run_dir)
+    existing = recorded_config(run_dir)
+    if existing is not None:
+        old, new = run_identity(existing), run_identity(config)
+        if old != new and not force:
+            a, b = _flat(old), _flat(new)
+            diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                    for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            raise RunDirConflict(
+                f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
+                f"this run's is {config_hash(new)}); differing fields:\n  " + "\n  ".join(diff)
+                + "\n(use another run directory, or --force to delete those records and start over)")
+        if old != new:
+            for name in (CONFIG, METRICS, CHECKPOINT, RESULT, MODEL_FINAL):
+                (run_dir / name).unlink(missing_ok=True)
+    for path in remove_stale_temp_files(run_dir):
+        print(f"removed a stale temporary file: {path}", file=sys.stderr, flush=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
@@ -103,7 +274,7 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
 class RunRecorder:
     """Appends metrics lines and writes the config and the final result of one run.
 
-    ``resume_offset`` truncates metrics.jsonl to the size it had at the checkpoint being
+    ``truncate_metrics`` cuts metrics.jsonl back to the size it had at the checkpoint being
     resumed, so that lines logged after that checkpoint are not duplicated.
     """
 
@@ -122,11 +293,32 @@ class RunRecorder:
         path = self.run_dir / METRICS
         return path.stat().st_size if path.exists() else 0
 
-    def truncate_metrics(self, offset: int) -> None:
+    def sync_metrics(self) -> None:
+        """Flush metrics.jsonl to disk, so a checkpoint never points past what survives a crash."""
         path = self.run_dir / METRICS
         if self.enabled and path.exists():
-            with open(path, "r+") as f:
+            with open(path, "ab") as f:
+                os.fsync(f.fileno())
+
+    def truncate_metrics(self, offset: int) -> bool:
+        """Cut metrics.jsonl back to ``offset`` bytes (0: a fresh start). False, and nothing
+        changed, when the file does not hold ``offset`` bytes of whole lines: it lost lines
+        the checkpoint counts, so the checkpoint cannot be resumed without losing records."""
+        path = self.run_dir / METRICS
+        if not self.enabled:
+            return True
+        size = path.stat().st_size if path.exists() else 0
+        if offset > size:
+            return False
+        if offset > 0:
+            with open(path, "rb") as f:
+                f.seek(offset - 1)
+                if f.read(1) != b"\n":
+                    return False
+        if path.exists():
+            with open(path, "r+b") as f:
                 f.truncate(offset)
+        return True
 
     def log(self, kind: str, **payload) -> None:
         if not self.enabled:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_finished_result
+from .records import (RunDirConflict, RunLock, RunRecorder, atomic_torch_save, claim_run_dir, code_version,
+                      config_hash, read_finished_result)
 from .sparse import Sparsifier
 
 
@@ -47,7 +50,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """The global generators' states, as tensors and lists (what `torch.load(weights_only=True)` reads)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss_next],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,8 +62,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -172,25 +181,39 @@ class Progress:
     resumed_at: list = field(default_factory=list)  # the steps this run was resumed from
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None) -> dict:
+def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None,
+          force: bool = False) -> dict:
     """Run (or resume) one training run in ``run_dir`` and return its result dict.
 
     ``should_stop`` is polled between steps; when it returns True the run checkpoints and
-    returns with status "interrupted" (used on SLURM preemption / time limits). An exception
+    returns with status "interrupted" (a signal, SLURM preemption / time limits). An exception
     is recorded as a "failed" result (with the traceback) and re-raised; the last epoch
     checkpoint stays, so running again resumes from it.
+
+    The run holds ``run_dir``'s lock throughout (`RunLocked` if another process runs it), and
+    a directory holding another experiment's records is refused (`RunDirConflict`) unless
+    ``force``, which starts it over.
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    try:
-        return _train(cfg, run_dir, should_stop)
-    except Exception as error:
-        failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc(), **_provenance(cfg.to_dict())}
-        if int(os.environ.get("RANK", "0")) == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
-        raise
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with RunLock(run_dir, enabled=main_rank):
+        if main_rank:
+            claim_run_dir(run_dir, cfg.to_dict(), force=force)
+        try:
+            return _train(cfg, run_dir, should_stop)
+        except RunDirConflict:
+            raise
+        except Exception as error:
+            failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict())}
+            if main_rank:
+                try:
+                    RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
+                except OSError as record_error:  # a full disk: the error must still be seen
+                    print(f"could not record the failure in {run_dir}: {record_error}\n{failed['traceback']}",
+                          file=sys.stderr, flush=True)
+            raise
 
 
 def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
@@ -201,10 +224,10 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
     device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
     torch.set_num_threads(tc.threads or available_cpus())
     config = cfg.to_dict()
-    recorder = RunRecorder(run_dir, config, enabled=ddp.main)
     done = read_finished_result(run_dir)
     if done is not None:
         return done
+    recorder = RunRecorder(run_dir, config, enabled=ddp.main)
     started = time.perf_counter()
     seed_everything(tc.seed)
 
@@ -229,8 +252,11 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
 
     progress = Progress()
     acc = _EpochAccumulator(device)
-    if recorder.checkpoint_path.exists():
-        ckpt = torch.load(recorder.checkpoint_path, map_location=device, weights_only=False)
+    identity = config_hash(run_identity(config))
+    ckpt = _read_checkpoint(recorder, identity, device)
+    if ckpt is None:
+        recorder.truncate_metrics(0)  # a fresh start: no lines of an earlier attempt
+    else:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sparsifier.load_state_dict(ckpt["sparsifier"])
@@ -239,11 +265,12 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         progress = Progress(**ckpt["progress"])
         progress.resumed_at.append(progress.step)
         acc.load_state_dict(ckpt["accumulator"])
-        recorder.truncate_metrics(ckpt["metrics_offset"])
 
     def checkpoint():
         if ddp.main:
+            recorder.sync_metrics()
             atomic_torch_save({
+                "config_hash": identity,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "sparsifier": sparsifier.state_dict(), "loader": loaders.train.state_dict(),
                 "rng": rng_state(), "progress": progress.__dict__, "accumulator": acc.state_dict(),
@@ -338,10 +365,44 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         recorder.write_result(result)
         if ddp.main and recorder.checkpoint_path.exists():
             recorder.checkpoint_path.unlink()
+    else:  # recorded, so that a sweep counts it; running it again resumes from the checkpoint
+        recorder.write_result(result)
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()
     return result
+
+
+def _read_checkpoint(recorder: RunRecorder, identity: str, device) -> dict | None:
+    """The run's checkpoint, or None to start from scratch.
+
+    Loaded with ``weights_only=True``: a planted pickle cannot run code. A checkpoint that
+    cannot be read (cut short by a full disk, not a checkpoint) is moved aside as
+    ``checkpoint.pt.corrupt-<time>`` and reported; so is one whose metrics lines were lost.
+    One of another experiment is an error (the run directory was reused).
+    """
+    path = recorder.checkpoint_path
+    if not path.exists():
+        return None
+    if not recorder.enabled:  # other DDP ranks: the main rank vetted it
+        return torch.load(path, map_location=device, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        problem = None if isinstance(ckpt, dict) and "metrics_offset" in ckpt else "not a checkpoint"
+    except Exception as error:  # torch raises many types for a damaged file
+        problem = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    if problem is None and ckpt.get("config_hash", identity) != identity:
+        raise RunDirConflict(f"{path} is of another experiment (config hash {ckpt['config_hash']}, "
+                             f"this run's is {identity})")
+    if problem is None and not recorder.truncate_metrics(ckpt["metrics_offset"]):
+        problem = "metrics.jsonl lost lines written before this checkpoint"
+    if problem is None:
+        return ckpt
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    print(f"warning: unreadable checkpoint {path} ({problem}); kept as {aside.name}, "
+          f"the run starts from scratch", file=sys.stderr, flush=True)
+    return None
 
 
 def _agree(flag: bool, ddp: Dist, device) -> bool:
@@ -463,9 +524,47 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------- command line
+class StopOnSignal:
+    """SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 ask the run to stop at the next step: it then
+    checkpoints and records itself as interrupted. A second SIGINT aborts at once.
+
+    Use as the ``should_stop`` of `train`, inside ``with``; handlers are only installed in
+    the main thread (Python delivers signals there).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is None:  # os.write: print is not safe inside a signal handler
+            os.write(2, f"received {signal.Signals(signum).name}: stopping at the next step with a "
+                        f"checkpoint (Ctrl-C again to abort at once)\n".encode())
+        self.received = signum
+
+    def __call__(self) -> bool:
+        return self.received is not None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m src.train [key=value ...] [--run-dir DIR]`: one run, no Hydra needed."""
+    """`python -m src.train [key=value ...] [--run-dir DIR] [--force]`: one run, no Hydra
+    needed. ``--force`` starts over in a run directory that holds another experiment."""
     from omegaconf import OmegaConf
+
+    from .records import RunLocked
 
     argv = list(sys.argv[1:] if argv is None else argv)
     run_dir = "runs/train"
@@ -473,10 +572,17 @@ def main(argv: list[str] | None = None) -> int:
         i = argv.index("--run-dir")
         run_dir = argv[i + 1]
         del argv[i:i + 2]
+    force = "--force" in argv
+    argv = [a for a in argv if a != "--force"]
     base = OmegaConf.structured(RunConfig)
     merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
     cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
-    result = train(cfg, run_dir)
+    try:
+        with StopOnSignal() as stop:
+            result = train(cfg, run_dir, should_stop=stop, force=force)
+    except (RunDirConflict, RunLocked) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{result['status']}: final test acc {result['final']['test_acc']}, "
           f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}")
     return 0 if result["status"] == "completed" else 1

@@ -100,7 +100,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, stop_at):
 
     partial = train(cfg, tmp_path / "resumed", should_stop=stop)
     assert partial["status"] == "interrupted" and partial["steps"] == stop_at
-    assert read_result(tmp_path / "resumed") is None and (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert read_result(tmp_path / "resumed")["status"] == "interrupted" and (tmp_path / "resumed" / "checkpoint.pt").exists()
     resumed = train(cfg, tmp_path / "resumed")
     assert resumed["status"] == "completed"
     assert strip_times(read_metrics(tmp_path / "resumed")) == strip_times(read_metrics(tmp_path / "full"))
