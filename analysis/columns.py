@@ -25,7 +25,9 @@ RESULT_MTIME = "result_mtime"
 COMPLETED = "completed"
 INCOMPLETE = "incomplete"  # config.json but no result.json: running, or killed without a trace
 UNREADABLE = "unreadable"  # a record that is not valid JSON
-NOT_COMPLETED = ("diverged", "failed", "interrupted", INCOMPLETE, UNREADABLE)
+DAMAGED = "damaged"  # a result.json that is not a run result, or metrics with NULs / duplicated lines
+DAMAGE = "damage"  # column: what is wrong with a run's records (also when the run could be recovered)
+NOT_COMPLETED = ("diverged", "failed", "interrupted", INCOMPLETE, UNREADABLE, DAMAGED)
 
 DEFAULT_METRIC = "final.test_acc"
 

@@ -54,7 +54,7 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
     readable = runs[runs[C.CELL].notna()]
     cells = _cells(readable, expected_seeds)
     problem_columns = [C.RUN_DIR, *_DESCRIPTION, C.SEED, C.STATUS,
-                       *(c for c in ("epochs_completed", "diverged.reason", "error") if c in runs)]
+                       *(c for c in ("epochs_completed", "diverged.reason", "error", C.DAMAGE) if c in runs)]
     not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
     problems = not_completed[[c for c in problem_columns if c in not_completed]]
     done = readable[readable[C.STATUS] == C.COMPLETED]

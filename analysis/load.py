@@ -4,7 +4,10 @@ A run directory holds ``config.json`` (written at the start), ``metrics.jsonl`` 
 the run has ended in any way, ``result.json`` (see ``src/records.py``). Runs are found by
 searching sweep directories recursively, so any launcher layout works. A run without a
 result is kept with status ``incomplete``; a record that cannot be parsed is kept with
-status ``unreadable``: nothing is dropped here, the analyses choose what they use.
+status ``unreadable``, and a result that is not a run result or whose metrics are damaged
+(NUL bytes, duplicated lines) with status ``damaged``; a damaged config.json is recovered
+from the copy in result.json (the ``damage`` column says so). Nothing is dropped here, the
+analyses choose what they use.
 """
 
 from __future__ import annotations
@@ -22,14 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from src.config import run_identity
-from src.records import CONFIG, METRICS, RESULT, config_hash
+from src.records import CONFIG, METRICS, RESULT, STATUSES, config_hash, metrics_damage
 
 from . import columns as C
 from .grid import variant_labels
 
 CACHE_NAME = ".analysis_cache.parquet"
 # Bump when the rows built by `read_run` change, so that old caches are rebuilt.
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
 # Identity fields that do not change what a run computes: overlap tracking draws from its own
@@ -124,18 +127,31 @@ def read_run(run_dir: Path) -> dict:
             errors.append(f"{name}: {e}")
             continue
         if name == CONFIG:
-            config = content
-        else:
+            if isinstance(content, dict):
+                config = content
+            else:
+                errors.append(f"{name}: not a config ({type(content).__name__})")
+        elif isinstance(content, dict) and content.get("status") in STATUSES:
             result = content
             row[C.RESULT_MTIME] = path.stat().st_mtime
-    config = config or (result or {}).get("config")
+        else:
+            row[C.DAMAGE] = f"{name}: not a run result ({type(content).__name__})"
+    if config is None and result is not None and isinstance(result.get("config"), dict):
+        config = result["config"]
+        errors = [e for e in errors if not e.startswith(CONFIG)]  # recovered: flagged, not lost
+        row[C.DAMAGE] = f"{CONFIG} unreadable; config taken from {RESULT}"
     if config:
         row.update(flatten(config))
         row.update(_derived(config))
     if result:
         row.update(_result_columns(result))
+        damage = metrics_damage(run_dir)
+        if damage:
+            row[C.STATUS], row[C.DAMAGE] = C.DAMAGED, damage
     if errors:
         row[C.STATUS], row["error"] = C.UNREADABLE, "; ".join(errors)
+    elif C.DAMAGE in row and result is None:
+        row[C.STATUS] = C.DAMAGED
     elif result is None:
         row[C.STATUS] = C.INCOMPLETE
     return row
@@ -205,11 +221,11 @@ def _load_sweep(root: Path, cache: bool) -> pd.DataFrame:
 
 
 def _fingerprint(root: Path, run_dirs: list[Path]) -> str:
-    """Changes whenever a config.json or result.json is added, removed or rewritten, and
+    """Changes whenever a config.json, result.json or metrics.jsonl is added, removed or rewritten, and
     when the sweep directory moves (the rows hold absolute run directories)."""
     entries = [CACHE_VERSION, str(root)]
     for run_dir in run_dirs:
-        for name in (CONFIG, RESULT):
+        for name in (CONFIG, RESULT, METRICS):
             try:
                 st = (run_dir / name).stat()
                 entries.append(f"{run_dir.relative_to(root)}/{name}:{st.st_mtime_ns}:{st.st_size}")

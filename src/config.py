@@ -6,6 +6,8 @@ plain Python objects for everything else (`RunConfig.from_dict`, `to_dict`).
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -102,15 +104,20 @@ class RunConfig:
         for name, value, low in (("train.epochs", self.train.epochs, 1), ("data.batch_size", self.data.batch_size, 1),
                                  ("data.eval_batch_size", self.data.eval_batch_size, 1),
                                  ("train.log_every", self.train.log_every, 1),
-                                 ("train.max_steps", self.train.max_steps or 1, 1)):
-            if value < low:
+                                 ("train.max_steps", 1 if self.train.max_steps is None else self.train.max_steps, 1),
+                                 ("optim.momentum", self.optim.momentum, 0),
+                                 ("optim.weight_decay", self.optim.weight_decay, 0)):
+            if not value >= low:  # also refuses nan
                 raise ValueError(f"{name}: must be >= {low}, got {value}")
         if self.data.val_fraction is not None and not 0 < self.data.val_fraction < 1:
             raise ValueError(f"data.val_fraction: must be in (0, 1), got {self.data.val_fraction}")
-        if self.optim.lr < 0:  # 0 is allowed: measuring criteria on the initial weights
-            raise ValueError(f"optim.lr: must be >= 0, got {self.optim.lr}")
+        if not (math.isfinite(self.optim.lr) and self.optim.lr >= 0):  # 0: criteria on the initial weights
+            raise ValueError(f"optim.lr: must be a finite number >= 0, got {self.optim.lr}")
         if any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError(f"optim.milestones: fractions of training in (0, 1), got {self.optim.milestones}")
+        _keywords("model.kwargs", self.model.kwargs, MODELS[self.model.name], skip=("num_classes",))
+        _keywords("data.kwargs", self.data.kwargs, type(DATASETS[self.data.name]).load,
+                  skip=("self", "location", "policy"))
         self.sparsity.validate()
         return self
 
@@ -160,6 +167,17 @@ def run_identity(config: dict) -> dict:
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f"{name}: {value!r} is not one of {list(allowed)}")
+
+
+def _keywords(name: str, given: dict, builder, skip: tuple[str, ...]) -> None:
+    """Refuse keywords that ``builder`` does not take (before any job starts, not inside it)."""
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(k for k, p in params.items() if k not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"{name}: unknown key(s) {unknown}; valid: {valid}")
 
 
 def _build(cls, d: dict):

@@ -15,10 +15,13 @@ summary and a non-zero exit status if any run failed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import re
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
-from .records import FINISHED, config_hash, read_finished_result, read_result
+from .records import FINISHED, RunLocked, config_hash, lock_holder, read_finished_result, read_result
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"
@@ -45,8 +48,14 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
     return RunConfig.from_dict(data), launch
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def run_directory(runs_root: str, name: str, run_cfg: RunConfig) -> Path:
     """`runs_root/name/<slug>-<hash>`: readable, and unique per experiment identity."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"name: {name!r} must be one path component of letters, digits, '_', '.' and '-' "
+                         f"(not starting with '.'), so that runs stay under runs_root")
     s = run_cfg.sparsity
     parts = [run_cfg.model.name, s.mode]
     if s.mode != "dense":
@@ -65,22 +74,29 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one configured job in its run directory; never raises for a failing run."""
-    from .train import train
+    from .train import StopOnSignal, train
 
     run_cfg, run_dir = job_of(cfg)
     previous = read_finished_result(run_dir)
     if previous is not None:
         print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
         return {"status": "skipped", "run_dir": str(run_dir)}
-    stop = _PreemptionFlag()
+    # On SLURM, submitit's preemption signal; elsewhere SIGTERM / SIGINT / SIGUSR2.
+    on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    stop = _PreemptionFlag() if on_slurm else StopOnSignal()
     try:
-        result = train(run_cfg, run_dir, should_stop=stop)
+        with contextlib.nullcontext() if on_slurm else stop:
+            result = train(run_cfg, run_dir, should_stop=stop)
+    except RunLocked as error:  # another launcher runs it: not this one's to count
+        print(f"skipped ({error})", flush=True)
+        return {"status": "running elsewhere", "run_dir": str(run_dir)}
     except Exception as error:  # recorded in result.json by train(); the sweep goes on
         print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
     if result["status"] == "interrupted":
         print(f"interrupted at step {result['steps']}, checkpointed: {run_dir}", flush=True)
-        stop.hand_over()  # on SLURM: submitit requeues the job, which then resumes
+        if on_slurm:
+            stop.hand_over()  # submitit requeues the job, which then resumes
     print(f"{result['status']}: {run_dir}", flush=True)
     return {"status": result["status"], "run_dir": str(run_dir)}
 
@@ -189,7 +205,8 @@ def _apply(cfg: DictConfig, override) -> None:
 
 def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]:
     """Count the sweep's runs by outcome: skipped (finished before this launch), completed,
-    diverged, failed, interrupted, missing (no result: never ran, or killed)."""
+    diverged, failed, interrupted, running elsewhere (another process holds the run's lock),
+    missing (no result: never ran, or killed). Failed runs' errors are printed."""
     counts: dict[str, int] = {}
     for job in jobs:
         if before.get(job.run_dir) in FINISHED:
@@ -197,6 +214,10 @@ def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]
         else:
             result = read_result(job.run_dir)
             outcome = result["status"] if result else "missing"
+            if outcome not in FINISHED and lock_holder(job.run_dir):
+                outcome = "running elsewhere"
+            elif outcome == "failed":
+                print(f"  failed: {job.run_dir}: {result.get('error')}", file=sys.stderr)
         counts[outcome] = counts.get(outcome, 0) + 1
     return counts
 
@@ -224,8 +245,34 @@ def _with_search_path(argv: list[str]) -> list[str]:
     return [sys.argv[0], *overrides, SEARCH_PATH, *rest]
 
 
+def _die_with_launcher() -> None:
+    """In a job started by the local launcher: get SIGTERM (checkpoint, record, exit) when the
+    launcher dies, even by SIGKILL, so that no job trains on as an orphan (Linux only)."""
+    launcher = os.environ.get("DST_LAUNCHER_PID")
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _sweep_dir_override(argv: list[str], jobs: list[Job]) -> list[str]:
+    """Each launch logs to its own Hydra directory (time and pid), so that two launches in
+    the same second never write each other's job logs."""
+    if not jobs or any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv):
+        return []
+    sweep = jobs[0].run_dir.parent
+    stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
+    log_dir = sweep.parent / ".hydra" / sweep.name / stamp
+    return [f"hydra.sweep.dir={log_dir}", f"hydra.run.dir={log_dir}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _die_with_launcher()
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
     multirun = any(a in ("-m", "--multirun") for a in argv)
@@ -252,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {job.run_dir}  <- {' '.join(job.overrides)}")
         if len(jobs) > 5:
             print(f"  ... and {len(jobs) - 5} more")
+        print("note: dataset files were not checked (--dry-run); a launch checks them before starting")
         return 0
+    argv += _sweep_dir_override(argv, jobs)
     sys.argv = _with_search_path(argv)
     try:
         _hydra_entry()
@@ -262,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = summarize(jobs, before)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")
-    return 1 if counts.get("failed") or counts.get("missing") else 0
+    return 1 if counts.get("failed") or counts.get("missing") or counts.get("interrupted") else 0
 
 
 if __name__ == "__main__":

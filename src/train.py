@@ -550,9 +550,12 @@ class StopOnSignal:
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if self.received is None:  # os.write: print is not safe inside a signal handler
-            os.write(2, f"received {signal.Signals(signum).name}: stopping at the next step with a "
-                        f"checkpoint (Ctrl-C again to abort at once)\n".encode())
+        if self.received is None:
+            try:  # os.write: print is not safe inside a signal handler
+                os.write(2, f"received {signal.Signals(signum).name}: stopping at the next step with a "
+                            f"checkpoint (Ctrl-C again to abort at once)\n".encode())
+            except OSError:
+                pass
         self.received = signum
 
     def __call__(self) -> bool:

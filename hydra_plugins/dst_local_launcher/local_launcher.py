@@ -5,6 +5,11 @@ run) with its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and
 `train.threads`; at most `max_workers` (default: CPUs // threads_per_job) run at once, so
 the cores are never oversubscribed. Each job's output goes to `<sweep dir>/<job num>/job.log`.
 
+Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
+jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
+no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
+kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.launch`).
+
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
 """
@@ -12,8 +17,10 @@ them in sys.modules, which string annotations on dataclasses need.)
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +52,9 @@ class LocalPoolLauncher(Launcher):
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: Optional[DictConfig] = None
+        self._children: set = set()
+        self._children_lock = threading.Lock()
+        self._stop_signal: Optional[int] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -57,8 +67,24 @@ class LocalPoolLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs locally, {self.max_workers} at a time, "
                  f"{self.threads_per_job} thread(s) each")
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        with ThreadPoolExecutor(self.max_workers) as pool:
-            return list(pool.map(lambda job: self._run(sweep_dir, *job), jobs))
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with ThreadPoolExecutor(self.max_workers) as pool:
+                return list(pool.map(lambda job: self._run(sweep_dir, *job), jobs))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _forward(self, signum, frame) -> None:
+        """Pass the signal on to the running jobs; start no more."""
+        self._stop_signal = signum
+        with self._children_lock:
+            children = list(self._children)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
 
     def _run(self, sweep_dir: Path, idx: int, overrides: List[str]) -> JobReturn:
         job_dir = sweep_dir / str(idx)
@@ -66,20 +92,34 @@ class LocalPoolLauncher(Launcher):
         if self._finished(overrides):  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             return ret
+        if self._stop_signal is not None:
+            ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
+            return ret
         job_dir.mkdir(parents=True, exist_ok=True)
         threads = str(self.threads_per_job)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               "DST_LAUNCHER_PID": str(os.getpid())}
         search_path = [a for a in sys.argv if a.startswith("hydra.searchpath=")]
         cmd = [sys.executable, "-m", "src.launch", *overrides, *search_path, f"train.threads={threads}",
                "train.progress=false", f"hydra.run.dir={job_dir}"]
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on once.
+        # (A file, not a pipe: a job that outlives a killed launcher can still write its output.)
         with open(job_dir / "job.log", "w") as out:
-            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            with self._children_lock:
+                self._children.add(child)
+                if self._stop_signal is not None:  # the signal came while this job was starting
+                    child.send_signal(self._stop_signal)
+            code = child.wait()
+            with self._children_lock:
+                self._children.discard(child)
         if code in (0, 1):  # 1: the run failed and recorded why; the sweep goes on
             ret.status, ret.return_value = JobStatus.COMPLETED, {"exit_code": code}
         else:
             ret.status = JobStatus.FAILED
-            ret.return_value = RuntimeError(f"job #{idx} exited with {code}; see {job_dir / 'job.log'}")
+            ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {job_dir / 'job.log'}:\n"
+                                            + _tail(job_dir / "job.log"))
         return ret
 
     def _finished(self, overrides: List[str]) -> bool:
@@ -88,3 +128,10 @@ class LocalPoolLauncher(Launcher):
 
         _, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
         return read_finished_result(run_dir) is not None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError as error:
+        return f"(unreadable: {error})"

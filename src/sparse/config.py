@@ -103,6 +103,8 @@ class SparsityConfig:
                 raise ValueError(f"sparsity.{name}: must be in [0, 1], got {getattr(self, name)}")
         if self.update_frequency < 1:
             raise ValueError(f"sparsity.update_frequency: must be >= 1, got {self.update_frequency}")
+        if not self.gamma >= 0:
+            raise ValueError(f"sparsity.gamma: must be >= 0, got {self.gamma}")
         if self.global_pruning and CRITERIA[self.criterion].remove in (BOTH_ENDS, SIGN_SPLIT_LEGACY):
             raise ValueError(f"sparsity.criterion: {self.criterion!r} has no global variant")
         if self.global_pruning and CRITERIA[self.criterion].running:
