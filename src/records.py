@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -36,7 +37,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch  # here, so that reading records (the analysis) does not need torch
 
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    # Serialised in memory first: a failing write (a full disk) then raises the plain OSError
+    # ("No space left on device") instead of an opaque error from inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
 
 
 def _atomic_write(path: Path, write) -> None:
