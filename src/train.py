@@ -196,7 +196,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
     """
     cfg.validate()
     run_dir = Path(run_dir)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
+    # Before the process group exists: torchrun's RANK, or the task number of a SLURM DDP job.
+    main_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
     with RunLock(run_dir, enabled=main_rank):
         if main_rank:
             claim_run_dir(run_dir, cfg.to_dict(), force=force)

@@ -88,7 +88,7 @@ def test_run_directory_ignores_launch_only_and_irrelevant_fields():
     (["setup=smoke", "sparsity.prune_rate=1.5"], "sparsity.prune_rate: must be in [0, 1]"),
     (["setup=smoke", "model.name=resnet9000"], "model.name: 'resnet9000' is not one of ["),
     (["setup=smoke", "criterion=nope"], "criterion/nope"),
-    (["setup=smoke", "data.name=cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
+    (["setup=mlp_cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
     (["-m", "setup=smoke", "sparsity=dense", "sparsity.density=0.1,0.2"], "two jobs are the same experiment"),
     (["setup=smoke", "seed=1,2"], "add -m to launch a sweep"),
 ])
@@ -126,6 +126,7 @@ def test_local_sweep_runs_skips_and_records_failures(tmp_path):
     assert sorted(r["status"] for r in results) == ["completed", "completed", "failed", "failed"]
     failed = [r for r in results if r["status"] == "failed"]
     assert all("mat1 and mat2 shapes cannot be multiplied" in r["error"] for r in failed)
+    assert first.stderr.count("mat1 and mat2 shapes cannot be multiplied") >= 2  # the summary names the errors
 
     again = launch(*[a for a in args if not a.startswith("model.name")], "model.name=lenet5")
     assert again.returncode == 0, again.stdout + again.stderr

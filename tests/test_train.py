@@ -37,7 +37,7 @@ def strip_times(rows):
 
 
 def final_state(run_dir):
-    return torch.load(run_dir / "model_final.pt", weights_only=False)
+    return torch.load(run_dir / "model_final.pt", weights_only=True)
 
 
 def assert_same_model(a, b):
