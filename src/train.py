@@ -30,8 +30,8 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import (RunDirConflict, RunLock, RunRecorder, atomic_torch_save, claim_run_dir, code_version,
-                      config_hash, read_finished_result)
+from .records import (RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_torch_save, claim_run_dir,
+                      code_version, config_hash, read_finished_result)
 from .sparse import Sparsifier
 
 
@@ -567,8 +567,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m src.train [key=value ...] [--run-dir DIR] [--force]`: one run, no Hydra
     needed. ``--force`` starts over in a run directory that holds another experiment."""
     from omegaconf import OmegaConf
-
-    from .records import RunLocked
 
     argv = list(sys.argv[1:] if argv is None else argv)
     run_dir = "runs/train"

@@ -376,13 +376,6 @@ def test_values_that_failed_inside_the_job_are_refused_before_launch(override, m
         expand(["setup=smoke", override], check_data=False)
 
 
-def test_dry_run_says_it_did_not_check_the_dataset(tmp_path):
-    out = subprocess.run([PY, "-m", "src.launch", "setup=mlp_cifar10", "data.root=/nonexistent",
-                          f"runs_root={tmp_path}", "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "dataset files were not checked (--dry-run)" in out.stdout
-
-
 # ---------------------------------------------------------------------------- analysis
 @pytest.mark.parametrize("damage", ["nul_padded", "duplicated", "result_null", "result_list"])
 def test_damaged_records_are_reported_not_counted(tmp_path, damage):
