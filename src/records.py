@@ -3,8 +3,9 @@
     <run_dir>/config.json     the resolved configuration
     <run_dir>/metrics.jsonl   one JSON object per line: {"kind": "epoch" | "update", ...}
     <run_dir>/checkpoint.pt   the latest checkpoint (while the run is unfinished)
-    <run_dir>/result.json     written once, atomically, when the run ends (any status)
+    <run_dir>/result.json     written atomically when the run ends or stops (any status)
     <run_dir>/.lock           held (flock) by the process running the run, with its host and pid
+    <run_dir>/checkpoint.pt.corrupt-*   an unreadable checkpoint, kept for inspection
 
 Everything the analysis needs is in these files; W&B is an optional mirror.
 """
@@ -226,6 +227,8 @@ def lock_holder(run_dir: Path) -> str | None:
             return None
     except RunLocked as held:
         return str(held).split("(", 1)[1].split(")", 1)[0]
+    except OSError:  # a read-only copy of the records: nobody can be running it there
+        return None
 
 
 class RunDirConflict(ValueError):
