@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 BACKENDS = ("masked", "sparse", "auto")
+INDEX_DTYPE = torch.int32
 CROSSOVER_TABLE = Path(__file__).with_name("crossover.json")
 
 # torch marks CSR support as beta; the operations used here are the supported core ones.
@@ -79,11 +80,11 @@ class SparseLinear:
         out_features, in_features = self.weight.shape
         index = mask.reshape(-1).nonzero().squeeze(1)  # row-major: the CSR order
         rows, cols = index // in_features, index % in_features
-        self.index, self.col = index, cols
-        self.crow = _offsets(rows, out_features)
         order = torch.argsort(cols * out_features + rows)  # column-major: the transposed CSR order
-        self.t_order, self.t_col = order, rows[order]
-        self.t_crow = _offsets(cols, in_features)
+        self.index, self.t_order = index, order
+        # 32-bit indices: what the CPU sparse kernels use without converting on every call.
+        self.crow, self.col = _offsets(rows, out_features), cols.to(INDEX_DTYPE)
+        self.t_crow, self.t_col = _offsets(cols, in_features), rows[order].to(INDEX_DTYPE)
         self.values.data = self.weight.reshape(-1)[index].clone()
         self.values.grad = None
         self.last_input = self.last_grad_out = None
@@ -93,7 +94,7 @@ class SparseLinear:
 
     def csr_t(self, values: Tensor) -> Tensor:
         shape = tuple(self.weight.shape[::-1])
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values[self.t_order], shape, check_invariants=False)
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_order), shape, check_invariants=False)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
@@ -123,7 +124,7 @@ class SparseLinear:
 
 
 def _offsets(rows: Tensor, n: int) -> Tensor:
-    crow = torch.zeros(n + 1, dtype=torch.int64, device=rows.device)
+    crow = torch.zeros(n + 1, dtype=INDEX_DTYPE, device=rows.device)
     crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
     return crow
 

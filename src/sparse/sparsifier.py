@@ -124,7 +124,7 @@ class Sparsifier:
     def _start_backends(self) -> None:
         """Hand the layers that `config.backend` runs sparse to a `SparseExecution`."""
         modules = dict(self.model.named_modules())
-        owners = [modules.get(n.rpartition(".")[0]) if n.endswith(".weight") else None for n in self.names]
+        owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
         self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, self.config)
         layers = {i: SparseLinear(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
         self._execution = SparseExecution(self.optimizer, layers)
