@@ -1,0 +1,196 @@
+"""The sparse execution backend: same training as the masked backend, computed on active weights."""
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from src.config import RunConfig
+from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig
+from src.sparse.backend import SparseLinear, choose_backends, crossover_density, load_crossover
+
+
+def mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
+                         nn.Linear(24, 5)).to(dtype)
+
+
+def data(n, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(12, 40, generator=g, dtype=dtype), torch.randint(0, 5, (12,), generator=g))
+            for _ in range(n)]
+
+
+def make(backend, adam=False, total=40, **sparsity):
+    model = mlp()
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4) if adam else
+           torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    cfg = SparsityConfig(**{"density": 0.3, "update_frequency": 3, "prune_rate": 0.4, **sparsity}, backend=backend)
+    return model, opt, Sparsifier(model, opt, cfg, total, seed=0).prepare()
+
+
+def run_both(steps=8, adam=False, **sparsity):
+    """Train the masked and the sparse backend side by side; compare after every step."""
+    runs = [make(b, adam, **sparsity) for b in ("masked", "sparse")]
+    assert runs[0][2].backends == ["masked"] * 3 and runs[1][2].backends == ["sparse"] * 3
+    updates = 0
+    for x, y in data(steps):
+        losses, grads = [], []
+        for model, opt, sp in runs:
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append([_grad(sp, i) for i in range(3)])
+        assert losses[0] == pytest.approx(losses[1], rel=1e-9, abs=1e-12)
+        for gm, gs, mask in zip(*grads, runs[0][2].masks):
+            torch.testing.assert_close(gm * mask, gs, rtol=1e-9, atol=1e-12)
+        records = [sp.step() for _, _, sp in runs]
+        for _, opt, _ in runs:
+            opt.zero_grad(set_to_none=True)
+        assert (records[0] is None) == (records[1] is None)
+        if records[0] is not None:
+            updates += 1
+            assert records[0].as_dict() == records[1].as_dict()  # exact counts, same layers
+        for m_masked, m_sparse in zip(runs[0][2].masks, runs[1][2].masks):
+            assert torch.equal(m_masked, m_sparse)
+        state = [model.state_dict() for model, _, _ in runs]
+        for k in state[0]:
+            torch.testing.assert_close(state[0][k], state[1][k], rtol=1e-9, atol=1e-12)
+    assert updates == steps // 3
+    return runs
+
+
+def _grad(sp, i):
+    if i in sp._execution.layers:
+        return sp._execution.layers[i].scatter(sp._execution.layers[i].values.grad)
+    return sp.params[i].grad.clone()
+
+
+@pytest.mark.parametrize("criterion", sorted(c for c in CRITERIA))
+def test_sparse_matches_masked_for_every_criterion(criterion):
+    run_both(criterion=criterion, growth="gradient" if CRITERIA[criterion].needs_grad else "random", beta=0.6)
+
+
+@pytest.mark.parametrize("growth", sorted(g for g, rule in GROWTH_RULES.items() if not rule.needs_momentum))
+def test_sparse_matches_masked_for_every_growth_rule(growth):
+    run_both(criterion="snip", growth=growth)
+
+
+@pytest.mark.parametrize("options", [
+    {"global_pruning": True, "criterion": "mest", "growth": "gradient"},
+    {"global_pruning": True, "criterion": "set"},
+    {"normalization": "input", "rescale": "dim1", "criterion": "snip"},
+    {"update_order": "step_then_prune", "regrow_init": "keep", "exclude_just_pruned": False},
+    {"overlap_with": ["magnitude", "snip"]},
+    {"adam": True, "criterion": "taylor_fo", "growth": "gradient"},
+])
+def test_sparse_matches_masked_with_options(options):
+    options = dict(options)
+    run_both(adam=options.pop("adam", False), **options)
+
+
+def test_optimizer_state_is_sized_to_active_weights_and_weights_stay_dense_shaped():
+    (_, _, masked), (model, opt, sp) = run_both(steps=4)
+    for layer, mask in zip(sp._execution.layers.values(), sp.masks):
+        buf = opt.state[layer.values]["momentum_buffer"]
+        assert buf.shape == layer.values.shape == (int(mask.sum()),)
+        assert layer.weight not in opt.state and not layer.weight.requires_grad
+    stepped = {id(q) for g in opt.param_groups for q in g["params"]}
+    assert all(id(layer.values) in stepped and id(layer.weight) not in stepped for layer in sp._execution.layers.values())
+    assert [t.shape for t in model.state_dict().values()] == [t.shape for t in mlp().state_dict().values()]
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 40), in_f=st.integers(1, 40), batch=st.integers(1, 9),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_sparse_linear_matches_dense_masked_linear(out_f, in_f, batch, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    dense = nn.Linear(in_f, out_f).double()
+    mask = torch.rand(out_f, in_f, generator=g) < density
+    with torch.no_grad():
+        dense.weight.mul_(mask)
+    sparse = nn.Linear(in_f, out_f).double()
+    sparse.load_state_dict(dense.state_dict())
+    layer = SparseLinear(sparse, mask)
+    x = torch.randn(batch, in_f, generator=g, dtype=torch.float64)
+    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad_out = torch.randn(batch, out_f, generator=g, dtype=torch.float64)
+    yd, ys = dense(xd), sparse(xs)
+    torch.testing.assert_close(yd, ys)
+    yd.backward(grad_out)
+    ys.backward(grad_out)
+    torch.testing.assert_close(xd.grad, xs.grad)
+    torch.testing.assert_close(dense.weight.grad * mask, layer.scatter(layer.values.grad))
+    torch.testing.assert_close(dense.bias.grad, sparse.bias.grad)
+    torch.testing.assert_close(dense.weight.grad, layer.dense_grad())
+
+
+def _snapshot(model, opt, sp) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "sparsifier": sp.state_dict()}, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("stop", [3, 5])
+def test_resume_is_bit_identical_within_the_sparse_backend(stop):
+    cfg = dict(criterion="running_snip", growth="gradient", beta=0.7)
+    batches = data(10)
+    model, opt, sp = make("sparse", **cfg)
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    full = model.state_dict()
+
+    model, opt, sp = make("sparse", **cfg)
+    for x, y in batches[:stop]:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    saved = torch.load(io.BytesIO(_snapshot(model, opt, sp)), weights_only=False)
+    model, opt, sp = make("sparse", **cfg)  # a fresh process's objects: other masks until loaded
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sp.load_state_dict(saved["sparsifier"])
+    for x, y in batches[stop:]:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, full[k]), k
+
+
+def test_backend_is_validated_with_field_and_allowed_values():
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'fast' is not one of \['masked', 'sparse', 'auto'\]"):
+        SparsityConfig(backend="fast").validate()
+    for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}):
+        with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
+                                             r"allowed here: \['masked', 'auto'\]"):
+            SparsityConfig(backend="sparse", **bad).validate()
+    reference = SparsityConfig.reference(backend="sparse")
+    with pytest.raises(ValueError, match="sparsity.compat=true"):
+        RunConfig(sparsity=reference).validate()
+    assert SparsityConfig.reference().validate().backend == "auto"  # auto: masked under compat
+
+
+def test_auto_runs_large_sparse_linears_sparse_and_the_rest_masked():
+    table = load_crossover()
+    assert table, "src/sparse/crossover.json is missing: run python -m bench.crossover"
+    assert crossover_density((1024, 3072), table) > 0.05 and crossover_density((10, 512), table) == 0.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = Sparsifier(model, opt, SparsityConfig(density=0.05), 10).prepare()
+    assert sp.backends == ["sparse", "masked"]
+    for cfg in (SparsityConfig(density=0.05, compat=True), SparsityConfig(density=0.05, growth="momentum")):
+        params = [model[1].weight, model[3].weight]
+        masks = [torch.rand(p.shape) < 0.05 for p in params]
+        assert choose_backends("auto", params, [model[1], model[3]], masks, cfg) == ["masked", "masked"]
+
+
+def test_momentum_growth_and_compat_run_masked_under_auto():
+    _, _, sp = make("auto", growth="momentum")
+    assert sp.backends == ["masked"] * 3
