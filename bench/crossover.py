@@ -91,16 +91,19 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=SHAPES, dens
     return rows
 
 
-def main() -> None:
+def main(update_table: bool = True) -> None:
+    """Measure; with ``update_table`` also replace the table `backend=auto` reads."""
     start = time.perf_counter()
     rows = run()
-    table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,
-             "command": "python -m bench.crossover", "layers": rows}
-    tmp = CROSSOVER_TABLE.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(table, indent=1))
-    tmp.replace(CROSSOVER_TABLE)
     path = write_result("crossover", {"layers": rows, "seconds": time.perf_counter() - start})
-    print(f"wrote {CROSSOVER_TABLE} and {path}")
+    print(f"wrote {path}")
+    if update_table:
+        table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,
+                 "command": "python -m bench.crossover", "layers": rows}
+        tmp = CROSSOVER_TABLE.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(table, indent=1))
+        tmp.replace(CROSSOVER_TABLE)
+        print(f"wrote {CROSSOVER_TABLE}")
 
 
 if __name__ == "__main__":

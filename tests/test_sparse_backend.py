@@ -194,3 +194,36 @@ def test_auto_runs_large_sparse_linears_sparse_and_the_rest_masked():
 def test_momentum_growth_and_compat_run_masked_under_auto():
     _, _, sp = make("auto", growth="momentum")
     assert sp.backends == ["masked"] * 3
+
+
+@pytest.mark.slow
+def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path):
+    from src.records import read_metrics
+    from tests.test_train import assert_same_model, final_state, strip_times, tiny
+
+    cfg = tiny(criterion="running_snip", growth="gradient", beta=0.7, backend="sparse", density=0.1)
+    cfg.model.name = "mlp_cifar10_dropout"  # dropout: the global RNG state must be restored
+    cfg.data.kwargs = {**cfg.data.kwargs, "input_shape": [3, 32, 32]}
+    full = train_run(cfg, tmp_path / "full")
+    assert full["layer_backend"] == {"fc1.weight": "sparse", "fc2.weight": "sparse", "fc3.weight": "sparse"}
+    assert full["final"]["test_acc"] > 30
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 20
+
+    assert train_run(cfg, tmp_path / "resumed", should_stop=stop)["status"] == "interrupted"
+    assert train_run(cfg, tmp_path / "resumed")["status"] == "completed"
+    assert strip_times(read_metrics(tmp_path / "resumed")) == strip_times(read_metrics(tmp_path / "full"))
+    saved = final_state(tmp_path / "full")
+    assert_same_model(saved, final_state(tmp_path / "resumed"))
+    assert saved["model"]["fc1.weight"].shape == (1024, 3072)  # dense-shaped, current weights
+    assert not saved["model"]["fc1.weight"][~saved["masks"]["fc1.weight"]].any()
+    assert saved["model"]["fc1.weight"][saved["masks"]["fc1.weight"]].abs().min() > 0
+
+
+def train_run(cfg, run_dir, **kwargs):
+    from src.train import train
+
+    return train(cfg, run_dir, **kwargs)
