@@ -66,7 +66,6 @@ class SparseLinear:
     def __init__(self, module: nn.Linear, mask: Tensor):
         self.module = module
         self.weight = module.weight
-        self.values = nn.Parameter(torch.empty(0, dtype=self.weight.dtype, device=self.weight.device))
         self.last_input = self.last_grad_out = None
         self.build(mask)
         self.weight.requires_grad_(False)
@@ -76,7 +75,8 @@ class SparseLinear:
 
     @torch.no_grad()
     def build(self, mask: Tensor) -> None:
-        """Index structures for ``mask``; the values are read from the dense weight."""
+        """Index structures for ``mask`` and a new values parameter read from the dense weight
+        (new, because autograd keeps a leaf's shape: the active count may change)."""
         out_features, in_features = self.weight.shape
         index = mask.reshape(-1).nonzero().squeeze(1)  # row-major: the CSR order
         rows, cols = index // in_features, index % in_features
@@ -85,9 +85,7 @@ class SparseLinear:
         # 32-bit indices: what the CPU sparse kernels use without converting on every call.
         self.crow, self.col = _offsets(rows, out_features), cols.to(INDEX_DTYPE)
         self.t_crow, self.t_col = _offsets(cols, in_features), rows[order].to(INDEX_DTYPE)
-        self.values.data = self.weight.reshape(-1)[index].clone()
-        self.values.grad = None
-        self.last_input = self.last_grad_out = None
+        self.values = nn.Parameter(self.weight.reshape(-1)[index].clone())
 
     def csr(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
@@ -115,6 +113,12 @@ class SparseLinear:
             return None
         return self.last_grad_out.t() @ self.last_input
 
+    @torch.no_grad()
+    def pattern_grad(self) -> Tensor:
+        """The last backward pass's weight gradient at the active entries of the current pattern."""
+        return torch.sparse.sampled_addmm(self.csr(self.values), self.last_grad_out.t(), self.last_input,
+                                          beta=0.0).values()
+
     def gather(self, dense: Tensor) -> Tensor:
         return dense.reshape(-1)[self.index]
 
@@ -135,6 +139,7 @@ class SparseExecution:
 
     def __init__(self, optimizer: torch.optim.Optimizer, layers: dict[int, SparseLinear]):
         self.optimizer, self.layers = optimizer, layers
+        self._had_grad = {i: False for i in layers}
         for layer in layers.values():
             _replace_in_optimizer(optimizer, layer.weight, layer.values)
             _move_state(optimizer, layer.weight, layer.values, layer.gather)
@@ -144,21 +149,25 @@ class SparseExecution:
             layer.sync_dense()
 
     @torch.no_grad()
-    def to_dense(self) -> None:
-        """Dense weights, dense gradients and dense-shaped optimizer state for an update."""
-        for layer in self.layers.values():
+    def to_dense(self, with_grad: bool = True) -> None:
+        """Dense weights, dense-shaped optimizer state and, ``with_grad``, dense gradients
+        (one dense matmul per layer: only for rules that read the gradient) for an update."""
+        self._had_grad = {i: layer.values.grad is not None for i, layer in self.layers.items()}
+        for i, layer in self.layers.items():
             layer.sync_dense()
             # As in the masked backend: a dense gradient exactly when there is a gradient.
-            layer.weight.grad = None if layer.values.grad is None else _all_reduced(layer.dense_grad())
+            has_grad = with_grad and self._had_grad[i]
+            layer.weight.grad = _all_reduced(layer.dense_grad()) if has_grad else None
             _move_state(self.optimizer, layer.values, layer.weight, layer.scatter)
 
     @torch.no_grad()
     def to_sparse(self, masks: list[Tensor]) -> None:
         """Rebuild each layer for its (new) mask from the dense view left by the update."""
         for i, layer in self.layers.items():
-            layer.build(masks[i])
+            self._build(layer, masks[i])
             grad = layer.weight.grad
-            layer.values.grad = None if grad is None else layer.gather(grad)
+            if self._had_grad[i]:  # an optimizer step may follow: the gradient at the new pattern
+                layer.values.grad = layer.gather(grad) if grad is not None else layer.pattern_grad()
             layer.weight.grad = None
             _move_state(self.optimizer, layer.weight, layer.values, layer.gather)
 
@@ -166,7 +175,15 @@ class SparseExecution:
         """After loading a checkpoint: structures for the loaded masks; the optimizer state
         loaded for the values is already in this layout."""
         for i, layer in self.layers.items():
-            layer.build(masks[i])
+            old = self._build(layer, masks[i])
+            _move_state(self.optimizer, old, layer.values, lambda state: state)
+
+    def _build(self, layer: SparseLinear, mask: Tensor) -> Tensor:
+        """Rebuild ``layer`` for ``mask`` and let the optimizer step its new values; returns the old ones."""
+        old = layer.values
+        layer.build(mask)
+        _replace_in_optimizer(self.optimizer, old, layer.values)
+        return old
 
     def all_reduce_grads(self) -> None:
         """Under DDP the values are not module parameters: average their gradients here."""

@@ -28,6 +28,7 @@ from .config import SparsityConfig
 from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
 from .density import layer_densities, sample_mask
 from .functional import grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
+from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
 from .schedules import prune_rate
 from .selection import select_lowest_global
@@ -98,6 +99,9 @@ class Sparsifier:
         self._criterion = get_criterion(config.criterion)
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
+        # Whether an update reads gradients (a sparse layer then forms its dense gradient).
+        self._reads_grad = self._criterion.needs_grad or get_growth(config.growth).needs_grad or any(
+            get_criterion(c).needs_grad for c in config.overlap_with)
         # Every masked tensor runs masked until `prepare` picks the backend of each.
         self.backends = ["masked"] * len(self.params)
         self._execution = SparseExecution(optimizer, {})
@@ -194,7 +198,7 @@ class Sparsifier:
         """Prune and regrow every masked tensor now (normally called by `step`)."""
         cfg = self.config
         rate = self.prune_rate()
-        self._to_dense()
+        self._to_dense(with_grad=self._reads_grad)
         before = [m.bool() for m in self.masks]
         active = _counts(before)
         if cfg.global_pruning:
@@ -229,9 +233,9 @@ class Sparsifier:
             record.layers.append(LayerUpdate(name, a, r, g, gj))
         return record
 
-    def _to_dense(self) -> None:
+    def _to_dense(self, with_grad: bool) -> None:
         """Give the sparse-backend layers their dense view for an update (running scores too)."""
-        self._execution.to_dense()
+        self._execution.to_dense(with_grad)
         for i, layer in self._execution.layers.items():
             if self._running[i] is not None and self._running[i].shape != layer.weight.shape:
                 self._running[i] = layer.scatter(self._running[i])
@@ -329,7 +333,7 @@ class Sparsifier:
         """Which weights each of ``criteria`` would prune now, and their pairwise Jaccard
         similarities, on the current weights, gradients and masks (nothing is copied)."""
         masks = [m.bool() for m in self.masks]
-        self._to_dense()
+        self._to_dense(with_grad=True)
         try:
             return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
         finally:
