@@ -227,3 +227,38 @@ def train_run(cfg, run_dir, **kwargs):
     from src.train import train
 
     return train(cfg, run_dir, **kwargs)
+
+
+def _ddp_worker(rank: int, world: int, port: int, backend: str, out: dict):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cfg = SparsityConfig(density=0.3, criterion="snip", growth="gradient", update_frequency=4, backend=backend)
+    sp = Sparsifier(model, opt, cfg, total_steps=100, seed=0).prepare()
+    net = nn.parallel.DistributedDataParallel(model)  # after prepare, as the trainer does
+    for x, y in data(10, seed=100 + rank):  # each rank sees different data
+        nn.functional.cross_entropy(net(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    out[(backend, rank)] = {k: v.clone() for k, v in model.state_dict().items()}
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_sparse_backend_matches_masked_and_ranks_agree():
+    import torch.multiprocessing as mp
+
+    from tests.test_ddp import _free_port
+
+    out = mp.Manager().dict()
+    for backend in ("masked", "sparse"):
+        mp.spawn(_ddp_worker, args=(2, _free_port(), backend, out), nprocs=2, join=True)
+    for k, v in out[("sparse", 0)].items():
+        assert torch.equal(v, out[("sparse", 1)][k]), k
+        torch.testing.assert_close(v, out[("masked", 0)][k], rtol=1e-9, atol=1e-12)
