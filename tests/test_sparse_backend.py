@@ -262,3 +262,19 @@ def test_ddp_sparse_backend_matches_masked_and_ranks_agree():
     for k, v in out[("sparse", 0)].items():
         assert torch.equal(v, out[("sparse", 1)][k]), k
         torch.testing.assert_close(v, out[("masked", 0)][k], rtol=1e-9, atol=1e-12)
+
+
+def test_overlap_and_loading_weights_keep_the_sparse_layers_consistent():
+    (_, _, masked), (model, opt, sp) = run_both(steps=4, criterion="running_snip", beta=0.5)
+    x, y = data(1, seed=7)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    values = [layer.values.detach().clone() for layer in sp._execution.layers.values()]
+    result = sp.overlap(["magnitude", "snip"], rate=0.3)
+    assert result.criteria == ["magnitude", "snip"]
+    for before, layer in zip(values, sp._execution.layers.values()):
+        assert torch.equal(before, layer.values) and layer.values.grad is not None
+    assert all(r.shape == layer.values.shape for r, layer in zip(sp._running, sp._execution.layers.values()))
+    other = mlp()
+    model.load_state_dict(other.state_dict())  # loading weights reaches the values the forward uses
+    for mask, (name, p) in zip(sp.masks, [(n, p) for n, p in other.named_parameters() if n.endswith("weight")]):
+        assert torch.equal(model.state_dict()[name], p.detach() * mask)

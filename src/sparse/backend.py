@@ -72,6 +72,7 @@ class SparseLinear:
         self.weight.grad = None
         module.forward = self.forward  # the instance attribute shadows nn.Linear.forward
         module.register_state_dict_pre_hook(lambda *_: self.sync_dense())
+        module.register_load_state_dict_post_hook(lambda *_: self.load_dense())
 
     @torch.no_grad()
     def build(self, mask: Tensor) -> None:
@@ -103,8 +104,14 @@ class SparseLinear:
 
     @torch.no_grad()
     def sync_dense(self) -> None:
-        """Write the values into the dense weight (its inactive entries are already 0)."""
-        self.weight.view(-1).index_copy_(0, self.index, self.values)
+        """Write the values into the dense weight, zero elsewhere (for checkpoints and updates)."""
+        self.weight.zero_().view(-1).index_copy_(0, self.index, self.values)
+
+    @torch.no_grad()
+    def load_dense(self) -> None:
+        """Read the values back from the dense weight (after `load_state_dict` on the module).
+        The dense weight is left as loaded: a checkpoint's masks, loaded next, may differ."""
+        self.values.copy_(self.gather(self.weight))
 
     @torch.no_grad()
     def dense_grad(self) -> Tensor | None:

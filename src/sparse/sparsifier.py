@@ -8,7 +8,9 @@
         optimizer.zero_grad(set_to_none=True)
 
 Between topology updates a step is `optimizer.step()` plus one fused in-place multiply of all
-masked weights by their masks, with no host-device synchronisation. Every `update_frequency`
+masked weights by their masks, with no host-device synchronisation. Layers that the execution
+backend (`sparsity.backend`, see backend.py) runs sparse hold only their active weights, so
+they need no mask multiply; an update gives them a dense view and rebuilds them after. Every `update_frequency`
 steps the topology update prunes with the configured criterion (layer-wise or global) and
 regrows as many weights in the same layer with the growth rule, so per-layer active counts
 never change (except under the reference's Bernoulli growth).
@@ -227,7 +229,7 @@ class Sparsifier:
             regrown_counts.append(torch.stack([regrown.count_nonzero(), (regrown & just_pruned).count_nonzero()]))
         self._running = [None] * len(self.params)
         self._sync_masks()
-        self._execution.to_sparse(self.masks)
+        self._to_sparse()
         counts = torch.stack(regrown_counts).tolist() if regrown_counts else []
         for name, a, r, (g, gj) in zip(self.names, active, removed, counts):
             record.layers.append(LayerUpdate(name, a, r, g, gj))
@@ -239,6 +241,13 @@ class Sparsifier:
         for i, layer in self._execution.layers.items():
             if self._running[i] is not None and self._running[i].shape != layer.weight.shape:
                 self._running[i] = layer.scatter(self._running[i])
+
+    def _to_sparse(self) -> None:
+        """Rebuild the sparse-backend layers for the current masks (running scores too)."""
+        self._execution.to_sparse(self.masks)
+        for i, layer in self._execution.layers.items():
+            if self._running[i] is not None and self._running[i].shape == layer.weight.shape:
+                self._running[i] = layer.gather(self._running[i])
 
     def _prune_count(self, mask: Tensor, active: int, rate: float) -> int:
         q = prune_count(rate, active)
@@ -337,10 +346,7 @@ class Sparsifier:
         try:
             return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
         finally:
-            self._execution.to_sparse(self.masks)
-            for i, layer in self._execution.layers.items():
-                if self._running[i] is not None:
-                    self._running[i] = layer.gather(self._running[i])
+            self._to_sparse()
 
     def _overlap(self, criteria, rate, masks, pruned=None, counts=None) -> OverlapResult:
         cfg = self.config
