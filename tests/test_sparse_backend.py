@@ -278,3 +278,15 @@ def test_overlap_and_loading_weights_keep_the_sparse_layers_consistent():
     model.load_state_dict(other.state_dict())  # loading weights reaches the values the forward uses
     for mask, (name, p) in zip(sp.masks, [(n, p) for n, p in other.named_parameters() if n.endswith("weight")]):
         assert torch.equal(model.state_dict()[name], p.detach() * mask)
+
+
+def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launching():
+    from src.launch import expand
+
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\.compat=true"):
+        expand(["setup=smoke", "compat=reference", "sparsity.backend=sparse"], check_data=False)
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'csr' is not one of \['masked', 'sparse', 'auto'\]"):
+        expand(["setup=smoke", "sparsity.backend=csr"], check_data=False)
+    # An execution choice, not a different experiment: same run directory.
+    auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))
+    assert auto.run_dir == masked.run_dir
