@@ -91,11 +91,51 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=SHAPES, dens
     return rows
 
 
+def conv_probe(batch: int = 128, rounds: int = 5, repeats: int = 5) -> dict:
+    """LeNet-5's conv2 (20 -> 50 channels, 5x5, 12x12 input) at its ERK density for overall
+    density 0.05 (0.037): forward + backward as unfold x CSR (the sparse formulation: weight
+    gradient by sampled_addmm, input gradient by a transposed CSR and fold) against the dense
+    convolution of the masked backend. Convolutions run masked while this ratio is above 1."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    c, o, k, h, density = 20, 50, 5, 12, 0.037
+    x = torch.randn(batch, c, h, h)
+    weight = torch.randn(o, c, k, k) * (torch.rand(o, c, k, k) < density)
+    csr = weight.reshape(o, -1).to_sparse_csr()
+    csr_t = weight.reshape(o, -1).t().to_sparse_csr()
+    side = h - k + 1
+    grad = torch.randn(batch, o, side, side)
+
+    def dense():
+        xx, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        F.conv2d(xx, w).backward(grad)
+
+    def sparse():
+        cols = F.unfold(x, k).transpose(0, 1).reshape(c * k * k, batch * side * side)
+        (csr @ cols).view(o, batch, side, side).permute(1, 0, 2, 3)
+        g = grad.permute(1, 0, 2, 3).reshape(o, -1)
+        torch.sparse.sampled_addmm(csr, g, cols.t(), beta=0.0)
+        F.fold((csr_t @ g).view(c * k * k, batch, side * side).transpose(0, 1), (h, h), k)
+
+    d_t, s_t = [], []
+    for r in range(rounds):
+        pair = [(dense, d_t), (sparse, s_t)]
+        for fn, times in pair[::-1] if r % 2 else pair:
+            times.append(median_time(fn, repeats))
+    return {"layer": "lenet5.conv2", "density": density, "batch": batch,
+            "dense_ms": statistics.median(d_t) * 1e3, "unfold_csr_ms": statistics.median(s_t) * 1e3,
+            "sparse_over_dense": statistics.median(s / d for s, d in zip(s_t, d_t))}
+
+
 def main(update_table: bool = True) -> None:
     """Measure; with ``update_table`` also replace the table `backend=auto` reads."""
     start = time.perf_counter()
     rows = run()
-    path = write_result("crossover", {"layers": rows, "seconds": time.perf_counter() - start})
+    conv = conv_probe()
+    print(f"LeNet-5 conv2 at density {conv['density']}: unfold x CSR {conv['unfold_csr_ms']:.2f} ms vs dense "
+          f"{conv['dense_ms']:.2f} ms (x{conv['sparse_over_dense']:.2f})")
+    path = write_result("crossover", {"layers": rows, "conv": conv, "seconds": time.perf_counter() - start})
     print(f"wrote {path}")
     if update_table:
         table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,

@@ -15,7 +15,10 @@ the last batch, optimizer state scattered to dense shape), runs its usual prune/
 it, and the layer is rebuilt from the new mask.
 
 ``auto`` runs a Linear layer sparse when its density is below the crossover density measured
-for its shape (`crossover.json`, re-measured by ``python -m bench.crossover``).
+for its shape (`crossover.json`, re-measured by ``python -m bench.crossover``), on the CPU.
+Convolutions run masked: unfold x CSR measures slower than the dense convolution even for
+LeNet-5's conv2 at 3.7 % density (`bench.crossover.conv_probe`), the unfold / fold copies
+costing more than the saved multiply-adds.
 """
 
 from __future__ import annotations
