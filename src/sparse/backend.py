@@ -118,7 +118,8 @@ class SparseLinear:
 
     @torch.no_grad()
     def dense_grad(self) -> Tensor | None:
-        """The dense weight gradient of the last backward pass (one dense matmul)."""
+        """The dense weight gradient of the last backward pass (one dense matmul). With several
+        backward passes per optimizer step (gradient accumulation) it is the last one's only."""
         if self.last_grad_out is None:
             return None
         return self.last_grad_out.t() @ self.last_input
