@@ -95,8 +95,9 @@ class SparseLinear:
         return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
 
     def csr_t(self, values: Tensor) -> Tensor:
+        values_t = values.index_select(0, self.t_order)
         shape = tuple(self.weight.shape[::-1])
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_order), shape, check_invariants=False)
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values_t, shape, check_invariants=False)
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
