@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data test test-fast bench sweep demo report slurm-up slurm-down clean
+.PHONY: install data test test-fast bench bench-peers sweep demo report slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 bench: install
+	$(PY) -m bench.run_all
+
+# The same benchmarks with the CPU sparse-training peers (SparseProp, SparseLab) installed.
+bench-peers: install
+	$(PY) -m pip install --quiet sparseprop sparselab
 	$(PY) -m bench.run_all
 
 # make sweep SPEC=mlp_dst [LAUNCHER=local|slurm|slurm_gpu|slurm_ddp] [ARGS="extra overrides"] [DRY=1]

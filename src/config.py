@@ -138,7 +138,7 @@ class LaunchConfig(RunConfig):
 # Fields that change how a run is executed, not what it computes: excluded from the run's
 # identity (its directory hash), so relaunching with more threads or on another node reuses it.
 LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "data.root",
-               "data.num_workers", "logging")
+               "data.num_workers", "logging", "sparsity.backend")
 
 
 def run_identity(config: dict) -> dict:

@@ -489,6 +489,7 @@ def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, se
         "best_val": {k: best.get(k) for k in ("epoch", "val_loss", "val_acc", "test_loss", "test_acc")},
         "achieved_density": sparsifier.overall_density(),
         "achieved_layer_density": sparsifier.densities(),
+        "layer_backend": dict(zip(sparsifier.names, sparsifier.backends)),  # which layers ran sparse
         "wall_time": progress.elapsed + max(setup_time, 0.0),
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,

@@ -9,7 +9,7 @@ from torch import nn
 from src.models import MODELS, ModelInfo, build_model, model_info, register_model
 
 SPEC_MODELS = {
-    "mlp_cifar10", "mlp_cifar10_dropout", "mlp_higgs", "conv_cifar10", "lenet5",
+    "mlp_cifar10", "mlp_cifar10_dropout", "mlp_fashion_mnist", "mlp_higgs", "conv_cifar10", "lenet5",
     "resnet56", "vgg16", "efficientnet_b0", "resnet50",
 }
 CONV_MODELS = sorted(name for name in SPEC_MODELS if model_info(name).is_conv)
@@ -81,6 +81,7 @@ def test_is_conv_matches_the_architecture(name):
     [
         ("mlp_cifar10", {}, 3_676_682, 3_675_136),
         ("mlp_cifar10_dropout", {}, 3_676_682, 3_675_136),
+        ("mlp_fashion_mnist", {}, 1_333_770, 1_332_224),
         ("mlp_higgs", {}, 72_449, 71_936),
         ("conv_cifar10", {}, 94_538, 94_304),
         ("lenet5", {}, 431_080, 430_500),

@@ -9,7 +9,7 @@ from torch import nn
 from .registry import register_model
 
 
-def _cifar10_mlp(num_classes: int, dropout: float) -> nn.Sequential:
+def _cifar10_mlp(num_classes: int, dropout: float, in_features: int = 3 * 32 * 32) -> nn.Sequential:
     def drop() -> nn.Module:
         # Identity keeps the plain MLP free of no-op layers.
         return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -17,7 +17,7 @@ def _cifar10_mlp(num_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(OrderedDict(
         flatten=nn.Flatten(),
         drop0=drop(),
-        fc1=nn.Linear(3 * 32 * 32, 1024),
+        fc1=nn.Linear(in_features, 1024),
         relu1=nn.ReLU(),
         drop1=drop(),
         fc2=nn.Linear(1024, 512),
@@ -43,6 +43,13 @@ def mlp_cifar10_dropout(num_classes: int, dropout: float = 0.05) -> nn.Module:
     an explicit argument so the caller decides.
     """
     return _cifar10_mlp(num_classes, dropout)
+
+
+@register_model("mlp_fashion_mnist", input_shape=(1, 28, 28), default_num_classes=10, is_conv=False)
+def mlp_fashion_mnist(num_classes: int) -> nn.Module:
+    """The CIFAR-10 MLP's hidden layers on 28x28 images: 784 -> 1024 -> 512 -> classes
+    (1 333 770 parameters for 10 classes); a fully connected Fashion-MNIST model."""
+    return _cifar10_mlp(num_classes, dropout=0.0, in_features=28 * 28)
 
 
 @register_model("mlp_higgs", input_shape=(24,), default_num_classes=1, is_conv=False)

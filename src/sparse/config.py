@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .backend import BACKENDS, sparse_unsupported_reason
 from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
 from .density import INITS
 from .functional import NORM_REDUCTIONS, NORMALIZATIONS, RESCALES
@@ -59,6 +60,9 @@ class SparsityConfig:
     # The reference's scores, tie handling, SET, Bernoulli growth and mask sampling, ER as
     # an ERK alias, and a topology update allowed on the very last step.
     compat: bool = False
+    # How masked layers are computed: masked (dense weights times masks), sparse (Linear
+    # layers on their active weights only), auto (sparse where measured faster; see backend.py).
+    backend: str = "auto"
 
     @classmethod
     def reference(cls, **overrides) -> "SparsityConfig":
@@ -86,6 +90,7 @@ class SparsityConfig:
             "regrow_init": REGROW_INITS,
             "optimizer_state": OPTIMIZER_STATE_POLICIES,
             "update_order": UPDATE_ORDERS,
+            "backend": BACKENDS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -109,6 +114,9 @@ class SparsityConfig:
             raise ValueError(f"sparsity.criterion: {self.criterion!r} has no global variant")
         if self.global_pruning and CRITERIA[self.criterion].running:
             raise ValueError(f"sparsity.criterion: running criterion {self.criterion!r} has no global variant")
+        if self.backend == "sparse" and self.mode != "dense" and sparse_unsupported_reason(self):
+            raise ValueError(f"sparsity.backend: 'sparse' cannot run with {sparse_unsupported_reason(self)}; "
+                             f"allowed here: ['masked', 'auto'] (auto then runs every layer masked)")
         return self
 
     def step_first(self) -> bool:

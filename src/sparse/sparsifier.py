@@ -8,7 +8,9 @@
         optimizer.zero_grad(set_to_none=True)
 
 Between topology updates a step is `optimizer.step()` plus one fused in-place multiply of all
-masked weights by their masks, with no host-device synchronisation. Every `update_frequency`
+masked weights by their masks, with no host-device synchronisation. Layers that the execution
+backend (`sparsity.backend`, see backend.py) runs sparse hold only their active weights, so
+they need no mask multiply; an update gives them a dense view and rebuilds them after. Every `update_frequency`
 steps the topology update prunes with the configured criterion (layer-wise or global) and
 regrows as many weights in the same layer with the growth rule, so per-layer active counts
 never change (except under the reference's Bernoulli growth).
@@ -23,10 +25,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .backend import SparseExecution, SparseLinear, choose_backends
 from .config import SparsityConfig
 from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
 from .density import layer_densities, sample_mask
 from .functional import grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
+from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
 from .schedules import prune_rate
 from .selection import select_lowest_global
@@ -97,6 +101,13 @@ class Sparsifier:
         self._criterion = get_criterion(config.criterion)
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
+        # Whether an update reads gradients (a sparse layer then forms its dense gradient).
+        self._reads_grad = self._criterion.needs_grad or get_growth(config.growth).needs_grad or any(
+            get_criterion(c).needs_grad for c in config.overlap_with)
+        # Every masked tensor runs masked until `prepare` picks the backend of each.
+        self.backends = ["masked"] * len(self.params)
+        self._execution = SparseExecution(optimizer, {})
+        self._stepped = (self.params, self.masks)  # the tensors masked after optimizer steps
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
@@ -113,12 +124,25 @@ class Sparsifier:
             mask.copy_(sampled)
         self._sync_masks()
         self.apply_masks()
+        self._start_backends()
         return self
+
+    def _start_backends(self) -> None:
+        """Hand the layers that `config.backend` runs sparse to a `SparseExecution`."""
+        modules = dict(self.model.named_modules())
+        owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
+        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, self.config)
+        layers = {i: SparseLinear(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
+        self._execution = SparseExecution(self.optimizer, layers)
+        kept = [i for i, b in enumerate(self.backends) if b == "masked"]
+        self._stepped = ([self.params[i] for i in kept], [self.masks[i] for i in kept])
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        if self.params:
-            torch._foreach_mul_(self.params, self.masks)
+        """Zero the inactive entries of the masked-backend weights (sparse ones have none)."""
+        params, masks = self._stepped
+        if params:
+            torch._foreach_mul_(params, masks)
 
     # ------------------------------------------------------------------ per step
     def step(self) -> UpdateRecord | None:
@@ -139,6 +163,7 @@ class Sparsifier:
         return record
 
     def _optimizer_step(self) -> None:
+        self._execution.all_reduce_grads()
         self.optimizer.step()
         self.apply_masks()
 
@@ -160,6 +185,9 @@ class Sparsifier:
     def _accumulate_running(self) -> None:
         beta = self.config.beta
         for i, (p, m) in enumerate(zip(self.params, self.masks)):
+            if i in self._execution.layers:  # sampled at the active entries only
+                p = self._execution.layers[i].values
+                m = torch.ones_like(p, dtype=torch.bool)
             sample = self._criterion.sample(p, p.grad, m)
             if self._running[i] is None:
                 self._running[i] = sample
@@ -172,6 +200,7 @@ class Sparsifier:
         """Prune and regrow every masked tensor now (normally called by `step`)."""
         cfg = self.config
         rate = self.prune_rate()
+        self._to_dense(with_grad=self._reads_grad)
         before = [m.bool() for m in self.masks]
         active = _counts(before)
         if cfg.global_pruning:
@@ -200,10 +229,25 @@ class Sparsifier:
             regrown_counts.append(torch.stack([regrown.count_nonzero(), (regrown & just_pruned).count_nonzero()]))
         self._running = [None] * len(self.params)
         self._sync_masks()
+        self._to_sparse()
         counts = torch.stack(regrown_counts).tolist() if regrown_counts else []
         for name, a, r, (g, gj) in zip(self.names, active, removed, counts):
             record.layers.append(LayerUpdate(name, a, r, g, gj))
         return record
+
+    def _to_dense(self, with_grad: bool) -> None:
+        """Give the sparse-backend layers their dense view for an update (running scores too)."""
+        self._execution.to_dense(with_grad)
+        for i, layer in self._execution.layers.items():
+            if self._running[i] is not None and self._running[i].shape != layer.weight.shape:
+                self._running[i] = layer.scatter(self._running[i])
+
+    def _to_sparse(self) -> None:
+        """Rebuild the sparse-backend layers for the current masks (running scores too)."""
+        self._execution.to_sparse(self.masks)
+        for i, layer in self._execution.layers.items():
+            if self._running[i] is not None and self._running[i].shape == layer.weight.shape:
+                self._running[i] = layer.gather(self._running[i])
 
     def _prune_count(self, mask: Tensor, active: int, rate: float) -> int:
         q = prune_count(rate, active)
@@ -298,7 +342,11 @@ class Sparsifier:
         """Which weights each of ``criteria`` would prune now, and their pairwise Jaccard
         similarities, on the current weights, gradients and masks (nothing is copied)."""
         masks = [m.bool() for m in self.masks]
-        return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
+        self._to_dense(with_grad=True)
+        try:
+            return self._overlap(criteria, self.prune_rate() if rate is None else rate, masks)
+        finally:
+            self._to_sparse()
 
     def _overlap(self, criteria, rate, masks, pruned=None, counts=None) -> OverlapResult:
         cfg = self.config
@@ -328,7 +376,9 @@ class Sparsifier:
         self._running = [None if r is None else r.to(p.device) for r, p in zip(state["running"], self.params)]
         for k, g in self._generators.items():
             g.set_state(state["generators"][k])
-        self.apply_masks()
+        if self.params:
+            torch._foreach_mul_(self.params, self.masks)
+        self._execution.rebuild(self.masks)
 
 
 def _counts(masks: list[Tensor]) -> list[int]:

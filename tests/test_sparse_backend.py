@@ -1,0 +1,293 @@
+"""The sparse execution backend: same training as the masked backend, computed on active weights."""
+
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from src.config import RunConfig
+from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig
+from src.sparse.backend import SparseLinear, choose_backends, crossover_density, load_crossover
+
+
+def mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
+                         nn.Linear(24, 5)).to(dtype)
+
+
+def data(n, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(12, 40, generator=g, dtype=dtype), torch.randint(0, 5, (12,), generator=g))
+            for _ in range(n)]
+
+
+def make(backend, adam=False, total=40, **sparsity):
+    model = mlp()
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4) if adam else
+           torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    cfg = SparsityConfig(**{"density": 0.3, "update_frequency": 3, "prune_rate": 0.4, **sparsity}, backend=backend)
+    return model, opt, Sparsifier(model, opt, cfg, total, seed=0).prepare()
+
+
+def run_both(steps=8, adam=False, **sparsity):
+    """Train the masked and the sparse backend side by side; compare after every step."""
+    runs = [make(b, adam, **sparsity) for b in ("masked", "sparse")]
+    assert runs[0][2].backends == ["masked"] * 3 and runs[1][2].backends == ["sparse"] * 3
+    updates = 0
+    for x, y in data(steps):
+        losses, grads = [], []
+        for model, opt, sp in runs:
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append([_grad(sp, i) for i in range(3)])
+        assert losses[0] == pytest.approx(losses[1], rel=1e-9, abs=1e-12)
+        for gm, gs, mask in zip(*grads, runs[0][2].masks):
+            torch.testing.assert_close(gm * mask, gs, rtol=1e-9, atol=1e-12)
+        records = [sp.step() for _, _, sp in runs]
+        for _, opt, _ in runs:
+            opt.zero_grad(set_to_none=True)
+        assert (records[0] is None) == (records[1] is None)
+        if records[0] is not None:
+            updates += 1
+            assert records[0].as_dict() == records[1].as_dict()  # exact counts, same layers
+        for m_masked, m_sparse in zip(runs[0][2].masks, runs[1][2].masks):
+            assert torch.equal(m_masked, m_sparse)
+        state = [model.state_dict() for model, _, _ in runs]
+        for k in state[0]:
+            torch.testing.assert_close(state[0][k], state[1][k], rtol=1e-9, atol=1e-12)
+    assert updates == steps // 3
+    return runs
+
+
+def _grad(sp, i):
+    if i in sp._execution.layers:
+        return sp._execution.layers[i].scatter(sp._execution.layers[i].values.grad)
+    return sp.params[i].grad.clone()
+
+
+@pytest.mark.parametrize("criterion", sorted(c for c in CRITERIA))
+def test_sparse_matches_masked_for_every_criterion(criterion):
+    run_both(criterion=criterion, growth="gradient" if CRITERIA[criterion].needs_grad else "random", beta=0.6)
+
+
+@pytest.mark.parametrize("growth", sorted(g for g, rule in GROWTH_RULES.items() if not rule.needs_momentum))
+def test_sparse_matches_masked_for_every_growth_rule(growth):
+    run_both(criterion="snip", growth=growth)
+
+
+@pytest.mark.parametrize("options", [
+    {"global_pruning": True, "criterion": "mest", "growth": "gradient"},
+    {"global_pruning": True, "criterion": "set"},
+    {"normalization": "input", "rescale": "dim1", "criterion": "snip"},
+    {"update_order": "step_then_prune", "regrow_init": "keep", "exclude_just_pruned": False},
+    {"overlap_with": ["magnitude", "snip"]},
+    {"adam": True, "criterion": "taylor_fo", "growth": "gradient"},
+])
+def test_sparse_matches_masked_with_options(options):
+    options = dict(options)
+    run_both(adam=options.pop("adam", False), **options)
+
+
+def test_optimizer_state_is_sized_to_active_weights_and_weights_stay_dense_shaped():
+    (_, _, masked), (model, opt, sp) = run_both(steps=4)
+    for layer, mask in zip(sp._execution.layers.values(), sp.masks):
+        buf = opt.state[layer.values]["momentum_buffer"]
+        assert buf.shape == layer.values.shape == (int(mask.sum()),)
+        assert layer.weight not in opt.state and not layer.weight.requires_grad
+    stepped = {id(q) for g in opt.param_groups for q in g["params"]}
+    for layer in sp._execution.layers.values():
+        assert id(layer.values) in stepped and id(layer.weight) not in stepped
+    assert [t.shape for t in model.state_dict().values()] == [t.shape for t in mlp().state_dict().values()]
+
+
+@settings(max_examples=25, deadline=None)
+@given(out_f=st.integers(1, 40), in_f=st.integers(1, 40), batch=st.integers(1, 9),
+       density=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+def test_sparse_linear_matches_dense_masked_linear(out_f, in_f, batch, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    dense = nn.Linear(in_f, out_f).double()
+    mask = torch.rand(out_f, in_f, generator=g) < density
+    with torch.no_grad():
+        dense.weight.mul_(mask)
+    sparse = nn.Linear(in_f, out_f).double()
+    sparse.load_state_dict(dense.state_dict())
+    layer = SparseLinear(sparse, mask)
+    x = torch.randn(batch, in_f, generator=g, dtype=torch.float64)
+    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad_out = torch.randn(batch, out_f, generator=g, dtype=torch.float64)
+    yd, ys = dense(xd), sparse(xs)
+    torch.testing.assert_close(yd, ys)
+    yd.backward(grad_out)
+    ys.backward(grad_out)
+    torch.testing.assert_close(xd.grad, xs.grad)
+    torch.testing.assert_close(dense.weight.grad * mask, layer.scatter(layer.values.grad))
+    torch.testing.assert_close(dense.bias.grad, sparse.bias.grad)
+    torch.testing.assert_close(dense.weight.grad, layer.dense_grad())
+
+
+def _snapshot(model, opt, sp) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "sparsifier": sp.state_dict()}, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("stop", [3, 5])
+def test_resume_is_bit_identical_within_the_sparse_backend(stop):
+    cfg = dict(criterion="running_snip", growth="gradient", beta=0.7)
+    batches = data(10)
+    model, opt, sp = make("sparse", **cfg)
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    full = model.state_dict()
+
+    model, opt, sp = make("sparse", **cfg)
+    for x, y in batches[:stop]:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    saved = torch.load(io.BytesIO(_snapshot(model, opt, sp)), weights_only=False)
+    model, opt, sp = make("sparse", **cfg)  # a fresh process's objects: other masks until loaded
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    sp.load_state_dict(saved["sparsifier"])
+    for x, y in batches[stop:]:
+        nn.functional.cross_entropy(model(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, full[k]), k
+
+
+def test_backend_is_validated_with_field_and_allowed_values():
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'fast' is not one of \['masked', 'sparse', 'auto'\]"):
+        SparsityConfig(backend="fast").validate()
+    for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}):
+        with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
+                                             r"allowed here: \['masked', 'auto'\]"):
+            SparsityConfig(backend="sparse", **bad).validate()
+    reference = SparsityConfig.reference(backend="sparse")
+    with pytest.raises(ValueError, match="sparsity.compat=true"):
+        RunConfig(sparsity=reference).validate()
+    assert SparsityConfig.reference().validate().backend == "auto"  # auto: masked under compat
+
+
+def test_auto_runs_large_sparse_linears_sparse_and_the_rest_masked():
+    table = load_crossover()
+    assert table, "src/sparse/crossover.json is missing: run python -m bench.crossover"
+    assert crossover_density((1024, 3072), table) > 0.05 and crossover_density((10, 512), table) == 0.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sp = Sparsifier(model, opt, SparsityConfig(density=0.05), 10).prepare()
+    assert sp.backends == ["sparse", "masked"]
+    for cfg in (SparsityConfig(density=0.05, compat=True), SparsityConfig(density=0.05, growth="momentum")):
+        params = [model[1].weight, model[3].weight]
+        masks = [torch.rand(p.shape) < 0.05 for p in params]
+        assert choose_backends("auto", params, [model[1], model[3]], masks, cfg) == ["masked", "masked"]
+
+
+def test_momentum_growth_and_compat_run_masked_under_auto():
+    _, _, sp = make("auto", growth="momentum")
+    assert sp.backends == ["masked"] * 3
+
+
+@pytest.mark.slow
+def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path):
+    from src.records import read_metrics
+    from tests.test_train import assert_same_model, final_state, strip_times, tiny
+
+    cfg = tiny(criterion="running_snip", growth="gradient", beta=0.7, backend="sparse", density=0.1)
+    cfg.model.name = "mlp_cifar10_dropout"  # dropout: the global RNG state must be restored
+    cfg.data.kwargs = {**cfg.data.kwargs, "input_shape": [3, 32, 32]}
+    full = train_run(cfg, tmp_path / "full")
+    assert full["layer_backend"] == {"fc1.weight": "sparse", "fc2.weight": "sparse", "fc3.weight": "sparse"}
+    assert full["final"]["test_acc"] > 30
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 20
+
+    assert train_run(cfg, tmp_path / "resumed", should_stop=stop)["status"] == "interrupted"
+    assert train_run(cfg, tmp_path / "resumed")["status"] == "completed"
+    assert strip_times(read_metrics(tmp_path / "resumed")) == strip_times(read_metrics(tmp_path / "full"))
+    saved = final_state(tmp_path / "full")
+    assert_same_model(saved, final_state(tmp_path / "resumed"))
+    assert saved["model"]["fc1.weight"].shape == (1024, 3072)  # dense-shaped, current weights
+    assert not saved["model"]["fc1.weight"][~saved["masks"]["fc1.weight"]].any()
+    assert saved["model"]["fc1.weight"][saved["masks"]["fc1.weight"]].abs().min() > 0
+
+
+def train_run(cfg, run_dir, **kwargs):
+    from src.train import train
+
+    return train(cfg, run_dir, **kwargs)
+
+
+def _ddp_worker(rank: int, world: int, port: int, backend: str, out: dict):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cfg = SparsityConfig(density=0.3, criterion="snip", growth="gradient", update_frequency=4, backend=backend)
+    sp = Sparsifier(model, opt, cfg, total_steps=100, seed=0).prepare()
+    net = nn.parallel.DistributedDataParallel(model)  # after prepare, as the trainer does
+    for x, y in data(10, seed=100 + rank):  # each rank sees different data
+        nn.functional.cross_entropy(net(x), y).backward()
+        sp.step()
+        opt.zero_grad(set_to_none=True)
+    out[(backend, rank)] = {k: v.clone() for k, v in model.state_dict().items()}
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_sparse_backend_matches_masked_and_ranks_agree():
+    import torch.multiprocessing as mp
+
+    from tests.test_ddp import _free_port
+
+    out = mp.Manager().dict()
+    for backend in ("masked", "sparse"):
+        mp.spawn(_ddp_worker, args=(2, _free_port(), backend, out), nprocs=2, join=True)
+    for k, v in out[("sparse", 0)].items():
+        assert torch.equal(v, out[("sparse", 1)][k]), k
+        torch.testing.assert_close(v, out[("masked", 0)][k], rtol=1e-9, atol=1e-12)
+
+
+def test_overlap_and_loading_weights_keep_the_sparse_layers_consistent():
+    (_, _, masked), (model, opt, sp) = run_both(steps=4, criterion="running_snip", beta=0.5)
+    x, y = data(1, seed=7)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    values = [layer.values.detach().clone() for layer in sp._execution.layers.values()]
+    result = sp.overlap(["magnitude", "snip"], rate=0.3)
+    assert result.criteria == ["magnitude", "snip"]
+    for before, layer in zip(values, sp._execution.layers.values()):
+        assert torch.equal(before, layer.values) and layer.values.grad is not None
+    assert all(r.shape == layer.values.shape for r, layer in zip(sp._running, sp._execution.layers.values()))
+    other = mlp()
+    model.load_state_dict(other.state_dict())  # loading weights reaches the values the forward uses
+    for mask, (name, p) in zip(sp.masks, [(n, p) for n, p in other.named_parameters() if n.endswith("weight")]):
+        assert torch.equal(model.state_dict()[name], p.detach() * mask)
+
+
+def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launching():
+    from src.launch import expand
+
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\.compat=true"):
+        expand(["setup=smoke", "compat=reference", "sparsity.backend=sparse"], check_data=False)
+    with pytest.raises(ValueError, match=r"sparsity\.backend: 'csr' is not one of \['masked', 'sparse', 'auto'\]"):
+        expand(["setup=smoke", "sparsity.backend=csr"], check_data=False)
+    # An execution choice, not a different experiment: same run directory.
+    auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))
+    assert auto.run_dir == masked.run_dir
