@@ -32,9 +32,11 @@ from src.sparse import SparsityConfig, Sparsifier
 from src.sparse.sparsifier import _GROW, _INIT
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "fantastic_weights_paper"
-pytestmark = pytest.mark.skipif(
-    not REFERENCE.is_dir(), reason=f"reference implementation not found at {REFERENCE} (only in the project's workspace)"
-)
+pytestmark = [
+    pytest.mark.skipif(not REFERENCE.is_dir(),
+                       reason=f"reference implementation not found at {REFERENCE} (only in the project's workspace)"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # its schedulers step before the optimizer
+]
 
 SEED = 7
 STEPS = 130  # updates at 40, 80, 120
@@ -288,3 +290,25 @@ def test_learning_rate_schedule_matches_reference():
             assert learning_rate(cfg, epoch, 0, epochs, 1) == pytest.approx(opt.param_groups[0]["lr"]), (epochs, epoch)
             opt.step()
             sched.step()
+
+
+def test_gradient_growth_ranks_like_the_reference_below_its_epsilon(ref):
+    """The reference grows by |G| + 1e-6: gradients far below 1e-6 all tie (and its sort,
+    stable on so few entries, then takes the first); compat does the same."""
+    from src.sparse import grow
+
+    growers = importlib.import_module("sparselearning.growers")
+    grad = torch.tensor([0.5, 1e-15, 3e-15, 0.0])
+    weight = torch.nn.Parameter(torch.zeros(4))
+    weight.grad = grad
+    mask = torch.tensor([True, False, False, False])
+
+    class Masking:  # what gradient_growth_fixed reads from its Masking
+        @staticmethod
+        def get_gradient_for_weights(w):
+            return w.grad.clone()
+
+    expected = growers.gradient_growth_fixed(Masking, "w", mask.clone().byte(), 1, weight).bool()
+    assert expected.tolist() == [True, True, False, False]
+    assert grow("gradient", weight.detach(), grad, mask, 1, compat=True).equal(expected)
+    assert grow("gradient", weight.detach(), grad, mask, 1).tolist() == [True, False, True, False]

@@ -110,7 +110,7 @@ def grow(
     candidates = ~mask
     if count <= 0:
         return mask.clone()
-    score = gr.score(weight, grad, momentum, generator=generator)
+    score = gr.score(weight, grad, momentum, generator=generator, compat=compat)
     if gr.bernoulli:
         p = count / max(int(candidates.sum()), 1)
         return mask | (candidates & (score < p))

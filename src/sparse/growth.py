@@ -49,21 +49,22 @@ def get_growth(name: str) -> GrowthRule:
 
 
 @register_growth("random")
-def random(weight, grad, momentum, *, generator=None):
+def random(weight, grad, momentum, *, generator=None, **_):
     """Uniform: i.i.d. U(0,1) scores, so the top `count` candidates are a uniform sample."""
     return torch.rand(weight.shape, generator=generator, device=weight.device)
 
 
 @register_growth("random_bernoulli", bernoulli=True)
-def random_bernoulli(weight, grad, momentum, *, generator=None):
+def random_bernoulli(weight, grad, momentum, *, generator=None, **_):
     """The reference's random growth: each candidate on with p = count / #candidates."""
     return torch.rand(weight.shape, generator=generator, device=weight.device)
 
 
 @register_growth("gradient", needs_grad=True)
-def gradient(weight, grad, momentum, **_):
-    """RigL: the candidates with the largest |G| (G the dense minibatch gradient)."""
-    return grad.abs()
+def gradient(weight, grad, momentum, *, compat=False, **_):
+    """RigL: the candidates with the largest |G| (G the dense minibatch gradient). The
+    reference ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
+    return grad.abs() + 1e-6 if compat else grad.abs()
 
 
 @register_growth("momentum", needs_momentum=True)
