@@ -201,7 +201,7 @@ def run_and_compare(ref, **kwargs) -> Pair:
             assert record.prune_rate == pytest.approx(pair.mask.death_rate, rel=1e-9, abs=1e-12)
 
     pair.run(check)
-    expected = 0 if kwargs.get("mode") == "static" else STEPS // EVERY
+    expected = 0 if kwargs.get("mode") == "static" else kwargs.get("steps", STEPS) // EVERY
     assert len(updates) == expected
     if expected:  # the topology really changed, so the comparison is not vacuous
         assert sum(layer.removed for r in updates for layer in r.layers) > 0
@@ -218,6 +218,10 @@ def test_static_trajectory_matches_reference(ref):
 @pytest.mark.parametrize("criterion", PAPER_CRITERIA)
 def test_dst_trajectory_matches_reference(ref, criterion, growth):
     run_and_compare(ref, criterion=criterion, growth=growth)
+
+
+def test_update_on_the_last_step_as_the_reference(ref):
+    run_and_compare(ref, criterion="snip", growth="gradient", steps=3 * EVERY)
 
 
 def test_grasp_trajectory_matches_reference(ref):
