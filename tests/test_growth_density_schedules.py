@@ -210,3 +210,17 @@ def test_momentum_neuron_compat_skips_small_quotas():
     per_neuron = (new & ~mask).sum(dim=1).tolist()
     quotas = [int(f * 30) for f in (momentum.mean(1) / momentum.mean(1).sum()).tolist()]
     assert per_neuron == [q - 1 if q >= 10 else 0 for q in quotas]  # strict threshold: quota - 1
+
+
+def test_momentum_neuron_leftover_goes_to_the_largest_remainders():
+    from src.sparse import grow
+
+    # shares 0.6, 0.3, 0.1 of 7: 4.2, 2.1, 0.7 -> floors 4, 2, 0 and the one left to neuron 2
+    momentum = torch.tensor([[6.0] * 8, [3.0] * 8, [1.0] * 8])
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    grown = grow("momentum_neuron", torch.zeros(3, 8), None, mask, 7, momentum=momentum)
+    assert grown.sum(dim=1).tolist() == [4, 2, 1]
+    # neuron 0 has room for 2 only: the 2 it cannot take go to the others by share
+    mask[0, :6] = True
+    grown = grow("momentum_neuron", torch.zeros(3, 8), None, mask, 7, momentum=momentum) & ~mask
+    assert grown.sum(dim=1).tolist() == [2, 4, 1]

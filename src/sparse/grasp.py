@@ -1,6 +1,6 @@
 """The Hessian-gradient product that GraSP scores with (Wang et al. 2020; PAPER_SPEC §2.5).
 
-    hg = hessian_gradient(model, params, (x, y), temperature=200)
+    hg = hessian_gradient(model, names, (x, y), temperature=200)   # one tensor per name
     score = -W * hg          # GraSP removes the highest scores
 
 With g = dL/dW of the loss L = CE(f(x) / T, y) on one batch, Hg is the gradient of

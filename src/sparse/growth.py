@@ -105,14 +105,16 @@ def _neuron_quotas(score: Tensor, candidates: Tensor, count: int, compat: bool) 
     exact = share.double() * count
     quota = torch.minimum(exact.floor().long(), available)
     left = count - int(quota.sum())
-    if left > 0:  # largest remainders first, among neurons that still have room
-        room = available - quota
-        order = torch.argsort(torch.where(room > 0, exact - exact.floor(), -1.0), descending=True, stable=True)
-        for i in order.tolist():
-            if left == 0 or room[i] == 0:
-                continue
-            extra = min(left, int(room[i]))
+    room = (available - quota).tolist()
+    # One more each to the largest remainders; then, if neurons were capped, fill the others
+    # in order of their share.
+    for order in (exact - exact.floor(), share):
+        for i in torch.argsort(order, descending=True, stable=True).tolist():
+            if left == 0:
+                break
+            extra = min(left, room[i], 1 if order is not share else left)
             quota[i] += extra
+            room[i] -= extra
             left -= extra
     ranked = torch.where(free, rows, torch.full_like(rows, -float("inf")))
     order = ranked.argsort(dim=1, descending=True, stable=True)
