@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data test test-fast bench bench-peers sweep demo report slurm-up slurm-down clean
+.PHONY: install data test test-fast bench bench-peers sweep demo report fidelity-stats slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -57,6 +57,11 @@ demo: install
 # make report [SWEEP=runs/fmnist_quick] [OUT=dir]
 report: install
 	$(PY) -m analysis report $(SWEEP) --out $(OUT)
+
+# Whole runs of the paper's code and of this project side by side, with Welch's tests
+# (needs ../shared/reference; hours of CPU; resumable): make fidelity-stats [SEEDS=8] [JOBS=1]
+fidelity-stats: install
+	$(PY) scripts/fidelity_stats.py run --out $(RUNS)/fidelity --seeds $(or $(SEEDS),8) --jobs $(or $(JOBS),1)
 
 # A real single-node SLURM cluster on loopback (Debian packages; needs root).
 slurm-up:

@@ -10,6 +10,7 @@
 Needs only the run directories (config.json, metrics.jsonl, result.json); never W&B.
 """
 
+from .claims import check_claims
 from .completeness import Completeness, completeness
 from .figures import (accuracy_vs_density, accuracy_vs_gamma, accuracy_vs_update_frequency, density_one,
                       global_vs_layerwise, overlap_heatmaps, overlap_trajectory_curves, save_figure)
@@ -23,7 +24,7 @@ from .tables import Table, accuracy_table, ranking_tables
 
 __all__ = [
     "Completeness", "Options", "Selection", "Table", "accuracy_table", "accuracy_vs_density", "accuracy_vs_gamma",
-    "accuracy_vs_update_frequency", "build_report", "compare_to_best", "completed", "completeness",
+    "accuracy_vs_update_frequency", "build_report", "check_claims", "compare_to_best", "completed", "completeness",
     "density_grids", "density_one", "density_one_grids", "find_run_dirs", "gamma_grids", "global_pruning_grids",
     "global_vs_layerwise", "holm", "jaccard_matrix", "jaccard_pairs", "load_metrics", "load_runs", "main_grid",
     "overlap_at_init", "overlap_heatmaps", "overlap_trajectories", "overlap_trajectory_curves", "random_expectation",

@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
                         help="Welch's t-test against the best: one-sided 'greater' (default) or 'two-sided'")
     report.add_argument("--low-density", type=float, default=0.1,
                         help="densities up to this are 'low' in the ranking summary (default 0.1)")
+    report.add_argument("--high-density", type=float, default=0.3,
+                        help="densities from this up are 'high' in the paper's claims (default 0.3)")
     report.add_argument("--expected-seeds", type=int,
                         help="seeds every cell should have (default: as many as the best-covered cell with the same "
                              "setup, kind and variant)")
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.sweep_dirs[0] / "report"
     options = Options(metric=args.metric, alpha=args.alpha, alternative=args.alternative,
-                      low_density=args.low_density, expected_seeds=args.expected_seeds)
+                      low_density=args.low_density, high_density=args.high_density,
+                      expected_seeds=args.expected_seeds)
     index = build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
     print(f"report: {index} (and {index.with_suffix('.md')})")

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import columns as C
-from . import figures, grid, overlap, tables
+from . import claims, figures, grid, overlap, tables
 from .completeness import completeness
 from .tables import Table
 
@@ -35,6 +35,7 @@ class Options:
     alpha: float = 0.05
     alternative: str = "greater"
     low_density: float = 0.1
+    high_density: float = 0.3  # the paper's claims compare d <= low_density with d >= high_density
     expected_seeds: int | None = None
 
 
@@ -99,6 +100,17 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
                                    low_density=opt.low_density)
     for table in ranked or ():
         out.table(section, table)
+    return section
+
+
+def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    mains = [grids[0] for grids in (grid.density_grids(runs, setup) for setup in grid.setups(runs)) if grids]
+    if not mains:
+        return None
+    found = claims.check_claims(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
+                                low_density=opt.low_density, high_density=opt.high_density)
+    section = Section("The paper's claims, checked on these runs", claims.claims_summary(found))
+    out.table(section, claims.claims_table(found))
     return section
 
 
@@ -190,6 +202,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
 # (why the study is missing when it returns None, the study)
 STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
+    ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
     ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
      _figure_study("Update frequency (Fig. 4)", "fig4_update_frequency", grid.update_frequency_grids,
                    figures.accuracy_vs_update_frequency, _update_frequency_table)),

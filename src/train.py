@@ -248,7 +248,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
     optimizer = make_optimizer(model, cfg.optim)
     steps_per_epoch = len(loaders.train)
     total_steps = tc.epochs * steps_per_epoch
-    sparsifier = Sparsifier(model, optimizer, cfg.sparsity, total_steps, seed=tc.seed).prepare()
+    current = {}  # the latest training batch: what data-scored criteria (grasp) score on
+    sparsifier = Sparsifier(model, optimizer, cfg.sparsity, total_steps, seed=tc.seed,
+                            batches=lambda: current["batch"]).prepare()
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
 
     progress = Progress()
@@ -289,6 +291,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             bar.reset(total=steps_per_epoch)
             bar.n = loaders.train.state_dict().get("position", 0)
         for x, y in loaders.train:
+            current["batch"] = (x, y)
             lr = learning_rate(cfg.optim, progress.epoch, progress.step, tc.epochs, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -287,7 +287,7 @@ def test_report_cli_writes_every_supported_table_and_figure(sweep, tmp_path, cap
     assert str(out / "index.html") in capsys.readouterr().out
     tables = ["accuracy", "ranking", "ranking_summary", "runs_by_status", "cells", "short_cells", "not_completed",
               "update_frequency", "mest_gamma", "sensitivity", "global_pruning", "density_one", "overlap_init",
-              "overlap_trajectory"]
+              "overlap_trajectory", "claims"]
     for name in tables:
         for fmt in ("md", "csv", "tex"):
             assert (out / "tables" / f"{name}.{fmt}").stat().st_size > 0, (name, fmt)

@@ -177,3 +177,50 @@ def test_linear_constant_exponential_steps():
     assert prune_rate("exponential_steps", 1200, 10**6, 0.5) == pytest.approx(0.5 * 0.99**2)
     with pytest.raises(ValueError, match="prune_rate_schedule"):
         prune_rate("nope", 1, 2, 0.5)
+
+
+# ---------------------------------------------------------------- momentum-neuron growth
+def test_momentum_neuron_shares_growth_by_mean_momentum_exactly():
+    from src.sparse import grow
+
+    momentum = torch.tensor([[3.0, 3.0, 3.0, 3.0, 3.0, 3.1, 2.9, 3.0],
+                             [1.0, 1.0, 1.2, 0.8, 1.0, 1.0, 1.0, 1.0]])
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[:, :2] = True  # two active per neuron
+    new = grow("momentum_neuron", torch.zeros(2, 8), None, mask, 4, momentum=momentum)
+    grown = new & ~mask
+    assert int(grown.sum()) == 4
+    assert grown[0].sum() == 3 and grown[1].sum() == 1  # shares 3/4 and 1/4
+    assert grown[0, 5] and grown[1, 2]  # the largest-momentum candidates of each neuron
+    # quotas capped by the room in a neuron; the rest goes to the other neuron
+    full = torch.ones(2, 8, dtype=torch.bool)
+    full[0, 7] = False
+    full[1, :4] = False
+    new = grow("momentum_neuron", torch.zeros(2, 8), None, full, 4, momentum=momentum)
+    assert int((new & ~full).sum()) == 4 and (new & ~full)[0].sum() == 1
+
+
+def test_momentum_neuron_compat_skips_small_quotas():
+    from src.sparse import grow
+
+    momentum = torch.rand(3, 40, generator=torch.Generator().manual_seed(0)) + 0.1
+    momentum[2] *= 0.01  # a neuron whose share of 30 is below 10
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    new = grow("momentum_neuron", torch.zeros(3, 40), None, mask, 30, momentum=momentum, compat=True)
+    per_neuron = (new & ~mask).sum(dim=1).tolist()
+    quotas = [int(f * 30) for f in (momentum.mean(1) / momentum.mean(1).sum()).tolist()]
+    assert per_neuron == [q - 1 if q >= 10 else 0 for q in quotas]  # strict threshold: quota - 1
+
+
+def test_momentum_neuron_leftover_goes_to_the_largest_remainders():
+    from src.sparse import grow
+
+    # shares 0.6, 0.3, 0.1 of 7: 4.2, 2.1, 0.7 -> floors 4, 2, 0 and the one left to neuron 2
+    momentum = torch.tensor([[6.0] * 8, [3.0] * 8, [1.0] * 8])
+    mask = torch.zeros(3, 8, dtype=torch.bool)
+    grown = grow("momentum_neuron", torch.zeros(3, 8), None, mask, 7, momentum=momentum)
+    assert grown.sum(dim=1).tolist() == [4, 2, 1]
+    # neuron 0 has room for 2 only: the 2 it cannot take go to the others by share
+    mask[0, :6] = True
+    grown = grow("momentum_neuron", torch.zeros(3, 8), None, mask, 7, momentum=momentum) & ~mask
+    assert grown.sum(dim=1).tolist() == [2, 4, 1]

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from src.sparse import CRITERIA, criteria_overlap, grow, jaccard_matrix, prune, sample_mask
 
 CLEAN_CRITERIA = sorted(c for c in CRITERIA if c != "set_legacy")
-EXACT_GROWTH = ["random", "gradient", "momentum"]
+EXACT_GROWTH = ["random", "gradient", "momentum", "momentum_neuron"]
 
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=4)
 
@@ -32,7 +32,7 @@ def layer(draw):
 @given(layer(), st.floats(0.0, 1.0), st.sampled_from(CLEAN_CRITERIA))
 def test_prune_removes_exactly_q_active(data, rate, criterion):
     w, grad, mask, g = data
-    new = prune(criterion, w, grad, mask, rate, generator=g, gamma=0.5)
+    new = prune(criterion, w, grad, mask, rate, generator=g, gamma=0.5, hg=grad)  # hg: GraSP's signal
     active = int(mask.sum())
     assert not (new & ~mask).any()
     assert active - int(new.sum()) == math.ceil(rate * active)
@@ -57,7 +57,7 @@ def test_grow_adds_exactly_count(data, fraction, rule, use_exclude):
 @given(layer(), st.floats(0.0, 1.0), st.sampled_from(CLEAN_CRITERIA), st.sampled_from(EXACT_GROWTH))
 def test_prune_then_grow_preserves_active_count(data, rate, criterion, rule):
     w, grad, mask, g = data
-    pruned = prune(criterion, w, grad, mask, rate, generator=g)
+    pruned = prune(criterion, w, grad, mask, rate, generator=g, hg=grad)
     removed = int(mask.sum()) - int(pruned.sum())
     grown = grow(rule, w, grad, pruned, removed, momentum=grad, generator=g)
     assert int(grown.sum()) == int(mask.sum())

@@ -257,3 +257,41 @@ def test_large_selections_match_a_full_sort():
         if order is not None:
             expected = [i for i in order if eligible[i]][:k]
             assert chosen.nonzero().flatten().tolist() == sorted(expected)
+
+
+# ---------------------------------------------------------------- GraSP
+def test_grasp_hessian_gradient_is_the_hessian_times_the_gradient():
+    from src.sparse.grasp import hessian_gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 3))
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    names = ["0.weight", "2.weight"]
+    hg = hessian_gradient(model, names, (x, y), temperature=2.0)
+    w0 = [dict(model.named_parameters())[n].detach() for n in names]
+    sizes = [w.numel() for w in w0]
+
+    def loss(flat):
+        a, b = flat.split(sizes)
+        h = torch.tanh(torch.nn.functional.linear(x, a.view(4, 3), model[0].bias))
+        out = torch.nn.functional.linear(h, b.view(3, 4), model[2].bias)
+        return torch.nn.functional.cross_entropy(out / 2.0, y)
+
+    flat = torch.cat([w.reshape(-1) for w in w0])
+    g = torch.autograd.functional.jacobian(loss, flat)
+    expected = torch.autograd.functional.hessian(loss, flat) @ g
+    assert torch.allclose(torch.cat([h.reshape(-1) for h in hg]), expected, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())  # the run's gradients are untouched
+
+
+def test_grasp_removes_highest_minus_w_hg_and_needs_batches():
+    from src.sparse import Sparsifier, SparsityConfig
+
+    w, hg = T([1.0, -2.0, 0.5, 3.0]), T([1.0, 1.0, -4.0, 0.1])  # -W*Hg = -1, 2, 2.0, -0.3
+    new = prune("grasp", w, None, T([1, 1, 0, 1], dtype=torch.bool), 0.34, hg=hg)  # q = 2
+    assert removed(T([1, 1, 0, 1], dtype=torch.bool), new) == [1, 3]
+    model = torch.nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="batches"):
+        Sparsifier(model, torch.optim.SGD(model.parameters(), lr=0.1), SparsityConfig(criterion="grasp"), 10)
+    with pytest.raises(ValueError, match="no compat variant"):
+        SparsityConfig.reference(criterion="grasp", global_pruning=True).validate()

@@ -70,7 +70,7 @@ def _grad(sp, i):
     return sp.params[i].grad.clone()
 
 
-@pytest.mark.parametrize("criterion", sorted(c for c in CRITERIA))
+@pytest.mark.parametrize("criterion", sorted(c for c, crit in CRITERIA.items() if not crit.needs_batch))
 def test_sparse_matches_masked_for_every_criterion(criterion):
     run_both(criterion=criterion, growth="gradient" if CRITERIA[criterion].needs_grad else "random", beta=0.6)
 
@@ -168,7 +168,7 @@ def test_resume_is_bit_identical_within_the_sparse_backend(stop):
 def test_backend_is_validated_with_field_and_allowed_values():
     with pytest.raises(ValueError, match=r"sparsity\.backend: 'fast' is not one of \['masked', 'sparse', 'auto'\]"):
         SparsityConfig(backend="fast").validate()
-    for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}):
+    for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}, {"criterion": "grasp"}):
         with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
                                              r"allowed here: \['masked', 'auto'\]"):
             SparsityConfig(backend="sparse", **bad).validate()
@@ -186,7 +186,8 @@ def test_auto_runs_large_sparse_linears_sparse_and_the_rest_masked():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = Sparsifier(model, opt, SparsityConfig(density=0.05), 10).prepare()
     assert sp.backends == ["sparse", "masked"]
-    for cfg in (SparsityConfig(density=0.05, compat=True), SparsityConfig(density=0.05, growth="momentum")):
+    for cfg in (SparsityConfig(density=0.05, compat=True), SparsityConfig(density=0.05, growth="momentum"),
+                SparsityConfig(density=0.05, criterion="grasp")):
         params = [model[1].weight, model[3].weight]
         masks = [torch.rand(p.shape) < 0.05 for p in params]
         assert choose_backends("auto", params, [model[1], model[3]], masks, cfg) == ["masked", "masked"]

@@ -25,7 +25,7 @@ def make(cfg, total=40, lr=0.05, adam=False, seed=0):
     model = tiny_net()
     opt = (torch.optim.Adam(model.parameters(), lr=1e-2) if adam else
            torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4))
-    return model, opt, Sparsifier(model, opt, cfg, total, seed=seed).prepare()
+    return model, opt, Sparsifier(model, opt, cfg, total, seed=seed, batches=lambda: batches(1, seed=9)[0]).prepare()
 
 
 def train(model, opt, sp, data):
@@ -81,7 +81,7 @@ def test_static_mode_never_changes_masks_and_keeps_inactive_zero():
 
 
 @pytest.mark.parametrize("criterion", sorted(c for c in CRITERIA if c != "set_legacy"))
-@pytest.mark.parametrize("growth", ["random", "gradient", "momentum"])
+@pytest.mark.parametrize("growth", ["random", "gradient", "momentum", "momentum_neuron"])
 def test_every_update_is_exact(criterion, growth):
     cfg = SparsityConfig(density=0.3, criterion=criterion, growth=growth, update_frequency=3, prune_rate=0.4)
     model, opt, sp = make(cfg)
@@ -243,7 +243,7 @@ def test_config_validation_names_field_and_choices():
         SparsityConfig(update_frequency=0).validate()
     with pytest.raises(ValueError, match="no global variant"):
         SparsityConfig(criterion="snip_half", global_pruning=True).validate()
-    assert set(GROWTH_RULES) == {"random", "random_bernoulli", "gradient", "momentum"}
+    assert set(GROWTH_RULES) == {"random", "random_bernoulli", "gradient", "momentum", "momentum_neuron"}
 
 
 @pytest.mark.parametrize("cfg", [

@@ -237,6 +237,7 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
 # ---------------------------------------------------------------------------- auto
 def sparse_unsupported_reason(config) -> str | None:
     """Why this configuration needs dense masked weights everywhere, or None."""
+    from .criteria import get_criterion
     from .growth import get_growth
 
     if config.compat:
@@ -245,6 +246,8 @@ def sparse_unsupported_reason(config) -> str | None:
         return "sparsity.optimizer_state='keep' (regrown weights keep moments accumulated while inactive)"
     if get_growth(config.growth).needs_momentum:
         return f"sparsity.growth={config.growth!r} (it ranks the optimizer momentum of inactive weights)"
+    if config.mode == "dst" and get_criterion(config.criterion).needs_batch:
+        return f"sparsity.criterion={config.criterion!r} (it differentiates a dense copy of the model twice)"
     return None
 
 

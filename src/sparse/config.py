@@ -48,6 +48,7 @@ class SparsityConfig:
     normalization: str = "none"
     norm_reduction: str = "sum"
     rescale: str = "none"
+    grasp_temperature: float = 200.0  # T of GraSP's softened loss CE(f(x) / T, y)
 
     growth: str = "random"
     exclude_just_pruned: bool = True  # do not regrow what this update pruned (unless forced)
@@ -112,6 +113,14 @@ class SparsityConfig:
             raise ValueError(f"sparsity.gamma: must be >= 0, got {self.gamma}")
         if self.global_pruning and CRITERIA[self.criterion].remove in (BOTH_ENDS, SIGN_SPLIT_LEGACY):
             raise ValueError(f"sparsity.criterion: {self.criterion!r} has no global variant")
+        if self.global_pruning and self.compat and self.criterion == "grasp":
+            # PAPER_SPEC §2.6: its global GraSP keeps S < tau on scores without the +inf of
+            # inactive entries, switching inactive weights on; not reproduced.
+            raise ValueError("sparsity.criterion: 'grasp' with global_pruning has no compat variant; "
+                             "use compat=false")
+        for name in self.overlap_with:
+            if CRITERIA[name].needs_batch:
+                raise ValueError(f"sparsity.overlap_with: {name!r} scores on a batch of data; not supported")
         if self.global_pruning and CRITERIA[self.criterion].running:
             raise ValueError(f"sparsity.criterion: running criterion {self.criterion!r} has no global variant")
         if self.backend == "sparse" and self.mode != "dense" and sparse_unsupported_reason(self):

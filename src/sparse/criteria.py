@@ -36,6 +36,8 @@ class Criterion:
     needs_grad: bool
     # Running criteria average `sample(W, G, M)` over the steps between updates.
     sample: Callable[..., Tensor] | None = None
+    # Scored on a batch of data (GraSP): the caller passes `hg`, see `grasp.py`.
+    needs_batch: bool = False
 
     @property
     def running(self) -> bool:
@@ -45,9 +47,9 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, remove: str = LOWEST, needs_grad: bool, sample=None):
+def register_criterion(name: str, *, remove: str = LOWEST, needs_grad: bool, sample=None, needs_batch=False):
     def wrap(fn):
-        CRITERIA[name] = Criterion(name, fn, remove, needs_grad, sample)
+        CRITERIA[name] = Criterion(name, fn, remove, needs_grad, sample, needs_batch)
         return fn
 
     return wrap
@@ -182,3 +184,13 @@ def snip_half(w, g, m, *, compat=False, **_):
     removes floor(q/2) from each end (and the whole layer when floor(q/2) = 0)."""
     s = (w * g).abs()
     return s * m if compat else s
+
+
+@register_criterion("grasp", remove=HIGHEST, needs_grad=False, needs_batch=True)
+def grasp(w, g, m, *, hg=None, **_):
+    """GraSP: S = -W * (H g), H g the Hessian-gradient product of the temperature-softened
+    loss on one batch (`grasp.hessian_gradient`); remove the highest (the weights whose
+    removal least reduces the gradient flow)."""
+    if hg is None:
+        raise ValueError("criterion 'grasp' needs the Hessian-gradient product hg (see src.sparse.grasp)")
+    return -w * hg

@@ -110,10 +110,17 @@ def grow(
     candidates = ~mask
     if count <= 0:
         return mask.clone()
-    score = gr.score(weight, grad, momentum, generator=generator)
+    score = gr.score(weight, grad, momentum, generator=generator, compat=compat)
     if gr.bernoulli:
         p = count / max(int(candidates.sum()), 1)
         return mask | (candidates & (score < p))
+    if gr.select is not None:
+        preferred = candidates if exclude is None else candidates & ~exclude
+        chosen = gr.select(score, preferred, count, compat)
+        shortfall = 0 if compat else count - int(chosen.sum())
+        if shortfall > 0:
+            chosen |= select_highest(score, candidates & ~chosen, shortfall)
+        return mask | chosen
     if exclude is None or not exclude.any():
         return mask | select_highest(score, candidates, count)
     preferred = candidates & ~exclude

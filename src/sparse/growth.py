@@ -1,7 +1,8 @@
 """Growth rules: which inactive positions become active after pruning.
 
 A rule gives a score per position; `functional.grow` switches on the highest-scoring
-candidates, exactly as many as were removed. `random_bernoulli` is the reference's rule:
+candidates, exactly as many as were removed (or, for a rule with its own `select`, the
+positions that picks). `random_bernoulli` is the reference's rule:
 each candidate is switched on independently, so only the expected count is right.
 
 Adding a rule is one function plus its `@register_growth(...)` line.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+import math
 
 import torch
 from torch import Tensor
@@ -23,6 +26,9 @@ class GrowthRule:
     needs_grad: bool = False
     needs_momentum: bool = False
     bernoulli: bool = False  # grow each candidate independently instead of exactly `count`
+    # select(score, candidates, count, compat) -> positions to grow, for rules that do not
+    # simply take the top `count` candidates.
+    select: Callable[..., Tensor] | None = None
 
 
 GROWTH_RULES: dict[str, GrowthRule] = {}
@@ -43,25 +49,81 @@ def get_growth(name: str) -> GrowthRule:
 
 
 @register_growth("random")
-def random(weight, grad, momentum, *, generator=None):
+def random(weight, grad, momentum, *, generator=None, **_):
     """Uniform: i.i.d. U(0,1) scores, so the top `count` candidates are a uniform sample."""
     return torch.rand(weight.shape, generator=generator, device=weight.device)
 
 
 @register_growth("random_bernoulli", bernoulli=True)
-def random_bernoulli(weight, grad, momentum, *, generator=None):
+def random_bernoulli(weight, grad, momentum, *, generator=None, **_):
     """The reference's random growth: each candidate on with p = count / #candidates."""
     return torch.rand(weight.shape, generator=generator, device=weight.device)
 
 
 @register_growth("gradient", needs_grad=True)
-def gradient(weight, grad, momentum, **_):
-    """RigL: the candidates with the largest |G| (G the dense minibatch gradient)."""
-    return grad.abs()
+def gradient(weight, grad, momentum, *, compat=False, **_):
+    """RigL: the candidates with the largest |G| (G the dense minibatch gradient). The
+    reference ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
+    return grad.abs() + 1e-6 if compat else grad.abs()
 
 
 @register_growth("momentum", needs_momentum=True)
 def momentum(weight, grad, momentum, **_):
     """Sparse momentum: the candidates with the largest |optimizer momentum| (SGD buffer,
     or m / (sqrt(v) + 1e-8) for Adam; see `Sparsifier._momentum`)."""
+    return momentum.abs()
+
+
+def _neuron_quotas(score: Tensor, candidates: Tensor, count: int, compat: bool) -> Tensor:
+    """Per output neuron (dim 0): the top-|momentum| candidates, ``count`` shared between
+    neurons in proportion to their mean |momentum| (over all their weights).
+
+    Clean: quotas floor(count * share), capped by each neuron's free positions, and what is
+    left over goes one by one to the largest remainders, so exactly ``count`` grow (when there
+    is room). ``compat``: the reference's `momentum_neuron_growth`: a neuron whose quota is
+    below 10, or whose quota-th largest candidate score is 0, grows nothing, and the others
+    grow the candidates strictly above that score (quota - 1 of them, without ties).
+    """
+    rows = score.reshape(score.shape[0], -1)
+    free = candidates.reshape(rows.shape)
+    share = rows.mean(dim=1)
+    total = share.sum()
+    if compat or total > 0:
+        share = share / total
+    else:  # no momentum anywhere yet: equal shares
+        share = torch.full_like(share, 1 / len(share))
+    available = free.sum(dim=1)
+    if compat:
+        quota = torch.tensor([math.floor(f * count) for f in share.tolist()], device=score.device)
+        quota = torch.minimum(quota, available)
+        masked = rows * free
+        ascending = masked.sort(dim=1).values
+        # the reference reads y[-quota], i.e. y[0] when the quota is 0
+        threshold = ascending.gather(1, ((rows.shape[1] - quota) % rows.shape[1]).unsqueeze(1))
+        grows = (threshold.squeeze(1) != 0) & (quota >= 10)
+        return (grows.unsqueeze(1) & (masked > threshold)).view(score.shape)
+    exact = share.double() * count
+    quota = torch.minimum(exact.floor().long(), available)
+    left = count - int(quota.sum())
+    room = (available - quota).tolist()
+    # One more each to the largest remainders; then, if neurons were capped, fill the others
+    # in order of their share.
+    for order in (exact - exact.floor(), share):
+        for i in torch.argsort(order, descending=True, stable=True).tolist():
+            if left == 0:
+                break
+            extra = min(left, room[i], 1 if order is not share else left)
+            quota[i] += extra
+            room[i] -= extra
+            left -= extra
+    ranked = torch.where(free, rows, torch.full_like(rows, -float("inf")))
+    order = ranked.argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order))
+    return (free & (rank < quota.unsqueeze(1))).view(score.shape)
+
+
+@register_growth("momentum_neuron", needs_momentum=True, select=_neuron_quotas)
+def momentum_neuron(weight, grad, momentum, **_):
+    """Sparse momentum's neuron-wise growth: each output neuron gets a share of the regrowth
+    proportional to its mean |momentum|, filled with its largest-|momentum| candidates."""
     return momentum.abs()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from .config import SparsityConfig
 from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
 from .density import layer_densities, sample_mask
 from .functional import grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
+from .grasp import hessian_gradient
 from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
 from .schedules import prune_rate
@@ -83,9 +85,13 @@ class Sparsifier:
         total_steps: int,
         *,
         seed: int = 0,
+        batches: Callable[[], tuple[Tensor, Tensor]] | None = None,
     ):
+        """``batches`` returns one (inputs, targets) batch; only criteria scored on data
+        (grasp) call it, once per topology update."""
         self.model, self.optimizer = model, optimizer
         self.config = config.validate()
+        self.batches = batches
         self.total_steps = total_steps
         self.steps = 0
         params = dict(model.named_parameters())
@@ -99,6 +105,9 @@ class Sparsifier:
         self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
                             for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)}
         self._criterion = get_criterion(config.criterion)
+        if self._criterion.needs_batch and config.mode == "dst" and batches is None:
+            raise ValueError(f"sparsity.criterion: {config.criterion!r} scores on a batch of data; "
+                             "the Sparsifier needs batches=<callable returning (inputs, targets)>")
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
         # Whether an update reads gradients (a sparse layer then forms its dense gradient).
@@ -203,6 +212,9 @@ class Sparsifier:
         self._to_dense(with_grad=self._reads_grad)
         before = [m.bool() for m in self.masks]
         active = _counts(before)
+        self._hg = [None] * len(self.params)
+        if self._criterion.needs_batch:
+            self._hg = hessian_gradient(self.model, self.names, self.batches(), cfg.grasp_temperature)
         if cfg.global_pruning:
             pruned = self._prune_global(before, active, rate)
         else:
@@ -260,7 +272,8 @@ class Sparsifier:
         param = self.params[i]
         return prune(cfg.criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
                      normalization=cfg.normalization, norm_reduction=cfg.norm_reduction,
-                     gamma=cfg.gamma, generator=self._generators[_PRUNE], running=self._running[i])
+                     gamma=cfg.gamma, generator=self._generators[_PRUNE], running=self._running[i],
+                     hg=self._hg[i])
 
     def _prune_global(self, masks: list[Tensor], active: list[int], rate: float) -> list[Tensor]:
         """Rank all masked tensors together; each layer then regrows what it lost."""
@@ -270,9 +283,9 @@ class Sparsifier:
         if crit.remove == SIGN_SPLIT:
             return self._prune_global_set(masks, q)
         scores = []
-        for p, m in zip(self.params, masks):
+        for p, m, hg in zip(self.params, masks, self._hg):
             s = crit.score(p.detach(), None if p.grad is None else p.grad.detach(), m, compat=cfg.compat,
-                           scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE])
+                           scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE], hg=hg)
             s = normalize_scores(s, m, cfg.normalization, cfg.norm_reduction, compat=cfg.compat)
             scores.append(-s if crit.remove == HIGHEST else s)
         if cfg.compat:
@@ -303,7 +316,7 @@ class Sparsifier:
 
     def _momentum(self, param: Tensor) -> Tensor | None:
         """The growth signal of `momentum` growth: SGD's buffer or Adam's m / (sqrt(v) + 1e-8)."""
-        if self.config.growth != "momentum":
+        if not get_growth(self.config.growth).needs_momentum:
             return None
         state = self.optimizer.state.get(param, {})
         if "momentum_buffer" in state and state["momentum_buffer"] is not None:
