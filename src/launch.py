@@ -64,18 +64,29 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    """Run one configured job in its run directory; never raises for a failing run."""
-    from .train import train
+    """Run one configured job in its run directory; never raises for a failing run. Its
+    output also goes to `<run_dir>/train.log`."""
+    from .runinfo import LOG, tee_output
 
     run_cfg, run_dir = job_of(cfg)
     previous = read_finished_result(run_dir)
     if previous is not None:
         print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
         return {"status": "skipped", "run_dir": str(run_dir)}
+    with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _run_job(run_cfg, run_dir)
+
+
+def _run_job(run_cfg: RunConfig, run_dir: Path) -> dict:
+    from .train import train
+
     stop = _PreemptionFlag()
     try:
         result = train(run_cfg, run_dir, should_stop=stop)
     except Exception as error:  # recorded in result.json by train(); the sweep goes on
+        import traceback
+
+        traceback.print_exc()
         print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
     if result["status"] == "interrupted":
@@ -226,6 +237,10 @@ def _with_search_path(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        from .status import main as status_main
+
+        return status_main(argv[1:])
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
     multirun = any(a in ("-m", "--multirun") for a in argv)

@@ -29,6 +29,7 @@ from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
 from .records import RunRecorder, atomic_torch_save, code_version, config_hash, read_finished_result
+from .runinfo import Heartbeat, provenance, tee_output
 from .sparse import Sparsifier
 
 
@@ -186,7 +187,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
         return _train(cfg, run_dir, should_stop)
     except Exception as error:
         failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": traceback.format_exc(), **_provenance(cfg.to_dict())}
+                  "traceback": traceback.format_exc(), **_provenance(cfg.to_dict()), **provenance(run_dir)}
         if int(os.environ.get("RANK", "0")) == 0:
             run_dir.mkdir(parents=True, exist_ok=True)
             RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
@@ -229,6 +230,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
 
     progress = Progress()
     acc = _EpochAccumulator(device)
+    heartbeat = Heartbeat(run_dir, enabled=ddp.main)
     if recorder.checkpoint_path.exists():
         ckpt = torch.load(recorder.checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
@@ -240,6 +242,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         progress.resumed_at.append(progress.step)
         acc.load_state_dict(ckpt["accumulator"])
         recorder.truncate_metrics(ckpt["metrics_offset"])
+    heartbeat.beat(progress.step, progress.epoch)
 
     def checkpoint():
         if ddp.main:
@@ -276,6 +279,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             if bar is not None:
                 bar.update(1)
             if progress.step % tc.log_every == 0:
+                heartbeat.beat(progress.step, progress.epoch)
                 diverged = _divergence(acc, ddp, device)
                 if diverged:
                     break
@@ -312,6 +316,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
+        heartbeat.beat(progress.step, progress.epoch)
         if wandb_run is not None:
             wandb_run.log({k: v for k, v in epoch_record.items() if k != "layer_density"}, step=progress.epoch)
         if ddp.main:
@@ -331,6 +336,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         checkpoint()
     result = _result(cfg, config, status, progress, sparsifier, diverged, total_steps,
                      setup_time=time.perf_counter() - started - progress.elapsed)
+    result.update(provenance(run_dir))
     if status != "interrupted":
         if tc.save_model and ddp.main:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
