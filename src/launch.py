@@ -212,6 +212,23 @@ def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]
     return counts
 
 
+def _check_detachable(overrides: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    fixed = [o for o in overrides if "," not in o and "(" not in o and not o.startswith("hydra.launcher.detach")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
+    if "detach" not in base.hydra.launcher:
+        raise ValueError("--detach: needs a SLURM launcher that submits and returns "
+                         "(launcher=slurm or launcher=slurm_gpu)")
+
+
+def _user_overrides(overrides: list[str]) -> list[str]:
+    import shlex
+
+    return [shlex.quote(o) for o in overrides if not o.startswith("hydra.launcher.detach")]
+
+
 # ---------------------------------------------------------------------------- entry point
 def _hydra_entry() -> None:
     import hydra
@@ -242,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return status_main(argv[1:])
     dry_run = "--dry-run" in argv
-    argv = [a for a in argv if a != "--dry-run"]
+    detach = "--detach" in argv
+    argv = [a for a in argv if a not in ("--dry-run", "--detach")]
+    if detach:  # a SLURM launcher's own option; a detached launch is always a sweep
+        argv = ["-m", *[a for a in argv if a not in ("-m", "--multirun")], "hydra.launcher.detach=true"]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     hydra_flags = [a for a in argv if a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in hydra_flags) and not dry_run:
@@ -252,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
     try:
+        if detach:
+            _check_detachable(overrides)
         jobs = expand(overrides, check_data=not dry_run)
     except (ValueError, FileNotFoundError, HydraException) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -274,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             print(f"hydra exited with {exit_.code}", file=sys.stderr)
+    if detach:
+        print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
+        return 0
     counts = summarize(jobs, before)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")

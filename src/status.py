@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .pack import SUBMISSION
 from .records import read_result
 from .runinfo import HEARTBEAT, process_alive, read_heartbeat
 
-SUBMISSION = "submission.json"
 STATES = ("planned", "completed", "diverged", "failed", "interrupted", "running", "stale", "queued", "missing")
 IN_QUEUE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
             "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
