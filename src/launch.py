@@ -139,14 +139,16 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
     experiment (they would share a run directory)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .data import check_dataset
 
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        # with the config loader, as Hydra's sweeper has it: glob() lists a group's options
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        parsed = parser.parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
         params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
@@ -212,6 +214,65 @@ def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]
     return counts
 
 
+def help_page() -> str:
+    """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
+    import textwrap
+
+    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir()) if p.is_dir()}
+    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
+    lines = [
+        "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
+        "       python -m src.launch status [the same overrides | SWEEP_DIR | RUNS_DIR] [--watch [S]] [--stale-after S]",
+        "",
+        "Launch one run, or with -m a sweep over comma lists, range(a,b), choice(a,b), glob(pattern) and",
+        "the +sweeps=NAME grids, on this machine (launcher=local) or on SLURM (launcher=slurm|slurm_gpu|",
+        "slurm_ddp). Every run is validated before any starts; finished runs are skipped, interrupted",
+        "ones resume from their checkpoints. Records: runs_root/name/<run>/ (see the README).",
+        "",
+        "flags:",
+        "  -m, --multirun   launch a sweep (every combination of the overrides)",
+        "  --dry-run        count, validate and list the runs; launch nothing",
+        "  --detach         SLURM only: submit, write <sweep dir>/submission.json, print job ids, return",
+        "  --cfg job        print the composed config of one run (and --info, --hydra-help: Hydra's own)",
+        "  status           where a sweep stands: per cell and in total, running / queued / stale ...",
+        "",
+        "SLURM launchers: hydra.launcher.partition=P timeout_min=M cpus_per_task=C mem_gb=G, and",
+        "  hydra.launcher.runs_per_job=K hydra.launcher.concurrent_runs=C  (K runs per job, C at a time)",
+        "",
+        "config groups (group=option):",
+    ]
+    lines += [textwrap.fill(", ".join(options), 100, initial_indent=f"  {name}: ", subsequent_indent="      ")
+              for name, options in groups.items()]
+    lines += [
+        "",
+        "examples:",
+        "  python -m src.launch setup=lenet5_fmnist criterion=snip sparsity.density=0.1",
+        "  python -m src.launch -m setup=smoke criterion=magnitude,snip 'seed=range(1,4)'",
+        "  python -m src.launch -m setup=smoke 'criterion=glob(snip*)' --dry-run",
+        "  python -m src.launch -m +sweeps=mlp_dst launcher=slurm hydra.launcher.runs_per_job=10 \\",
+        "      hydra.launcher.concurrent_runs=2 --detach",
+        "  python -m src.launch status -m +sweeps=mlp_dst launcher=slurm --watch",
+    ]
+    return "\n".join(lines)
+
+
+def hydra_message(error: Exception) -> str:
+    """The error with its causes (Hydra wraps the useful one: `Error merging override
+    sparsity.density=abc` <- `Value 'abc' ... could not be converted to Float`)."""
+    parts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).strip() if not parts else str(error).strip().split("\n")[0]
+        if text and "$" not in text and not any(text in p for p in parts):
+            parts.append(text)
+        error = error.__cause__ or error.__context__
+    message = "\n  because: ".join(parts)
+    if "INTERVAL_SWEEP" in message:
+        message += ("\n  interval() needs a sampling sweeper (e.g. Optuna); this launcher sweeps discrete "
+                    "values: a,b,c / range(start, stop, step) / choice(a, b) / glob(pattern)")
+    return message
+
+
 def _check_detachable(overrides: list[str]) -> None:
     from hydra import compose, initialize_config_dir
 
@@ -254,6 +315,9 @@ def _with_search_path(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_page())
+        return 0
     if argv[:1] == ["status"]:
         from .status import main as status_main
 
@@ -276,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
             _check_detachable(overrides)
         jobs = expand(overrides, check_data=not dry_run)
     except (ValueError, FileNotFoundError, HydraException) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {hydra_message(error)}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
+              "no option?)", file=sys.stderr)
         return 2
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import atomic_write_text, read_finished_result, read_result
+from .records import CHECKPOINT, atomic_write_text, read_finished_result, read_result
 
 SUBMISSION = "submission.json"
 
@@ -102,7 +102,9 @@ def _outcome(run: PackedRun, code: int) -> str:
     result = read_result(Path(run.run_dir))
     if result is not None:
         return result["status"]
-    return "interrupted" if code == 0 else f"exited with {code}, no result"
+    if (Path(run.run_dir) / CHECKPOINT).exists():  # stopped after its checkpoint: resumable
+        return "interrupted"
+    return f"exited with {code}, no result"
 
 
 def write_submission(sweep_dir: Path, *, overrides: list[str], jobs: list, packs: list[list[PackedRun]],

@@ -469,20 +469,55 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------- command line
+USAGE = """usage: python -m src.train [key=value ...] [--run-dir DIR]
+
+Train one model and write its records to DIR (default runs/train): config.json, metrics.jsonl,
+checkpoint.pt while running, result.json at the end, heartbeat.json, train.log. Running the
+same command again resumes from the checkpoint. Keys are the fields of src/config.py RunConfig:
+  model.name  data.name data.root data.batch_size  optim.name optim.lr optim.weight_decay
+  sparsity.mode (dense|static|dst) sparsity.density sparsity.criterion sparsity.growth
+  sparsity.update_frequency sparsity.prune_rate  train.epochs train.seed train.threads
+  train.device  logging.wandb (off|offline|online)
+No Hydra here (no config groups, no sweeps): for those use python -m src.launch.
+
+example: python -m src.train model.name=lenet5 sparsity.mode=dst sparsity.density=0.05 \\
+             sparsity.criterion=snip train.epochs=4 --run-dir runs/lenet5-snip"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m src.train [key=value ...] [--run-dir DIR]`: one run, no Hydra needed."""
     from omegaconf import OmegaConf
 
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .runinfo import LOG, tee_output
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(USAGE)
+        return 0
     run_dir = "runs/train"
     if "--run-dir" in argv:
         i = argv.index("--run-dir")
+        if i + 1 >= len(argv):
+            print("error: --run-dir needs a directory", file=sys.stderr)
+            return 2
         run_dir = argv[i + 1]
         del argv[i:i + 2]
-    base = OmegaConf.structured(RunConfig)
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
-    cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
-    result = train(cfg, run_dir)
+    try:
+        unknown = [a for a in argv if a.startswith("-") or "=" not in a]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a key=value override (see --help)")
+        base = OmegaConf.structured(RunConfig)
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
+        cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
+        cfg.validate()
+    except (ValueError, OmegaConfBaseException) as error:
+        key = getattr(error, "full_key", None)  # OmegaConf's errors name the field apart
+        print(f"error: {key + ': ' if key else ''}{str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    with tee_output(Path(run_dir) / LOG):
+        result = train(cfg, run_dir)
     print(f"{result['status']}: final test acc {result['final']['test_acc']}, "
           f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}")
     return 0 if result["status"] == "completed" else 1
