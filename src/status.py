@@ -146,7 +146,7 @@ def _state(run_dir: Path, job: str | None, queued: dict[str, str], stale_after: 
         where = f"{beat.get('host')} pid {beat.get('pid')}" + (f" job {row['job']}" if row["job"] else "")
         return {**row, "state": "running", "detail": f"{where} step {beat.get('step')} epoch {beat.get('epoch')}"}
     if job is not None and queued.get(job) in IN_QUEUE:
-        return {**row, "state": "queued", "detail": f"job {job} {queued[job].lower()}"}
+        return {**row, "state": "queued", "detail": f"in job {job} ({queued[job].lower()})"}
     if status in ("failed", "interrupted"):
         first = (result.get("error") or "").strip().splitlines()
         return {**row, "state": status, "detail": first[0] if first else f"at step {result.get('steps')}"}

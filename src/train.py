@@ -275,7 +275,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             progress.step += 1
             acc.add(loss.detach(), task.correct(out.detach(), y), len(y), progress.step)
             if record is not None:
-                recorder.log("update", epoch=progress.epoch + 1, **_update_metrics(record))
+                update = _update_metrics(record)
+                recorder.log("update", epoch=progress.epoch + 1, **update)
+                _wandb_log(wandb_run, "update", update, progress.step)
             if bar is not None:
                 bar.update(1)
             if progress.step % tc.log_every == 0:
@@ -317,8 +319,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
         heartbeat.beat(progress.step, progress.epoch)
-        if wandb_run is not None:
-            wandb_run.log({k: v for k, v in epoch_record.items() if k != "layer_density"}, step=progress.epoch)
+        _wandb_log(wandb_run, "epoch", epoch_record, progress.step)
         if ddp.main:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)
         progress.elapsed += time.perf_counter() - segment_start
@@ -463,9 +464,19 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
         return None
     import wandb
 
+    # runs_root/<sweep name>/<run slug>: the sweep groups the runs, the slug names each
+    sweep = run_dir.resolve().parent.name
+    tags = [*cfg.logging.tags, f"sweep:{sweep}", f"code:{code_version()}"]
     return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, config=config,
-                      tags=cfg.logging.tags, dir=str(run_dir), mode=cfg.logging.wandb,
-                      id=config_hash(run_identity(config)), resume="allow")
+                      group=sweep, name=run_dir.name, job_type=cfg.sparsity.mode, tags=[t[:64] for t in tags],
+                      dir=str(run_dir), mode=cfg.logging.wandb, id=config_hash(run_identity(config)), resume="allow")
+
+
+def _wandb_log(wandb_run, kind: str, record: dict, step: int) -> None:
+    """Mirror an epoch or topology-update record's numbers to W&B as `kind/<key>`, at the
+    optimizer step (one x-axis for both)."""
+    if wandb_run is not None:
+        wandb_run.log({f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
 
 # ---------------------------------------------------------------------------- command line

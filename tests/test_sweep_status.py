@@ -1,0 +1,103 @@
+"""Sweep status from the run directories (heartbeats, results), Hydra sweep syntax, the help
+pages and the console scripts. The SLURM side (packing, --detach, queued) is in test_sweep_slurm.py."""
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from src.launch import expand
+from src.runinfo import read_heartbeat
+from src.status import counts, status
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(module, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
+    sweep = ["setup=smoke", "train.epochs=500", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=st"]
+    proc = subprocess.Popen([sys.executable, "-m", "src.launch", *[a.replace("seed=1,2", "seed=1") for a in sweep]],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            table = status(sweep)
+            if table.loc[0, "state"] == "running" and table.loc[0, "step"]:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, table.to_dict("records")
+            time.sleep(0.5)
+        run = table.iloc[0]
+        assert (run.pid, run.job) == (proc.pid, None) and run.detail.startswith(f"{run.host} pid {proc.pid} step")
+        assert table.loc[1, "state"] == "missing"
+        # a heartbeat older than the timeout means killed, even where the pid cannot be checked
+        assert status(sweep, stale_after=60, now=time.time() + 3600).loc[0, "state"] == "stale"
+
+        os.kill(proc.pid, signal.SIGKILL)  # no result, no clean-up: only the heartbeat remains
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    table = status(sweep)
+    assert list(table["state"]) == ["stale", "missing"]
+    assert "killed?" in table.loc[0, "detail"] and read_heartbeat(table.loc[0, "run_dir"])["pid"] == proc.pid
+    grid = counts(table)
+    assert grid.loc["total", "planned"] == 2 and grid.loc["total", "stale"] == 1 and grid.loc["total", "missing"] == 1
+
+    text = cli("src.launch", "status", "-m", *sweep)
+    assert text.returncode == 0 and "stale:" in text.stdout and "killed?" in text.stdout, text.stdout + text.stderr
+    by_dir = cli("src.launch", "status", str(tmp_path / "st"))  # the runs found in a runs directory
+    assert "stale" in by_dir.stdout and "missing" not in by_dir.stdout, by_dir.stdout + by_dir.stderr
+
+
+def test_every_hydra_sweep_syntax_expands():
+    jobs = expand(["setup=smoke", "criterion=glob(snip*)", "seed=range(1,3)", "sparsity.density=choice(0.1,0.2)"],
+                  check_data=False)
+    assert sorted({j.config.sparsity.criterion for j in jobs}) == ["snip", "snip_half", "snip_plus"]
+    assert {j.config.train.seed for j in jobs} == {1, 2} and {j.config.sparsity.density for j in jobs} == {0.1, 0.2}
+    assert len(jobs) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["setup=smoke", "sparsity.density=abc"], "could not be converted to Float"),  # Hydra's cause kept
+    (["-m", "setup=smoke", "sparsity.density=interval(0.1,0.5)"], "interval() needs a sampling sweeper"),
+    (["-m", "setup=smoke", "criterion=glob(nothing*)"], "no run"),
+    (["setup=smoke", "seed=1,2", "--detach"], "--detach: needs a SLURM launcher"),
+])
+def test_launch_errors_keep_their_cause(args, message):
+    out = cli("src.launch", *args, "--dry-run" if "--detach" not in args else "runs_root=/nonexistent/x")
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_help_pages():
+    page = cli("src.launch", "--help")
+    assert page.returncode == 0
+    for word in ("--dry-run", "--detach", "status", "sweeps (add with +sweeps=NAME): conv_dense", "criterion:",
+                 "runs_per_job", "examples:"):
+        assert word in page.stdout, word
+    train = cli("src.train", "--help")
+    assert train.returncode == 0 and train.stdout.startswith("usage: python -m src.train")
+    bad = cli("src.train", "sparsity.density=abc", "--run-dir", "/nonexistent/never")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: sparsity.density: Value 'abc' of type 'str' could not be converted to Float"]
+    out_of_range = cli("src.train", "sparsity.density=1.5", "--run-dir", "/nonexistent/never")
+    assert out_of_range.returncode == 2 and out_of_range.stderr.startswith("error: sparsity.density: must be in (0, 1]")
+
+
+def test_console_scripts_point_at_entry_points():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {"dst-launch", "dst-train", "dst-report"}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
