@@ -64,23 +64,26 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    """Run one configured job in its run directory; never raises for a failing run. Its
+    """Run one configured job in its run directory; never raises for a failing run."""
+    return run_one(*job_of(cfg))
+
+
+def run_one(run_cfg: RunConfig, run_dir: Path, stop: "_PreemptionFlag | None" = None) -> dict:
+    """Run, resume or skip one run in its directory; never raises for a failing run. Its
     output also goes to `<run_dir>/train.log`."""
     from .runinfo import LOG, tee_output
 
-    run_cfg, run_dir = job_of(cfg)
     previous = read_finished_result(run_dir)
     if previous is not None:
         print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
         return {"status": "skipped", "run_dir": str(run_dir)}
     with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
-        return _run_job(run_cfg, run_dir)
+        return _run_job(run_cfg, run_dir, stop or _PreemptionFlag())
 
 
-def _run_job(run_cfg: RunConfig, run_dir: Path) -> dict:
+def _run_job(run_cfg: RunConfig, run_dir: Path, stop: "_PreemptionFlag") -> dict:
     from .train import train
 
-    stop = _PreemptionFlag()
     try:
         result = train(run_cfg, run_dir, should_stop=stop)
     except Exception as error:  # recorded in result.json by train(); the sweep goes on
@@ -100,16 +103,18 @@ class _PreemptionFlag:
     """Turns the SLURM time-limit / preemption signal into a request to stop at the next
     step boundary; the run then checkpoints and `hand_over` lets submitit requeue the job.
 
-    Outside a submitit job this is a flag that is never set.
+    Outside a submitit job this is a flag that is never set. With `requeue=False` (a run of a
+    packed job) `hand_over` does nothing: the pack requeues the job once all its runs stopped.
     """
 
-    def __init__(self):
+    def __init__(self, requeue: bool = True):
         self.requested = False
         self._submitit_handler = None
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
             self._signal = sig
-            self._submitit_handler = signal.getsignal(sig)
+            handler = signal.getsignal(sig)
+            self._submitit_handler = handler if requeue else None
             signal.signal(sig, self._request)
 
     def _request(self, signum, frame):
@@ -315,13 +320,13 @@ def _with_search_path(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        print(help_page())
-        return 0
     if argv[:1] == ["status"]:
         from .status import main as status_main
 
         return status_main(argv[1:])
+    if "--help" in argv or "-h" in argv:
+        print(help_page())
+        return 0
     dry_run = "--dry-run" in argv
     detach = "--detach" in argv
     argv = [a for a in argv if a not in ("--dry-run", "--detach")]

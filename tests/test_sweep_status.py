@@ -101,3 +101,19 @@ def test_console_scripts_point_at_entry_points():
     for target in scripts.values():
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), target
+
+
+@pytest.mark.slow
+def test_a_pack_runs_its_runs_side_by_side_and_skips_finished_ones(tmp_path):
+    from src.pack import Pack, PackedRun
+    from src.records import read_result
+
+    jobs = expand(["setup=smoke", "train.epochs=1", "seed=1,2,3", f"runs_root={tmp_path}"], check_data=False)
+    runs = [PackedRun(i, j.overrides, str(j.run_dir), j.config.to_dict()) for i, j in enumerate(jobs)]
+    pack = Pack(str(tmp_path / "sweep"), concurrent_runs=2, threads=1)
+    assert [o["status"] for o in pack(runs)] == ["completed"] * 3
+    results = [read_result(j.run_dir) for j in jobs]
+    assert all(r["threads"] == 1 and r["config"]["train"]["threads"] == 1 for r in results)
+    assert len({r["host"] for r in results}) == 1 and "epoch 1/1" in (jobs[0].run_dir / "train.log").read_text()
+    assert (tmp_path / "sweep" / "2" / "job.log").exists()
+    assert [o["status"] for o in pack(runs)] == ["skipped"] * 3

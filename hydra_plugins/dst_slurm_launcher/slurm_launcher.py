@@ -58,7 +58,8 @@ class PackedSlurmLauncher(SlurmLauncher):
         runs = []
         for i, overrides in enumerate(job_overrides):
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            runs.append(PackedRun(initial_job_idx + i, list(overrides), str(job_of(cfg)[1].resolve())))
+            run_cfg, run_dir = job_of(cfg)
+            runs.append(PackedRun(initial_job_idx + i, list(overrides), str(run_dir.resolve()), run_cfg.to_dict()))
         todo = [r for r in runs if read_finished_result(Path(r.run_dir)) is None]
         k = self.runs_per_job
         packs = [todo[i:i + k] for i in range(0, len(todo), k)]
