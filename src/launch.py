@@ -268,7 +268,8 @@ def hydra_message(error: Exception) -> str:
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         text = str(error).strip() if not parts else str(error).strip().split("\n")[0]
-        if text and "$" not in text and not any(text in p for p in parts):
+        # (OmegaConf chains its message template, `Value '$VALUE' ...`: not worth showing)
+        if text and not (parts and "$VALUE" in text) and not any(text in p for p in parts):
             parts.append(text)
         error = error.__cause__ or error.__context__
     message = "\n  because: ".join(parts)

@@ -2,6 +2,7 @@
 before anything starts, and local sweeps skip, resume and survive failures."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,7 +128,7 @@ def test_local_sweep_runs_skips_and_records_failures(tmp_path):
     failed = [r for r in results if r["status"] == "failed"]
     assert all("mat1 and mat2 shapes cannot be multiplied" in r["error"] for r in failed)
     # a line as each run ends, and the summary
-    progress = [line for line in first.stdout.splitlines() if line.startswith("[")]
+    progress = [line for line in first.stdout.splitlines() if re.match(r"\[\d+/\d+\] ", line)]
     assert [line.split("]")[0] for line in progress] == ["[1/4", "[2/4", "[3/4", "[4/4"], first.stdout
     assert any(" completed lenet5-" in line and " test " in line and "ETA" in line for line in progress)
     assert progress[-1].endswith("0 running, ETA 0 s") and "4/4 runs done in" in first.stdout
