@@ -32,9 +32,10 @@ def slurm_args(cluster, **launcher):
 
 
 def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_cluster, tmp_path):
-    # three ~30 s runs (with start-up), two at a time, in one 1-minute job: the limit falls in the middle of
-    # the pack, so the running runs checkpoint, the job is requeued, and it resumes them.
-    sweep = ["setup=smoke", "seed=1,2,3", "train.epochs=60", f"runs_root={tmp_path}", "name=packed"]
+    # three runs of >= 30 s each (~0.15 s per epoch on an idle core), two at a time, in one
+    # 1-minute job: the pack needs > 60 s, so the time limit's signal (25-55 s into the job)
+    # falls in its middle; the running runs checkpoint, the job is requeued and resumes them.
+    sweep = ["setup=smoke", "seed=1,2,3", "train.epochs=200", f"runs_root={tmp_path}", "name=packed"]
     out = launch("-m", *sweep, *slurm_args(slurm_cluster, cpus_per_task=2, timeout_min=1, signal_delay_s=5,
                                            max_num_timeout=6, runs_per_job=3, concurrent_runs=2))
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()
@@ -48,7 +49,7 @@ def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_clu
     assert any(r["resumed_at_steps"] for r in results), "the time limit interrupted no run"
     for run_dir, r in zip(sorted((tmp_path / "packed").iterdir()), results):
         epochs = [m["epoch"] for m in read_metrics(run_dir, "epoch")]
-        assert epochs == list(range(1, 61)), run_dir  # each epoch once, across the resumes
+        assert epochs == list(range(1, 201)), run_dir  # each epoch once, across the resumes
         assert r["steps"] == r["total_steps"]
         if r["resumed_at_steps"]:
             assert "interrupted at step" in (run_dir / "train.log").read_text()
