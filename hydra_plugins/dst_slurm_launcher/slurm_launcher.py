@@ -17,7 +17,7 @@ them in sys.modules, which string annotations on dataclasses need.)
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
