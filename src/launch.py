@@ -279,15 +279,19 @@ def hydra_message(error: Exception) -> str:
     return message
 
 
-def _check_detachable(overrides: list[str]) -> None:
+def _check_launcher(overrides: list[str], detach: bool) -> None:
+    """The launcher's own options, checked before anything is submitted."""
     from hydra import compose, initialize_config_dir
 
     fixed = [o for o in overrides if "," not in o and "(" not in o and not o.startswith("hydra.launcher.detach")]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
-    if "detach" not in base.hydra.launcher:
+        launcher = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True).hydra.launcher
+    if detach and "detach" not in launcher:
         raise ValueError("--detach: needs a SLURM launcher that submits and returns "
                          "(launcher=slurm or launcher=slurm_gpu)")
+    for key in ("runs_per_job", "concurrent_runs"):
+        if key in launcher and not (isinstance(launcher[key], int) and launcher[key] >= 1):
+            raise ValueError(f"hydra.launcher.{key}: must be an integer >= 1, got {launcher[key]}")
 
 
 def _user_overrides(overrides: list[str]) -> list[str]:
@@ -342,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        if detach:
-            _check_detachable(overrides)
+        _check_launcher(overrides, detach)
         jobs = expand(overrides, check_data=not dry_run)
     except (ValueError, FileNotFoundError, HydraException) as error:
         print(f"error: {hydra_message(error)}", file=sys.stderr)

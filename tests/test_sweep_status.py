@@ -75,6 +75,8 @@ def test_every_hydra_sweep_syntax_expands():
     (["-m", "setup=smoke", "sparsity.density=interval(0.1,0.5)"], "interval() needs a sampling sweeper"),
     (["-m", "setup=smoke", "criterion=glob(nothing*)"], "no run"),
     (["setup=smoke", "seed=1,2", "--detach"], "--detach: needs a SLURM launcher"),
+    (["-m", "setup=smoke", "seed=1,2", "launcher=slurm", "hydra.launcher.runs_per_job=0"],
+     "hydra.launcher.runs_per_job: must be an integer >= 1, got 0"),
 ])
 def test_launch_errors_keep_their_cause(args, message, capsys):
     assert launch_main([*args, "--dry-run" if "--detach" not in args else "runs_root=/nonexistent/x"]) == 2
