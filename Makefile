@@ -41,9 +41,9 @@ bench-peers: install
 	$(PY) -m pip install --quiet sparseprop sparselab
 	$(PY) -m bench.run_all
 
-# make sweep SPEC=mlp_dst [LAUNCHER=local|slurm|slurm_gpu|slurm_ddp] [ARGS="extra overrides"] [DRY=1]
+# make sweep SPEC=mlp_dst [LAUNCHER=local|slurm|slurm_gpu|slurm_ddp] [ARGS="extra overrides"] [DRY=1] [DETACH=1]
 sweep: install
-	$(PY) -m src.launch -m +sweeps=$(SPEC) launcher=$(LAUNCHER) runs_root=$(RUNS) $(ARGS) $(if $(DRY),--dry-run)
+	$(PY) -m src.launch -m +sweeps=$(SPEC) launcher=$(LAUNCHER) runs_root=$(RUNS) $(ARGS) $(if $(DRY),--dry-run) $(if $(DETACH),--detach)
 
 # The main job: a small real comparison on Fashion-MNIST, then its tables and figures.
 demo: install

@@ -74,28 +74,44 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one configured job in its run directory; never raises for a failing run."""
-    from .train import StopOnSignal, train
+    return run_one(*job_of(cfg))
 
-    run_cfg, run_dir = job_of(cfg)
+
+def run_one(run_cfg: RunConfig, run_dir: Path, stop: "_PreemptionFlag | None" = None) -> dict:
+    """Run, resume or skip one run in its directory; never raises for a failing run. Its
+    output also goes to `<run_dir>/train.log`."""
+    from .runinfo import LOG, tee_output
+
     previous = read_finished_result(run_dir)
     if previous is not None:
         print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
         return {"status": "skipped", "run_dir": str(run_dir)}
-    # On SLURM, submitit's preemption signal; elsewhere SIGTERM / SIGINT / SIGUSR2.
+    with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
+        return _run_job(run_cfg, run_dir, stop)
+
+
+def _run_job(run_cfg: RunConfig, run_dir: Path, stop: "_PreemptionFlag | None") -> dict:
+    from .train import StopOnSignal, train
+
+    # On SLURM, submitit's preemption signal (or the pack's); elsewhere SIGTERM / SIGINT / SIGUSR2.
     on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-    stop = _PreemptionFlag() if on_slurm else StopOnSignal()
+    if stop is None:
+        stop = _PreemptionFlag() if on_slurm else StopOnSignal()
     try:
-        with contextlib.nullcontext() if on_slurm else stop:
+        with contextlib.nullcontext() if isinstance(stop, _PreemptionFlag) else stop:
             result = train(run_cfg, run_dir, should_stop=stop)
     except RunLocked as error:  # another launcher runs it: not this one's to count
         print(f"skipped ({error})", flush=True)
         return {"status": "running elsewhere", "run_dir": str(run_dir)}
     except Exception as error:  # recorded in result.json by train(); the sweep goes on
+        import traceback
+
+        traceback.print_exc()
         print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
     if result["status"] == "interrupted":
         print(f"interrupted at step {result['steps']}, checkpointed: {run_dir}", flush=True)
-        if on_slurm:
+        if isinstance(stop, _PreemptionFlag):
             stop.hand_over()  # submitit requeues the job, which then resumes
     print(f"{result['status']}: {run_dir}", flush=True)
     return {"status": result["status"], "run_dir": str(run_dir)}
@@ -105,16 +121,18 @@ class _PreemptionFlag:
     """Turns the SLURM time-limit / preemption signal into a request to stop at the next
     step boundary; the run then checkpoints and `hand_over` lets submitit requeue the job.
 
-    Outside a submitit job this is a flag that is never set.
+    Outside a submitit job this is a flag that is never set. With `requeue=False` (a run of a
+    packed job) `hand_over` does nothing: the pack requeues the job once all its runs stopped.
     """
 
-    def __init__(self):
+    def __init__(self, requeue: bool = True):
         self.requested = False
         self._submitit_handler = None
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
             self._signal = sig
-            self._submitit_handler = signal.getsignal(sig)
+            handler = signal.getsignal(sig)
+            self._submitit_handler = handler if requeue else None
             signal.signal(sig, self._request)
 
     def _request(self, signum, frame):
@@ -144,14 +162,16 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
     experiment (they would share a run directory)."""
     from hydra import compose, initialize_config_dir
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from .data import check_dataset
 
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        # with the config loader, as Hydra's sweeper has it: glob() lists a group's options
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        parsed = parser.parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
         params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
@@ -222,6 +242,87 @@ def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]
     return counts
 
 
+def help_page() -> str:
+    """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
+    import textwrap
+
+    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir()) if p.is_dir()}
+    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
+    lines = [
+        "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
+        "       python -m src.launch status [the same overrides | SWEEP_DIR | RUNS_DIR] [--watch [S]] [--stale-after S]",
+        "",
+        "Launch one run, or with -m a sweep over comma lists, range(a,b), choice(a,b), glob(pattern) and",
+        "the +sweeps=NAME grids, on this machine (launcher=local) or on SLURM (launcher=slurm|slurm_gpu|",
+        "slurm_ddp). Every run is validated before any starts; finished runs are skipped, interrupted",
+        "ones resume from their checkpoints. Records: runs_root/name/<run>/ (see the README).",
+        "",
+        "flags:",
+        "  -m, --multirun   launch a sweep (every combination of the overrides)",
+        "  --dry-run        count, validate and list the runs; launch nothing",
+        "  --detach         SLURM only: submit, write <sweep dir>/submission.json, print job ids, return",
+        "  --cfg job        print the composed config of one run (and --info, --hydra-help: Hydra's own)",
+        "  status           where a sweep stands: per cell and in total, running / queued / stale ...",
+        "",
+        "SLURM launchers: hydra.launcher.partition=P timeout_min=M cpus_per_task=C mem_gb=G, and",
+        "  hydra.launcher.runs_per_job=K hydra.launcher.concurrent_runs=C  (K runs per job, C at a time)",
+        "",
+        "config groups (group=option):",
+    ]
+    lines += [textwrap.fill(", ".join(options), 100, initial_indent=f"  {name}: ", subsequent_indent="      ")
+              for name, options in groups.items()]
+    lines += [
+        "",
+        "examples:",
+        "  python -m src.launch setup=lenet5_fmnist criterion=snip sparsity.density=0.1",
+        "  python -m src.launch -m setup=smoke criterion=magnitude,snip 'seed=range(1,4)'",
+        "  python -m src.launch -m setup=smoke 'criterion=glob(snip*)' --dry-run",
+        "  python -m src.launch -m +sweeps=mlp_dst launcher=slurm hydra.launcher.runs_per_job=10 \\",
+        "      hydra.launcher.concurrent_runs=2 --detach",
+        "  python -m src.launch status -m +sweeps=mlp_dst launcher=slurm --watch",
+    ]
+    return "\n".join(lines)
+
+
+def hydra_message(error: Exception) -> str:
+    """The error with its causes (Hydra wraps the useful one: `Error merging override
+    sparsity.density=abc` <- `Value 'abc' ... could not be converted to Float`)."""
+    parts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error).strip() if not parts else str(error).strip().split("\n")[0]
+        # (OmegaConf chains its message template, `Value '$VALUE' ...`: not worth showing)
+        if text and not (parts and "$VALUE" in text) and not any(text in p for p in parts):
+            parts.append(text)
+        error = error.__cause__ or error.__context__
+    message = "\n  because: ".join(parts)
+    if "INTERVAL_SWEEP" in message:
+        message += ("\n  interval() needs a sampling sweeper (e.g. Optuna); this launcher sweeps discrete "
+                    "values: a,b,c / range(start, stop, step) / choice(a, b) / glob(pattern)")
+    return message
+
+
+def _check_launcher(overrides: list[str], detach: bool) -> None:
+    """The launcher's own options, checked before anything is submitted."""
+    from hydra import compose, initialize_config_dir
+
+    fixed = [o for o in overrides if "," not in o and "(" not in o and not o.startswith("hydra.launcher.detach")]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        launcher = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True).hydra.launcher
+    if detach and "detach" not in launcher:
+        raise ValueError("--detach: needs a SLURM launcher that submits and returns "
+                         "(launcher=slurm or launcher=slurm_gpu)")
+    for key in ("runs_per_job", "concurrent_runs"):
+        if key in launcher and not (isinstance(launcher[key], int) and launcher[key] >= 1):
+            raise ValueError(f"hydra.launcher.{key}: must be an integer >= 1, got {launcher[key]}")
+
+
+def _user_overrides(overrides: list[str]) -> list[str]:
+    import shlex
+
+    return [shlex.quote(o) for o in overrides if not o.startswith("hydra.launcher.detach")]
+
+
 # ---------------------------------------------------------------------------- entry point
 def _hydra_entry() -> None:
     import hydra
@@ -273,8 +374,18 @@ def _sweep_dir_override(argv: list[str], jobs: list[Job]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _die_with_launcher()
+    if argv[:1] == ["status"]:
+        from .status import main as status_main
+
+        return status_main(argv[1:])
+    if "--help" in argv or "-h" in argv:
+        print(help_page())
+        return 0
     dry_run = "--dry-run" in argv
-    argv = [a for a in argv if a != "--dry-run"]
+    detach = "--detach" in argv
+    argv = [a for a in argv if a not in ("--dry-run", "--detach")]
+    if detach:  # a SLURM launcher's own option; a detached launch is always a sweep
+        argv = ["-m", *[a for a in argv if a not in ("-m", "--multirun")], "hydra.launcher.detach=true"]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     hydra_flags = [a for a in argv if a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in hydra_flags) and not dry_run:
@@ -284,9 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
     try:
+        _check_launcher(overrides, detach)
         jobs = expand(overrides, check_data=not dry_run)
     except (ValueError, FileNotFoundError, HydraException) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {hydra_message(error)}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
+              "no option?)", file=sys.stderr)
         return 2
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
@@ -308,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             print(f"hydra exited with {exit_.code}", file=sys.stderr)
+    if detach:
+        print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
+        return 0
     counts = summarize(jobs, before)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")

@@ -32,6 +32,7 @@ from .data import build_dataset, make_loaders
 from .models import build_model, model_info
 from .records import (RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_torch_save, claim_run_dir,
                       code_version, config_hash, read_finished_result)
+from .runinfo import LOG, Heartbeat, provenance, tee_output
 from .sparse import Sparsifier
 
 
@@ -207,7 +208,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
             raise
         except Exception as error:
             failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict())}
+                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict()), **provenance(run_dir)}
             if main_rank:
                 try:
                     RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
@@ -255,6 +256,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
 
     progress = Progress()
     acc = _EpochAccumulator(device)
+    heartbeat = Heartbeat(run_dir, enabled=ddp.main)
     identity = config_hash(run_identity(config))
     ckpt = _read_checkpoint(recorder, identity, device)
     if ckpt is None:
@@ -268,6 +270,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         progress = Progress(**ckpt["progress"])
         progress.resumed_at.append(progress.step)
         acc.load_state_dict(ckpt["accumulator"])
+    heartbeat.beat(progress.step, progress.epoch)
 
     def checkpoint():
         if ddp.main:
@@ -303,10 +306,13 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             progress.step += 1
             acc.add(loss.detach(), task.correct(out.detach(), y), len(y), progress.step)
             if record is not None:
-                recorder.log("update", epoch=progress.epoch + 1, **_update_metrics(record))
+                update = _update_metrics(record)
+                recorder.log("update", epoch=progress.epoch + 1, **update)
+                _wandb_log(wandb_run, "update", update, progress.step)
             if bar is not None:
                 bar.update(1)
             if progress.step % tc.log_every == 0:
+                heartbeat.beat(progress.step, progress.epoch)
                 diverged = _divergence(acc, ddp, device)
                 if diverged:
                     break
@@ -343,8 +349,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
-        if wandb_run is not None:
-            wandb_run.log({k: v for k, v in epoch_record.items() if k != "layer_density"}, step=progress.epoch)
+        heartbeat.beat(progress.step, progress.epoch)
+        _wandb_log(wandb_run, "epoch", epoch_record, progress.step)
         if ddp.main:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)
         progress.elapsed += time.perf_counter() - segment_start
@@ -362,6 +368,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         checkpoint()
     result = _result(cfg, config, status, progress, sparsifier, diverged, total_steps,
                      setup_time=time.perf_counter() - started - progress.elapsed)
+    result.update(provenance(run_dir))
     if status != "interrupted":
         if tc.save_model and ddp.main:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
@@ -523,9 +530,19 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
         return None
     import wandb
 
+    # runs_root/<sweep name>/<run slug>: the sweep groups the runs, the slug names each
+    sweep = run_dir.resolve().parent.name
+    tags = [*cfg.logging.tags, f"sweep:{sweep}", f"code:{code_version()}"]
     return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, config=config,
-                      tags=cfg.logging.tags, dir=str(run_dir), mode=cfg.logging.wandb,
-                      id=config_hash(run_identity(config)), resume="allow")
+                      group=sweep, name=run_dir.name, job_type=cfg.sparsity.mode, tags=[t[:64] for t in tags],
+                      dir=str(run_dir), mode=cfg.logging.wandb, id=config_hash(run_identity(config)), resume="allow")
+
+
+def _wandb_log(wandb_run, kind: str, record: dict, step: int) -> None:
+    """Mirror an epoch or topology-update record's numbers to W&B as `kind/<key>`, at the
+    optimizer step (one x-axis for both)."""
+    if wandb_run is not None:
+        wandb_run.log({f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -567,24 +584,56 @@ class StopOnSignal:
         return self.received is not None
 
 
+USAGE = """usage: python -m src.train [key=value ...] [--run-dir DIR] [--force]
+
+Train one model and write its records to DIR (default runs/train): config.json, metrics.jsonl,
+checkpoint.pt while running, result.json at the end, heartbeat.json, train.log. Running the
+same command again resumes from the checkpoint; --force starts over in a directory that holds
+another experiment's records. Keys are the fields of src/config.py RunConfig:
+  model.name  data.name data.root data.batch_size  optim.name optim.lr optim.weight_decay
+  sparsity.mode (dense|static|dst) sparsity.density sparsity.criterion sparsity.growth
+  sparsity.update_frequency sparsity.prune_rate  train.epochs train.seed train.threads
+  train.device  logging.wandb (off|offline|online)
+No Hydra here (no config groups, no sweeps): for those use python -m src.launch.
+
+example: python -m src.train model.name=lenet5 sparsity.mode=dst sparsity.density=0.05 \\
+             sparsity.criterion=snip train.epochs=4 --run-dir runs/lenet5-snip"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m src.train [key=value ...] [--run-dir DIR] [--force]`: one run, no Hydra
     needed. ``--force`` starts over in a run directory that holds another experiment."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(USAGE)
+        return 0
     run_dir = "runs/train"
     if "--run-dir" in argv:
         i = argv.index("--run-dir")
+        if i + 1 >= len(argv):
+            print("error: --run-dir needs a directory", file=sys.stderr)
+            return 2
         run_dir = argv[i + 1]
         del argv[i:i + 2]
     force = "--force" in argv
     argv = [a for a in argv if a != "--force"]
-    base = OmegaConf.structured(RunConfig)
-    merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
-    cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
     try:
-        with StopOnSignal() as stop:
+        unknown = [a for a in argv if a.startswith("-") or "=" not in a]
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a key=value override (see --help)")
+        base = OmegaConf.structured(RunConfig)
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(argv))
+        cfg = RunConfig.from_dict(OmegaConf.to_container(merged, resolve=True))
+        cfg.validate()
+    except (ValueError, OmegaConfBaseException) as error:
+        key = getattr(error, "full_key", None)  # OmegaConf's errors name the field apart
+        print(f"error: {key + ': ' if key else ''}{str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    try:
+        with tee_output(Path(run_dir) / LOG), StopOnSignal() as stop:
             result = train(cfg, run_dir, should_stop=stop, force=force)
     except (RunDirConflict, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -2,6 +2,7 @@
 before anything starts, and local sweeps skip, resume and survive failures."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,19 @@ def test_local_sweep_runs_skips_and_records_failures(tmp_path):
     failed = [r for r in results if r["status"] == "failed"]
     assert all("mat1 and mat2 shapes cannot be multiplied" in r["error"] for r in failed)
     assert first.stderr.count("mat1 and mat2 shapes cannot be multiplied") >= 2  # the summary names the errors
+    # a line as each run ends, and the summary
+    progress = [line for line in first.stdout.splitlines() if re.match(r"\[\d+/\d+\] ", line)]
+    assert [line.split("]")[0] for line in progress] == ["[1/4", "[2/4", "[3/4", "[4/4"], first.stdout
+    assert any(" completed lenet5-" in line and " test " in line and "ETA" in line for line in progress)
+    assert progress[-1].endswith("0 running, ETA 0 s") and "4/4 runs done in" in first.stdout
+    # provenance, and each run's own log in its directory
+    for r in results:
+        assert r["host"] and r["torch_version"] and r["cpu_model"] and r["threads"] == 1
+        assert Path(r["log"]).parent.name in r["log"] and Path(r["log"]).exists()
+    failed_log = Path(failed[0]["log"]).read_text()
+    assert "Traceback" in failed_log and "mat1 and mat2 shapes" in failed_log
+    state = launch("status", *args)
+    assert "failed:" in state.stdout and "RuntimeError: mat1 and mat2 shapes" in state.stdout, state.stdout
 
     again = launch(*[a for a in args if not a.startswith("model.name")], "model.name=lenet5")
     assert again.returncode == 0, again.stdout + again.stderr

@@ -235,3 +235,36 @@ def test_wandb_offline_mirror_is_optional(tmp_path, monkeypatch):
     assert result["status"] == "completed"
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # written without network or key
     assert read_metrics(tmp_path, "epoch")  # the run records do not depend on it
+
+
+@pytest.mark.slow
+def test_wandb_run_is_grouped_by_sweep_and_logs_epochs_and_updates(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs, logged = [], []
+    real_init = wandb.init
+
+    def init(**kwargs):  # the real offline run, watched
+        run = real_init(**kwargs)
+        real_log = run.log
+        monkeypatch.setattr(run, "log", lambda data, step=None: (logged.append((step, data)), real_log(data, step=step)))
+        runs.append(run)
+        return run
+
+    monkeypatch.setattr(wandb, "init", init)
+    cfg = tiny()
+    cfg.train.epochs = 2
+    cfg.sparsity.update_frequency = 7
+    cfg.logging.wandb = "offline"
+    run_dir = tmp_path / "my_sweep" / "lenet5-dst-s0-abc"
+    assert train(cfg, run_dir)["status"] == "completed"
+    (run,) = runs
+    assert (run.group, run.name, run.job_type) == ("my_sweep", "lenet5-dst-s0-abc", "dst")
+    assert "sweep:my_sweep" in run.tags and any(t.startswith("code:") for t in run.tags)
+    epochs = [d for _, d in logged if "epoch/test_acc" in d]
+    updates = [d for _, d in logged if "update/prune_rate" in d]
+    assert len(epochs) == 2 and len(updates) == len(read_metrics(run_dir, "update")) > 0
+    steps = [s for s, _ in logged]
+    assert steps == sorted(steps)  # one x-axis (the optimizer step) for both

@@ -67,15 +67,20 @@ class LocalPoolLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs locally, {self.max_workers} at a time, "
                  f"{self.threads_per_job} thread(s) each")
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        from src.status import SweepProgress
+
+        self.progress = SweepProgress(len(jobs), self.max_workers)
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with ThreadPoolExecutor(self.max_workers) as pool:
-                return list(pool.map(lambda job: self._run(sweep_dir, *job), jobs))
+                returns = list(pool.map(lambda job: self._run(sweep_dir, *job), jobs))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        print(self.progress.summary(), flush=True)
+        return returns
 
     def _forward(self, signum, frame) -> None:
         """Pass the signal on to the running jobs; start no more."""
@@ -89,8 +94,12 @@ class LocalPoolLauncher(Launcher):
     def _run(self, sweep_dir: Path, idx: int, overrides: List[str]) -> JobReturn:
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
-        if self._finished(overrides):  # no process start for a run that is already done
+        from src.records import read_finished_result
+
+        run_dir = self._run_dir(overrides)
+        if read_finished_result(run_dir) is not None:  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
+            self.progress.skipped()
             return ret
         if self._stop_signal is not None:
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
@@ -103,6 +112,7 @@ class LocalPoolLauncher(Launcher):
         cmd = [sys.executable, "-m", "src.launch", *overrides, *search_path, f"train.threads={threads}",
                "train.progress=false", f"hydra.run.dir={job_dir}"]
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        started = self.progress.started()
         # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on once.
         # (A file, not a pipe: a job that outlives a killed launcher can still write its output.)
         with open(job_dir / "job.log", "w") as out:
@@ -114,6 +124,7 @@ class LocalPoolLauncher(Launcher):
             code = child.wait()
             with self._children_lock:
                 self._children.discard(child)
+        self.progress.finished(run_dir, started)
         if code in (0, 1):  # 1: the run failed and recorded why; the sweep goes on
             ret.status, ret.return_value = JobStatus.COMPLETED, {"exit_code": code}
         else:
@@ -122,12 +133,10 @@ class LocalPoolLauncher(Launcher):
                                             + _tail(job_dir / "job.log"))
         return ret
 
-    def _finished(self, overrides: List[str]) -> bool:
+    def _run_dir(self, overrides: List[str]) -> Path:
         from src.launch import job_of
-        from src.records import read_finished_result
 
-        _, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
-        return read_finished_result(run_dir) is not None
+        return job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))[1]
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -1,0 +1,139 @@
+"""One SLURM job running a pack of a sweep's runs, `concurrent_runs` at a time.
+
+The SLURM launcher (hydra_plugins/dst_slurm_launcher) submits a job array whose every task
+calls a `Pack` with its share of the runs. Each run is its own process (forked from the pack,
+which has imported torch once: a short run does not pay the interpreter's start-up again) in
+its own run directory (records, checkpoint, resume, train.log), with the job's CPUs split
+between the concurrent runs. On the time-limit / preemption signal every running run
+checkpoints at its next step, and once all have stopped the job is requeued (submitit
+pickles the Pack again); the requeued job skips the runs that finished and resumes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .records import CHECKPOINT, atomic_write_text, read_finished_result, read_result
+
+SUBMISSION = "submission.json"
+
+
+@dataclass
+class PackedRun:
+    idx: int  # the run's job number in the Hydra sweep (its `<sweep dir>/<idx>/job.log`)
+    overrides: list[str]
+    run_dir: str
+    config: dict  # the run's resolved RunConfig, composed and validated at submission
+
+
+@dataclass
+class Pack:
+    sweep_dir: str
+    concurrent_runs: int = 1
+    threads: int | None = None  # per run; None: the whole allocation (one run at a time)
+
+    def __call__(self, runs: list[PackedRun]) -> list[dict]:
+        from . import train  # noqa: F401  (imported once here, inherited by every forked run)
+        from .launch import _PreemptionFlag
+
+        stop = _PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
+        todo = [r for r in runs if read_finished_result(Path(r.run_dir)) is None]
+        print(f"pack of {len(runs)} run(s): {len(runs) - len(todo)} already finished, "
+              f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each", flush=True)
+        fork = multiprocessing.get_context("fork")
+        running: dict[int, tuple[PackedRun, multiprocessing.Process]] = {}
+        outcomes = {r.run_dir: "skipped" for r in runs if r not in todo}
+        forwarded = False
+        while todo or running:
+            while todo and len(running) < self.concurrent_runs and not stop():
+                run = todo.pop(0)
+                print(f"run #{run.idx} started: {run.run_dir}", flush=True)
+                proc = fork.Process(target=_run_in_child, args=(run, self.sweep_dir, self.threads), daemon=False)
+                proc.start()
+                running[run.idx] = (run, proc)
+            if stop() and not forwarded:  # SLURM signals the whole step; forward in case it did not
+                for _, proc in running.values():
+                    _send(proc.pid, stop._signal)
+                forwarded = True
+            for idx, (run, proc) in list(running.items()):
+                if not proc.is_alive():
+                    proc.join()
+                    del running[idx]
+                    outcomes[run.run_dir] = _outcome(run, proc.exitcode)
+                    print(f"run #{run.idx} {outcomes[run.run_dir]}: {run.run_dir}", flush=True)
+            if stop() and not running:
+                break
+            time.sleep(0.1)
+        if stop():
+            print(f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
+                  f"{len(todo)} not started; handing over to requeue", flush=True)
+            stop.hand_over()
+        return [{"run_dir": r.run_dir, "status": outcomes.get(r.run_dir, "not started")} for r in runs]
+
+    def checkpoint(self, runs: list[PackedRun]):
+        """submitit's hook on the time-limit / preemption signal: run the same pack again
+        (finished runs are skipped then, interrupted ones resume from their checkpoints)."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, runs)
+
+
+def _run_in_child(run: PackedRun, sweep_dir: str, threads: int | None) -> None:
+    """One run, in a process forked from the pack: output to `<sweep dir>/<idx>/job.log` (and
+    the run's train.log), the stop flag installed first thing."""
+    from .config import RunConfig
+    from .launch import _PreemptionFlag, run_one
+
+    stop = _PreemptionFlag(requeue=False)
+    job_dir = Path(sweep_dir) / str(run.idx)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log = os.open(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    cfg = RunConfig.from_dict(run.config)
+    cfg.train.progress = False
+    if threads is not None:
+        cfg.train.threads = threads
+    result = run_one(cfg, Path(run.run_dir), stop)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(0 if result["status"] != "failed" else 1)
+
+
+def _send(pid: int, sig) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _outcome(run: PackedRun, code: int | None) -> str:
+    result = read_result(Path(run.run_dir))
+    if result is not None:
+        return result["status"]
+    if (Path(run.run_dir) / CHECKPOINT).exists():  # stopped after its checkpoint: resumable
+        return "interrupted"
+    return f"exited with {code}, no result"
+
+
+def write_submission(sweep_dir: Path, *, overrides: list[str], jobs: list, packs: list[list[PackedRun]],
+                     skipped: int, runs_per_job: int, concurrent_runs: int, detach: bool) -> Path:
+    """`<sweep dir>/submission.json`: which runs are in which SLURM job, and how it was launched
+    (read by `python -m src.launch status`)."""
+    record = {
+        "time": time.time(), "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, "-m", "src.launch", *overrides], "cwd": os.getcwd(), "overrides": overrides,
+        "runs_per_job": runs_per_job, "concurrent_runs": concurrent_runs, "detach": detach,
+        "already_finished": skipped,
+        "jobs": [{"job_id": job.job_id, "runs": [str(Path(r.run_dir).resolve()) for r in pack],
+                  "overrides": [r.overrides for r in pack]} for job, pack in zip(jobs, packs)],
+    }
+    path = Path(sweep_dir) / SUBMISSION
+    atomic_write_text(path, json.dumps(record, indent=2))
+    return path
