@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
+from .registry import unknown
 from .sparse.config import SparsityConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -166,7 +167,7 @@ def run_identity(config: dict) -> dict:
 
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}: {value!r} is not one of {list(allowed)}")
+        raise unknown(name, value, allowed)
 
 
 def _keywords(name: str, given: dict, builder, skip: tuple[str, ...]) -> None:

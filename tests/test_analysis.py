@@ -330,3 +330,15 @@ def test_notebook_runs_on_records(sweep, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the Fig. 1 of the setup
     assert any("1 failed" in o.get("text", "") for o in outputs)  # the completeness summary
+
+
+def test_reading_results_does_not_import_torch():
+    # A notebook that only reads results must start without torch: the config schema
+    # (src.config, src.sparse.config) imports its torch-backed registries only to validate.
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis, analysis.load, src.config, src.sparse.config; "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "src.config.RunConfig.from_dict({'sparsity': {'criterion': 'snip'}})")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))

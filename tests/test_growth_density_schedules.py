@@ -63,7 +63,7 @@ def test_random_bernoulli_is_exact_only_in_expectation():
 
 
 def test_growth_errors_name_the_field():
-    with pytest.raises(ValueError, match=r"growth: unknown name 'x'.*gradient"):
+    with pytest.raises(ValueError, match=r"unknown growth rule 'x'; choose from \[.*gradient"):
         grow("x", W, G, MASK, 1)
     with pytest.raises(ValueError, match="gradient"):
         grow("gradient", W, None, MASK, 1)
@@ -149,7 +149,7 @@ def test_uniform_and_density_one():
     assert layer_densities([(4, 4), (8, 2, 3, 3)], 1.0) == [1.0, 1.0]
     with pytest.raises(ValueError, match="density"):
         layer_densities([(4, 4)], 0.0)
-    with pytest.raises(ValueError, match="init: unknown"):
+    with pytest.raises(ValueError, match="unknown init .nope.; choose from"):
         layer_densities([(4, 4)], 0.5, "nope")
 
 

@@ -84,10 +84,10 @@ def test_run_directory_ignores_launch_only_and_irrelevant_fields():
 
 @pytest.mark.parametrize("args, message", [
     (["-m", "setup=smoke", "sparsity.density=0.5,1.5"], "sparsity.density: must be in (0, 1]"),
-    (["-m", "setup=smoke", "sparsity.criterion=nope"], "sparsity.criterion: 'nope' is not one of ["),
+    (["-m", "setup=smoke", "sparsity.criterion=nope"], "unknown sparsity.criterion 'nope'; choose from ["),
     (["setup=smoke", "sparsity.update_frequency=0"], "sparsity.update_frequency: must be >= 1"),
     (["setup=smoke", "sparsity.prune_rate=1.5"], "sparsity.prune_rate: must be in [0, 1]"),
-    (["setup=smoke", "model.name=resnet9000"], "model.name: 'resnet9000' is not one of ["),
+    (["setup=smoke", "model.name=resnet9000"], "unknown model.name 'resnet9000'; choose from ["),
     (["setup=smoke", "criterion=nope"], "criterion/nope"),
     (["setup=mlp_cifar10", "data.root=/nonexistent"], "cifar-10-batches-py"),
     (["-m", "setup=smoke", "sparsity=dense", "sparsity.density=0.1,0.2"], "two jobs are the same experiment"),

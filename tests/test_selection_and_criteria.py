@@ -135,7 +135,7 @@ def test_gradient_criteria_require_grad():
 
 
 def test_unknown_criterion_lists_choices():
-    with pytest.raises(ValueError, match=r"criterion: unknown name 'nope'.*magnitude"):
+    with pytest.raises(ValueError, match=r"unknown criterion 'nope'; choose from \[.*magnitude"):
         prune("nope", W, G, FULL, 0.5)
 
 

@@ -166,7 +166,7 @@ def test_resume_is_bit_identical_within_the_sparse_backend(stop):
 
 
 def test_backend_is_validated_with_field_and_allowed_values():
-    with pytest.raises(ValueError, match=r"sparsity\.backend: 'fast' is not one of \['masked', 'sparse', 'auto'\]"):
+    with pytest.raises(ValueError, match=r"unknown sparsity\.backend 'fast'; choose from \['masked', 'sparse', 'auto'\]"):
         SparsityConfig(backend="fast").validate()
     for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}, {"criterion": "grasp"}):
         with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
@@ -287,7 +287,7 @@ def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launch
 
     with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\.compat=true"):
         expand(["setup=smoke", "compat=reference", "sparsity.backend=sparse"], check_data=False)
-    with pytest.raises(ValueError, match=r"sparsity\.backend: 'csr' is not one of \['masked', 'sparse', 'auto'\]"):
+    with pytest.raises(ValueError, match=r"unknown sparsity\.backend 'csr'; choose from \['masked', 'sparse', 'auto'\]"):
         expand(["setup=smoke", "sparsity.backend=csr"], check_data=False)
     # An execution choice, not a different experiment: same run directory.
     auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))

@@ -233,7 +233,7 @@ def test_global_compat_sensitivity_switches_inactive_weights_on():
 
 
 def test_config_validation_names_field_and_choices():
-    with pytest.raises(ValueError, match=r"sparsity.criterion: 'nope' is not one of \[.*'magnitude'"):
+    with pytest.raises(ValueError, match=r"unknown sparsity.criterion 'nope'; choose from \[.*'magnitude'"):
         SparsityConfig(criterion="nope").validate()
     with pytest.raises(ValueError, match=r"sparsity.density: must be in \(0, 1\]"):
         SparsityConfig(density=1.5).validate()

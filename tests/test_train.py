@@ -174,7 +174,7 @@ def test_learning_rate_schedules():
 def test_invalid_config_names_field_and_choices(tmp_path):
     cfg = tiny()
     cfg.model.name = "resnet9000"
-    with pytest.raises(ValueError, match=r"model.name: 'resnet9000' is not one of \[.*'lenet5'"):
+    with pytest.raises(ValueError, match=r"unknown model.name 'resnet9000'; choose from \[.*'lenet5'"):
         train(cfg, tmp_path)
     with pytest.raises(ValueError, match=r"RunConfig: unknown field\(s\) \['modle'\]"):
         RunConfig.from_dict({"modle": {}})

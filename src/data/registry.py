@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..registry import Registry
 from .locate import DatasetNotFoundError, FileLayout, search_bases
 from .splits import DataSplits, Holdout, ValidationPolicy
 
@@ -67,26 +68,18 @@ class DatasetSource(ABC):
         getattr(torchvision.datasets, self.torchvision_name)(str(bases[0][0]), download=True)
 
 
-DATASETS: dict[str, DatasetSource] = {}
+DATASETS = Registry("dataset")  # name -> DatasetSource instance
 
 
 def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetSource]]:
     """Class decorator registering a :class:`DatasetSource` subclass under ``name``."""
 
     def decorator(cls: type[DatasetSource]) -> type[DatasetSource]:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
         cls.name = name
-        DATASETS[name] = cls()
+        DATASETS.register(name, cls())
         return cls
 
     return decorator
-
-
-def _source(name: str) -> DatasetSource:
-    if name not in DATASETS:
-        raise ValueError(f"data: unknown name {name!r}; valid names: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
 
 
 def check_dataset(name: str, root: PathLike | None = None) -> Path | None:
@@ -95,7 +88,7 @@ def check_dataset(name: str, root: PathLike | None = None) -> Path | None:
     Returns where it was found (None for generated datasets); raises ``ValueError`` for an
     unknown name and :class:`DatasetNotFoundError` for missing files.
     """
-    return _source(name).locate(root)
+    return DATASETS.get(name).locate(root)
 
 
 def build_dataset(
@@ -127,7 +120,7 @@ def build_dataset(
         cifar10, cifar100; needs network access).
     options: dataset-specific keywords (an unknown keyword raises ``TypeError``).
     """
-    source = _source(name)
+    source = DATASETS.get(name)
     try:
         location = source.locate(root)
     except DatasetNotFoundError:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..registry import Registry
+
 Builder = Callable[..., nn.Module]
 
 
@@ -36,8 +38,7 @@ class ModelInfo:
     is_conv: bool
 
 
-MODELS: dict[str, Builder] = {}
-_INFO: dict[str, ModelInfo] = {}
+MODELS = Registry("model")  # name -> builder; its ModelInfo is the builder's `info`
 
 
 def register_model(
@@ -46,24 +47,16 @@ def register_model(
     """Decorator registering ``builder`` under ``name`` together with its :class:`ModelInfo`."""
 
     def decorator(builder: Builder) -> Builder:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = builder
-        _INFO[name] = ModelInfo(tuple(input_shape), default_num_classes, is_conv)
+        MODELS.register(name, builder)
+        builder.info = ModelInfo(tuple(input_shape), default_num_classes, is_conv)
         return builder
 
     return decorator
 
 
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"model: unknown name {name!r}; valid names: {', '.join(sorted(MODELS))}")
-
-
 def model_info(name: str) -> ModelInfo:
     """Metadata of the registered model ``name``; ``ValueError`` for an unknown name."""
-    _check_name(name)
-    return _INFO[name]
+    return MODELS.get(name).info
 
 
 def build_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
@@ -72,7 +65,7 @@ def build_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modul
     ``num_classes`` defaults to the model's ``default_num_classes``; ``kwargs`` go to the
     builder unchanged (an unexpected keyword raises ``TypeError``).
     """
-    _check_name(name)
+    builder = MODELS.get(name)
     if num_classes is None:
-        num_classes = _INFO[name].default_num_classes
-    return MODELS[name](num_classes=num_classes, **kwargs)
+        num_classes = builder.info.default_num_classes
+    return builder(num_classes=num_classes, **kwargs)

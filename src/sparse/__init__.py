@@ -1,20 +1,30 @@
 """The sparse training core: criteria, growth rules, initial densities, schedules, and the
-`Sparsifier` that applies them to any model and optimizer."""
+`Sparsifier` that applies them to any model and optimizer.
 
-from .config import SparsityConfig
-from .criteria import CRITERIA, Criterion, get_criterion, register_criterion
-from .density import layer_densities, sample_mask
-from .functional import grow, normalize_scores, prune, prune_count, rescale_weight
-from .growth import GROWTH_RULES, get_growth, register_growth
-from .overlap import OverlapResult, criteria_overlap, jaccard_matrix
-from .schedules import prune_rate
-from .selection import select_highest, select_lowest
-from .sparsifier import LayerUpdate, Sparsifier, UpdateRecord, masked_parameter_names
+The names below are imported on first use (PEP 562), so `src.sparse.config` (the config
+schema) can be imported without torch.
+"""
 
-__all__ = [
-    "CRITERIA", "GROWTH_RULES", "Criterion", "LayerUpdate", "OverlapResult", "Sparsifier",
-    "SparsityConfig", "UpdateRecord", "criteria_overlap", "get_criterion", "get_growth", "grow",
-    "jaccard_matrix", "layer_densities", "masked_parameter_names", "normalize_scores", "prune",
-    "prune_count", "prune_rate", "register_criterion", "register_growth", "rescale_weight",
-    "sample_mask", "select_highest", "select_lowest",
-]
+import importlib
+
+_HOME = {
+    "SparsityConfig": "config",
+    "CRITERIA": "criteria", "Criterion": "criteria", "get_criterion": "criteria", "register_criterion": "criteria",
+    "layer_densities": "density", "sample_mask": "density",
+    "grow": "functional", "normalize_scores": "functional", "prune": "functional", "prune_count": "functional",
+    "rescale_weight": "functional",
+    "GROWTH_RULES": "growth", "get_growth": "growth", "register_growth": "growth",
+    "OverlapResult": "overlap", "criteria_overlap": "overlap", "jaccard_matrix": "overlap",
+    "prune_rate": "schedules",
+    "select_highest": "selection", "select_lowest": "selection",
+    "LayerUpdate": "sparsifier", "Sparsifier": "sparsifier", "UpdateRecord": "sparsifier",
+    "masked_parameter_names": "sparsifier",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

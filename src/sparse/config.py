@@ -1,15 +1,13 @@
-"""What a sparse run does, as one validated dataclass (also the Hydra `sparsity` schema)."""
+"""What a sparse run does, as one validated dataclass (also the Hydra `sparsity` schema).
+
+Free of torch at import time (the registries are imported when validating), so reading
+results (`analysis`) never loads torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .backend import BACKENDS, sparse_unsupported_reason
-from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
-from .density import INITS
-from .functional import NORM_REDUCTIONS, NORMALIZATIONS, RESCALES
-from .growth import GROWTH_RULES
-from .schedules import SCHEDULES
+from ..registry import unknown
 
 MODES = ("dense", "static", "dst")
 UPDATE_ORDERS = ("prune_then_step", "step_then_prune", "reference")
@@ -79,6 +77,13 @@ class SparsityConfig:
 
     def validate(self) -> "SparsityConfig":
         """Raise ValueError naming the field and its allowed values; return self."""
+        from .backend import BACKENDS, sparse_unsupported_reason
+        from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
+        from .density import INITS
+        from .functional import NORM_REDUCTIONS, NORMALIZATIONS, RESCALES
+        from .growth import GROWTH_RULES
+        from .schedules import SCHEDULES
+
         choices = {
             "mode": MODES,
             "init": INITS,
@@ -96,10 +101,10 @@ class SparsityConfig:
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"sparsity.{name}: {value!r} is not one of {list(allowed)}")
+                raise unknown(f"sparsity.{name}", value, allowed)
         for name in self.overlap_with:
             if name not in CRITERIA:
-                raise ValueError(f"sparsity.overlap_with: {name!r} is not one of {sorted(CRITERIA)}")
+                raise unknown("sparsity.overlap_with", name, sorted(CRITERIA))
         if self.overlap_with and self.global_pruning:
             raise ValueError("sparsity.overlap_with: overlap is measured layer-wise; it needs global_pruning=false")
         if not 0 < self.density <= 1:

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+
 # Which entries a criterion removes.
 LOWEST = "lowest"  # the q lowest scores
 HIGHEST = "highest"  # the q highest scores
@@ -44,21 +46,14 @@ class Criterion:
         return self.sample is not None
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA = Registry("criterion")
 
 
 def register_criterion(name: str, *, remove: str = LOWEST, needs_grad: bool, sample=None, needs_batch=False):
-    def wrap(fn):
-        CRITERIA[name] = Criterion(name, fn, remove, needs_grad, sample, needs_batch)
-        return fn
-
-    return wrap
+    return CRITERIA.register(name, wrap=lambda fn: Criterion(name, fn, remove, needs_grad, sample, needs_batch))
 
 
-def get_criterion(name: str) -> Criterion:
-    if name not in CRITERIA:
-        raise ValueError(f"criterion: unknown name {name!r}; choose one of {sorted(CRITERIA)}")
-    return CRITERIA[name]
+get_criterion = CRITERIA.get
 
 
 def _abs_w_abs_g(w: Tensor, g: Tensor, m: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 import torch
+from ..registry import unknown
 
 INITS = ("erk", "er", "uniform")
 
@@ -30,7 +31,7 @@ def layer_densities(
     (``compat=True`` does the same). ``uniform`` gives every layer ``density``.
     """
     if method not in INITS:
-        raise ValueError(f"init: unknown {method!r}; choose one of {list(INITS)}")
+        raise unknown("init", method, INITS)
     if not 0 < density <= 1:
         raise ValueError(f"density: must be in (0, 1], got {density}")
     if method == "uniform" or density == 1:

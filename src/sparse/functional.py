@@ -28,6 +28,7 @@ from .criteria import (
 )
 from .growth import get_growth
 from .selection import select_highest, select_lowest
+from ..registry import unknown
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
 NORM_REDUCTIONS = ("sum", "max")
@@ -144,9 +145,9 @@ def normalize_scores(
     if normalization == "none":
         return score
     if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization: unknown {normalization!r}; choose one of {list(NORMALIZATIONS)}")
+        raise unknown("normalization", normalization, NORMALIZATIONS)
     if reduction not in NORM_REDUCTIONS:
-        raise ValueError(f"norm_reduction: unknown {reduction!r}; choose one of {list(NORM_REDUCTIONS)}")
+        raise unknown("norm_reduction", reduction, NORM_REDUCTIONS)
     if normalization in ("input", "output") and score.dim() != 2:
         raise ValueError(f"normalization {normalization!r} needs a 2-D (linear) weight, got shape {tuple(score.shape)}")
     active = score * mask
@@ -178,7 +179,7 @@ def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str
     if mode == "none":
         return
     if mode not in RESCALES:
-        raise ValueError(f"rescale: unknown {mode!r}; choose one of {list(RESCALES)}")
+        raise unknown("rescale", mode, RESCALES)
     dims = {"dim0": (0,), "dim1": (1,), "total_norm": tuple(range(weight.dim()))}[mode]
     old = (weight * old_mask).norm(dim=dims, keepdim=True)
     new = (weight * new_mask).norm(dim=dims, keepdim=True)

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class GrowthRule:
@@ -31,21 +33,14 @@ class GrowthRule:
     select: Callable[..., Tensor] | None = None
 
 
-GROWTH_RULES: dict[str, GrowthRule] = {}
+GROWTH_RULES = Registry("growth rule")
 
 
 def register_growth(name: str, **flags):
-    def wrap(fn):
-        GROWTH_RULES[name] = GrowthRule(name, fn, **flags)
-        return fn
-
-    return wrap
+    return GROWTH_RULES.register(name, wrap=lambda fn: GrowthRule(name, fn, **flags))
 
 
-def get_growth(name: str) -> GrowthRule:
-    if name not in GROWTH_RULES:
-        raise ValueError(f"growth: unknown name {name!r}; choose one of {sorted(GROWTH_RULES)}")
-    return GROWTH_RULES[name]
+get_growth = GROWTH_RULES.get
 
 
 @register_growth("random")

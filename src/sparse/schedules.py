@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from ..registry import unknown
 
 SCHEDULES = ("cosine", "linear", "constant", "exponential_steps")
 
@@ -28,4 +29,4 @@ def prune_rate(schedule: str, step: int, total: int, initial: float, floor: floa
         return initial
     if schedule == "exponential_steps":
         return initial * 0.99 ** (step // 600)
-    raise ValueError(f"prune_rate_schedule: unknown {schedule!r}; choose one of {list(SCHEDULES)}")
+    raise unknown("prune_rate_schedule", schedule, SCHEDULES)
