@@ -6,6 +6,8 @@ the derived columns below; everything else in the package refers to columns by t
 
 from __future__ import annotations
 
+from src.records import STATUSES
+
 # Config columns the analyses group by.
 MODEL, DATA = "model.name", "data.name"
 MODE, CRITERION, GROWTH = "sparsity.mode", "sparsity.criterion", "sparsity.growth"
@@ -22,12 +24,12 @@ CELL = "cell"  # short hash of IDENTITY: runs of one cell differ only in their s
 VARIANT = "variant"  # the identity fields besides the standard axes that vary within (setup, kind)
 RESULT_MTIME = "result_mtime"
 
-COMPLETED = "completed"
+COMPLETED = "completed"  # one of a run's own STATUSES (src/records.py); the others below are the table's
 INCOMPLETE = "incomplete"  # config.json but no result.json: running, or killed without a trace
 UNREADABLE = "unreadable"  # a record that is not valid JSON
 DAMAGED = "damaged"  # a result.json that is not a run result, or metrics with NULs / duplicated lines
 DAMAGE = "damage"  # column: what is wrong with a run's records (also when the run could be recovered)
-NOT_COMPLETED = ("diverged", "failed", "interrupted", INCOMPLETE, UNREADABLE, DAMAGED)
+NOT_COMPLETED = (*(s for s in STATUSES if s != COMPLETED), INCOMPLETE, UNREADABLE, DAMAGED)
 
 DEFAULT_METRIC = "final.test_acc"
 

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.config import run_identity
+from src.config import cell_identity
 from src.records import CONFIG, METRICS, RESULT, STATUSES, config_hash, metrics_damage
 
 from . import columns as C
@@ -35,9 +35,6 @@ CACHE_NAME = ".analysis_cache.parquet"
 CACHE_VERSION = "2"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
-# Identity fields that do not change what a run computes: overlap tracking draws from its own
-# random generator, so a run with `overlap_with` set trains exactly like one without.
-_NOT_IDENTITY = (C.SEED, "sparsity.overlap_with")
 # Present in every runs table, even one of unreadable or no records, so analyses need no guards.
 _BASE_COLUMNS = [C.RUN_DIR, C.STATUS, C.SETUP, C.KIND, C.IDENTITY, C.CELL, C.RESULT_MTIME,
                  C.MODEL, C.DATA, C.MODE, C.CRITERION, C.GROWTH, C.DENSITY, C.SEED]
@@ -173,7 +170,7 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def _derived(config: dict) -> dict:
     flat = flatten(config)
-    identity = {k: v for k, v in flatten(run_identity(config)).items() if k not in _NOT_IDENTITY}
+    identity = flatten(cell_identity(config))
     identity_json = json.dumps(identity, sort_keys=True)
     return {
         C.SETUP: f"{flat.get(C.MODEL)}/{flat.get(C.DATA)}",

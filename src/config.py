@@ -165,6 +165,22 @@ def run_identity(config: dict) -> dict:
     return identity
 
 
+# Recorded, and part of the run's identity (its records differ), but not of what it computes:
+# overlap tracking draws from its own random generator, so a run with `overlap_with` set
+# trains exactly like one without.
+OBSERVE_ONLY = ("sparsity.overlap_with",)
+
+
+def cell_identity(config: dict) -> dict:
+    """What an experiment computes, seed aside: runs with equal cell identities are seeds of
+    one cell (the analysis aggregates over them)."""
+    identity = run_identity(config)
+    for key in ("train.seed", *OBSERVE_ONLY):
+        section, _, field_name = key.partition(".")
+        identity.get(section, {}).pop(field_name, None)
+    return identity
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise unknown(name, value, allowed)

@@ -296,13 +296,6 @@ def test_dataset_splits_are_deterministic_for_a_seed(tmp_path):
     assert len(ids) + len(a.val) == 100
 
 
-def test_selection_never_uses_the_test_split():
-    splits = build_dataset("synthetic")
-    assert splits.selection_split == "val"
-    with pytest.raises(ValueError, match="selection_split"):
-        dataclasses.replace(splits, selection_split="test")
-
-
 # --------------------------------------------------------------------------- batched augmentation
 
 

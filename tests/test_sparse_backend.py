@@ -54,7 +54,7 @@ def run_both(steps=8, adam=False, **sparsity):
         assert (records[0] is None) == (records[1] is None)
         if records[0] is not None:
             updates += 1
-            assert records[0].as_dict() == records[1].as_dict()  # exact counts, same layers
+            assert records[0] == records[1]  # exact counts, same layers
         for m_masked, m_sparse in zip(runs[0][2].masks, runs[1][2].masks):
             assert torch.equal(m_masked, m_sparse)
         state = [model.state_dict() for model, _, _ in runs]

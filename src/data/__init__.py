@@ -5,7 +5,7 @@ Typical use::
     splits = build_dataset("fashion_mnist", seed=0, device=device)
     loaders = make_loaders(splits, batch_size=128, seed=0, memory_format=torch.channels_last)
     for inputs, targets in loaders.train: ...
-    evaluate(model, loaders[splits.selection_split])
+    evaluate(model, loaders["val"])  # model selection; "test" only reports
 
 ``check_dataset(name, root)`` validates that a dataset exists without loading it.
 """

@@ -179,7 +179,6 @@ class DataSplits:
     task: ``"multiclass"`` (cross-entropy, int64 targets) or ``"binary"`` (BCE on one
         logit, float32 0/1 targets).
     train_augment: batched augmentation for the training loader (never for val/test).
-    selection_split: name of the split used to pick the best checkpoint.
     location: where the files were read from (None for generated data).
     """
 
@@ -191,7 +190,6 @@ class DataSplits:
     input_shape: tuple[int, ...]
     task: Literal["multiclass", "binary"] = "multiclass"
     train_augment: BatchAugment | None = None
-    selection_split: Literal["train", "val"] = "val"
     location: Path | None = None
 
     def __post_init__(self) -> None:
@@ -199,9 +197,6 @@ class DataSplits:
             raise ValueError(f"task must be 'multiclass' or 'binary', got {self.task!r}")
         if (self.task == "binary") != (self.num_classes == 1):
             raise ValueError(f"a {self.task} task cannot have num_classes={self.num_classes}")
-        if self.selection_split not in ("train", "val"):
-            # The test split reports results; selecting on it would leak them.
-            raise ValueError(f"selection_split must be 'train' or 'val', got {self.selection_split!r}")
 
     def __getitem__(self, split_name: str) -> Split:
         if split_name not in SPLIT_NAMES:

@@ -6,9 +6,11 @@ results (`analysis`) never loads torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..registry import unknown
 
+REFERENCE_PRESET = Path(__file__).resolve().parents[2] / "conf" / "compat" / "reference.yaml"
 MODES = ("dense", "static", "dst")
 UPDATE_ORDERS = ("prune_then_step", "step_then_prune", "reference")
 OPTIMIZER_STATE_POLICIES = ("zero", "keep")
@@ -65,15 +67,13 @@ class SparsityConfig:
 
     @classmethod
     def reference(cls, **overrides) -> "SparsityConfig":
-        """The paper's reference implementation's semantics, overridable field by field."""
-        base = cls(
-            compat=True,
-            exclude_just_pruned=False,
-            regrow_init="keep",
-            optimizer_state="keep",
-            update_order="reference",
-        )
-        return replace(base, **overrides)
+        """The paper's reference implementation's semantics, overridable field by field.
+
+        Defined once, as the `compat=reference` config group option (conf/compat/reference.yaml)."""
+        import yaml
+
+        fields = yaml.safe_load(REFERENCE_PRESET.read_text())
+        return replace(cls(**fields), **overrides)
 
     def validate(self) -> "SparsityConfig":
         """Raise ValueError naming the field and its allowed values; return self."""

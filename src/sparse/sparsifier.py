@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -61,9 +61,6 @@ class UpdateRecord:
     # Jaccard similarity of the pruned set with each `overlap_with` criterion's, and between
     # those criteria (pooled over layers; "run" is this update's actual pruned set).
     overlap: dict | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def masked_parameter_names(model: nn.Module, include=(), exclude=()) -> list[str]:
