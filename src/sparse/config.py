@@ -16,10 +16,6 @@ UPDATE_ORDERS = ("prune_then_step", "step_then_prune", "reference")
 OPTIMIZER_STATE_POLICIES = ("zero", "keep")
 REGROW_INITS = ("zero", "keep")
 
-# The reference prunes these criteria after the optimizer step and all others before it
-# (PAPER_SPEC §1.2); `update_order: reference` reproduces that.
-REFERENCE_STEP_FIRST = frozenset({"magnitude", "set", "set_legacy", "random", "running_magnitude"})
-
 
 @dataclass
 class SparsityConfig:
@@ -136,5 +132,7 @@ class SparsityConfig:
     def step_first(self) -> bool:
         """True when the optimizer steps before the topology update."""
         if self.update_order == "reference":
-            return self.criterion in REFERENCE_STEP_FIRST
+            from .reference import STEP_FIRST
+
+            return self.criterion in STEP_FIRST
         return self.update_order == "step_then_prune"

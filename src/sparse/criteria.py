@@ -4,10 +4,8 @@ Each criterion returns a score per entry and declares which end of the ranking i
 Only *active* entries (M = 1) are ever ranked in the default (clean) mode, so the scores
 need no masking and no offsets; the exact-count selection lives in `selection.py`.
 
-With ``compat=True`` a criterion returns the reference implementation's score tensor exactly
-(its epsilons, its +1 offsets, masking by M, and the scores it gives inactive entries), which
-`functional.prune` then ranks with the reference's sort-based rule. ``scope="global"``
-selects the reference's global-pruning variants, whose epsilons differ (PAPER_SPEC §2.6).
+The reference implementation's score tensors (its epsilons, +1 offsets and masking by M)
+are in `reference.py`, used with ``compat=True``.
 
 Adding a criterion is one function plus its `@register_criterion(...)` line.
 """
@@ -65,7 +63,7 @@ def _abs_w(w: Tensor, g: Tensor | None, m: Tensor) -> Tensor:
 
 
 @register_criterion("magnitude", needs_grad=False)
-def magnitude(w, g, m, *, compat=False, **_):
+def magnitude(w, g, m, **_):
     """S = |W|; remove the lowest. (Unmasked in the reference too: inactive W is 0.)"""
     return w.abs()
 
@@ -87,83 +85,61 @@ def set_legacy(w, g, m, **_):
 
 
 @register_criterion("mest", needs_grad=True)
-def mest(w, g, m, *, gamma=1.0, compat=False, **_):
+def mest(w, g, m, *, gamma=1.0, **_):
     """MEST: S = |W| + gamma * |G|; remove the lowest."""
-    s = w.abs() + gamma * g.abs()
-    return s * m if compat else s
+    return w.abs() + gamma * g.abs()
 
 
 @register_criterion("snip", needs_grad=True)
-def snip(w, g, m, *, compat=False, scope="layer", **_):
-    """SNIP: S = |W * G|; remove the lowest. Reference: (S + 1e-5) * M layer-wise,
-    (S + 1e-8) * M globally."""
-    s = (w * g).abs()
-    if compat:
-        s = (s + (1e-5 if scope == "layer" else 1e-8)) * m
-    return s
+def snip(w, g, m, **_):
+    """SNIP: S = |W * G|; remove the lowest."""
+    return (w * g).abs()
 
 
 @register_criterion("sensitivity", needs_grad=True)
-def sensitivity(w, g, m, *, compat=False, scope="layer", **_):
-    """Sensitivity: S = |G| / (|W| + 1e-8); remove the lowest. Reference: (S + 1) * M
-    layer-wise; globally S unmasked (so inactive entries score |G|*1e8 and are switched on)."""
-    s = g.abs() / (w.abs() + 1e-8)
-    if compat and scope == "layer":
-        s = (s + 1) * m
-    return s
+def sensitivity(w, g, m, **_):
+    """Sensitivity: S = |G| / (|W| + 1e-8); remove the lowest."""
+    return g.abs() / (w.abs() + 1e-8)
 
 
 @register_criterion("reciprocal_sensitivity", needs_grad=True)
-def reciprocal_sensitivity(w, g, m, *, compat=False, scope="layer", **_):
-    """Reciprocal sensitivity: S = |W| / (|G| + 1e-8); remove the lowest. Reference:
-    (S + 1) * M layer-wise; S unmasked and without the +1 globally."""
-    s = w.abs() / (g.abs() + 1e-8)
-    if compat and scope == "layer":
-        s = (s + 1) * m
-    return s
+def reciprocal_sensitivity(w, g, m, **_):
+    """Reciprocal sensitivity: S = |W| / (|G| + 1e-8); remove the lowest."""
+    return w.abs() / (g.abs() + 1e-8)
 
 
 @register_criterion("random", needs_grad=False)
-def random(w, g, m, *, generator=None, compat=False, **_):
+def random(w, g, m, *, generator=None, **_):
     """Random: S ~ U(0, 1) i.i.d.; removing the lowest q removes q uniformly drawn active
-    weights. Reference: (randperm(n) + 1) * M (a random rank, inactive entries 0)."""
-    if compat:
-        perm = torch.randperm(w.numel(), generator=generator, device=w.device)
-        return (perm.view(w.shape).to(w.dtype) + 1) * m
+    weights."""
     return torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype)
 
 
 @register_criterion("grad_step", needs_grad=True)
-def grad_step(w, g, m, *, gamma=1.0, compat=False, scope="layer", **_):
+def grad_step(w, g, m, *, gamma=1.0, **_):
     """Gradient step: S = |W - gamma * G| (the magnitude after a step of size gamma); remove
-    the lowest. The reference ignores gamma (uses 1) layer-wise and masks S by M."""
-    if compat:
-        s = (w - (gamma if scope == "global" else 1.0) * g).abs()
-        return s * m
+    the lowest."""
     return (w - gamma * g).abs()
 
 
 @register_criterion("taylor_fo", needs_grad=True)
-def taylor_fo(w, g, m, *, compat=False, **_):
+def taylor_fo(w, g, m, **_):
     """First-order Taylor: S = (W * G)^2; remove the lowest."""
-    s = (w * g) ** 2
-    return s * m if compat else s
+    return (w * g) ** 2
 
 
 @register_criterion("running_magnitude", needs_grad=False, sample=_abs_w)
-def running_magnitude(w, g, m, *, running=None, compat=False, **_):
+def running_magnitude(w, g, m, *, running=None, **_):
     """Running magnitude: S = EMA_beta of |W| over the steps since the last update
     (S <- beta*S + (1-beta)*|W|, started at the first sample); remove the lowest."""
-    s = w.abs() if running is None else running
-    return s * m if compat else s
+    return w.abs() if running is None else running
 
 
 @register_criterion("running_snip", needs_grad=True, sample=_abs_w_abs_g)
-def running_snip(w, g, m, *, running=None, compat=False, **_):
+def running_snip(w, g, m, *, running=None, **_):
     """Running SNIP: S = EMA_beta of |W| * |G| over the steps since the last update;
     remove the lowest."""
-    s = _abs_w_abs_g(w, g, m) if running is None else running
-    return s * m if compat else s
+    return _abs_w_abs_g(w, g, m) if running is None else running
 
 
 @register_criterion("snip_plus", remove=HIGHEST, needs_grad=True)
@@ -174,11 +150,10 @@ def snip_plus(w, g, m, **_):
 
 
 @register_criterion("snip_half", remove=BOTH_ENDS, needs_grad=True)
-def snip_half(w, g, m, *, compat=False, **_):
+def snip_half(w, g, m, **_):
     """SNIP-half: S = |W * G|; remove ceil(q/2) lowest and floor(q/2) highest. The reference
     removes floor(q/2) from each end (and the whole layer when floor(q/2) = 0)."""
-    s = (w * g).abs()
-    return s * m if compat else s
+    return (w * g).abs()
 
 
 @register_criterion("grasp", remove=HIGHEST, needs_grad=False, needs_batch=True)

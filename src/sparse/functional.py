@@ -4,11 +4,9 @@
     new_mask = grow("gradient", W, G, new_mask, count=n_removed, exclude=M & ~new_mask)
 
 Masks are boolean tensors of the weight's shape; nothing is modified in place.
-``compat=True`` selects the reference implementation's exact behaviour: its scores (epsilons,
-offsets, masking), its sort-based removal of the k = z + q lowest entries of the whole tensor
-(which can remove more than q active weights when they tie with inactive ones; ties are
-ordered by index here, where the reference's unstable sort leaves them arbitrary), its SET,
-and Bernoulli random growth.
+``compat=True`` selects the reference implementation's exact behaviour (its scores, its
+sort-based removal, its SET, its gradient-growth epsilon: `reference.py`) and Bernoulli
+random growth.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from .criteria import (
     SIGN_SPLIT_LEGACY,
     get_criterion,
 )
+from . import reference
 from .growth import get_growth
 from .selection import select_highest, select_lowest
 from ..registry import unknown
@@ -38,6 +37,10 @@ RESCALES = ("none", "dim0", "dim1", "total_norm")
 def prune_count(rate: float, active: int) -> int:
     """q = ceil(rate * active): how many active weights an update removes."""
     return math.ceil(rate * active)
+
+
+def _clean_score(crit, w: Tensor, g: Tensor | None, m: Tensor, **options) -> Tensor:
+    return crit.score(w, g, m, **options)
 
 
 def prune(
@@ -63,16 +66,16 @@ def prune(
         raise ValueError(f"criterion {criterion!r} needs the weight's gradient; got grad=None")
     mask = mask.to(torch.bool)
     q = prune_count(rate, int(mask.sum())) if count is None else count
-    score = crit.score(weight.detach(), None if grad is None else grad.detach(), mask,
-                       compat=compat, **options)
+    score = (reference.score if compat else _clean_score)(
+        crit, weight.detach(), None if grad is None else grad.detach(), mask, **options)
     kind = SIGN_SPLIT_LEGACY if (compat and crit.remove == SIGN_SPLIT) else crit.remove
     if kind in (SIGN_SPLIT, SIGN_SPLIT_LEGACY):
         if normalization != "none":
             raise ValueError(f"normalization: SET ranks signed weights; only 'none' is allowed, got {normalization!r}")
-        return _set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else prune_set(weight, mask, q)
+        return reference.set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else prune_set(weight, mask, q)
     score = normalize_scores(score, mask, normalization, norm_reduction, compat=compat)
     if compat:
-        return _reference_removal(crit.name, kind, score, weight, mask, q)
+        return reference.removal(crit.name, kind, score, weight, mask, q)
     if kind == LOWEST:
         return mask & ~select_lowest(score, mask, q)
     if kind == HIGHEST:
@@ -111,7 +114,10 @@ def grow(
     candidates = ~mask
     if count <= 0:
         return mask.clone()
-    score = gr.score(weight, grad, momentum, generator=generator, compat=compat)
+    if compat and gr.name == "gradient":
+        score = reference.gradient_growth_score(grad)
+    else:
+        score = gr.score(weight, grad, momentum, generator=generator)
     if gr.bernoulli:
         p = count / max(int(candidates.sum()), 1)
         return mask | (candidates & (score < p))
@@ -202,49 +208,3 @@ def prune_set(weight: Tensor, mask: Tensor, q: int) -> Tensor:
     removed = select_lowest(weight, pos, q_pos) | select_highest(weight, neg, q_neg)
     return mask & ~removed
 
-
-def _set_legacy(weight: Tensor, mask: Tensor, q: int) -> Tensor:
-    """The reference's layer-wise SET, bit for bit (PAPER_SPEC §2.2a).
-
-    Keeps W > tau+ (tau+ = h-th smallest positive) and W < tau- (tau- = h'-th *most negative*),
-    h = min(ceil(q/2), #positives), h' = min(ceil(q/2), #negatives). The reference indexes an
-    empty tensor when a side has no weights; that is reported as an error here.
-    """
-    w = weight.detach() * mask
-    positives = w[w > 0].sort().values
-    negatives = w[w < 0].sort().values  # ascending: most negative first (the reference's slip)
-    if positives.numel() == 0 or negatives.numel() == 0:
-        raise ValueError(
-            "set_legacy: the reference SET fails on a layer with no positive or no negative "
-            f"active weight ({positives.numel()} positive, {negatives.numel()} negative)"
-        )
-    half = math.ceil(q / 2)
-    h, h_neg = min(half, positives.numel()), min(half, negatives.numel())
-    # h = 0 indexes position -1 in the reference (the extreme value); reproduced.
-    tau_pos = positives[h - 1]
-    tau_neg = negatives[h_neg - 1]
-    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
-
-
-def _reference_removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
-    """The reference's sort-based removal: zero the k = z + q first entries of the ranking."""
-    if q == 0 and name in ("magnitude", "running_magnitude"):
-        return weight.detach() != 0  # the reference's early exit
-    flat = score.reshape(-1)
-    z = mask.numel() - int(mask.sum())
-    new = mask.clone().reshape(-1)
-    if kind == LOWEST:
-        order = torch.sort(flat, stable=True).indices
-        new[order[: z + q]] = False
-    elif kind == HIGHEST:
-        inf = torch.full_like(flat, float("inf"))
-        order = torch.sort(torch.where(mask.reshape(-1), flat, inf), descending=True, stable=True).indices
-        new[order[: z + q]] = False
-    elif kind == BOTH_ENDS:
-        order = torch.sort(flat, stable=True).indices
-        half = q // 2
-        new[order[: z + half]] = False
-        new[order[-half:]] = False  # half = 0 selects everything: the reference's slip, kept
-    else:
-        raise AssertionError(kind)
-    return new.view(mask.shape)

@@ -56,10 +56,9 @@ def random_bernoulli(weight, grad, momentum, *, generator=None, **_):
 
 
 @register_growth("gradient", needs_grad=True)
-def gradient(weight, grad, momentum, *, compat=False, **_):
-    """RigL: the candidates with the largest |G| (G the dense minibatch gradient). The
-    reference ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
-    return grad.abs() + 1e-6 if compat else grad.abs()
+def gradient(weight, grad, momentum, **_):
+    """RigL: the candidates with the largest |G| (G the dense minibatch gradient)."""
+    return grad.abs()
 
 
 @register_growth("momentum", needs_momentum=True)

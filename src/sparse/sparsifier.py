@@ -18,7 +18,6 @@ never change (except under the reference's Bernoulli growth).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,7 +29,8 @@ from .backend import SparseExecution, SparseLinear, choose_backends
 from .config import SparsityConfig
 from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
 from .density import layer_densities, sample_mask
-from .functional import grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
+from . import reference
+from .functional import _clean_score, grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
 from .grasp import hessian_gradient
 from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
@@ -281,16 +281,12 @@ class Sparsifier:
             return self._prune_global_set(masks, q)
         scores = []
         for p, m, hg in zip(self.params, masks, self._hg):
-            s = crit.score(p.detach(), None if p.grad is None else p.grad.detach(), m, compat=cfg.compat,
-                           scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE], hg=hg)
+            s = (reference.score if cfg.compat else _clean_score)(
+                crit, p.detach(), None if p.grad is None else p.grad.detach(), m, scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE], hg=hg)
             s = normalize_scores(s, m, cfg.normalization, cfg.norm_reduction, compat=cfg.compat)
             scores.append(-s if crit.remove == HIGHEST else s)
         if cfg.compat:
-            # The reference: tau = K-th smallest of all scores (K = Z + Q), keep S > tau.
-            flat = torch.cat([s.reshape(-1) for s in scores])
-            k = sum(m.numel() for m in masks) - sum(active) + q
-            tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
-            return [s > tau for s in scores]
+            return reference.global_removal(scores, masks, active, q)
         eligible = masks
         if cfg.exclude_just_pruned:  # dense layers have nowhere else to regrow: leave them
             eligible = [m if a < m.numel() else torch.zeros_like(m) for m, a in zip(masks, active)]
@@ -300,13 +296,8 @@ class Sparsifier:
     def _prune_global_set(self, masks: list[Tensor], q: int) -> list[Tensor]:
         weights = torch.cat([p.detach().reshape(-1) for p in self.params])
         flat_mask = torch.cat([m.reshape(-1) for m in masks])
-        if self.config.compat:  # the reference's global SET: h = ceil(Q/2) on each side
-            w = weights * flat_mask
-            pos, neg = w[w > 0].sort().values, w[w < 0].sort(descending=True).values
-            h = math.ceil(q / 2)
-            tau_pos = pos[min(h, pos.numel()) - 1] if pos.numel() else 0.0
-            tau_neg = neg[min(h, neg.numel()) - 1] if neg.numel() else 0.0
-            kept = ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
+        if self.config.compat:
+            kept = reference.global_set(weights, flat_mask, q)
         else:
             kept = prune_set(weights, flat_mask, q)
         return [k.view(m.shape) for k, m in zip(kept.split([m.numel() for m in masks]), masks)]

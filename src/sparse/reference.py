@@ -1,0 +1,173 @@
+"""The paper's reference implementation's semantics (`sparsity.compat=true`), in one place.
+
+The clean criteria (`criteria.py`) score only active weights and need no offsets; the
+reference instead ranks whole tensors, so its scores carry epsilons, +1 offsets and masking
+by M that decide how inactive entries and ties are ordered. Each quirk below names the
+PAPER_SPEC section it comes from. `functional.prune` / `grow` and the `Sparsifier` call these
+functions when `compat` is set; everything else is shared with the clean path.
+
+The reference's other settings (no exclusion of just-pruned weights, value and optimizer
+state kept on regrowth, criterion-dependent update order) are plain config fields, set
+together by the `compat=reference` preset (conf/compat/reference.yaml, PAPER_SPEC §10).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .criteria import BOTH_ENDS, HIGHEST, LOWEST, Criterion, _abs_w_abs_g
+
+# PAPER_SPEC §1.2: the reference prunes these criteria after the optimizer step and all
+# others before it; `update_order: reference` reproduces that.
+STEP_FIRST = frozenset({"magnitude", "set", "set_legacy", "random", "running_magnitude"})
+
+# PAPER_SPEC §2 (layer-wise) and §2.6 (global): the reference's score tensors, where they
+# differ from the clean ones. scope: "layer" | "global".
+SCORES = Registry("reference score")
+
+
+def score(crit: Criterion, w: Tensor, g: Tensor | None, m: Tensor, **options) -> Tensor:
+    """The reference's score tensor for ``crit`` (the clean score where they agree)."""
+    fn = SCORES[crit.name] if crit.name in SCORES else crit.score
+    return fn(w, g, m, **options)
+
+
+@SCORES.register("mest")
+def mest(w, g, m, *, gamma=1.0, **_):
+    """§2.1: (|W| + gamma |G|) * M."""
+    return (w.abs() + gamma * g.abs()) * m
+
+
+@SCORES.register("snip")
+def snip(w, g, m, *, scope="layer", **_):
+    """§2.1 / §2.6: (|W G| + 1e-5) * M layer-wise, (|W G| + 1e-8) * M globally."""
+    return ((w * g).abs() + (1e-5 if scope == "layer" else 1e-8)) * m
+
+
+@SCORES.register("sensitivity")
+def sensitivity(w, g, m, *, scope="layer", **_):
+    """§2.1 / §2.6: (|G| / (|W| + 1e-8) + 1) * M layer-wise; unmasked without the +1
+    globally (inactive entries then score |G| * 1e8 and are switched on)."""
+    s = g.abs() / (w.abs() + 1e-8)
+    return (s + 1) * m if scope == "layer" else s
+
+
+@SCORES.register("reciprocal_sensitivity")
+def reciprocal_sensitivity(w, g, m, *, scope="layer", **_):
+    """§2.1 / §2.6: (|W| / (|G| + 1e-8) + 1) * M layer-wise; unmasked without the +1 globally."""
+    s = w.abs() / (g.abs() + 1e-8)
+    return (s + 1) * m if scope == "layer" else s
+
+
+@SCORES.register("random")
+def random(w, g, m, *, generator=None, **_):
+    """§2.1: (randperm(n) + 1) * M, a random rank with inactive entries at 0."""
+    perm = torch.randperm(w.numel(), generator=generator, device=w.device)
+    return (perm.view(w.shape).to(w.dtype) + 1) * m
+
+
+@SCORES.register("grad_step")
+def grad_step(w, g, m, *, gamma=1.0, scope="layer", **_):
+    """§2.1 / §2.6: |W - G| * M layer-wise (gamma ignored), |W - gamma G| * M globally."""
+    return (w - (gamma if scope == "global" else 1.0) * g).abs() * m
+
+
+@SCORES.register("taylor_fo")
+def taylor_fo(w, g, m, **_):
+    """§2.1: (W G)^2 * M."""
+    return (w * g) ** 2 * m
+
+
+@SCORES.register("running_magnitude")
+def running_magnitude(w, g, m, *, running=None, **_):
+    """§2.4: the EMA of |W|, times M."""
+    return (w.abs() if running is None else running) * m
+
+
+@SCORES.register("running_snip")
+def running_snip(w, g, m, *, running=None, **_):
+    """§2.4: the EMA of |W| |G|, times M."""
+    return (_abs_w_abs_g(w, g, m) if running is None else running) * m
+
+
+@SCORES.register("snip_half")
+def snip_half(w, g, m, **_):
+    """§2.1: |W G| * M."""
+    return (w * g).abs() * m
+
+
+def gradient_growth_score(grad: Tensor) -> Tensor:
+    """§3: RigL ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
+    return grad.abs() + 1e-6
+
+
+def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """§1.4 / §10: the sort-based removal: zero the k = z + q first entries of the whole
+    tensor's ranking (z inactive), so ties with inactive entries can remove more than q
+    active weights. Ties are ordered by index here (the reference's sort is unstable)."""
+    if q == 0 and name in ("magnitude", "running_magnitude"):
+        return weight.detach() != 0  # the reference's early exit
+    flat = score.reshape(-1)
+    z = mask.numel() - int(mask.sum())
+    new = mask.clone().reshape(-1)
+    if kind == LOWEST:
+        order = torch.sort(flat, stable=True).indices
+        new[order[: z + q]] = False
+    elif kind == HIGHEST:
+        inf = torch.full_like(flat, float("inf"))
+        order = torch.sort(torch.where(mask.reshape(-1), flat, inf), descending=True, stable=True).indices
+        new[order[: z + q]] = False
+    elif kind == BOTH_ENDS:
+        order = torch.sort(flat, stable=True).indices
+        half = q // 2
+        new[order[: z + half]] = False
+        new[order[-half:]] = False  # half = 0 selects everything: the reference's slip, kept
+    else:
+        raise AssertionError(kind)
+    return new.view(mask.shape)
+
+
+def global_removal(scores: list[Tensor], masks: list[Tensor], active: list[int], q: int) -> list[Tensor]:
+    """§2.6: global pruning keeps S > tau, tau the K-th smallest of all scores (K = Z + Q)."""
+    flat = torch.cat([s.reshape(-1) for s in scores])
+    k = sum(m.numel() for m in masks) - sum(active) + q
+    tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
+    return [s > tau for s in scores]
+
+
+def set_legacy(weight: Tensor, mask: Tensor, q: int) -> Tensor:
+    """§2.2a: the layer-wise SET, bit for bit.
+
+    Keeps W > tau+ (tau+ = h-th smallest positive) and W < tau- (tau- = h'-th *most negative*),
+    h = min(ceil(q/2), #positives), h' = min(ceil(q/2), #negatives). It therefore removes all
+    but h'-1 negative weights whatever the rate. The reference indexes an empty tensor when a
+    side has no weights; that is reported as an error here.
+    """
+    w = weight.detach() * mask
+    positives = w[w > 0].sort().values
+    negatives = w[w < 0].sort().values  # ascending: most negative first (the reference's slip)
+    if positives.numel() == 0 or negatives.numel() == 0:
+        raise ValueError(
+            "set_legacy: the reference SET fails on a layer with no positive or no negative "
+            f"active weight ({positives.numel()} positive, {negatives.numel()} negative)"
+        )
+    half = math.ceil(q / 2)
+    h, h_neg = min(half, positives.numel()), min(half, negatives.numel())
+    # h = 0 indexes position -1 in the reference (the extreme value); reproduced.
+    tau_pos = positives[h - 1]
+    tau_neg = negatives[h_neg - 1]
+    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
+
+
+def global_set(weights: Tensor, flat_mask: Tensor, q: int) -> Tensor:
+    """§2.2c: the global SET, correct (descending) on the negative side: h = ceil(Q/2) on each."""
+    w = weights * flat_mask
+    pos, neg = w[w > 0].sort().values, w[w < 0].sort(descending=True).values
+    h = math.ceil(q / 2)
+    tau_pos = pos[min(h, pos.numel()) - 1] if pos.numel() else 0.0
+    tau_neg = neg[min(h, neg.numel()) - 1] if neg.numel() else 0.0
+    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
