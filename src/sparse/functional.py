@@ -121,9 +121,10 @@ def grow(
     if gr.bernoulli:
         p = count / max(int(candidates.sum()), 1)
         return mask | (candidates & (score < p))
-    if gr.select is not None:
+    select = reference.neuron_quotas if (compat and gr.name == "momentum_neuron") else gr.select
+    if select is not None:
         preferred = candidates if exclude is None else candidates & ~exclude
-        chosen = gr.select(score, preferred, count, compat)
+        chosen = select(score, preferred, count)
         shortfall = 0 if compat else count - int(chosen.sum())
         if shortfall > 0:
             chosen |= select_highest(score, candidates & ~chosen, shortfall)

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import math
 
 import torch
 from torch import Tensor
@@ -28,7 +27,7 @@ class GrowthRule:
     needs_grad: bool = False
     needs_momentum: bool = False
     bernoulli: bool = False  # grow each candidate independently instead of exactly `count`
-    # select(score, candidates, count, compat) -> positions to grow, for rules that do not
+    # select(score, candidates, count) -> positions to grow, for rules that do not
     # simply take the top `count` candidates.
     select: Callable[..., Tensor] | None = None
 
@@ -68,34 +67,23 @@ def momentum(weight, grad, momentum, **_):
     return momentum.abs()
 
 
-def _neuron_quotas(score: Tensor, candidates: Tensor, count: int, compat: bool) -> Tensor:
+def _neuron_quotas(score: Tensor, candidates: Tensor, count: int) -> Tensor:
     """Per output neuron (dim 0): the top-|momentum| candidates, ``count`` shared between
     neurons in proportion to their mean |momentum| (over all their weights).
 
-    Clean: quotas floor(count * share), capped by each neuron's free positions, and what is
-    left over goes one by one to the largest remainders, so exactly ``count`` grow (when there
-    is room). ``compat``: the reference's `momentum_neuron_growth`: a neuron whose quota is
-    below 10, or whose quota-th largest candidate score is 0, grows nothing, and the others
-    grow the candidates strictly above that score (quota - 1 of them, without ties).
+    Quotas floor(count * share), capped by each neuron's free positions, and what is left
+    over goes one by one to the largest remainders, so exactly ``count`` grow (when there is
+    room). The reference's rule is `reference.neuron_quotas`.
     """
     rows = score.reshape(score.shape[0], -1)
     free = candidates.reshape(rows.shape)
     share = rows.mean(dim=1)
     total = share.sum()
-    if compat or total > 0:
+    if total > 0:
         share = share / total
     else:  # no momentum anywhere yet: equal shares
         share = torch.full_like(share, 1 / len(share))
     available = free.sum(dim=1)
-    if compat:
-        quota = torch.tensor([math.floor(f * count) for f in share.tolist()], device=score.device)
-        quota = torch.minimum(quota, available)
-        masked = rows * free
-        ascending = masked.sort(dim=1).values
-        # the reference reads y[-quota], i.e. y[0] when the quota is 0
-        threshold = ascending.gather(1, ((rows.shape[1] - quota) % rows.shape[1]).unsqueeze(1))
-        grows = (threshold.squeeze(1) != 0) & (quota >= 10)
-        return (grows.unsqueeze(1) & (masked > threshold)).view(score.shape)
     exact = share.double() * count
     quota = torch.minimum(exact.floor().long(), available)
     left = count - int(quota.sum())

@@ -9,6 +9,11 @@ functions when `compat` is set; everything else is shared with the clean path.
 The reference's other settings (no exclusion of just-pruned weights, value and optimizer
 state kept on regrowth, criterion-dependent update order) are plain config fields, set
 together by the `compat=reference` preset (conf/compat/reference.yaml, PAPER_SPEC §10).
+Four small quirks stay where they act, each behind `compat`: score normalisation and
+rescaling divide by zero as the reference does (`functional.normalize_scores`,
+`rescale_weight`), ER is an alias of ERK and masks are Bernoulli-sampled (`density.py`),
+`random` growth is `random_bernoulli` (`functional.grow`), and a topology update may fall on
+the very last step (`Sparsifier`).
 """
 
 from __future__ import annotations
@@ -103,6 +108,26 @@ def snip_half(w, g, m, **_):
 def gradient_growth_score(grad: Tensor) -> Tensor:
     """§3: RigL ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
     return grad.abs() + 1e-6
+
+
+def neuron_quotas(score: Tensor, candidates: Tensor, count: int) -> Tensor:
+    """§3 (`momentum_neuron_growth`): per output neuron, a quota floor(count * share) by its
+    mean |momentum| (capped by its free positions); a neuron whose quota is below 10, or
+    whose quota-th largest candidate score is 0, grows nothing, and the others grow the
+    candidates strictly above that score (quota - 1 of them, without ties)."""
+    rows = score.reshape(score.shape[0], -1)
+    free = candidates.reshape(rows.shape)
+    share = rows.mean(dim=1)
+    share = share / share.sum()
+    available = free.sum(dim=1)
+    quota = torch.tensor([math.floor(f * count) for f in share.tolist()], device=score.device)
+    quota = torch.minimum(quota, available)
+    masked = rows * free
+    ascending = masked.sort(dim=1).values
+    # the reference reads y[-quota], i.e. y[0] when the quota is 0
+    threshold = ascending.gather(1, ((rows.shape[1] - quota) % rows.shape[1]).unsqueeze(1))
+    grows = (threshold.squeeze(1) != 0) & (quota >= 10)
+    return (grows.unsqueeze(1) & (masked > threshold)).view(score.shape)
 
 
 def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
