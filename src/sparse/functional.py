@@ -22,10 +22,11 @@ from .criteria import (
     LOWEST,
     SIGN_SPLIT,
     SIGN_SPLIT_LEGACY,
+    Criterion,
     get_criterion,
 )
 from . import reference
-from .growth import get_growth
+from .growth import GrowthRule, get_growth
 from .selection import select_highest, select_lowest
 from ..registry import unknown
 
@@ -44,7 +45,7 @@ def _clean_score(crit, w: Tensor, g: Tensor | None, m: Tensor, **options) -> Ten
 
 
 def prune(
-    criterion: str,
+    criterion: str | Criterion,
     weight: Tensor,
     grad: Tensor | None,
     mask: Tensor,
@@ -61,9 +62,9 @@ def prune(
     ``count`` overrides the number removed. ``options`` go to the criterion (``gamma``,
     ``generator`` for random, ``running`` for running criteria, ``scope``).
     """
-    crit = get_criterion(criterion)
+    crit = criterion if isinstance(criterion, Criterion) else get_criterion(criterion)
     if crit.needs_grad and grad is None:
-        raise ValueError(f"criterion {criterion!r} needs the weight's gradient; got grad=None")
+        raise ValueError(f"criterion {crit.name!r} needs the weight's gradient; got grad=None")
     mask = mask.to(torch.bool)
     q = prune_count(rate, int(mask.sum())) if count is None else count
     score = (reference.score if compat else _clean_score)(
@@ -88,7 +89,7 @@ def prune(
 
 
 def grow(
-    rule: str,
+    rule: str | GrowthRule,
     weight: Tensor,
     grad: Tensor | None,
     mask: Tensor,
@@ -105,11 +106,13 @@ def grow(
     other candidates run out, so the count stays exact. With ``compat=True``, ``random``
     growth is the reference's Bernoulli draw (the count is right only in expectation).
     """
-    gr = get_growth("random_bernoulli" if (compat and rule == "random") else rule)
+    gr = rule if isinstance(rule, GrowthRule) else get_growth(rule)
+    if compat and gr.name == "random":
+        gr = get_growth("random_bernoulli")
     if gr.needs_grad and grad is None:
-        raise ValueError(f"growth {rule!r} needs the weight's gradient; got grad=None")
+        raise ValueError(f"growth {gr.name!r} needs the weight's gradient; got grad=None")
     if gr.needs_momentum and momentum is None:
-        raise ValueError(f"growth {rule!r} needs optimizer momentum; none is available yet")
+        raise ValueError(f"growth {gr.name!r} needs optimizer momentum; none is available yet")
     mask = mask.to(torch.bool)
     candidates = ~mask
     if count <= 0:

@@ -102,13 +102,14 @@ class Sparsifier:
         self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
                             for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)}
         self._criterion = get_criterion(config.criterion)
+        self._growth = get_growth(config.growth)
         if self._criterion.needs_batch and config.mode == "dst" and batches is None:
             raise ValueError(f"sparsity.criterion: {config.criterion!r} scores on a batch of data; "
                              "the Sparsifier needs batches=<callable returning (inputs, targets)>")
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
         # Whether an update reads gradients (a sparse layer then forms its dense gradient).
-        self._reads_grad = self._criterion.needs_grad or get_growth(config.growth).needs_grad or any(
+        self._reads_grad = self._criterion.needs_grad or self._growth.needs_grad or any(
             get_criterion(c).needs_grad for c in config.overlap_with)
         # Every masked tensor runs masked until `prepare` picks the backend of each.
         self.backends = ["masked"] * len(self.params)
@@ -225,7 +226,7 @@ class Sparsifier:
         for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
             rescale_weight(param, old, new, cfg.rescale, compat=cfg.compat)
             just_pruned = old & ~new
-            grown = grow(cfg.growth, param, param.grad, new, max(removed[i], 0),
+            grown = grow(self._growth, param, param.grad, new, max(removed[i], 0),
                          momentum=self._momentum(param), generator=self._generators[_GROW],
                          exclude=just_pruned if cfg.exclude_just_pruned else None, compat=cfg.compat)
             regrown = grown & ~new
@@ -267,7 +268,7 @@ class Sparsifier:
     def _prune_layer(self, i: int, mask: Tensor, q: int, rate: float) -> Tensor:
         cfg = self.config
         param = self.params[i]
-        return prune(cfg.criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
+        return prune(self._criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
                      normalization=cfg.normalization, norm_reduction=cfg.norm_reduction,
                      gamma=cfg.gamma, generator=self._generators[_PRUNE], running=self._running[i],
                      hg=self._hg[i])
@@ -304,7 +305,7 @@ class Sparsifier:
 
     def _momentum(self, param: Tensor) -> Tensor | None:
         """The growth signal of `momentum` growth: SGD's buffer or Adam's m / (sqrt(v) + 1e-8)."""
-        if not get_growth(self.config.growth).needs_momentum:
+        if not self._growth.needs_momentum:
             return None
         state = self.optimizer.state.get(param, {})
         if "momentum_buffer" in state and state["momentum_buffer"] is not None:
