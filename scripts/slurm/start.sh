@@ -171,7 +171,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --------------------------------------------------------------------------- 2. configs
-CPUS=${DST_SLURM_CPUS:-$(nproc)}
+CPUS=${DST_SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}  # nproc alone obeys OMP_NUM_THREADS
 MEM_MB=${DST_SLURM_MEM_MB:-$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)}
 # Enough for a few 1-GiB jobs even on a small machine; with SlurmdParameters=config_overrides
 # slurmd does not drain the node when this is more than it measures.
