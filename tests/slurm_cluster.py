@@ -35,6 +35,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -199,3 +200,15 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
                 os.environ[name] = value
         if started_here and not _truthy(os.environ.get("DST_SLURM_KEEP")):
             _run(["bash", str(STOP_SCRIPT)], timeout=STOP_TIMEOUT_S)
+
+
+def launch(*args, timeout=900):
+    """`python -m src.launch ARGS` from the repository root, its output captured."""
+    return subprocess.run([sys.executable, "-m", "src.launch", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO_ROOT)
+
+
+def slurm_args(cluster, **launcher):
+    """The overrides that send a sweep to this cluster through `launcher=slurm`."""
+    params = {"partition": cluster.partition, "timeout_min": 5, "cpus_per_task": 1, "mem_gb": 1, **launcher}
+    return ["launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in params.items()]]

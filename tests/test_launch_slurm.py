@@ -17,18 +17,10 @@ import pytest
 
 from src.records import read_metrics, read_result
 
+from .slurm_cluster import launch, slurm_args
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def launch(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "src.launch", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-
-
-def slurm_args(cluster, **launcher):
-    params = {"partition": cluster.partition, "timeout_min": 5, "cpus_per_task": 1, "mem_gb": 1, **launcher}
-    return ["launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in params.items()]]
 
 
 def test_sweep_on_slurm_writes_run_records(slurm_cluster, tmp_path):

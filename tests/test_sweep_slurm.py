@@ -8,27 +8,16 @@ and the job restarts ~15 s after its requeue.
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from src.records import read_metrics, read_result
 from src.status import status
 
-REPO = Path(__file__).resolve().parent.parent
+from .slurm_cluster import launch, slurm_args
+
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def launch(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "src.launch", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-
-
-def slurm_args(cluster, **launcher):
-    params = {"partition": cluster.partition, "timeout_min": 5, "cpus_per_task": 1, "mem_gb": 1, **launcher}
-    return ["launcher=slurm", *[f"hydra.launcher.{k}={v}" for k, v in params.items()]]
 
 
 def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_cluster, tmp_path):
