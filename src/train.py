@@ -208,7 +208,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
             raise
         except Exception as error:
             failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict()), **provenance(run_dir)}
+                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict(), run_dir)}
             if main_rank:
                 try:
                     RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
@@ -366,9 +366,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         status = "diverged"
     if status == "interrupted":
         checkpoint()
-    result = _result(cfg, config, status, progress, sparsifier, diverged, total_steps,
+    result = _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps,
                      setup_time=time.perf_counter() - started - progress.elapsed)
-    result.update(provenance(run_dir))
     if status != "interrupted":
         if tc.save_model and ddp.main:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
@@ -480,17 +479,18 @@ def _update_metrics(record) -> dict:
     return out
 
 
-def _provenance(config: dict) -> dict:
-    """What every result.json says about where it came from."""
+def _provenance(config: dict, run_dir: Path) -> dict:
+    """What every result.json says about where it came from: the experiment, the code, and
+    the host, job, hardware and log of the process that ran it."""
     return {"config": config, "config_hash": config_hash(run_identity(config)), "code_version": code_version(),
-            "seed": config["train"]["seed"]}
+            "seed": config["train"]["seed"], **provenance(run_dir)}
 
 
-def _result(cfg, config, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
+def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
     last, best = progress.last, progress.best
     return {
         "status": status,
-        **_provenance(config),
+        **_provenance(config, run_dir),
         "epochs_completed": progress.epoch,
         "steps": progress.step,
         "total_steps": total_steps,
