@@ -72,8 +72,9 @@ def _fsync_directory(path: Path) -> None:
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed run left behind (only the
-    holder of the run's lock writes there, so any that exist now are stale)."""
-    stale = [p for name in (CONFIG, RESULT, CHECKPOINT, MODEL_FINAL) for p in Path(run_dir).glob(f".{name}.tmp-*")]
+    holder of the run's lock writes there, so any that exist now are stale). Every writer of
+    the run directory names its temporary files `.<name>.tmp-<pid>` (the heartbeat too)."""
+    stale = list(Path(run_dir).glob(".*.tmp-*"))
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
