@@ -4,11 +4,15 @@ requeued, resumes and ends exactly as an uninterrupted run.
 
 Why the time-limit job is set up as it is (measured, see tests/test_slurm_cluster.py): SLURM
 checks limits every 30 s, so with `signal_delay_s=5` and a 1-minute limit the USR2 warning
-comes 25-55 s into each run; the run below needs ~90 s at one thread, so it is interrupted
-at least once and finishes within the allowed requeues.
+comes 25-55 s into each attempt. The run's length is not a fixed epoch count: a machine twice
+as fast would finish one before the first warning and test nothing. It is sized from a short
+calibration run on this machine to ~2 minutes of training, so it is interrupted at least once
+on any machine and finishes within the allowed requeues (each attempt makes >= ~20 s of progress).
 """
 
 import json
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +40,25 @@ def test_sweep_on_slurm_writes_run_records(slurm_cluster, tmp_path):
     assert list((tmp_path / ".hydra" / "slurm_sweep").glob("*/.submitit/*/*_log.out"))
 
 
+def epochs_lasting(seconds, tmp_path, base):
+    """Epochs of `base` that train for about `seconds` here, from a 20-epoch calibration run."""
+    out = subprocess.run([sys.executable, "-m", "src.launch", *base, "train.epochs=20",
+                          f"runs_root={tmp_path / 'calibration'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run_dir,) = (tmp_path / "calibration" / "default").iterdir()
+    epoch_s = statistics.median(r["epoch_time"] for r in read_metrics(run_dir) if r["kind"] == "epoch")
+    return max(250, math.ceil(seconds / epoch_s))
+
+
 def test_time_limit_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_path):
-    run = ["setup=smoke", "train.epochs=250", "train.save_model=true", "train.threads=1", "seed=7"]
+    base = ["setup=smoke", "train.save_model=true", "train.threads=1", "seed=7"]
+    run = [*base, f"train.epochs={epochs_lasting(120, tmp_path, base)}"]
     # the uninterrupted reference, computed on the other core meanwhile
     local = subprocess.Popen([sys.executable, "-m", "src.launch", *run, f"runs_root={tmp_path / 'local'}"],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = launch("-m", *run, f"runs_root={tmp_path / 'slurm'}",
-                 *slurm_args(slurm_cluster, timeout_min=1, signal_delay_s=5, max_num_timeout=4))
+                 *slurm_args(slurm_cluster, timeout_min=1, signal_delay_s=5, max_num_timeout=10))
     local_out, _ = local.communicate(timeout=900)
     assert local.returncode == 0, local_out
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()
