@@ -208,6 +208,34 @@ def test_channels_last_matches_contiguous(name):
     torch.testing.assert_close(actual, expected, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["lenet5", "conv_cifar10"])
+def test_pooling_before_relu_is_the_same_network(name):
+    """These models pool before the ReLU (cheaper); outputs and every gradient must equal those
+    of the textbook conv -> ReLU -> pool order exactly, ties and all-negative windows included."""
+    model = build_model(name)
+    order = [n for n, _ in model.named_children()]
+    assert order.index("pool1") < order.index("relu1") and order.index("pool2") < order.index("relu2")
+    textbook = nn.Sequential()
+    for n, m in model.named_children():
+        if n.startswith("pool") and n[-1] in "12":  # move each of the first two pools after its ReLU
+            continue
+        textbook.add_module(n, m)
+        if n in ("relu1", "relu2"):
+            textbook.add_module("pool" + n[-1], getattr(model, "pool" + n[-1]))
+    x = torch.randn(8, *model_info(name).input_shape)
+    x[0] = 0.0  # all-zero input: windows of exact ties
+    x[1] = -x[1].abs()
+    grads = []
+    for net in (model, textbook):
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- dropout and inits
 
 

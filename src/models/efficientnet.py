@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from .registry import register_model
@@ -17,4 +16,6 @@ def efficientnet_b0(num_classes: int) -> nn.Module:
     About 4.26 M parameters for 200 classes; the depthwise and squeeze-excitation convs are
     ordinary ``Conv2d`` modules, so they are masked like every other conv.
     """
+    import torchvision  # lazy: ~1 s of start-up for the runs that never use it
+
     return torchvision.models.efficientnet_b0(weights=None, num_classes=num_classes)

@@ -7,7 +7,6 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from .registry import register_model
@@ -101,6 +100,8 @@ def resnet50(num_classes: int) -> nn.Module:
     Kaiming-normal (fan_out, ReLU), BN (1, 0), fc default. ``zero_init_residual=False`` pins
     that each block's last BN gamma starts at 1, not 0.
     """
+    import torchvision  # lazy: ~1 s of start-up for the runs that never use it
+
     return torchvision.models.resnet50(
         weights=None, num_classes=num_classes, zero_init_residual=False
     )

@@ -23,15 +23,18 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..locate import DatasetNotFoundError, not_found_message, search_bases
 from ..registry import DatasetSource, PathLike, register_dataset
 from ..splits import DataSplits, TensorSplit, ValidationPolicy, stratified_indices
 from ..transforms import Normalize
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 OPENML_TASK_ID = 361069
 OPENML_DEFAULT_CACHE = "~/.cache/openml"
@@ -79,6 +82,8 @@ def _resolve(base: Path) -> Path | None:
 
 
 def _read_table(location: Path) -> tuple[pd.DataFrame, str | None]:
+    import pandas as pd  # lazy: 0.2 s of every run's start-up otherwise
+
     """The table at ``location`` and the label column its OpenML task names (if any)."""
     if location.name == "task.xml":
         return pd.read_parquet(_openml_table(location)), OpenMLTask.read(location).target
@@ -97,7 +102,9 @@ def _label_column(table: pd.DataFrame, requested: str | None, task_target: str |
 
 
 def _numeric_features(table: pd.DataFrame) -> np.ndarray:
-    non_numeric = [column for column in table.columns if not pd.api.types.is_numeric_dtype(table[column])]
+    from pandas.api.types import is_numeric_dtype
+
+    non_numeric = [column for column in table.columns if not is_numeric_dtype(table[column])]
     if non_numeric:
         raise ValueError(f"non-numeric feature columns {non_numeric}; is label_column right?")
     # A fresh writable array (pandas may hand out read-only views).

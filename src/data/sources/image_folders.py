@@ -14,8 +14,6 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import transforms as T
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from ..locate import FileLayout
 from ..registry import DatasetSource, register_dataset
@@ -42,8 +40,18 @@ class ImageFileDataset(Dataset):
             return self.transform(image.convert("RGB")), label
 
 
+def _transforms():
+    """torchvision's transforms, imported only by the datasets that use them: importing
+    torchvision costs ~1 s of every run's start-up (it loads torch._dynamo)."""
+    from torchvision import transforms
+
+    return transforms
+
+
 def folder_samples(directory: Path, class_to_idx: dict[str, int]) -> list[Sample]:
     """Images under ``directory/<class>/`` (any depth), labelled through ``class_to_idx``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset  # lazy: see _transforms
+
     return make_dataset(str(directory), class_to_idx, extensions=IMG_EXTENSIONS)
 
 
@@ -58,6 +66,8 @@ def _streamed_splits(
     input_shape: tuple[int, ...],
     train_augment: BatchAugment | None = None,
 ) -> DataSplits:
+    from torchvision.datasets.folder import find_classes
+
     classes, class_to_idx = find_classes(str(location / "train"))
     train = folder_samples(location / "train", class_to_idx)
 
@@ -121,7 +131,7 @@ class TinyImageNet(DatasetSource):
     reference_holdout = Holdout.TEST
 
     def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
-        decode = T.PILToTensor()
+        decode = _transforms().PILToTensor()
         return _streamed_splits(
             self.name,
             location,
@@ -151,6 +161,7 @@ class ImageNet(DatasetSource):
     reference_holdout = Holdout.TEST
 
     def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
+        T = _transforms()
         return _streamed_splits(
             self.name,
             location,
