@@ -93,9 +93,13 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=SHAPES, dens
 
 def conv_probe(batch: int = 128, rounds: int = 5, repeats: int = 5) -> dict:
     """LeNet-5's conv2 (20 -> 50 channels, 5x5, 12x12 input) at its ERK density for overall
-    density 0.05 (0.037): forward + backward as unfold x CSR (the sparse formulation: weight
-    gradient by sampled_addmm, input gradient by a transposed CSR and fold) against the dense
-    convolution of the masked backend. Convolutions run masked while this ratio is above 1."""
+    density 0.05 (0.037): forward + backward of the dense convolution (the masked backend)
+    against two sparse formulations on unfolded input columns (K x positions, K = c*kh*kw):
+    ``unfold_csr``: forward CSR x columns, weight gradient by sampled_addmm at the active entries,
+    input gradient by the transposed CSR and fold; ``unfold_csr_dense_input_grad``: the same
+    with the input gradient of the dense transposed convolution (no fold). Convolutions run
+    masked while both ratios are above 1: the unfold / fold copies (memory-bound, ~K x the
+    input) cost more than the multiply-adds they save at this size."""
     from torch.nn import functional as F
 
     torch.manual_seed(0)
@@ -111,21 +115,32 @@ def conv_probe(batch: int = 128, rounds: int = 5, repeats: int = 5) -> dict:
         xx, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
         F.conv2d(xx, w).backward(grad)
 
-    def sparse():
+    def sparse_forward_and_weight_grad():
         cols = F.unfold(x, k).transpose(0, 1).reshape(c * k * k, batch * side * side)
         (csr @ cols).view(o, batch, side, side).permute(1, 0, 2, 3)
         g = grad.permute(1, 0, 2, 3).reshape(o, -1)
         torch.sparse.sampled_addmm(csr, g, cols.t(), beta=0.0)
+        return g
+
+    def unfold_csr():
+        g = sparse_forward_and_weight_grad()
         F.fold((csr_t @ g).view(c * k * k, batch, side * side).transpose(0, 1), (h, h), k)
 
-    d_t, s_t = [], []
-    for r in range(rounds):
-        pair = [(dense, d_t), (sparse, s_t)]
-        for fn, times in pair[::-1] if r % 2 else pair:
-            times.append(median_time(fn, repeats))
-    return {"layer": "lenet5.conv2", "density": density, "batch": batch,
-            "dense_ms": statistics.median(d_t) * 1e3, "unfold_csr_ms": statistics.median(s_t) * 1e3,
-            "sparse_over_dense": statistics.median(s / d for s, d in zip(s_t, d_t))}
+    def unfold_csr_dense_input_grad():
+        sparse_forward_and_weight_grad()
+        torch.nn.grad.conv2d_input(x.shape, weight, grad)
+
+    variants = {"dense": dense, "unfold_csr": unfold_csr, "unfold_csr_dense_input_grad": unfold_csr_dense_input_grad}
+    times = {name: [] for name in variants}
+    for r in range(rounds):  # alternate the order so a load change hits every variant
+        for name in (list(variants)[::-1] if r % 2 else list(variants)):
+            times[name].append(median_time(variants[name], repeats))
+    result = {"layer": "lenet5.conv2", "density": density, "batch": batch, "threads": torch.get_num_threads()}
+    for name, ts in times.items():
+        result[f"{name}_ms"] = statistics.median(ts) * 1e3
+        if name != "dense":
+            result[f"{name}_over_dense"] = statistics.median(s / d for s, d in zip(ts, times["dense"]))
+    return result
 
 
 def main(update_table: bool = True) -> None:
@@ -133,8 +148,9 @@ def main(update_table: bool = True) -> None:
     start = time.perf_counter()
     rows = run()
     conv = conv_probe()
-    print(f"LeNet-5 conv2 at density {conv['density']}: unfold x CSR {conv['unfold_csr_ms']:.2f} ms vs dense "
-          f"{conv['dense_ms']:.2f} ms (x{conv['sparse_over_dense']:.2f})")
+    print(f"LeNet-5 conv2 at density {conv['density']}, forward + backward: dense {conv['dense_ms']:.2f} ms; "
+          f"unfold x CSR x{conv['unfold_csr_over_dense']:.2f}, with the dense input gradient "
+          f"x{conv['unfold_csr_dense_input_grad_over_dense']:.2f} (> 1: slower, convolutions run masked)")
     path = write_result("crossover", {"layers": rows, "conv": conv, "seconds": time.perf_counter() - start})
     print(f"wrote {path}")
     if update_table:

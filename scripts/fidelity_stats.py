@@ -55,6 +55,9 @@ CELLS = {
                                      "growth": "random", "criterion": c}
        for c in ("set", "mest", "snip", "reciprocal_sensitivity")},
 }
+# Rows that pool cells (all seeds of every member cell): the paper's five criteria at d 0.2.
+POOLED = {"dst_d0.2_u800_random, 5 criteria pooled":
+          [c for c in CELLS if c.startswith("dst_d0.2_u800_random_")]}
 REF_DEATH = {"magnitude": "magnitude", "set": "SET", "mest": "MEST", "snip": "SNIP",
              "reciprocal_sensitivity": "ReciprocalSensitivity"}
 COMPAT = ["sparsity.compat=true", "sparsity.exclude_just_pruned=false", "sparsity.regrow_init=keep",
@@ -112,7 +115,7 @@ def run_project(impl: str, cell: dict, seed: int, epochs: int, run_dir: Path) ->
 
 
 def one(args) -> int:
-    cell = CELLS[args.cell]
+    cell = json.loads(args.settings) if args.settings else CELLS[args.cell]
     run_dir = Path(args.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -120,7 +123,7 @@ def one(args) -> int:
         out = run_reference(cell, args.seed, args.epochs, run_dir, Path(args.code).resolve())
     else:
         out = run_project(args.impl, cell, args.seed, args.epochs, run_dir)
-    out.update(impl=args.impl, cell=args.cell, seed=args.seed, epochs=args.epochs, seconds=time.time() - started)
+    out.update(impl=args.impl, cell=args.cell or args.settings, seed=args.seed, epochs=args.epochs, seconds=time.time() - started)
     tmp = run_dir / "result.json.tmp"
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(run_dir / "result.json")
@@ -246,18 +249,23 @@ def write_table(out: Path) -> str:
              "|---|---|---|---|---|---|---|---|"]
     diffs = {"compat": [], "clean": []}
     fmt = lambda v: "—" if not v else f"{mean_sd(v)[0]:.2f} ± {mean_sd(v)[1]:.2f} ({len(v)})"  # noqa: E731
-    for cell in CELLS:
-        ref = values.get(("reference", cell), [])
-        if not ref and not any((i, cell) in values for i in IMPLS):
+    pooled_rows = {name: {impl: [v for c in cells for v in values.get((impl, c), [])] for impl in IMPLS}
+                   for name, cells in POOLED.items()
+                   if sum(("reference", c) in values for c in cells) > 1}
+    for cell in [*CELLS, *pooled_rows]:
+        of = pooled_rows[cell].get if cell in pooled_rows else (lambda impl: values.get((impl, cell), []))
+        ref = of("reference")
+        if not ref and not any(of(i) for i in IMPLS):
             continue
         row = [cell, fmt(ref)]
         for impl in ("compat", "clean"):
-            other = values.get((impl, cell), [])
+            other = of(impl)
             if ref and other:
                 d = mean_sd(other)[0] - mean_sd(ref)[0]
                 p = welch(other, ref)
                 row += [fmt(other), f"{d:+.2f}", "—" if math.isnan(p) else f"{p:.3f}"]
-                if CELLS[cell]["mode"] != "dense" and len(ref) > 1 and len(other) > 1:
+                # pooled rows repeat their cells' runs: not counted again in the pooled difference
+                if cell in CELLS and CELLS[cell]["mode"] != "dense" and len(ref) > 1 and len(other) > 1:
                     diffs[impl].append((d, mean_sd(ref)[1] ** 2 / len(ref) + mean_sd(other)[1] ** 2 / len(other)))
             else:
                 row += [fmt(other), "—", "—"]
@@ -289,7 +297,9 @@ def main(argv=None) -> int:
     t.add_argument("--out", default="runs/fidelity")
     o = sub.add_parser("one", help=argparse.SUPPRESS)
     o.add_argument("--impl", choices=IMPLS, required=True)
-    o.add_argument("--cell", choices=list(CELLS), required=True)
+    cell = o.add_mutually_exclusive_group(required=True)
+    cell.add_argument("--cell", choices=list(CELLS))
+    cell.add_argument("--settings", help="a cell's settings as JSON, for a cell not in the table (bench.train_speed)")
     o.add_argument("--seed", type=int, required=True)
     o.add_argument("--epochs", type=int, required=True)
     o.add_argument("--run-dir", required=True)

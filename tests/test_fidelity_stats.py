@@ -44,6 +44,18 @@ def test_table_statistics(tmp_path):
     # equal variances, difference -1, sd 1, n 3: Welch t = -1.2247, df 4, p = 0.2879
     assert "| static_d0.2 | 81.00 ± 1.00 (3) | 80.00 ± 1.00 (3) | -1.00 | 0.288 |" in text
     assert "Pooled compat - reference over 1 sparse cells" in text and "-1.000 ± 0.816 (SE)" in text
+    assert "5 criteria pooled" not in text  # no member cell yet
+    for cell, values in {"dst_d0.2_u800_random_set": [70.0, 72.0], "dst_d0.2_u800_random_snip": [74.0, 76.0]}.items():
+        for impl in ("reference", "clean"):
+            for seed, v in enumerate(values, 1):
+                d = tmp_path / impl / cell / f"s{seed}"
+                d.mkdir(parents=True)
+                (d / "result.json").write_text(json.dumps({"impl": impl, "cell": cell, "seed": seed,
+                                                           "final_test_acc": v + (impl == "clean")}))
+    text = fs.write_table(tmp_path)
+    # the pooled row: 4 runs each side (70, 72, 74, 76 vs +1), every member's seeds
+    assert "| dst_d0.2_u800_random, 5 criteria pooled | 73.00 ± 2.58 (4) | — | — | — | 74.00 ± 2.58 (4) | +1.00 |" in text
+    assert "Pooled clean - reference over 2 sparse cells" in text  # the pooled row is not counted twice
     mean, se, p = fs.pooled([(-1.0, 1.0), (1.0, 1.0)])
     assert (mean, p) == (0.0, 1.0) and se == pytest.approx(0.5 ** 0.5)
 
