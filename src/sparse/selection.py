@@ -67,15 +67,3 @@ def select_highest(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch
     """Boolean mask of exactly ``min(k, eligible.sum())`` eligible entries with the highest scores."""
     return select_lowest(-score, eligible, k)
 
-
-def select_lowest_global(
-    scores: list[torch.Tensor], eligible: list[torch.Tensor], k: int
-) -> list[torch.Tensor]:
-    """`select_lowest` over several tensors ranked together (global pruning).
-
-    The tensors are concatenated once; the returned masks have the input shapes.
-    """
-    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
-    ok = torch.cat([e.reshape(-1) for e in eligible])
-    chosen = select_lowest(flat, ok, k)
-    return [c.view(e.shape) for c, e in zip(chosen.split([e.numel() for e in eligible]), eligible)]
