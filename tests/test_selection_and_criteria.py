@@ -262,6 +262,32 @@ def test_large_selections_match_a_full_sort():
             assert chosen.nonzero().flatten().tolist() == sorted(expected)
 
 
+# ---------------------------------------------------------------- one pipeline, layer-wise and global
+@pytest.mark.parametrize("name", ["magnitude", "snip", "set", "snip_plus", "snip_half", "sensitivity"])
+def test_global_pruning_is_pruning_the_concatenation_and_layer_wise_each_tensor_alone(name):
+    from src.sparse import get_criterion, prune_tensors
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (4, 3, 2, 2), (7,)]
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    masks = [torch.rand(s, generator=g) < 0.6 for s in shapes]
+    flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
+    crit = get_criterion(name)
+    together = prune_tensors(crit, weights, grads, masks, 9, scope="global")
+    assert flat(together).equal(prune(name, flat(weights), flat(grads), flat(masks), 0.0, count=9))
+    assert int(flat(masks).sum() - flat(together).sum()) == 9
+    alone = prune_tensors(crit, weights, grads, masks, [2, 3, 1])
+    for new, w, gr, m, q in zip(alone, weights, grads, masks, [2, 3, 1]):
+        assert new.equal(prune(name, w, gr, m, 0.0, count=q)) and int(m.sum() - new.sum()) == q
+    if name == "set":
+        return
+    # an ineligible tensor keeps its mask; the others lose the 9 between them
+    kept = prune_tensors(crit, weights, grads, masks, 9, scope="global",
+                         eligible=[masks[0], torch.zeros_like(masks[1]), masks[2]])
+    assert kept[1].equal(masks[1]) and int(flat(masks).sum() - flat(kept).sum()) == 9
+
+
 # ---------------------------------------------------------------- GraSP
 def test_grasp_hessian_gradient_is_the_hessian_times_the_gradient():
     from src.sparse.grasp import hessian_gradient

@@ -22,7 +22,7 @@ from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY,
 from .density import sample_mask
 from .growth import GrowthRule, get_growth
 from .reference import set_legacy
-from .selection import select_highest, select_lowest
+from .selection import flatten, select_highest, select_lowest, split_like
 from ..registry import unknown
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
@@ -64,9 +64,9 @@ class Clean:
     def remove(self, crit, scores, weights, masks, eligible, q, scope) -> list[Tensor]:
         """The masks after removing exactly q of the ``eligible`` weights, all tensors ranked
         together (one tensor when layer-wise). SET ranks the signed weights (``scores``)."""
-        score, ok = _flat(scores), _flat(eligible)
+        score, ok = flatten(scores), flatten(eligible)
         if crit.remove == SIGN_SPLIT:
-            removed = select_set(score, _flat(masks), q)  # global SET ignores eligibility
+            removed = select_set(score, flatten(masks), q)  # global SET ignores eligibility
         elif crit.remove == SIGN_SPLIT_LEGACY:  # the `set_legacy` criterion: the reference's SET
             removed = ok & ~set_legacy(score, ok, q)
         elif crit.remove == LOWEST:
@@ -78,18 +78,10 @@ class Clean:
             removed = low | select_highest(score, ok & ~low, q // 2)
         else:
             raise AssertionError(crit.remove)
-        return [m & ~r for m, r in zip(masks, _split(removed, masks))]
+        return [m & ~r for m, r in zip(masks, split_like(removed, masks))]
 
 
 CLEAN = Clean()
-
-
-def _flat(tensors: list[Tensor]) -> Tensor:
-    return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _split(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
-    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in like]), like)]
 
 
 def prune_tensors(

@@ -24,6 +24,7 @@ from torch import Tensor
 from ..registry import Registry
 from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, _abs_w_abs_g
 from .growth import GrowthRule, get_growth
+from .selection import flatten, split_like
 
 # PAPER_SPEC §1.2: the reference prunes these criteria after the optimizer step and all
 # others before it; `update_order: reference` reproduces that.
@@ -79,9 +80,7 @@ class Reference:
             (s,), (w,), (m,) = scores, weights, masks
             return [set_legacy(w, m, q) if signed else removal(crit.name, crit.remove, s, w, m, q)]
         if signed:
-            flat_mask = torch.cat([m.reshape(-1) for m in masks])
-            kept = global_set(torch.cat([w.detach().reshape(-1) for w in weights]), flat_mask, q)
-            return [k.view(m.shape) for k, m in zip(kept.split([m.numel() for m in masks]), masks)]
+            return split_like(global_set(flatten(scores), flatten(masks), q), masks)  # scores: W
         return global_removal([-s if crit.remove == HIGHEST else s for s in scores], masks, q)
 
 
@@ -205,7 +204,7 @@ def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q
 
 def global_removal(scores: list[Tensor], masks: list[Tensor], q: int) -> list[Tensor]:
     """§2.6: global pruning keeps S > tau, tau the K-th smallest of all scores (K = Z + Q)."""
-    flat = torch.cat([s.reshape(-1) for s in scores])
+    flat = flatten(scores)
     k = sum(m.numel() for m in masks) - int(sum(m.count_nonzero() for m in masks)) + q
     tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
     return [s > tau for s in scores]

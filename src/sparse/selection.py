@@ -67,3 +67,12 @@ def select_highest(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch
     """Boolean mask of exactly ``min(k, eligible.sum())`` eligible entries with the highest scores."""
     return select_lowest(-score, eligible, k)
 
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Several tensors as one flat tensor, to rank them together (global pruning)."""
+    return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
+
+
+def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The inverse of `flatten`: views of ``flat`` with the shapes of ``like``."""
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in like]), like)]
