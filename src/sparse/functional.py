@@ -66,7 +66,7 @@ class Clean:
         together (one tensor when layer-wise). SET ranks the signed weights (``scores``)."""
         score, ok = flatten(scores), flatten(eligible)
         if crit.remove == SIGN_SPLIT:
-            removed = select_set(score, flatten(masks), q)  # global SET ignores eligibility
+            removed = select_set(score, ok, q)
         elif crit.remove == SIGN_SPLIT_LEGACY:  # the `set_legacy` criterion: the reference's SET
             removed = ok & ~set_legacy(score, ok, q)
         elif crit.remove == LOWEST:
