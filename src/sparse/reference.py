@@ -78,7 +78,7 @@ class Reference:
         signed = crit.remove in (SIGN_SPLIT, SIGN_SPLIT_LEGACY)
         if scope == "layer":
             (s,), (w,), (m,) = scores, weights, masks
-            return [set_legacy(w, m, q) if signed else removal(crit.name, crit.remove, s, w, m, q)]
+            return [set_legacy(w, m, q) if signed else removal(crit, s, w, m, q)]
         if signed:
             return split_like(global_set(flatten(scores), flatten(masks), q), masks)  # scores: W
         return global_removal([-s if crit.remove == HIGHEST else s for s in scores], masks, q)
@@ -176,15 +176,16 @@ def neuron_quotas(score: Tensor, candidates: Tensor, count: int) -> Tensor:
     return (grows.unsqueeze(1) & (masked > threshold)).view(score.shape)
 
 
-def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
+def removal(crit: Criterion, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
     """§1.4 / §10: the sort-based removal: zero the k = z + q first entries of the whole
     tensor's ranking (z inactive), so ties with inactive entries can remove more than q
     active weights. Ties are ordered by index here (the reference's sort is unstable)."""
-    if q == 0 and name in ("magnitude", "running_magnitude"):
+    if q == 0 and crit.name in ("magnitude", "running_magnitude"):
         return weight.detach() != 0  # the reference's early exit
     flat = score.reshape(-1)
     z = mask.numel() - int(mask.sum())
     new = mask.clone().reshape(-1)
+    kind = crit.remove
     if kind == LOWEST:
         order = torch.sort(flat, stable=True).indices
         new[order[: z + q]] = False
