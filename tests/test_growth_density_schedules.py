@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from src.sparse import grow, layer_densities, prune_rate, sample_mask
+from src.sparse import REFERENCE, grow, layer_densities, prune_rate, sample_mask
 
 T = torch.tensor
 
@@ -56,7 +56,7 @@ def test_random_bernoulli_is_exact_only_in_expectation():
     gen = torch.Generator().manual_seed(0)
     counts = [int(grow("random_bernoulli", torch.zeros(1000), None, mask, 100, generator=gen).sum()) for _ in range(50)]
     assert len(set(counts)) > 1 and abs(sum(counts) / 50 - 100) < 5
-    compat = [int(grow("random", torch.zeros(1000), None, mask, 100, generator=gen, compat=True).sum()) for _ in range(20)]
+    compat = [int(grow("random", torch.zeros(1000), None, mask, 100, generator=gen, policy=REFERENCE).sum()) for _ in range(20)]
     assert len(set(compat)) > 1
     # p = 1 when every candidate is needed
     assert grow("random_bernoulli", torch.zeros(5), None, MASK, 4, generator=gen).all()
@@ -135,11 +135,11 @@ def test_erk_dense_layers_vgg16(density, n_dense_convs):
     assert [d == 1.0 for d in got[:-1]] == [True] * n_dense_convs + [False] * (13 - n_dense_convs)
 
 
-def test_er_ignores_kernel_dims_unless_compat():
+def test_er_ignores_kernel_dims_unlike_the_reference():
     shapes = [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)]
     er = layer_densities(shapes, 0.05, "er")
     assert er != layer_densities(shapes, 0.05, "erk")
-    assert layer_densities(shapes, 0.05, "er", compat=True) == layer_densities(shapes, 0.05, "erk")
+    assert layer_densities(shapes, 0.05, REFERENCE.init("er")) == layer_densities(shapes, 0.05, "erk")
     # linear layers: ER and ERK raw densities agree, so their ratio is preserved
     assert er[2] / er[1] == pytest.approx((1300 / 400000) / (70 / 1000))
 
@@ -157,7 +157,7 @@ def test_exact_sampling_count_and_bernoulli_drift():
     gen = torch.Generator().manual_seed(0)
     for d in (0.0371, 0.5, 1.0):
         assert int(sample_mask((50, 20, 5, 5), d, generator=gen).sum()) == round(d * 25000)
-    counts = {int(sample_mask((1000,), 0.1, generator=gen, exact=False).sum()) for _ in range(10)}
+    counts = {int(REFERENCE.sample_mask((1000,), 0.1, generator=gen).sum()) for _ in range(10)}
     assert len(counts) > 1
 
 
@@ -206,7 +206,7 @@ def test_momentum_neuron_compat_skips_small_quotas():
     momentum = torch.rand(3, 40, generator=torch.Generator().manual_seed(0)) + 0.1
     momentum[2] *= 0.01  # a neuron whose share of 30 is below 10
     mask = torch.zeros(3, 40, dtype=torch.bool)
-    new = grow("momentum_neuron", torch.zeros(3, 40), None, mask, 30, momentum=momentum, compat=True)
+    new = grow("momentum_neuron", torch.zeros(3, 40), None, mask, 30, momentum=momentum, policy=REFERENCE)
     per_neuron = (new & ~mask).sum(dim=1).tolist()
     quotas = [int(f * 30) for f in (momentum.mean(1) / momentum.mean(1).sum()).tolist()]
     assert per_neuron == [q - 1 if q >= 10 else 0 for q in quotas]  # strict threshold: quota - 1

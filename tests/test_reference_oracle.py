@@ -248,7 +248,7 @@ def test_initial_masks_and_first_logits_match_reference(ref, density):
     densities = pair.ref["sparselearning.core"].ERK_initializer(pair.mask)
     from src.sparse import layer_densities
 
-    ours = layer_densities([p.shape for p in pair.sparsifier.params], density, "erk", compat=True)
+    ours = layer_densities([p.shape for p in pair.sparsifier.params], density, "erk")
     assert ours == pytest.approx([densities[n] for n in pair.sparsifier.names], rel=1e-12)
 
 
@@ -300,6 +300,7 @@ def test_gradient_growth_ranks_like_the_reference_below_its_epsilon(ref):
     """The reference grows by |G| + 1e-6: gradients far below 1e-6 all tie (and its sort,
     stable on so few entries, then takes the first); compat does the same."""
     from src.sparse import grow
+    from src.sparse.reference import REFERENCE as reference_policy
 
     growers = importlib.import_module("sparselearning.growers")
     grad = torch.tensor([0.5, 1e-15, 3e-15, 0.0])
@@ -314,5 +315,5 @@ def test_gradient_growth_ranks_like_the_reference_below_its_epsilon(ref):
 
     expected = growers.gradient_growth_fixed(Masking, "w", mask.clone().byte(), 1, weight).bool()
     assert expected.tolist() == [True, True, False, False]
-    assert grow("gradient", weight.detach(), grad, mask, 1, compat=True).equal(expected)
+    assert grow("gradient", weight.detach(), grad, mask, 1, policy=reference_policy).equal(expected)
     assert grow("gradient", weight.detach(), grad, mask, 1).tolist() == [True, False, True, False]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from src.sparse import CRITERIA, prune, select_highest, select_lowest
+from src.sparse import CRITERIA, REFERENCE, prune, select_highest, select_lowest
 
 T = torch.tensor
 
@@ -106,7 +106,7 @@ def test_set_legacy_reproduces_reference_example():
     legacy = prune("set_legacy", w, None, full, 0.3)
     assert int((full & ~legacy).sum()) == 507 == 506 + 1
     assert int((legacy & (w < 0)).sum()) == 149  # h - 1 most negative survive
-    assert prune("set", w, None, full, 0.3, compat=True).equal(legacy)
+    assert prune("set", w, None, full, 0.3, policy=REFERENCE).equal(legacy)
     assert int((full & ~prune("set", w, None, full, 0.3)).sum()) == 300
 
 
@@ -147,7 +147,9 @@ def test_every_criterion_has_a_docstring_formula():
 # ---------------------------------------------------------------- criteria, compat
 def test_compat_scores_match_reference_formulas():
     from src.sparse import get_criterion
-    from src.sparse.reference import score as reference_score
+
+    def reference_score(crit, *args, **options):
+        return REFERENCE.criterion(crit).score(*args, **options)
 
     m = T([1.0, 0.0, 1.0, 1.0])
     ref = {
@@ -175,31 +177,31 @@ def test_compat_scores_match_reference_formulas():
 def test_compat_magnitude_removes_more_than_q_on_ties():
     w = T([0.0, 0.0, 0.0, 0.9])
     mask = T([1, 1, 0, 1], dtype=torch.bool)  # a = 3, q = 1, z = 1 -> k = 2 sorted entries zeroed
-    assert int((mask & ~prune("magnitude", w, None, mask, 0.3, compat=True)).sum()) == 2
+    assert int((mask & ~prune("magnitude", w, None, mask, 0.3, policy=REFERENCE)).sum()) == 2
     assert int((mask & ~prune("magnitude", w, None, mask, 0.3)).sum()) == 1
 
 
 def test_compat_magnitude_early_exit_at_q_zero():
     w = T([0.0, 0.3, 0.0])
     mask = T([1, 1, 0], dtype=torch.bool)
-    assert prune("magnitude", w, None, mask, 0.0, compat=True).tolist() == [False, True, False]
+    assert prune("magnitude", w, None, mask, 0.0, policy=REFERENCE).tolist() == [False, True, False]
 
 
 def test_compat_snip_half_zeroes_layer_when_half_q_is_zero():
-    new = prune("snip_half", W, G, FULL, 0.25, compat=True)  # q = 1 -> floor(q/2) = 0
+    new = prune("snip_half", W, G, FULL, 0.25, policy=REFERENCE)  # q = 1 -> floor(q/2) = 0
     assert new.sum() == 0
 
 
 def test_compat_snip_plus_and_snip_half_remove_expected():
-    assert removed(FULL, prune("snip_plus", W, G, FULL, 0.5, compat=True)) == [2, 3]
-    assert removed(FULL, prune("snip_half", W, G, FULL, 0.5, compat=True)) == [0, 1]
+    assert removed(FULL, prune("snip_plus", W, G, FULL, 0.5, policy=REFERENCE)) == [2, 3]
+    assert removed(FULL, prune("snip_half", W, G, FULL, 0.5, policy=REFERENCE)) == [0, 1]
 
 
 def test_compat_random_is_immune_to_ties():
     mask = T([1, 0, 1, 1, 0, 1], dtype=torch.bool)
     gen = torch.Generator().manual_seed(3)
     for _ in range(20):
-        assert int((mask & ~prune("random", torch.zeros(6), None, mask, 0.5, compat=True, generator=gen)).sum()) == 2
+        assert int((mask & ~prune("random", torch.zeros(6), None, mask, 0.5, policy=REFERENCE, generator=gen)).sum()) == 2
 
 
 # ---------------------------------------------------------------- normalisation and rescale
@@ -211,10 +213,10 @@ def test_normalization_input_changes_ranking_per_row():
     assert torch.allclose(normalize_scores(s, m, "input"), T([[0.25, 0.75], [0.25, 0.75]]))
     assert torch.allclose(normalize_scores(s, m, "output", "max"), T([[0.1, 0.1], [1.0, 1.0]]))
     assert torch.allclose(normalize_scores(s, m, "layer"), s / 44)
-    # zero divisor: clean leaves scores, compat divides (as the reference)
+    # zero divisor: clean leaves scores, the reference divides
     z = torch.zeros(2, 2)
     assert torch.equal(normalize_scores(z, m, "layer"), z)
-    assert torch.isnan(normalize_scores(z, m, "layer", compat=True)).all()
+    assert torch.isnan(normalize_scores(z, m, "layer", policy=REFERENCE)).all()
     with pytest.raises(ValueError, match="2-D"):
         normalize_scores(torch.ones(2, 2, 3, 3), torch.ones(2, 2, 3, 3, dtype=torch.bool), "input")
 
@@ -240,7 +242,7 @@ def test_rescale_total_norm_and_zero_row_guard():
     rescale_weight(x, old, new, "dim1")  # row 0: 5/4 ; row 1 fully pruned: rho = 1
     assert torch.allclose(x, T([[3.75, 5.0], [1.0, 1.0]]))
     x = w.clone()
-    rescale_weight(x, old, new, "dim1", compat=True)  # reference: x/0 -> float max
+    rescale_weight(x, old, new, "dim1", policy=REFERENCE)  # reference: x/0 -> float max
     assert torch.equal(x[1], torch.full((2,), torch.finfo(torch.float32).max))
 
 
@@ -258,6 +260,30 @@ def test_large_selections_match_a_full_sort():
         if order is not None:
             expected = [i for i in order if eligible[i]][:k]
             assert chosen.nonzero().flatten().tolist() == sorted(expected)
+
+
+# ---------------------------------------------------------------- one pipeline, layer-wise and global
+@pytest.mark.parametrize("name", ["magnitude", "snip", "set", "snip_plus", "snip_half", "sensitivity"])
+def test_global_pruning_is_pruning_the_concatenation_and_layer_wise_each_tensor_alone(name):
+    from src.sparse import get_criterion, prune_tensors
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 5), (4, 3, 2, 2), (7,)]
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    grads = [torch.randn(s, generator=g) for s in shapes]
+    masks = [torch.rand(s, generator=g) < 0.6 for s in shapes]
+    flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
+    crit = get_criterion(name)
+    together = prune_tensors(crit, weights, grads, masks, 9, scope="global")
+    assert flat(together).equal(prune(name, flat(weights), flat(grads), flat(masks), 0.0, count=9))
+    assert int(flat(masks).sum() - flat(together).sum()) == 9
+    alone = prune_tensors(crit, weights, grads, masks, [2, 3, 1])
+    for new, w, gr, m, q in zip(alone, weights, grads, masks, [2, 3, 1]):
+        assert new.equal(prune(name, w, gr, m, 0.0, count=q)) and int(m.sum() - new.sum()) == q
+    # an ineligible tensor keeps its mask; the others lose the 9 between them
+    kept = prune_tensors(crit, weights, grads, masks, 9, scope="global",
+                         eligible=[masks[0], torch.zeros_like(masks[1]), masks[2]])
+    assert kept[1].equal(masks[1]) and int(flat(masks).sum() - flat(kept).sum()) == 9
 
 
 # ---------------------------------------------------------------- GraSP

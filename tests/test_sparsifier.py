@@ -224,6 +224,17 @@ def test_global_pruning_removes_q_in_total_and_preserves_layer_counts(criterion)
     assert [int(m.sum()) for m in sp.masks] == counts
 
 
+@pytest.mark.parametrize("criterion", ["magnitude", "set", "random", "snip_plus"])
+def test_global_pruning_leaves_dense_layers_alone(criterion):
+    # ERK makes the classifier dense: with exclude_just_pruned it has nowhere else to regrow
+    cfg = SparsityConfig(density=0.3, criterion=criterion, growth="random", global_pruning=True, update_frequency=2)
+    model, opt, sp = make(cfg)
+    assert sp.densities()["5.weight"] == 1.0
+    records = train(model, opt, sp, batches(4))
+    assert all(r.layers[2].removed == 0 for r in records) and sp.densities()["5.weight"] == 1.0
+    assert all(sum(layer.removed for layer in r.layers) > 0 for r in records)
+
+
 def test_global_compat_sensitivity_switches_inactive_weights_on():
     cfg = SparsityConfig.reference(density=0.3, criterion="sensitivity", growth="gradient", global_pruning=True,
                                    update_frequency=2, init="uniform")

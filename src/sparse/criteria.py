@@ -5,7 +5,7 @@ Only *active* entries (M = 1) are ever ranked in the default (clean) mode, so th
 need no masking and no offsets; the exact-count selection lives in `selection.py`.
 
 The reference implementation's score tensors (its epsilons, +1 offsets and masking by M)
-are in `reference.py`, used with ``compat=True``.
+are in `reference.py` (its `REFERENCE` policy).
 
 Adding a criterion is one function plus its `@register_criterion(...)` line.
 """
@@ -72,7 +72,7 @@ def magnitude(w, g, m, **_):
 def set_(w, g, m, **_):
     """SET: remove the ceil(q/2) smallest non-negative weights and the floor(q/2) negative
     weights closest to zero (a shortfall on one side is taken from the other), so exactly q
-    go. With compat=True, `prune` applies the reference's rule instead (= `set_legacy`)."""
+    go. The reference policy applies its own rule instead (= `set_legacy`)."""
     return w
 
 

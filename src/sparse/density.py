@@ -22,13 +22,12 @@ def layer_densities(
     method: str = "erk",
     *,
     power_scale: float = 1.0,
-    compat: bool = False,
 ) -> list[float]:
     """Per-layer densities whose parameter-weighted mean is ``density``.
 
     ``erk`` uses every dim (kernel dims included); ``er`` only the first two (out, in), the
-    Erdős–Rényi rule of SET; the reference treats ``er`` as an alias of ``erk``
-    (``compat=True`` does the same). ``uniform`` gives every layer ``density``.
+    Erdős–Rényi rule of SET (the reference's ``er`` is ``erk``: `reference.Reference.init`).
+    ``uniform`` gives every layer ``density``.
     """
     if method not in INITS:
         raise unknown("init", method, INITS)
@@ -37,7 +36,7 @@ def layer_densities(
     if method == "uniform" or density == 1:
         return [float(density)] * len(shapes)
     numels = [math.prod(s) for s in shapes]
-    dims = [s if (method == "erk" or compat) else s[:2] for s in shapes]
+    dims = [s if method == "erk" else s[:2] for s in shapes]
     raw = [(sum(d) / math.prod(d)) ** power_scale for d in dims]
     dense: set[int] = set()
     while True:
@@ -61,17 +60,11 @@ def sample_mask(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
-    exact: bool = True,
 ) -> torch.Tensor:
-    """Boolean mask with density ``density``.
-
-    ``exact``: exactly round(density * n) positions, uniformly at random. Otherwise each
-    position independently with probability ``density`` (the reference's Bernoulli draw).
-    """
+    """Boolean mask with exactly round(density * n) positions on, uniformly at random (the
+    reference's Bernoulli draw is `reference.Reference.sample_mask`)."""
     n = math.prod(shape)
     noise = torch.rand(n, generator=generator, device=device)
-    if not exact:
-        return (noise < density).view(*shape)
     k = round(density * n)
     mask = torch.zeros(n, dtype=torch.bool, device=device)
     if k > 0:

@@ -1,12 +1,14 @@
-"""One-layer prune / grow, usable on their own and used by the `Sparsifier`.
+"""The pruning and growth pipeline, over one layer or a list of tensors.
 
     new_mask = prune("snip", W, G, M, rate=0.3)        # exactly ceil(0.3 * M.sum()) fewer
     new_mask = grow("gradient", W, G, new_mask, count=n_removed, exclude=M & ~new_mask)
+    new_masks = prune_tensors(criterion, weights, grads, masks, q, scope="global")
 
-Masks are boolean tensors of the weight's shape; nothing is modified in place.
-``compat=True`` selects the reference implementation's exact behaviour (its scores, its
-sort-based removal, its SET, its gradient-growth epsilon: `reference.py`) and Bernoulli
-random growth.
+Pruning scores every tensor, normalises the scores, and removes the selected active weights:
+layer-wise each tensor alone, globally all tensors ranked together. Masks are boolean tensors
+of the weight's shape; nothing is modified in place. ``policy`` is the semantics: `CLEAN`
+(below), or `reference.REFERENCE`, the paper's code's scores, removal, SET, growth and
+divisions by zero, with the same methods.
 """
 
 from __future__ import annotations
@@ -16,18 +18,11 @@ import math
 import torch
 from torch import Tensor
 
-from .criteria import (
-    BOTH_ENDS,
-    HIGHEST,
-    LOWEST,
-    SIGN_SPLIT,
-    SIGN_SPLIT_LEGACY,
-    Criterion,
-    get_criterion,
-)
-from . import reference
+from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, get_criterion
+from .density import sample_mask
 from .growth import GrowthRule, get_growth
-from .selection import select_highest, select_lowest
+from .reference import set_legacy
+from .selection import flatten, select_highest, select_lowest, split_like
 from ..registry import unknown
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
@@ -40,8 +35,100 @@ def prune_count(rate: float, active: int) -> int:
     return math.ceil(rate * active)
 
 
-def _clean_score(crit, w: Tensor, g: Tensor | None, m: Tensor, **options) -> Tensor:
-    return crit.score(w, g, m, **options)
+class Clean:
+    """The default semantics. `reference.Reference` has the same methods, for the paper's code."""
+
+    update_on_last_step = False  # it would leave the regrown weights untrained
+
+    def criterion(self, crit: Criterion) -> Criterion:
+        return crit
+
+    def growth(self, rule: GrowthRule) -> GrowthRule:
+        return rule
+
+    def init(self, method: str) -> str:
+        """The per-layer density rule that `init` names."""
+        return method
+
+    def sample_mask(self, shape, density, *, generator=None, device=None) -> Tensor:
+        return sample_mask(shape, density, generator=generator, device=device)
+
+    def divide(self, score: Tensor, divisor: Tensor) -> Tensor:
+        """Score normalisation: a zero divisor leaves the scores unchanged."""
+        return score / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+
+    def rescale_factor(self, old: Tensor, new: Tensor) -> Tensor:
+        """rho = old / new norm; 1 where the new norm is 0 (a whole row pruned)."""
+        return torch.where(new == 0, torch.ones_like(new), old / new)
+
+    def remove(self, crit, scores, weights, masks, eligible, q, scope) -> list[Tensor]:
+        """The masks after removing exactly q of the ``eligible`` weights, all tensors ranked
+        together (one tensor when layer-wise). SET ranks the signed weights (``scores``)."""
+        score, ok = flatten(scores), flatten(eligible)
+        if crit.remove == SIGN_SPLIT:
+            removed = select_set(score, ok, q)
+        elif crit.remove == SIGN_SPLIT_LEGACY:  # the `set_legacy` criterion: the reference's SET
+            removed = ok & ~set_legacy(score, ok, q)
+        elif crit.remove == LOWEST:
+            removed = select_lowest(score, ok, q)
+        elif crit.remove == HIGHEST:
+            removed = select_highest(score, ok, q)
+        elif crit.remove == BOTH_ENDS:
+            low = select_lowest(score, ok, math.ceil(q / 2))
+            removed = low | select_highest(score, ok & ~low, q // 2)
+        else:
+            raise AssertionError(crit.remove)
+        return [m & ~r for m, r in zip(masks, split_like(removed, masks))]
+
+
+CLEAN = Clean()
+
+
+def prune_tensors(
+    criterion: Criterion,
+    weights: list[Tensor],
+    grads: list[Tensor | None],
+    masks: list[Tensor],
+    counts: list[int] | int,
+    *,
+    scope: str = "layer",
+    eligible: list[Tensor] | None = None,
+    normalization: str = "none",
+    norm_reduction: str = "sum",
+    running: list[Tensor | None] | None = None,
+    hg: list[Tensor | None] | None = None,
+    policy: Clean = CLEAN,
+    **options,
+) -> list[Tensor]:
+    """The masks after pruning: ``counts[i]`` active weights of each tensor alone (scope
+    "layer"), or ``counts`` of all tensors ranked together ("global").
+
+    Only ``eligible`` positions (default: every active one) are removed. ``running`` and
+    ``hg`` are per-tensor criterion inputs (running scores, GraSP's Hg); ``options`` go to
+    every score (``gamma``, ``generator`` for random).
+    """
+    crit = policy.criterion(criterion)
+    if crit.needs_grad and any(g is None for g in grads):
+        raise ValueError(f"criterion {crit.name!r} needs the weight's gradient; got grad=None")
+    signed = crit.remove in (SIGN_SPLIT, SIGN_SPLIT_LEGACY)
+    if signed and normalization != "none":
+        raise ValueError(f"normalization: SET ranks signed weights; only 'none' is allowed, got {normalization!r}")
+    n = len(weights)
+    masks = [m.to(torch.bool) for m in masks]
+    eligible = masks if eligible is None else eligible
+    running, hg = running or [None] * n, hg or [None] * n
+    scores = []
+    for i, (w, g, m) in enumerate(zip(weights, grads, masks)):
+        w, g = w.detach(), None if g is None else g.detach()
+        if signed:
+            scores.append(w)
+        else:
+            s = crit.score(w, g, m, scope=scope, running=running[i], hg=hg[i], **options)
+            scores.append(normalize_scores(s, m, normalization, norm_reduction, policy=policy))
+    if scope == "global":
+        return policy.remove(crit, scores, weights, masks, eligible, counts, scope)
+    return [policy.remove(crit, [s], [w], [m], [e], q, scope)[0]
+            for s, w, m, e, q in zip(scores, weights, masks, eligible, counts)]
 
 
 def prune(
@@ -51,41 +138,19 @@ def prune(
     mask: Tensor,
     rate: float,
     *,
-    compat: bool = False,
     count: int | None = None,
-    normalization: str = "none",
-    norm_reduction: str = "sum",
+    running: Tensor | None = None,
+    hg: Tensor | None = None,
     **options,
 ) -> Tensor:
     """Return the mask after removing ceil(rate * active) active weights of one layer.
 
-    ``count`` overrides the number removed. ``options`` go to the criterion (``gamma``,
-    ``generator`` for random, ``running`` for running criteria, ``scope``).
+    ``count`` overrides the number removed. ``options`` go to `prune_tensors`
+    (``normalization``, ``policy``) and the criterion (``gamma``, ``generator`` for random).
     """
     crit = criterion if isinstance(criterion, Criterion) else get_criterion(criterion)
-    if crit.needs_grad and grad is None:
-        raise ValueError(f"criterion {crit.name!r} needs the weight's gradient; got grad=None")
-    mask = mask.to(torch.bool)
     q = prune_count(rate, int(mask.sum())) if count is None else count
-    score = (reference.score if compat else _clean_score)(
-        crit, weight.detach(), None if grad is None else grad.detach(), mask, **options)
-    kind = SIGN_SPLIT_LEGACY if (compat and crit.remove == SIGN_SPLIT) else crit.remove
-    if kind in (SIGN_SPLIT, SIGN_SPLIT_LEGACY):
-        if normalization != "none":
-            raise ValueError(f"normalization: SET ranks signed weights; only 'none' is allowed, got {normalization!r}")
-        return reference.set_legacy(weight, mask, q) if kind == SIGN_SPLIT_LEGACY else prune_set(weight, mask, q)
-    score = normalize_scores(score, mask, normalization, norm_reduction, compat=compat)
-    if compat:
-        return reference.removal(crit.name, kind, score, weight, mask, q)
-    if kind == LOWEST:
-        return mask & ~select_lowest(score, mask, q)
-    if kind == HIGHEST:
-        return mask & ~select_highest(score, mask, q)
-    if kind == BOTH_ENDS:
-        low = select_lowest(score, mask, math.ceil(q / 2))
-        high = select_highest(score, mask & ~low, q // 2)
-        return mask & ~(low | high)
-    raise AssertionError(kind)
+    return prune_tensors(crit, [weight], [grad], [mask], [q], running=[running], hg=[hg], **options)[0]
 
 
 def grow(
@@ -98,17 +163,15 @@ def grow(
     momentum: Tensor | None = None,
     exclude: Tensor | None = None,
     generator: torch.Generator | None = None,
-    compat: bool = False,
+    policy: Clean = CLEAN,
 ) -> Tensor:
     """Return ``mask`` with ``count`` inactive positions switched on by the growth ``rule``.
 
     Positions in ``exclude`` (typically those pruned in this update) are grown only when the
-    other candidates run out, so the count stays exact. With ``compat=True``, ``random``
-    growth is the reference's Bernoulli draw (the count is right only in expectation).
+    other candidates run out, so the count stays exact (for rules with ``exact``; a
+    Bernoulli rule gets the count right only in expectation).
     """
-    gr = rule if isinstance(rule, GrowthRule) else get_growth(rule)
-    if compat and gr.name == "random":
-        gr = get_growth("random_bernoulli")
+    gr = policy.growth(rule if isinstance(rule, GrowthRule) else get_growth(rule))
     if gr.needs_grad and grad is None:
         raise ValueError(f"growth {gr.name!r} needs the weight's gradient; got grad=None")
     if gr.needs_momentum and momentum is None:
@@ -117,40 +180,27 @@ def grow(
     candidates = ~mask
     if count <= 0:
         return mask.clone()
-    if compat and gr.name == "gradient":
-        score = reference.gradient_growth_score(grad)
-    else:
-        score = gr.score(weight, grad, momentum, generator=generator)
+    score = gr.score(weight, grad, momentum, generator=generator)
     if gr.bernoulli:
         p = count / max(int(candidates.sum()), 1)
         return mask | (candidates & (score < p))
-    select = reference.neuron_quotas if (compat and gr.name == "momentum_neuron") else gr.select
-    if select is not None:
-        preferred = candidates if exclude is None else candidates & ~exclude
-        chosen = select(score, preferred, count)
-        shortfall = 0 if compat else count - int(chosen.sum())
-        if shortfall > 0:
-            chosen |= select_highest(score, candidates & ~chosen, shortfall)
-        return mask | chosen
-    if exclude is None or not exclude.any():
-        return mask | select_highest(score, candidates, count)
-    preferred = candidates & ~exclude
-    chosen = select_highest(score, preferred, count)
-    shortfall = count - int(chosen.sum())
+    preferred = candidates if exclude is None else candidates & ~exclude
+    chosen = (gr.select or select_highest)(score, preferred, count)
+    shortfall = count - int(chosen.sum()) if gr.exact else 0
     if shortfall > 0:
         chosen |= select_highest(score, candidates & ~chosen, shortfall)
     return mask | chosen
 
 
 def normalize_scores(
-    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, compat: bool = False
+    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, policy: Clean = CLEAN
 ) -> Tensor:
     """Divide scores by their sum or max over the layer, or per input / output row or channel.
 
     ``input``: over dim 1 (each output neuron's incoming scores; 2-D only); ``output``: over
     dim 0 (2-D only); ``channel``: over all but dim 0 (per output filter; falls back to
     ``layer`` for tensors that are not 4-D). Only active entries count towards the divisor;
-    a zero divisor leaves the scores unchanged (the reference divides by it).
+    ``policy.divide`` divides (a zero divisor leaves the scores unchanged).
     """
     if normalization == "none":
         return score
@@ -173,18 +223,16 @@ def normalize_scores(
         divisor = active.sum(dim=dims, keepdim=True)
     else:
         divisor = active.amax(dim=dims, keepdim=True)
-    if compat:
-        return score / divisor
-    return score / torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return policy.divide(score, divisor)
 
 
 @torch.no_grad()
-def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, compat: bool = False) -> None:
+def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, policy: Clean = CLEAN) -> None:
     """Scale ``weight`` in place by rho = ||W * M_old|| / ||W * M_new|| after pruning.
 
     ``dim0``/``dim1`` reduce the L2 norms over that dim (per input column / output row of a
     linear weight), ``total_norm`` over the whole tensor. Where the new norm is 0 (a whole
-    row pruned) rho is 1; the reference instead maps 0/0 to 0 and x/0 to the float maximum.
+    row pruned) rho is 1 (``policy.rescale_factor``).
     """
     if mode == "none":
         return
@@ -193,22 +241,17 @@ def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str
     dims = {"dim0": (0,), "dim1": (1,), "total_norm": tuple(range(weight.dim()))}[mode]
     old = (weight * old_mask).norm(dim=dims, keepdim=True)
     new = (weight * new_mask).norm(dim=dims, keepdim=True)
-    if compat:
-        rho = torch.nan_to_num(old / new, nan=0.0)
-    else:
-        rho = torch.where(new == 0, torch.ones_like(new), old / new)
-    weight.mul_(rho)
+    weight.mul_(policy.rescale_factor(old, new))
 
 
-def prune_set(weight: Tensor, mask: Tensor, q: int) -> Tensor:
-    """Correct SET on any (flattened or not) set of weights: remove the ceil(q/2) smallest
-    non-negative and the floor(q/2) negatives closest to zero; return the kept mask."""
-    pos = mask & (weight >= 0)
-    neg = mask & (weight < 0)
+def select_set(weight: Tensor, eligible: Tensor, q: int) -> Tensor:
+    """SET's removal on any (flattened or not) set of weights: the ceil(q/2) smallest
+    non-negative and the floor(q/2) negatives closest to zero."""
+    pos = eligible & (weight >= 0)
+    neg = eligible & (weight < 0)
     n_pos, n_neg = int(pos.sum()), int(neg.sum())
     q_pos = min(math.ceil(q / 2), n_pos)
     q_neg = min(q - q_pos, n_neg)
     q_pos = min(q - q_neg, n_pos)  # a shortfall of negatives is taken from the positives
-    removed = select_lowest(weight, pos, q_pos) | select_highest(weight, neg, q_neg)
-    return mask & ~removed
+    return select_lowest(weight, pos, q_pos) | select_highest(weight, neg, q_neg)
 

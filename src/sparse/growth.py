@@ -30,6 +30,7 @@ class GrowthRule:
     # select(score, candidates, count) -> positions to grow, for rules that do not
     # simply take the top `count` candidates.
     select: Callable[..., Tensor] | None = None
+    exact: bool = True  # top up what `select` picks to exactly `count`
 
 
 GROWTH_RULES = Registry("growth rule")

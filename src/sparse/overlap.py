@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .functional import prune
+from .criteria import get_criterion
+from .functional import prune_count, prune_tensors
 
 
 @dataclass
@@ -53,14 +54,14 @@ def criteria_overlap(
 
     ``counts`` fixes how many weights each layer loses (default ceil(rate * active));
     ``given`` adds already-known pruned sets (e.g. a run's actual one) to the comparison,
-    first in the matrix. ``options`` go to `functional.prune` (``compat``, ``gamma``,
+    first in the matrix. ``options`` go to `functional.prune_tensors` (``policy``, ``gamma``,
     ``generator``: pass one of its own, so the analysis draws no random numbers of the run).
     """
-    counts = counts or [None] * len(masks)
+    counts = counts or [prune_count(rate, int(m.sum())) for m in masks]
     pruned = dict(given or {})
     for c in criteria:
-        pruned[c] = [m & ~prune(c, w, g, m, rate, count=q, **options)
-                     for w, g, m, q in zip(weights, grads, masks, counts)]
+        kept = prune_tensors(get_criterion(c), weights, grads, masks, counts, **options)
+        pruned[c] = [m & ~k for m, k in zip(masks, kept)]
     criteria = list(pruned)
     per_layer = {}
     for i, name in enumerate(names):

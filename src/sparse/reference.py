@@ -1,30 +1,30 @@
 """The paper's reference implementation's semantics (`sparsity.compat=true`), in one place.
 
-The clean criteria (`criteria.py`) score only active weights and need no offsets; the
-reference instead ranks whole tensors, so its scores carry epsilons, +1 offsets and masking
-by M that decide how inactive entries and ties are ordered. Each quirk below names the
-PAPER_SPEC section it comes from. `functional.prune` / `grow` and the `Sparsifier` call these
-functions when `compat` is set; everything else is shared with the clean path.
+`REFERENCE` is a policy with the methods of `functional.Clean`; the `Sparsifier` picks it once
+when `compat` is set and hands it to the same pipeline (`functional.prune_tensors`, `grow`,
+`normalize_scores`, `rescale_weight`). Each quirk names the PAPER_SPEC section it comes from:
+its score tensors (epsilons, +1 offsets, masking by M: the reference ranks whole tensors, so
+these decide how inactive entries and ties are ordered), its sort-based removal and global
+threshold, its SETs, its growth rules, its divisions by zero, ER as ERK, Bernoulli mask
+sampling, and a topology update allowed on the very last step.
 
 The reference's other settings (no exclusion of just-pruned weights, value and optimizer
-state kept on regrowth, criterion-dependent update order) are plain config fields, set
-together by the `compat=reference` preset (conf/compat/reference.yaml, PAPER_SPEC §10).
-Four small quirks stay where they act, each behind `compat`: score normalisation and
-rescaling divide by zero as the reference does (`functional.normalize_scores`,
-`rescale_weight`), ER is an alias of ERK and masks are Bernoulli-sampled (`density.py`),
-`random` growth is `random_bernoulli` (`functional.grow`), and a topology update may fall on
-the very last step (`Sparsifier`).
+state kept on regrowth, criterion-dependent update order: `STEP_FIRST`) are plain config
+fields, set together by the `compat=reference` preset (conf/compat/reference.yaml, §10).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
 
 from ..registry import Registry
-from .criteria import BOTH_ENDS, HIGHEST, LOWEST, Criterion, _abs_w_abs_g
+from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, _abs_w_abs_g
+from .growth import GrowthRule, get_growth
+from .selection import flatten, split_like
 
 # PAPER_SPEC §1.2: the reference prunes these criteria after the optimizer step and all
 # others before it; `update_order: reference` reproduces that.
@@ -35,10 +35,56 @@ STEP_FIRST = frozenset({"magnitude", "set", "set_legacy", "random", "running_mag
 SCORES = Registry("reference score")
 
 
-def score(crit: Criterion, w: Tensor, g: Tensor | None, m: Tensor, **options) -> Tensor:
-    """The reference's score tensor for ``crit`` (the clean score where they agree)."""
-    fn = SCORES[crit.name] if crit.name in SCORES else crit.score
-    return fn(w, g, m, **options)
+class Reference:
+    """The paper's code's semantics, method for method in place of `functional.Clean`'s."""
+
+    update_on_last_step = True  # §5.1: an update whenever step % frequency == 0, the last step too
+
+    def criterion(self, crit: Criterion) -> Criterion:
+        """§2: the reference's score tensor for ``crit`` (the clean one where they agree)."""
+        return replace(crit, score=SCORES[crit.name]) if crit.name in SCORES else crit
+
+    def growth(self, rule: GrowthRule) -> GrowthRule:
+        """§3: random growth is a Bernoulli draw, gradient growth has an epsilon, and
+        neuron-wise momentum growth has its quotas (`neuron_quotas`), not topped up."""
+        if rule.name == "random":
+            return get_growth("random_bernoulli")
+        if rule.name == "gradient":
+            return replace(rule, score=gradient_growth_score)
+        if rule.name == "momentum_neuron":
+            return replace(rule, select=neuron_quotas, exact=False)
+        return rule
+
+    def init(self, method: str) -> str:
+        """§4.2: the reference's ER is ERK (kernel dims included)."""
+        return "erk" if method == "er" else method
+
+    def sample_mask(self, shape, density, *, generator=None, device=None) -> Tensor:
+        """§4.2: each position is active independently with probability ``density`` (Bernoulli)."""
+        return (torch.rand(math.prod(shape), generator=generator, device=device) < density).view(*shape)
+
+    def divide(self, score: Tensor, divisor: Tensor) -> Tensor:
+        """§2.7: scores are divided by their sum or max, zero or not (0/0 is NaN)."""
+        return score / divisor
+
+    def rescale_factor(self, old: Tensor, new: Tensor) -> Tensor:
+        """§2.8: rho = old / new with 0/0 mapped to 0 and x/0 to the float maximum."""
+        return torch.nan_to_num(old / new, nan=0.0)
+
+    def remove(self, crit, scores, weights, masks, eligible, q, scope) -> list[Tensor]:
+        """Layer-wise: §1.4 sort-based removal (`removal`) or §2.2a SET (`set_legacy`).
+        Globally: §2.6 threshold (`global_removal`) or §2.2c SET (`global_set`). The
+        reference knows no eligibility: every tensor is ranked whole."""
+        signed = crit.remove in (SIGN_SPLIT, SIGN_SPLIT_LEGACY)
+        if scope == "layer":
+            (s,), (w,), (m,) = scores, weights, masks
+            return [set_legacy(w, m, q) if signed else removal(crit, s, w, m, q)]
+        if signed:
+            return split_like(global_set(flatten(scores), flatten(masks), q), masks)  # scores: W
+        return global_removal([-s if crit.remove == HIGHEST else s for s in scores], masks, q)
+
+
+REFERENCE = Reference()
 
 
 @SCORES.register("mest")
@@ -105,7 +151,7 @@ def snip_half(w, g, m, **_):
     return (w * g).abs() * m
 
 
-def gradient_growth_score(grad: Tensor) -> Tensor:
+def gradient_growth_score(weight: Tensor, grad: Tensor, momentum: Tensor | None, **_) -> Tensor:
     """§3: RigL ranks |G| + 1e-6, which merges gradients below float resolution at 1e-6."""
     return grad.abs() + 1e-6
 
@@ -130,15 +176,16 @@ def neuron_quotas(score: Tensor, candidates: Tensor, count: int) -> Tensor:
     return (grows.unsqueeze(1) & (masked > threshold)).view(score.shape)
 
 
-def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
+def removal(crit: Criterion, score: Tensor, weight: Tensor, mask: Tensor, q: int) -> Tensor:
     """§1.4 / §10: the sort-based removal: zero the k = z + q first entries of the whole
     tensor's ranking (z inactive), so ties with inactive entries can remove more than q
     active weights. Ties are ordered by index here (the reference's sort is unstable)."""
-    if q == 0 and name in ("magnitude", "running_magnitude"):
+    if q == 0 and crit.name in ("magnitude", "running_magnitude"):
         return weight.detach() != 0  # the reference's early exit
     flat = score.reshape(-1)
     z = mask.numel() - int(mask.sum())
     new = mask.clone().reshape(-1)
+    kind = crit.remove
     if kind == LOWEST:
         order = torch.sort(flat, stable=True).indices
         new[order[: z + q]] = False
@@ -156,10 +203,10 @@ def removal(name: str, kind: str, score: Tensor, weight: Tensor, mask: Tensor, q
     return new.view(mask.shape)
 
 
-def global_removal(scores: list[Tensor], masks: list[Tensor], active: list[int], q: int) -> list[Tensor]:
+def global_removal(scores: list[Tensor], masks: list[Tensor], q: int) -> list[Tensor]:
     """§2.6: global pruning keeps S > tau, tau the K-th smallest of all scores (K = Z + Q)."""
-    flat = torch.cat([s.reshape(-1) for s in scores])
-    k = sum(m.numel() for m in masks) - sum(active) + q
+    flat = flatten(scores)
+    k = sum(m.numel() for m in masks) - int(sum(m.count_nonzero() for m in masks)) + q
     tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
     return [s > tau for s in scores]
 

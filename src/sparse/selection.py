@@ -68,14 +68,11 @@ def select_highest(score: torch.Tensor, eligible: torch.Tensor, k: int) -> torch
     return select_lowest(-score, eligible, k)
 
 
-def select_lowest_global(
-    scores: list[torch.Tensor], eligible: list[torch.Tensor], k: int
-) -> list[torch.Tensor]:
-    """`select_lowest` over several tensors ranked together (global pruning).
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Several tensors as one flat tensor, to rank them together (global pruning)."""
+    return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
 
-    The tensors are concatenated once; the returned masks have the input shapes.
-    """
-    flat = torch.cat([s.detach().reshape(-1).float() for s in scores])
-    ok = torch.cat([e.reshape(-1) for e in eligible])
-    chosen = select_lowest(flat, ok, k)
-    return [c.view(e.shape) for c, e in zip(chosen.split([e.numel() for e in eligible]), eligible)]
+
+def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The inverse of `flatten`: views of ``flat`` with the shapes of ``like``."""
+    return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in like]), like)]

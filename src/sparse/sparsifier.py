@@ -13,7 +13,9 @@ backend (`sparsity.backend`, see backend.py) runs sparse hold only their active 
 they need no mask multiply; an update gives them a dense view and rebuilds them after. Every `update_frequency`
 steps the topology update prunes with the configured criterion (layer-wise or global) and
 regrows as many weights in the same layer with the growth rule, so per-layer active counts
-never change (except under the reference's Bernoulli growth).
+never change (except under the reference's Bernoulli growth). The pruning and growth are
+`functional.prune_tensors` and `grow`; `policy` (clean, or the reference's: reference.py)
+is chosen once here from `compat`.
 """
 
 from __future__ import annotations
@@ -27,15 +29,14 @@ from torch import Tensor, nn
 
 from .backend import SparseExecution, SparseLinear, choose_backends
 from .config import SparsityConfig
-from .criteria import HIGHEST, SIGN_SPLIT, get_criterion
-from .density import layer_densities, sample_mask
-from . import reference
-from .functional import _clean_score, grow, normalize_scores, prune, prune_count, prune_set, rescale_weight
+from .criteria import get_criterion
+from .density import layer_densities
+from .functional import CLEAN, grow, prune_count, prune_tensors, rescale_weight
 from .grasp import hessian_gradient
 from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
+from .reference import REFERENCE
 from .schedules import prune_rate
-from .selection import select_lowest_global
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -101,6 +102,7 @@ class Sparsifier:
         device = self.params[0].device if self.params else torch.device("cpu")
         self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
                             for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)}
+        self.policy = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
         self._criterion = get_criterion(config.criterion)
         self._growth = get_growth(config.growth)
         if self._criterion.needs_batch and config.mode == "dst" and batches is None:
@@ -123,12 +125,10 @@ class Sparsifier:
         if self.config.mode == "dense":
             return self
         cfg = self.config
-        densities = layer_densities([p.shape for p in self.params], cfg.density, cfg.init,
-                                    power_scale=cfg.erk_power_scale, compat=cfg.compat)
+        densities = layer_densities([p.shape for p in self.params], cfg.density, self.policy.init(cfg.init),
+                                    power_scale=cfg.erk_power_scale)
         for mask, param, d in zip(self.masks, self.params, densities):
-            sampled = sample_mask(param.shape, d, generator=self._generators[_INIT],
-                                  device=param.device, exact=not cfg.compat)
-            mask.copy_(sampled)
+            mask.copy_(self.policy.sample_mask(param.shape, d, generator=self._generators[_INIT], device=param.device))
         self._sync_masks()
         self.apply_masks()
         self._start_backends()
@@ -180,8 +180,7 @@ class Sparsifier:
             return False
         if step > cfg.end_fraction * self.total_steps:
             return False
-        # An update on the last step leaves regrown weights untrained in the final model.
-        return cfg.compat or step < self.total_steps
+        return step < self.total_steps or self.policy.update_on_last_step
 
     def prune_rate(self, step: int | None = None) -> float:
         cfg = self.config
@@ -210,25 +209,18 @@ class Sparsifier:
         self._to_dense(with_grad=self._reads_grad)
         before = [m.bool() for m in self.masks]
         active = _counts(before)
-        self._hg = [None] * len(self.params)
-        if self._criterion.needs_batch:
-            self._hg = hessian_gradient(self.model, self.names, self.batches(), cfg.grasp_temperature)
-        if cfg.global_pruning:
-            pruned = self._prune_global(before, active, rate)
-        else:
-            counts = [self._prune_count(m, a, rate) for m, a in zip(before, active)]
-            pruned = [self._prune_layer(i, before[i], counts[i], rate) for i in range(len(before))]
+        pruned = self._prune(before, active, rate)
         removed = [a - c for a, c in zip(active, _counts(pruned))]
         record = UpdateRecord(self.steps, rate)
         if cfg.overlap_with:  # the references remove as many weights per layer as the run did
             record.overlap = self._overlap(cfg.overlap_with, rate, before, pruned, removed).as_dict()
         regrown_counts = []
         for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
-            rescale_weight(param, old, new, cfg.rescale, compat=cfg.compat)
+            rescale_weight(param, old, new, cfg.rescale, policy=self.policy)
             just_pruned = old & ~new
             grown = grow(self._growth, param, param.grad, new, max(removed[i], 0),
                          momentum=self._momentum(param), generator=self._generators[_GROW],
-                         exclude=just_pruned if cfg.exclude_just_pruned else None, compat=cfg.compat)
+                         exclude=just_pruned if cfg.exclude_just_pruned else None, policy=self.policy)
             regrown = grown & ~new
             if cfg.regrow_init == "zero":
                 param.masked_fill_(regrown, 0)
@@ -259,49 +251,27 @@ class Sparsifier:
             if self._running[i] is not None and self._running[i].shape == layer.weight.shape:
                 self._running[i] = layer.gather(self._running[i])
 
-    def _prune_count(self, mask: Tensor, active: int, rate: float) -> int:
-        q = prune_count(rate, active)
-        if self.config.exclude_just_pruned:
-            q = min(q, mask.numel() - active)  # never remove more than can be regrown elsewhere
-        return q
-
-    def _prune_layer(self, i: int, mask: Tensor, q: int, rate: float) -> Tensor:
+    def _prune(self, masks: list[Tensor], active: list[int], rate: float) -> list[Tensor]:
+        """The masks after pruning, layer-wise or global. With `exclude_just_pruned`, never
+        remove more than can be regrown elsewhere: a layer loses at most its inactive
+        count, and global pruning leaves dense layers alone."""
         cfg = self.config
-        param = self.params[i]
-        return prune(self._criterion, param, param.grad, mask, rate, count=q, compat=cfg.compat,
-                     normalization=cfg.normalization, norm_reduction=cfg.norm_reduction,
-                     gamma=cfg.gamma, generator=self._generators[_PRUNE], running=self._running[i],
-                     hg=self._hg[i])
-
-    def _prune_global(self, masks: list[Tensor], active: list[int], rate: float) -> list[Tensor]:
-        """Rank all masked tensors together; each layer then regrows what it lost."""
-        cfg = self.config
-        crit = self._criterion
-        q = prune_count(rate, sum(active))
-        if crit.remove == SIGN_SPLIT:
-            return self._prune_global_set(masks, q)
-        scores = []
-        for p, m, hg in zip(self.params, masks, self._hg):
-            s = (reference.score if cfg.compat else _clean_score)(
-                crit, p.detach(), None if p.grad is None else p.grad.detach(), m, scope="global", gamma=cfg.gamma, generator=self._generators[_PRUNE], hg=hg)
-            s = normalize_scores(s, m, cfg.normalization, cfg.norm_reduction, compat=cfg.compat)
-            scores.append(-s if crit.remove == HIGHEST else s)
-        if cfg.compat:
-            return reference.global_removal(scores, masks, active, q)
-        eligible = masks
-        if cfg.exclude_just_pruned:  # dense layers have nowhere else to regrow: leave them
-            eligible = [m if a < m.numel() else torch.zeros_like(m) for m, a in zip(masks, active)]
-        chosen = select_lowest_global(scores, eligible, q)
-        return [m & ~c for m, c in zip(masks, chosen)]
-
-    def _prune_global_set(self, masks: list[Tensor], q: int) -> list[Tensor]:
-        weights = torch.cat([p.detach().reshape(-1) for p in self.params])
-        flat_mask = torch.cat([m.reshape(-1) for m in masks])
-        if self.config.compat:
-            kept = reference.global_set(weights, flat_mask, q)
+        exclude = cfg.exclude_just_pruned
+        eligible = hg = None
+        if self._criterion.needs_batch:
+            hg = hessian_gradient(self.model, self.names, self.batches(), cfg.grasp_temperature)
+        if cfg.global_pruning:
+            counts = prune_count(rate, sum(active))
+            if exclude:
+                eligible = [m if a < m.numel() else torch.zeros_like(m) for m, a in zip(masks, active)]
         else:
-            kept = prune_set(weights, flat_mask, q)
-        return [k.view(m.shape) for k, m in zip(kept.split([m.numel() for m in masks]), masks)]
+            counts = [min(prune_count(rate, a), m.numel() - a) if exclude else prune_count(rate, a)
+                      for m, a in zip(masks, active)]
+        return prune_tensors(
+            self._criterion, self.params, [p.grad for p in self.params], masks, counts,
+            scope="global" if cfg.global_pruning else "layer", eligible=eligible, policy=self.policy,
+            normalization=cfg.normalization, norm_reduction=cfg.norm_reduction, running=self._running,
+            hg=hg, gamma=cfg.gamma, generator=self._generators[_PRUNE])
 
     def _momentum(self, param: Tensor) -> Tensor | None:
         """The growth signal of `momentum` growth: SGD's buffer or Adam's m / (sqrt(v) + 1e-8)."""
@@ -355,7 +325,7 @@ class Sparsifier:
         given = None if pruned is None else {"run": [m & ~p for m, p in zip(masks, pruned)]}
         return criteria_overlap(
             criteria, self.names, self.params, [p.grad for p in self.params], masks, rate, counts=counts,
-            given=given, compat=cfg.compat, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
+            given=given, policy=self.policy, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
         )
 
     # ------------------------------------------------------------------ state
