@@ -244,6 +244,12 @@ def test_rescale_total_norm_and_zero_row_guard():
     x = w.clone()
     rescale_weight(x, old, new, "dim1", policy=REFERENCE)  # reference: x/0 -> float max
     assert torch.equal(x[1], torch.full((2,), torch.finfo(torch.float32).max))
+    # a conv weight (4 dims): the total norm over all of them
+    conv = torch.randn(3, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    keep = conv.abs() > 0.5
+    x = conv.clone()
+    rescale_weight(x, torch.ones_like(keep), keep, "total_norm")
+    assert torch.allclose(x, conv * conv.pow(2).sum().sqrt() / (conv * keep).pow(2).sum().sqrt())
 
 
 def test_large_selections_match_a_full_sort():

@@ -239,8 +239,9 @@ def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str
     if mode not in RESCALES:
         raise unknown("rescale", mode, RESCALES)
     dims = {"dim0": (0,), "dim1": (1,), "total_norm": tuple(range(weight.dim()))}[mode]
-    old = (weight * old_mask).norm(dim=dims, keepdim=True)
-    new = (weight * new_mask).norm(dim=dims, keepdim=True)
+    # (vector_norm: Tensor.norm refuses more than two dims, i.e. a conv weight's total norm)
+    old = torch.linalg.vector_norm(weight * old_mask, dim=dims, keepdim=True)
+    new = torch.linalg.vector_norm(weight * new_mask, dim=dims, keepdim=True)
     weight.mul_(policy.rescale_factor(old, new))
 
 
