@@ -218,6 +218,9 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
            "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
            "speedup_vs_dense": {k: statistics.median(d / t for d, t in zip(times["dense"], v))
                                 for k, v in times.items()},
+           # > 1: that step takes longer than ours (median of per-round ratios, like the speed-ups)
+           "time_vs_ours": {k: statistics.median(t / o for t, o in zip(v, times["ours"])) for k, v in times.items()},
+           "round_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
            "target_speedup": TARGETS.get(density), "threads": threads,
            "peer_check": checks, "peers_absent": absent}
     out["met"] = out["speedup_vs_dense"]["ours"] >= TARGETS.get(density, 0)
@@ -278,6 +281,8 @@ def _print_steps(steps: dict, updates: dict | None = None) -> None:
     for d, r in steps.items():
         line = ", ".join(f"{k} {r['step_ms'][k]:.2f} ms (x{r['speedup_vs_dense'][k]:.2f})" for k in r["step_ms"])
         print(f"MLP-CIFAR ERK {d}: {line}; target x{r['target_speedup']}")
+        if len(r["step_ms"]) > 3:
+            print("  time / ours: " + ", ".join(f"{k} x{v:.2f}" for k, v in r["time_vs_ours"].items() if k != "ours"))
         for k, c in r["peer_check"].items():
             dens = " / ".join(f"{v:.4f}" for v in c["density"].values())
             print(f"  {k}: {'ok' if c['ok'] else 'CHECK FAILED'} (density {dens}, one SGD step off masked "
