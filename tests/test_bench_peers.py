@@ -61,6 +61,7 @@ def test_a_peer_that_is_absent_or_crashes_on_import_is_named_with_the_reason(tmp
     sb._import_problem.cache_clear()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the peers' own (torch's CSR is "beta", numpy views)
 @pytest.mark.parametrize("name", list(sb.PEERS))
 def test_installed_peer_trains_at_the_density(name):
     pytest.importorskip(sb.PEERS[name].module)
