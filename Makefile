@@ -36,10 +36,15 @@ test-fast: install
 bench: install
 	$(PY) -m bench.run_all
 
-# The same benchmarks with the CPU sparse-training peers (SparseProp, SparseLab) installed.
+# The training step against the CPU sparse-training peers (SparseProp, SparseLab), installed in
+# the venv without their dependencies (they would not replace torch; theirs are listed here).
+# SparseProp's setup.py compiles with -march=native (so never from a cached wheel) against the
+# pybind11 of whatever `python3` is on PATH: the venv's.
 bench-peers: install
-	$(PY) -m pip install --quiet sparseprop sparselab
-	$(PY) -m bench.run_all
+	$(PY) -m pip install --quiet pybind11 wheel 'setuptools>=59'
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pip install --quiet --no-cache-dir --no-deps \
+		--no-build-isolation sparseprop==0.1.14 sparselab==0.2.2
+	$(PY) -m bench.sparse_backend step
 
 # make sweep SPEC=mlp_dst [LAUNCHER=local|slurm|slurm_gpu|slurm_ddp] [ARGS="extra overrides"] [DRY=1] [DETACH=1]
 sweep: install

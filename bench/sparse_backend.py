@@ -6,7 +6,9 @@ MLP-CIFAR 3072-1024-512-10, batch 128, 2 threads, SGD Nesterov momentum, ERK den
 (a) step time of the dense model, the masked backend, ours (`backend=auto`), and SparseProp /
     SparseLab at the same per-layer densities when they are importable (`make bench-peers`),
     timed in interleaved rounds; speed-ups are medians of per-round dense / other ratios.
-    Targets: ours >= 4x dense at ERK 0.05, >= 7x at ERK 0.02.
+    Targets: ours >= 4x dense at ERK 0.05, >= 7x at ERK 0.02. Each peer's step is checked to
+    be a training step at those densities (`check_peer`); a peer that is not installed or
+    fails is named with the reason. `python -m bench.sparse_backend step` runs (a) alone.
 (b) one topology update (ms, and as a multiple of our step) for magnitude / random and
     SNIP / gradient growth (the latter needs the dense gradient).
 (c) whole epochs end to end with `src.train.train` (synthetic CIFAR-shaped data, 45 000 train
@@ -16,9 +18,18 @@ MLP-CIFAR 3072-1024-512-10, batch 128, 2 threads, SGD Nesterov momentum, ERK den
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import importlib.util
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -56,16 +67,123 @@ def our_step(cfg: SparsityConfig):
     return sp, step
 
 
-def peer_steps(densities: dict[str, float]) -> dict:
-    """Steps of the peers' sparse layers at our per-layer densities; skipped when absent."""
-    steps = {}
+# The CPU sparse-training peers (`make bench-peers` installs them), each built through its own
+# public layer: the module that must import, a Linear -> their sparse layer at a density, the
+# number of weights that layer holds, and its weight as a dense matrix (zeros off its pattern).
+@dataclass
+class Peer:
+    module: str
+    linear: Callable[[nn.Linear, float], nn.Module]
+    nnz: Callable[[nn.Module], int]
+    dense: Callable[[nn.Module], torch.Tensor]
+
+
+def _sparseprop_linear(linear: nn.Linear, density: float) -> nn.Module:
+    from sparseprop.modules import SparseLinear
+
+    # SparseProp keeps the nonzeros of a dense weight (it prunes, never grows): prune at random.
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(linear.weight.shape) < density)
+    return SparseLinear.from_dense(linear)
+
+
+def _sparselab_linear(linear: nn.Linear, density: float) -> nn.Module:
+    import sparselab
+
+    return sparselab.SparseLinear(linear.in_features, linear.out_features, sparsity=1 - density)
+
+
+PEERS = {
+    "sparseprop": Peer("sparseprop.modules", _sparseprop_linear, lambda m: m.W_val.numel(),
+                       lambda m: m.to_dense().weight.detach()),
+    "sparselab": Peer("sparselab", _sparselab_linear, lambda m: m.nnz, lambda m: m._csr.to_dense()),
+}
+PEER_LAYERS = ("fc1", "fc2")  # fc3 is dense at these ERK densities, as in ours
+
+
+@functools.cache
+def _import_problem(module: str) -> str | None:
+    """Why ``module`` cannot be used, or None. Imported in a child process first: an extension
+    built with -march=native for another CPU dies of SIGILL, which must not end the benchmark."""
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        return "not installed (`make bench-peers` installs it)"
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    if proc.returncode < 0:
+        return f"import {module} killed by {signal.Signals(-proc.returncode).name}"
+    if proc.returncode:
+        return f"import {module} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    return None
+
+
+def _set_omp_threads(n: int) -> None:
+    """Every OpenMP runtime in the process at ``n`` threads: a wheel may bundle its own libgomp
+    (SparseLab does), which ``torch.set_num_threads`` does not reach."""
+    maps = Path("/proc/self/maps")
+    libs = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line} if maps.exists() else ()
+    for lib in libs:
+        ctypes.CDLL(lib).omp_set_num_threads(n)
+
+
+def _peer_model(peer: Peer, densities: dict[str, float]) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model("mlp_cifar10")
+    for layer in PEER_LAYERS:
+        setattr(model, layer, peer.linear(getattr(model, layer), densities[f"{layer}.weight"]))
+    return model
+
+
+def check_peer(peer: Peer, model: nn.Module, densities: dict[str, float], x, y, steps: int = 5) -> dict:
+    """That a peer's step is a training step at our densities: its layers hold the density's
+    share of weights, one plain SGD step moves its weights exactly as it moves a masked dense
+    model with the same weights (forward, input and weight gradients, optimizer on the active
+    entries), and the benchmark's optimizer lowers the loss."""
+    layers = {name: getattr(model, name) for name in PEER_LAYERS}
+    before = {name: peer.dense(m).clone() for name, m in layers.items()}
+    density = {name: peer.nnz(m) / before[name].numel() for name, m in layers.items()}
+    reference = build_model("mlp_cifar10")
+    reference.fc3.load_state_dict(model.fc3.state_dict())
+    with torch.no_grad():
+        for name, m in layers.items():
+            getattr(reference, name).weight.copy_(before[name])
+            getattr(reference, name).bias.copy_(m.bias)
+    for net in (model, reference):
+        nn.functional.cross_entropy(net(x), y).backward()
+    with torch.no_grad():
+        for name in layers:
+            getattr(reference, name).weight.grad.mul_(before[name] != 0)
+        for net in (model, reference):
+            for p in net.parameters():
+                if p.grad is not None:
+                    p.sub_(0.1 * p.grad)
+                    p.grad = None
+    moved = max((getattr(reference, n).weight - before[n]).abs().max().item() for n in layers)
+    error = max((peer.dense(m) - getattr(reference, n).weight).abs().max().item() for n, m in layers.items())
+    opt = _sgd([p for p in model.parameters() if p.requires_grad])
+    losses = []
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    ok_density = all(abs(density[n] / densities[f"{n}.weight"] - 1) < 0.02 for n in layers)
+    return {"density": density, "sgd_step_error": error / moved, "loss": losses,
+            "ok": ok_density and error <= 1e-3 * moved and losses[-1] < losses[0]}
+
+
+def peer_steps(densities: dict[str, float]) -> tuple[dict, dict, dict]:
+    """The peers' steps at our per-layer densities, their checks, and why any peer is absent."""
+    steps, checks, problems = {}, {}, {}
     x, y = _batch()
-    for name, build in (("sparseprop", _sparseprop_layer), ("sparselab", _sparselab_layer)):
+    for name, peer in PEERS.items():
+        if problem := _import_problem(peer.module):
+            problems[name] = problem
+            continue
         try:
-            torch.manual_seed(0)
-            model = build_model("mlp_cifar10")
-            for layer in ("fc1", "fc2"):
-                setattr(model, layer, build(getattr(model, layer), densities[f"{layer}.weight"]))
+            with warnings.catch_warnings():  # the peers' own (torch's CSR is "beta", numpy views)
+                warnings.simplefilter("ignore", UserWarning)
+                model = _peer_model(peer, densities)
+                checks[name] = check_peer(peer, model, densities, x, y)
             opt = _sgd([p for p in model.parameters() if p.requires_grad])
 
             def step(model=model, opt=opt):
@@ -73,32 +191,10 @@ def peer_steps(densities: dict[str, float]) -> dict:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            step()
             steps[name] = step
-        except ImportError:
-            continue  # not installed: `make bench-peers` installs them
         except Exception as error:  # an installed peer that fails is reported, not fatal
-            steps[name] = f"{type(error).__name__}: {error}"
-    return steps
-
-
-def _masked_copy(linear: nn.Linear, density: float) -> nn.Linear:
-    with torch.no_grad():
-        keep = torch.rand(linear.weight.shape) < density
-        linear.weight.mul_(keep)
-    return linear
-
-
-def _sparseprop_layer(linear: nn.Linear, density: float) -> nn.Module:
-    from sparseprop.modules import SparseLinear
-
-    return SparseLinear.from_dense(_masked_copy(linear, density))
-
-
-def _sparselab_layer(linear: nn.Linear, density: float) -> nn.Module:
-    import sparselab
-
-    return sparselab.SparseLinear(linear.in_features, linear.out_features, sparsity=1 - density)
+            problems[name] = f"{type(error).__name__}: {error}"
+    return steps, checks, problems
 
 
 def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int = 2) -> dict:
@@ -107,8 +203,9 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
     ours_sp, ours = our_step(SparsityConfig(density=density, update_frequency=10**8, backend="auto"))
     _, dense = our_step(SparsityConfig(mode="dense"))
     runners = {"dense": dense, "masked": masked, "ours": ours}
-    peers = peer_steps(ours_sp.densities())
-    runners.update({k: v for k, v in peers.items() if callable(v)})
+    peers, checks, absent = peer_steps(ours_sp.densities())
+    runners.update(peers)
+    _set_omp_threads(threads)
     for fn in runners.values():
         for _ in range(3):
             fn()
@@ -121,8 +218,11 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
            "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
            "speedup_vs_dense": {k: statistics.median(d / t for d, t in zip(times["dense"], v))
                                 for k, v in times.items()},
+           # > 1: that step takes longer than ours (median of per-round ratios, like the speed-ups)
+           "time_vs_ours": {k: statistics.median(t / o for t, o in zip(v, times["ours"])) for k, v in times.items()},
+           "round_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
            "target_speedup": TARGETS.get(density), "threads": threads,
-           "peers_failed": {k: v for k, v in peers.items() if isinstance(v, str)}}
+           "peer_check": checks, "peers_absent": absent}
     out["met"] = out["speedup_vs_dense"]["ours"] >= TARGETS.get(density, 0)
     return out
 
@@ -172,28 +272,56 @@ def epoch_speed(epochs: int = 3, threads: int = 2) -> dict:
             "threads": threads}
 
 
+def _load() -> list[str] | None:
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else None
+
+
+def _print_steps(steps: dict, updates: dict | None = None) -> None:
+    for d, r in steps.items():
+        line = ", ".join(f"{k} {r['step_ms'][k]:.2f} ms (x{r['speedup_vs_dense'][k]:.2f})" for k in r["step_ms"])
+        print(f"MLP-CIFAR ERK {d}: {line}; target x{r['target_speedup']}")
+        if len(r["step_ms"]) > 3:
+            print("  time / ours: " + ", ".join(f"{k} x{v:.2f}" for k, v in r["time_vs_ours"].items() if k != "ours"))
+        for k, c in r["peer_check"].items():
+            dens = " / ".join(f"{v:.4f}" for v in c["density"].values())
+            print(f"  {k}: {'ok' if c['ok'] else 'CHECK FAILED'} (density {dens}, one SGD step off masked "
+                  f"dense by {c['sgd_step_error']:.1e} of the move, loss {c['loss'][0]:.4f} -> {c['loss'][-1]:.4f})")
+        for k, why in r["peers_absent"].items():
+            print(f"  {k}: not measured: {why}")
+        for k, u in (updates or {}).get(d, {}).items():
+            print(f"  update {k}: {u['update_ms']:.1f} ms = {u['in_steps']:.1f} steps")
+
+
+def step_main() -> None:
+    """Only the training step, ours against dense, masked and the peers (`make bench-peers`)."""
+    setup_threads(2)
+    load = _load()
+    steps = {str(d): step_speed(d) for d in (0.05, 0.02)}
+    steps_1thread = {str(d): step_speed(d, rounds=9, repeats=5, threads=1) for d in (0.05, 0.02)}
+    path = write_result("sparse_backend_step", {"batch": BATCH, "load_average_before": load, "step": steps,
+                                                "step_1_thread": steps_1thread, "load_average_after": _load()})
+    _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}})
+    print(f"wrote {path}")
+
+
 def main() -> None:
     setup_threads(2)
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
+    load = _load()
     steps = {str(d): step_speed(d) for d in (0.05, 0.02)}
     # One thread as well: a shared machine's load distorts two-thread timings far more.
     steps_1thread = {str(d): step_speed(d, rounds=9, repeats=5, threads=1) for d in (0.05, 0.02)}
     setup_threads(2)
     updates = {d: update_cost(float(d), steps[d]["step_ms"]["ours"]) for d in steps}
     epochs = epoch_speed()
-    load_after = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else None
     path = write_result("sparse_backend", {"batch": BATCH, "load_average_before": load, "step": steps,
                                            "step_1_thread": steps_1thread, "update": updates, "epoch": epochs,
-                                           "load_average_after": load_after})
-    for d, r in [*steps.items(), *((f"{d} (1 thread)", r) for d, r in steps_1thread.items())]:
-        line = ", ".join(f"{k} {r['step_ms'][k]:.2f} ms (x{r['speedup_vs_dense'][k]:.2f})" for k in r["step_ms"])
-        print(f"MLP-CIFAR ERK {d}: {line}; target x{r['target_speedup']}")
-        for k, u in updates.get(d, {}).items():
-            print(f"  update {k}: {u['update_ms']:.1f} ms = {u['in_steps']:.1f} steps")
+                                           "load_average_after": _load()})
+    _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}}, updates)
     print(f"{len(epochs['ours']['epoch_s'])} epochs end to end: dense {sum(epochs['dense']['epoch_s']):.1f} s, "
           f"ours {sum(epochs['ours']['epoch_s']):.1f} s (x{epochs['speedup_vs_dense']:.2f}, target x3)")
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    step_main() if sys.argv[1:] == ["step"] else main()
