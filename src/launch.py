@@ -36,10 +36,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
+from .config_groups import REGISTRY_GROUPS, registry_names
 from .records import FINISHED, RunLocked, config_hash, lock_holder, read_finished_result, read_result
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_search_path adds REPO, so sweeps/ is the `sweeps` group)
+CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
 
 ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
 
@@ -176,19 +177,10 @@ def finished_status(run_dir: Path) -> str | None:
     return result["status"] if result is not None else None
 
 
-def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
-    """Compose and validate every job of the sweep that `overrides` (plus any
-    `hydra.sweeper.params` of the selected configs) describes. Raises ValueError with the
-    field and the allowed values on the first invalid job, FileNotFoundError for missing
-    dataset files (unless `check_data` is false), and ValueError if two jobs are the same
-    experiment (they would share a run directory)."""
-    return _compose_sweep(overrides, check_data=check_data)
-
-
 def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
     """The launch's jobs, each composed and validated once, its launcher options checked and
     whether it is skipped decided; the launchers run these (`planned_job`)."""
-    jobs = _compose_sweep(overrides, check_data=check_data, detach=detach)
+    jobs = expand(overrides, check_data=check_data, detach=detach)
     for job in jobs:
         job.finished = finished_status(job.run_dir)
     return jobs
@@ -211,8 +203,12 @@ def planned_job(overrides, compose) -> Job:
     return job
 
 
-def _compose_sweep(overrides: list[str], *, check_data: bool, detach: bool = False) -> list[Job]:
-    """The sweep's jobs; the launcher's options are checked first."""
+def expand(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
+    """Compose and validate every job of the sweep that `overrides` (plus any
+    `hydra.sweeper.params` of the selected configs) describes, each once. Raises ValueError
+    with the field and the allowed values on the first invalid job or launcher option,
+    FileNotFoundError for missing dataset files (unless `check_data` is false), and
+    ValueError if two jobs are the same experiment (they would share a run directory)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -282,7 +278,7 @@ def _combinations(overrides) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes.values())]
 
 
-GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"sweeps", "hydra/launcher"}
+GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | set(REGISTRY_GROUPS) | {"sweeps", "hydra/launcher"}
 
 
 def _is_group_choice(line: str) -> bool:
@@ -332,7 +328,9 @@ def help_page() -> str:
     """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
     import textwrap
 
-    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir()) if p.is_dir()}
+    groups = {name: sorted({q.stem for q in (CONF_DIR / name).glob("*.yaml")}
+                           | set(registry_names(name) if name in REGISTRY_GROUPS else ()))
+              for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})}
     groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
     lines = [
         "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
