@@ -226,7 +226,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
         _check_launcher(base.hydra.launcher, detach)
         params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-        combinations = _combinations(parser.parse_overrides(sweep_lines))
+        combinations = sweep_combinations(parser.parse_overrides(sweep_lines))
         composed: dict[tuple[str, ...], DictConfig] = {}
         if combinations == [fixed] and not any(o.startswith("hydra.launcher.detach") for o in fixed):
             composed[tuple(fixed)] = base  # no sweep: the one job is the launch's own composition
@@ -261,9 +261,10 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
     return jobs
 
 
-def _combinations(overrides) -> list[list[str]]:
-    """The jobs of a sweep as Hydra's basic sweeper forms them: one value per key (a later
-    override of a key replaces an earlier one), the product over the keys in order."""
+def sweep_combinations(overrides) -> list[list[str]]:
+    """The jobs of a sweep (parsed overrides) as Hydra's basic sweeper forms them: one value
+    per key (a later override of a key replaces an earlier one), the product over the keys in
+    order. The app's sweeper (hydra_plugins/dst_config/sweeper.py) forms them with this too."""
     from hydra.errors import HydraException
 
     axes: dict[str, list[str]] = {}
@@ -408,13 +409,15 @@ def _hydra_entry(argv: list[str]) -> None:
     launcher runs the planned jobs), or Hydra's flags (--cfg job, --info ...)."""
     import hydra
 
-    sys.argv = [sys.argv[0], *argv]
-
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def task(cfg: DictConfig) -> dict:  # for launchers that run Hydra's task (hydra-submitit's, for DDP)
         return run_job(cfg)
 
-    task()
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # (hydra.main reads its arguments there)
+    try:
+        task()
+    finally:
+        sys.argv = saved
 
 
 def run_config_file(config_file: Path, run_dir: Path) -> int:

@@ -36,6 +36,25 @@ def test_a_sweep_is_composed_once_per_choice_of_config_groups(monkeypatch):
     assert len(calls) == 1  # a single run is the launch's own composition
 
 
+def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, monkeypatch):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    calls = []
+    compose_config = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
+                        lambda self, *args, **kwargs: calls.append(1) or compose_config(self, *args, **kwargs))
+    for seeds in ("1,2", "1,2,3,4,5,6"):
+        args = ["-m", "setup=smoke", f"seed={seeds}", f"runs_root={tmp_path}", "name=s"]
+        for job in expand(args[1:], check_data=False):  # finished runs: the launch starts no process
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            (job.run_dir / "result.json").write_text('{"status": "completed"}')
+        calls.clear()
+        assert main(args) == 0
+        # the launch's config and its one choice of config groups, then Hydra's own two of the
+        # launch's config (its mode, its sweep): none per job (before, 5 + 2 per job)
+        assert len(calls) == 4
+
+
 def test_jobs_are_what_hydra_composes_for_their_overrides():
     jobs = expand(["setup=smoke", "criterion=snip,mest", "seed=1,2", "sparsity.density=0.1,0.2",
                    "+data.kwargs.binary=false", "optim.milestones=[0.3,0.6]", "++logging.tags=[a]"],
