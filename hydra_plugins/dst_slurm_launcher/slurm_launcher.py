@@ -8,9 +8,8 @@
 
 The runs are the launch's planned jobs (composed and validated once by `python -m src.launch`;
 each task gets their resolved configs). Runs that already finished are not submitted. Each
-task is a `src.pack.Pack`; every launch
-writes `<sweep dir>/submission.json` (job ids, the runs of each job, the command line, the
-time), which `python -m src.launch status` reads.
+task is a `src.pack.Pack`; every launch writes `<sweep dir>/submission.json` (job ids, the
+runs of each job, the command line, the time), which `python -m src.launch status` reads.
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
