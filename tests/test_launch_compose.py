@@ -4,6 +4,7 @@ local job runs its resolved config without Hydra, and the config groups that onl
 registry entry come from the registry."""
 
 import json
+import logging
 
 import hydra
 import pytest
@@ -12,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 
 import src.launch
 from src.config_groups import REGISTRY_GROUPS, registry_names
-from src.launch import CONF_DIR, Job, expand, main, planned_job, to_run_config
+from src.launch import CONF_DIR, expand, main, planned_job, to_run_config
 from src.records import read_result
 
 
@@ -36,7 +37,17 @@ def test_a_sweep_is_composed_once_per_choice_of_config_groups(monkeypatch):
     assert len(calls) == 1  # a single run is the launch's own composition
 
 
-def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, monkeypatch):
+@pytest.fixture
+def keep_logging():
+    """Hydra's main configures the root logger for its run: put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, monkeypatch, keep_logging):
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
     calls = []
