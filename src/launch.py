@@ -5,8 +5,11 @@
     python -m src.launch -m +sweeps=mlp_dst launcher=slurm hydra.launcher.partition=gpu
     python -m src.launch -m +sweeps=mlp_dst --dry-run      # count and show, launch nothing
 
-Before anything is launched, every job of the sweep is composed and validated (names,
-ranges, dataset files): one bad value stops the sweep with a message naming the field.
+Before anything is launched, every job of the sweep is composed and validated once (names,
+ranges, dataset files): one bad value stops the sweep with a message naming the field. The
+launchers run those resolved configs (a local job is `python -m src.launch --run-config
+<its config.json> --run-dir <run dir>`; a SLURM job gets the config pickled): no job is
+composed again.
 Each run's directory is `runs_root/name/<slug>-<hash of the run's identity>`, so launching a
 sweep again skips completed runs, resumes interrupted ones from their checkpoints, and retries
 failed ones. A failing run is recorded and never stops the others; the sweep ends with a
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
+import json
 import os
 import re
 import signal
@@ -31,11 +36,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
+from .config_groups import REGISTRY_GROUPS, registry_names
 from .records import FINISHED, RunLocked, config_hash, lock_holder, read_finished_result, read_result
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
-SEARCH_PATH = f"hydra.searchpath=[file://{REPO}]"  # makes sweeps/ the `sweeps` config group
+CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
 
 ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
 
@@ -73,19 +78,23 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    """Run one configured job in its run directory; never raises for a failing run."""
-    return run_one(*job_of(cfg))
+    """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as
+    hydra-submitit's does for DDP) in its run directory; never raises for a failing run."""
+    run_cfg, run_dir = job_of(cfg)
+    status = finished_status(run_dir)
+    if status is not None:
+        print(f"skipped (already {status}): {run_dir}", flush=True)
+        return {"status": "skipped", "run_dir": str(run_dir)}
+    return run_one(run_cfg, run_dir)
 
 
 def run_one(run_cfg: RunConfig, run_dir: Path, stop: "_PreemptionFlag | None" = None) -> dict:
-    """Run, resume or skip one run in its directory; never raises for a failing run. Its
-    output also goes to `<run_dir>/train.log`."""
+    """Run or resume one run in its directory; never raises for a failing run. Its output
+    also goes to `<run_dir>/train.log`. Whether to skip it was decided by the launch
+    (`finished_status`); `train` only makes sure, under the run's lock, that no other
+    launcher finished it meanwhile."""
     from .runinfo import LOG, tee_output
 
-    previous = read_finished_result(run_dir)
-    if previous is not None:
-        print(f"skipped (already {previous['status']}): {run_dir}", flush=True)
-        return {"status": "skipped", "run_dir": str(run_dir)}
     with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
         return _run_job(run_cfg, run_dir, stop)
 
@@ -152,16 +161,55 @@ class Job:
     overrides: list[str]
     config: RunConfig
     run_dir: Path
+    finished: str | None = None  # "completed" / "diverged" when the launch skips it (`finished_status`)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The job's overrides as Hydra's sweeper passes them to a launcher (no `hydra.*` ones)."""
+        return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
 
 
-def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
+def finished_status(run_dir: Path) -> str | None:
+    """The status of a run that is never run again (completed, diverged), else None: the one
+    decision to skip a run. A launch takes it once for all its runs (`plan`), a SLURM pack
+    again at each start of its job (a requeue)."""
+    result = read_finished_result(run_dir)
+    return result["status"] if result is not None else None
+
+
+def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
+    """The launch's jobs, each composed and validated once, its launcher options checked and
+    whether it is skipped decided; the launchers run these (`planned_job`)."""
+    jobs = expand(overrides, check_data=check_data, detach=detach)
+    for job in jobs:
+        job.finished = finished_status(job.run_dir)
+    return jobs
+
+
+# The jobs of the launch in progress, by the overrides Hydra's sweeper gives the launcher.
+_PLANNED: dict[tuple[str, ...], Job] = {}
+
+
+def planned_job(overrides, compose) -> Job:
+    """The job of a launcher's `overrides`, as `plan` composed it. A launch that did not go
+    through `main` (Hydra flags such as --config-dir) has no plan: the launcher's `compose()`
+    (Hydra's `load_sweep_config`) composes the job then."""
+    if not _PLANNED:
+        run_cfg, run_dir = job_of(compose())
+        return Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir))
+    job = _PLANNED.get(tuple(overrides))
+    if job is None:
+        raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
+    return job
+
+
+def expand(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
     """Compose and validate every job of the sweep that `overrides` (plus any
-    `hydra.sweeper.params` of the selected configs) describes. Raises ValueError with the
-    field and the allowed values on the first invalid job, FileNotFoundError for missing
-    dataset files (unless `check_data` is false), and ValueError if two jobs are the same
-    experiment (they would share a run directory)."""
+    `hydra.sweeper.params` of the selected configs) describes, each once. Raises ValueError
+    with the field and the allowed values on the first invalid job or launcher option,
+    FileNotFoundError for missing dataset files (unless `check_data` is false), and
+    ValueError if two jobs are the same experiment (they would share a run directory)."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -172,18 +220,24 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         parsed = parser.parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        base = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True)
+        # (without --detach's option: its absence from a local launcher is reported by _check_launcher)
+        base = compose("config", overrides=[o for o in fixed if not o.startswith("hydra.launcher.detach")],
+                       return_hydra_config=True)
+        _check_launcher(base.hydra.launcher, detach)
         params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-        (combinations,) = BasicSweeper.split_arguments(parser.parse_overrides(sweep_lines), None)
+        combinations = sweep_combinations(parser.parse_overrides(sweep_lines))
         composed: dict[tuple[str, ...], DictConfig] = {}
+        if combinations == [fixed] and not any(o.startswith("hydra.launcher.detach") for o in fixed):
+            composed[tuple(fixed)] = base  # no sweep: the one job is the launch's own composition
         jobs, checked = [], set()
         for combo in combinations:
             # Composing is slow (tens of ms), so each distinct choice of config groups is
-            # composed once and plain `key=value` overrides are applied to a copy, as Hydra would.
-            groups = tuple(o for o in combo if _is_group_choice(o))
+            # composed once, and plain `key=value` overrides are applied to a copy by
+            # `_apply`, as Hydra's composition applies them.
+            groups = tuple(combo) if tuple(combo) in composed else tuple(o for o in combo if _is_group_choice(o))
             if groups not in composed:
-                composed[groups] = compose("config", overrides=[SEARCH_PATH, *groups])
+                composed[groups] = compose("config", overrides=list(groups))
             try:
                 cfg = copy.deepcopy(composed[groups])
                 for line in combo:
@@ -207,7 +261,25 @@ def expand(overrides: list[str], *, check_data: bool = True) -> list[Job]:
     return jobs
 
 
-GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"sweeps", "hydra/launcher"}
+def sweep_combinations(overrides) -> list[list[str]]:
+    """The jobs of a sweep (parsed overrides) as Hydra's basic sweeper forms them: one value
+    per key (a later override of a key replaces an earlier one), the product over the keys in
+    order. The app's sweeper (hydra_plugins/dst_config/sweeper.py) forms them with this too."""
+    from hydra.errors import HydraException
+
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"BasicSweeper does not support sweep type : {override.value_type.name}")
+    return [list(combo) for combo in itertools.product(*axes.values())]
+
+
+GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | set(REGISTRY_GROUPS) | {"sweeps", "hydra/launcher"}
 
 
 def _is_group_choice(line: str) -> bool:
@@ -217,19 +289,30 @@ def _is_group_choice(line: str) -> bool:
 
 
 def _apply(cfg: DictConfig, override) -> None:
-    """Apply a `key=value` / `+key=value` override the way Hydra does."""
+    """Apply a `key=value` / `+key=value` / `++key=value` override to a composed config by
+    Hydra's rules for them (Hydra has no public API for this step of its composition)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key, value = override.key_or_group, override.value()
     if override.is_delete():
         raise ValueError(f"{override.input_line}: deletions are not supported in sweeps")
-    OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True, force_add=override.is_add() or override.is_force_add())
+    if override.is_add() and OmegaConf.select(cfg, key, throw_on_missing=False) is not None \
+            and not isinstance(value, (dict, list)):
+        raise ValueError(f"Could not append to config. An item is already at '{key}'.")
+    try:
+        OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
+    except (ConfigAttributeError, ConfigKeyError) as error:
+        raise ValueError(f"Could not override '{key}'.\nTo append to your config use +{override.input_line}") \
+            from error
 
 
-def summarize(jobs: list[Job], before: dict[Path, str | None]) -> dict[str, int]:
+def summarize(jobs: list[Job]) -> dict[str, int]:
     """Count the sweep's runs by outcome: skipped (finished before this launch), completed,
     diverged, failed, interrupted, running elsewhere (another process holds the run's lock),
     missing (no result: never ran, or killed). Failed runs' errors are printed."""
     counts: dict[str, int] = {}
     for job in jobs:
-        if before.get(job.run_dir) in FINISHED:
+        if job.finished:
             outcome = "skipped"
         else:
             result = read_result(job.run_dir)
@@ -246,7 +329,9 @@ def help_page() -> str:
     """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
     import textwrap
 
-    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir()) if p.is_dir()}
+    groups = {name: sorted({q.stem for q in (CONF_DIR / name).glob("*.yaml")}
+                           | set(registry_names(name) if name in REGISTRY_GROUPS else ()))
+              for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})}
     groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
     lines = [
         "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
@@ -302,13 +387,8 @@ def hydra_message(error: Exception) -> str:
     return message
 
 
-def _check_launcher(overrides: list[str], detach: bool) -> None:
+def _check_launcher(launcher: DictConfig, detach: bool) -> None:
     """The launcher's own options, checked before anything is submitted."""
-    from hydra import compose, initialize_config_dir
-
-    fixed = [o for o in overrides if "," not in o and "(" not in o and not o.startswith("hydra.launcher.detach")]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        launcher = compose("config", overrides=[SEARCH_PATH, *fixed], return_hydra_config=True).hydra.launcher
     if detach and "detach" not in launcher:
         raise ValueError("--detach: needs a SLURM launcher that submits and returns "
                          "(launcher=slurm or launcher=slurm_gpu)")
@@ -324,26 +404,27 @@ def _user_overrides(overrides: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- entry point
-def _hydra_entry() -> None:
+def _hydra_entry(argv: list[str]) -> None:
+    """Hydra's own entry point with these command-line arguments: a sweep's launch (its
+    launcher runs the planned jobs), or Hydra's flags (--cfg job, --info ...)."""
     import hydra
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def task(cfg: DictConfig) -> dict:
+    def task(cfg: DictConfig) -> dict:  # for launchers that run Hydra's task (hydra-submitit's, for DDP)
         return run_job(cfg)
 
-    task()
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # (hydra.main reads its arguments there)
+    try:
+        task()
+    finally:
+        sys.argv = saved
 
 
-def _with_search_path(argv: list[str]) -> list[str]:
-    """argv for Hydra with the sweeps search path added: overrides first, flags after
-    (Hydra's parser takes its positional overrides as one run)."""
-    from hydra._internal.utils import get_args_parser
-
-    overrides = get_args_parser().parse_args(argv).overrides
-    rest = list(argv)
-    for o in overrides:
-        rest.remove(o)
-    return [sys.argv[0], *overrides, SEARCH_PATH, *rest]
+def run_config_file(config_file: Path, run_dir: Path) -> int:
+    """`python -m src.launch --run-config FILE --run-dir DIR`: run a resolved run config (a
+    local launcher's job); exit status 1 when the run failed or was interrupted."""
+    result = run_one(RunConfig.from_dict(json.loads(Path(config_file).read_text())), Path(run_dir))
+    return 1 if result["status"] in ("failed", "interrupted") else 0
 
 
 def _die_with_launcher() -> None:
@@ -378,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         from .status import main as status_main
 
         return status_main(argv[1:])
+    if argv[:1] == ["--run-config"] and argv[2:3] == ["--run-dir"] and len(argv) == 4:
+        return run_config_file(Path(argv[1]), Path(argv[3]))
     if "--help" in argv or "-h" in argv:
         print(help_page())
         return 0
@@ -390,13 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     hydra_flags = [a for a in argv if a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in hydra_flags) and not dry_run:
         # --cfg job, --help, --info ...: plain Hydra behaviour, nothing to validate or launch
-        sys.argv = _with_search_path(argv)
-        _hydra_entry()
+        _hydra_entry(argv)
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
     try:
-        _check_launcher(overrides, detach)
-        jobs = expand(overrides, check_data=not dry_run)
+        jobs = plan(overrides, check_data=not dry_run, detach=detach)
     except (ValueError, FileNotFoundError, HydraException) as error:
         print(f"error: {hydra_message(error)}", file=sys.stderr)
         return 2
@@ -407,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
         return 2
-    before = {job.run_dir: (read_result(job.run_dir) or {}).get("status") for job in jobs}
-    done = sum(status in FINISHED for status in before.values())
+    done = sum(job.finished is not None for job in jobs)
     print(f"{len(jobs)} run(s); {done} already finished (will be skipped)")
     if dry_run:
         for job in jobs[:5]:
@@ -417,17 +497,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ... and {len(jobs) - 5} more")
         print("note: dataset files were not checked (--dry-run); a launch checks them before starting")
         return 0
-    argv += _sweep_dir_override(argv, jobs)
-    sys.argv = _with_search_path(argv)
-    try:
-        _hydra_entry()
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            print(f"hydra exited with {exit_.code}", file=sys.stderr)
-    if detach:
-        print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
-        return 0
-    counts = summarize(jobs, before)
+    if multirun:
+        _PLANNED.update({job.key: job for job in jobs})
+        try:  # Hydra's sweep and launcher plugin, which run the planned jobs
+            _hydra_entry(["-m", *overrides, *_sweep_dir_override(argv, jobs)])
+        except SystemExit as exit_:
+            if exit_.code not in (0, None):
+                print(f"hydra exited with {exit_.code}", file=sys.stderr)
+        finally:
+            _PLANNED.clear()
+        if detach:
+            print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
+            return 0
+    else:
+        (job,) = jobs
+        if job.finished:
+            print(f"skipped (already {job.finished}): {job.run_dir}", flush=True)
+        else:
+            run_one(job.config, job.run_dir)
+    counts = summarize(jobs)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")
     return 1 if counts.get("failed") or counts.get("missing") or counts.get("interrupted") else 0

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import CHECKPOINT, atomic_write_text, read_finished_result, read_result
+from .records import CHECKPOINT, atomic_write_text, read_result
 
 SUBMISSION = "submission.json"
 
@@ -40,10 +40,11 @@ class Pack:
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
         from . import train  # noqa: F401  (imported once here, inherited by every forked run)
-        from .launch import _PreemptionFlag
+        from .launch import _PreemptionFlag, finished_status
 
         stop = _PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
-        todo = [r for r in runs if read_finished_result(Path(r.run_dir)) is None]
+        # decided again at each start: a requeued job finds the runs its last attempt finished
+        todo = [r for r in runs if finished_status(Path(r.run_dir)) is None]
         print(f"pack of {len(runs)} run(s): {len(runs) - len(todo)} already finished, "
               f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each", flush=True)
         fork = multiprocessing.get_context("fork")

@@ -34,6 +34,13 @@ def slurm_ids() -> dict:
     return {"slurm_job_id": job, "slurm_array_task_id": int(task) if task is not None else None}
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: the SLURM allocation, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK"):
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def whereabouts() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), **slurm_ids()}
 

@@ -32,18 +32,11 @@ from .data import build_dataset, make_loaders
 from .models import build_model, model_info
 from .records import (RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_torch_save, claim_run_dir,
                       code_version, config_hash, read_finished_result)
-from .runinfo import LOG, Heartbeat, provenance, tee_output
+from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
 
 
 # ---------------------------------------------------------------------------- set-up helpers
-def available_cpus() -> int:
-    """CPUs this process may use: the SLURM allocation, else the affinity mask."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -1,9 +1,12 @@
 """A Hydra launcher that runs a sweep's jobs on this machine with bounded concurrency.
 
-Each job runs as its own `python -m src.launch` process (so a crash or a leak stays in its
-run) with its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and
-`train.threads`; at most `max_workers` (default: CPUs // threads_per_job) run at once, so
-the cores are never oversubscribed. Each job's output goes to `<sweep dir>/<job num>/job.log`.
+Each job runs its resolved run config, as planned (composed and validated) by
+`python -m src.launch`, in its own process (so a crash or a leak stays in its run):
+`python -m src.launch --run-config <sweep dir>/<job num>/config.json --run-dir <run dir>`,
+with its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and `train.threads`;
+at most `max_workers` (default: CPUs // threads_per_job) run at once, so the cores are never
+oversubscribed. A run the launch found finished starts no process. Each job's output goes to
+`<sweep dir>/<job num>/job.log`.
 
 Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
 jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
@@ -15,6 +18,7 @@ them in sys.modules, which string annotations on dataclasses need.)
 """
 
 
+import json
 import logging
 import os
 import signal
@@ -47,7 +51,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="dst_local", node=Loca
 
 class LocalPoolLauncher(Launcher):
     def __init__(self, threads_per_job: int = 1, max_workers: Optional[int] = None) -> None:
-        from src.train import available_cpus  # not at import: plugin discovery must stay light
+        from src.runinfo import available_cpus
 
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
@@ -94,10 +98,12 @@ class LocalPoolLauncher(Launcher):
     def _run(self, sweep_dir: Path, idx: int, overrides: List[str]) -> JobReturn:
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
-        from src.records import read_finished_result
+        from src.launch import planned_job
 
-        run_dir = self._run_dir(overrides)
-        if read_finished_result(run_dir) is not None:  # no process start for a run that is already done
+        job = planned_job(overrides, lambda: self.hydra_context.config_loader.load_sweep_config(
+            self.config, list(overrides)))
+        run_dir = job.run_dir
+        if job.finished:  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             self.progress.skipped()
             return ret
@@ -108,9 +114,11 @@ class LocalPoolLauncher(Launcher):
         threads = str(self.threads_per_job)
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                "DST_LAUNCHER_PID": str(os.getpid())}
-        search_path = [a for a in sys.argv if a.startswith("hydra.searchpath=")]
-        cmd = [sys.executable, "-m", "src.launch", *overrides, *search_path, f"train.threads={threads}",
-               "train.progress=false", f"hydra.run.dir={job_dir}"]
+        config = job.config.to_dict()
+        config["train"].update(threads=self.threads_per_job, progress=False)
+        (job_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        cmd = [sys.executable, "-m", "src.launch", "--run-config", str(job_dir / "config.json"),
+               "--run-dir", str(run_dir)]
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
         started = self.progress.started()
         # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on once.
@@ -132,11 +140,6 @@ class LocalPoolLauncher(Launcher):
             ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {job_dir / 'job.log'}:\n"
                                             + _tail(job_dir / "job.log"))
         return ret
-
-    def _run_dir(self, overrides: List[str]) -> Path:
-        from src.launch import job_of
-
-        return job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))[1]
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -6,9 +6,10 @@
     hydra.launcher.detach=true        submit, write the submission record, return at once
                                       (what `python -m src.launch --detach` sets)
 
-Runs that already finished are not submitted. Each task is a `src.pack.Pack`; every launch
-writes `<sweep dir>/submission.json` (job ids, the runs of each job, the command line, the
-time), which `python -m src.launch status` reads.
+The runs are the launch's planned jobs (composed and validated once by `python -m src.launch`;
+each task gets their resolved configs). Runs that already finished are not submitted. Each
+task is a `src.pack.Pack`; every launch writes `<sweep dir>/submission.json` (job ids, the
+runs of each job, the command line, the time), which `python -m src.launch status` reads.
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
@@ -48,19 +49,21 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.launch import job_of
+        from src.launch import planned_job
         from src.pack import Pack, PackedRun, write_submission
-        from src.records import read_finished_result
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        runs = []
+        runs, finished = [], set()
         for i, overrides in enumerate(job_overrides):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            run_cfg, run_dir = job_of(cfg)
-            runs.append(PackedRun(initial_job_idx + i, list(overrides), str(run_dir.resolve()), run_cfg.to_dict()))
-        todo = [r for r in runs if read_finished_result(Path(r.run_dir)) is None]
+            job = planned_job(overrides, lambda: self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)))
+            runs.append(PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()),
+                                  job.config.to_dict()))
+            if job.finished:
+                finished.add(runs[-1].run_dir)
+        todo = [r for r in runs if r.run_dir not in finished]
         k = self.runs_per_job
         packs = [todo[i:i + k] for i in range(0, len(todo), k)]
         cpus = self.params.get("cpus_per_task") or 1
