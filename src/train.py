@@ -114,6 +114,12 @@ class Task:
         return (pred == y).sum()
 
 
+# On the CPU an evaluation batch is computed in chunks of this many samples: larger ones spill
+# the activations out of the caches (LeNet-5, Fashion-MNIST's 16k evaluation samples, 2
+# threads: 0.64 s in batches of 1000, 0.43 s in chunks of 256). A GPU takes whole batches.
+CPU_EVAL_CHUNK = 256
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, task: Task) -> dict:
     """Mean loss and accuracy (%) over a split; one host synchronisation at the end."""
@@ -122,11 +128,13 @@ def evaluate(model: nn.Module, loader, task: Task) -> dict:
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    for x, y in loader:
-        out = model(x)
-        loss_sum += task.loss(out, y) * len(y)
-        correct += task.correct(out, y)
-        n += len(y)
+    chunk = CPU_EVAL_CHUNK if device.type == "cpu" else None
+    for batch_x, batch_y in loader:
+        for x, y in zip(batch_x.split(chunk or len(batch_x)), batch_y.split(chunk or len(batch_y))):
+            out = model(x)
+            loss_sum += task.loss(out, y) * len(y)
+            correct += task.correct(out, y)
+            n += len(y)
     model.train()
     loss, acc = torch.stack([loss_sum, correct.float()]).tolist()
     return {"loss": loss / max(n, 1), "acc": 100.0 * acc / max(n, 1)}

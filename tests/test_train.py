@@ -268,3 +268,21 @@ def test_wandb_run_is_grouped_by_sweep_and_logs_epochs_and_updates(tmp_path, mon
     assert len(epochs) == 2 and len(updates) == len(read_metrics(run_dir, "update")) > 0
     steps = [s for s, _ in logged]
     assert steps == sorted(steps)  # one x-axis (the optimizer step) for both
+
+
+def test_evaluation_in_cpu_chunks_equals_whole_batches():
+    from src.models import build_model
+    from src.train import CPU_EVAL_CHUNK, Task, evaluate
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", 10)
+    x, y = torch.randn(1100, 1, 28, 28), torch.randint(0, 10, (1100,))
+    batches = [(x[:1000], y[:1000]), (x[1000:], y[1000:])]  # one batch larger than the chunk
+    assert CPU_EVAL_CHUNK < 1000
+    got = evaluate(model, batches, Task(binary=False))
+    assert model.training  # left in training mode
+    with torch.no_grad():
+        out = model.eval()(x)
+    expected_loss = torch.nn.functional.cross_entropy(out, y).item()
+    assert got["acc"] == 100.0 * (out.argmax(1) == y).sum().item() / 1100
+    assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
