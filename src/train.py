@@ -130,7 +130,8 @@ def evaluate(model: nn.Module, loader, task: Task) -> dict:
     n = 0
     chunk = CPU_EVAL_CHUNK if device.type == "cpu" else None
     for batch_x, batch_y in loader:
-        for x, y in zip(batch_x.split(chunk or len(batch_x)), batch_y.split(chunk or len(batch_y))):
+        chunks = zip(batch_x.split(chunk), batch_y.split(chunk)) if chunk else [(batch_x, batch_y)]
+        for x, y in chunks:
             out = model(x)
             loss_sum += task.loss(out, y) * len(y)
             correct += task.correct(out, y)

@@ -10,7 +10,7 @@ from .registry import register_model
 
 # _POOL_FIRST: max-pooling and ReLU commute exactly (ReLU is monotone), in the output and in
 # the gradient (the same window maximum is selected), so pooling first gives the same network
-# with the ReLU and its backward on a 4x smaller tensor (~8 % of a LeNet-5 training step).
+# with the ReLU and its backward on a 4x smaller tensor (~6 % of a LeNet-5 training step).
 
 
 @register_model("conv_cifar10", input_shape=(3, 32, 32), default_num_classes=10, is_conv=True)
