@@ -14,7 +14,9 @@ epochs (3 by default). Each cell is trained by three implementations:
 
 The metric is the final model's test accuracy (the reference's ``eval_acc``). ``table``
 compares each project variant with the reference per cell by Welch's t-test (two-sided) and
-pools the per-cell differences of the sparse cells by inverse-variance weighting (a z-test).
+pools the sparse cells per seed: the cells of one seed share its initialisation and data order,
+so their differences are not independent; the seed is the unit (for each seed, the mean over
+the sparse cells of project - reference; a one-sample t-test over the seeds).
 
 Every run is one subprocess writing ``<out>/<impl>/<cell>/s<seed>/result.json`` atomically;
 ``run`` skips runs that have one, so it resumes after an interruption. Runs go cell by cell
@@ -209,10 +211,11 @@ def sweep(args) -> int:
 
 # ---------------------------------------------------------------------------- statistics
 def load(out: Path) -> dict:
+    """(impl, cell) -> {seed: final test accuracy}."""
     values: dict = {}
     for path in sorted(out.glob("*/*/s*/result.json")):
         r = json.loads(path.read_text())
-        values.setdefault((r["impl"], r["cell"]), []).append(r["final_test_acc"])
+        values.setdefault((r["impl"], r["cell"]), {})[r["seed"]] = r["final_test_acc"]
     return values
 
 
@@ -230,24 +233,28 @@ def welch(a: list[float], b: list[float]) -> float:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def pooled(diffs: list[tuple[float, float]]) -> tuple[float, float, float]:
-    """Inverse-variance weighted mean of per-cell differences, its standard error and p (z)."""
+def seed_pooled(values: dict, impl: str, cells: list[str]) -> tuple[float, float, float, int]:
+    """Mean over seeds of (mean over ``cells`` of impl - reference), its standard error, the
+    two-sided p of a one-sample t-test over the seeds, and the number of seeds. Only seeds
+    present in every cell for both implementations count."""
     from scipy import stats
 
-    usable = [(d, v) for d, v in diffs if v > 0 and math.isfinite(v)]
-    if not usable:
-        return float("nan"), float("nan"), float("nan")
-    weights = [1 / v for _, v in usable]
-    mean = sum(w * d for w, (d, _) in zip(weights, usable)) / sum(weights)
-    se = math.sqrt(1 / sum(weights))
-    return mean, se, float(2 * stats.norm.sf(abs(mean / se)))
+    seeds = sorted(set.intersection(*[set(values.get((i, c), {})) for c in cells for i in (impl, "reference")])) \
+        if cells else []
+    per_seed = [sum(values[(impl, c)][s] - values[("reference", c)][s] for c in cells) / len(cells) for s in seeds]
+    if len(per_seed) < 2:
+        return float("nan"), float("nan"), float("nan"), len(per_seed)
+    mean, sd = mean_sd(per_seed)
+    p = float(stats.ttest_1samp(per_seed, 0.0).pvalue) if sd > 0 else (1.0 if mean == 0 else 0.0)
+    return mean, sd / math.sqrt(len(per_seed)), p, len(per_seed)
 
 
 def write_table(out: Path) -> str:
-    values = load(out)
+    by_seed = load(out)
+    values = {key: list(accs.values()) for key, accs in by_seed.items()}
     lines = ["| cell | reference | compat | diff | p (Welch) | clean | diff | p (Welch) |",
              "|---|---|---|---|---|---|---|---|"]
-    diffs = {"compat": [], "clean": []}
+    sparse_cells = {"compat": [], "clean": []}
     fmt = lambda v: "—" if not v else f"{mean_sd(v)[0]:.2f} ± {mean_sd(v)[1]:.2f} ({len(v)})"  # noqa: E731
     pooled_rows = {name: {impl: [v for c in cells for v in values.get((impl, c), [])] for impl in IMPLS}
                    for name, cells in POOLED.items()
@@ -265,15 +272,17 @@ def write_table(out: Path) -> str:
                 p = welch(other, ref)
                 row += [fmt(other), f"{d:+.2f}", "—" if math.isnan(p) else f"{p:.3f}"]
                 # pooled rows repeat their cells' runs: not counted again in the pooled difference
-                if cell in CELLS and CELLS[cell]["mode"] != "dense" and len(ref) > 1 and len(other) > 1:
-                    diffs[impl].append((d, mean_sd(ref)[1] ** 2 / len(ref) + mean_sd(other)[1] ** 2 / len(other)))
+                if cell in CELLS and CELLS[cell]["mode"] != "dense":
+                    sparse_cells[impl].append(cell)
             else:
                 row += [fmt(other), "—", "—"]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     for impl in ("compat", "clean"):
-        mean, se, p = pooled(diffs[impl])
-        lines.append(f"Pooled {impl} - reference over {len(diffs[impl])} sparse cells (inverse-variance weighted): "
+        cells = sparse_cells[impl]
+        mean, se, p, n = seed_pooled(by_seed, impl, cells)
+        lines.append(f"Pooled {impl} - reference over {len(cells)} sparse cells, per seed ({n} seeds in all of "
+                     f"them; one-sample t over the seeds): "
                      + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}"))
     text = ("Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n"
             + "\n".join(lines) + "\n")

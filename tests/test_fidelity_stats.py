@@ -43,7 +43,7 @@ def test_table_statistics(tmp_path):
     text = fs.write_table(tmp_path)
     # equal variances, difference -1, sd 1, n 3: Welch t = -1.2247, df 4, p = 0.2879
     assert "| static_d0.2 | 81.00 ± 1.00 (3) | 80.00 ± 1.00 (3) | -1.00 | 0.288 |" in text
-    assert "Pooled compat - reference over 1 sparse cells" in text and "-1.000 ± 0.816 (SE)" in text
+    assert "Pooled compat - reference over 1 sparse cells, per seed (3 seeds" in text and "-1.000 ± 0.000" in text
     assert "5 criteria pooled" not in text  # no member cell yet
     for cell, values in {"dst_d0.2_u800_random_set": [70.0, 72.0], "dst_d0.2_u800_random_snip": [74.0, 76.0]}.items():
         for impl in ("reference", "clean"):
@@ -55,9 +55,13 @@ def test_table_statistics(tmp_path):
     text = fs.write_table(tmp_path)
     # the pooled row: 4 runs each side (70, 72, 74, 76 vs +1), every member's seeds
     assert "| dst_d0.2_u800_random, 5 criteria pooled | 73.00 ± 2.58 (4) | — | — | — | 74.00 ± 2.58 (4) | +1.00 |" in text
-    assert "Pooled clean - reference over 2 sparse cells" in text  # the pooled row is not counted twice
-    mean, se, p = fs.pooled([(-1.0, 1.0), (1.0, 1.0)])
-    assert (mean, p) == (0.0, 1.0) and se == pytest.approx(0.5 ** 0.5)
+    assert "Pooled clean - reference over 2 sparse cells, per seed (2 seeds" in text  # pooled row not counted twice
+    # the seed is the unit: per seed the mean difference over the cells; seeds missing in a cell drop out
+    values = {("clean", "a"): {1: 1.0, 2: 2.0, 3: 4.0}, ("reference", "a"): {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0},
+              ("clean", "b"): {1: 1.0, 2: 2.0, 3: 2.0, 4: 9.0}, ("reference", "b"): {1: 0.0, 2: 0.0, 3: 0.0}}
+    mean, se, p, n = fs.seed_pooled(values, "clean", ["a", "b"])
+    # per seed 1, 2, 3: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464 with 2 df: p = 0.0742
+    assert (mean, n) == (2.0, 3) and se == pytest.approx(3 ** -0.5) and p == pytest.approx(0.0742, abs=1e-4)
 
 
 @pytest.mark.slow
