@@ -190,6 +190,8 @@ def sweep(args) -> int:
     def launch(job) -> tuple:
         impl, cell, seed = job
         run_dir = run_dir_of(out, impl, cell, seed)
+        if (run_dir / "result.json").exists():  # finished meanwhile (by another sweep on this directory)
+            return job, 0
         if run_dir.exists():  # an interrupted attempt: start it again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
