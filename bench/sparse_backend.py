@@ -293,12 +293,20 @@ def _print_steps(steps: dict, updates: dict | None = None) -> None:
             print(f"  update {k}: {u['update_ms']:.1f} ms = {u['in_steps']:.1f} steps")
 
 
+def _step_comparison() -> tuple[dict, dict]:
+    """The training step at ERK 0.05 and 0.02, on 2 threads and on 1 (a shared machine's load
+    distorts two-thread timings far more); leaves the benchmark on 2 threads."""
+    steps = {str(d): step_speed(d) for d in (0.05, 0.02)}
+    steps_1thread = {str(d): step_speed(d, rounds=9, repeats=5, threads=1) for d in (0.05, 0.02)}
+    setup_threads(2)
+    return steps, steps_1thread
+
+
 def step_main() -> None:
     """Only the training step, ours against dense, masked and the peers (`make bench-peers`)."""
     setup_threads(2)
     load = _load()
-    steps = {str(d): step_speed(d) for d in (0.05, 0.02)}
-    steps_1thread = {str(d): step_speed(d, rounds=9, repeats=5, threads=1) for d in (0.05, 0.02)}
+    steps, steps_1thread = _step_comparison()
     path = write_result("sparse_backend_step", {"batch": BATCH, "load_average_before": load, "step": steps,
                                                 "step_1_thread": steps_1thread, "load_average_after": _load()})
     _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}})
@@ -308,10 +316,7 @@ def step_main() -> None:
 def main() -> None:
     setup_threads(2)
     load = _load()
-    steps = {str(d): step_speed(d) for d in (0.05, 0.02)}
-    # One thread as well: a shared machine's load distorts two-thread timings far more.
-    steps_1thread = {str(d): step_speed(d, rounds=9, repeats=5, threads=1) for d in (0.05, 0.02)}
-    setup_threads(2)
+    steps, steps_1thread = _step_comparison()
     updates = {d: update_cost(float(d), steps[d]["step_ms"]["ours"]) for d in steps}
     epochs = epoch_speed()
     path = write_result("sparse_backend", {"batch": BATCH, "load_average_before": load, "step": steps,
