@@ -55,15 +55,14 @@ class PackedSlurmLauncher(SlurmLauncher):
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        runs, finished = [], set()
+        runs, todo = [], []  # todo: the runs not finished (the launch's plan decided it)
         for i, overrides in enumerate(job_overrides):
             job = planned_job(overrides, lambda: self.hydra_context.config_loader.load_sweep_config(
                 self.config, list(overrides)))
             runs.append(PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()),
                                   job.config.to_dict()))
-            if job.finished:
-                finished.add(runs[-1].run_dir)
-        todo = [r for r in runs if r.run_dir not in finished]
+            if not job.finished:
+                todo.append(runs[-1])
         k = self.runs_per_job
         packs = [todo[i:i + k] for i in range(0, len(todo), k)]
         cpus = self.params.get("cpus_per_task") or 1
