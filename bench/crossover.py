@@ -1,14 +1,17 @@
-"""Crossover density per Linear shape: below it the sparse backend's training step beats the
+"""Crossover density per layer shape: below it the sparse backend's training step beats the
 masked one. Writes the table that `sparsity.backend=auto` reads (src/sparse/crossover.json)
 and a copy under bench/results/.
 
     python -m bench.crossover            # re-measure on this machine (2 threads, batch 128)
 
-For each shape and density (uniform), one layer's training step — forward, backward with
-the input gradient, SGD momentum step (and the mask for the masked backend) — is timed for
-both backends in interleaved rounds; the per-round ratios' median gives sparse / masked. The
-crossover is where that ratio crosses 1, interpolated in log density between measured points
-(0 when sparse never wins, the largest measured density when it always does).
+For each Linear and convolution shape of the registered models and each density (uniform),
+one layer's training step — forward, backward with the input gradient (none for a model's
+first convolution, whose input is the data), SGD momentum step (and the mask for the masked
+backend) — is timed for both backends in interleaved rounds, convolutions channels-last as
+they train; the per-round ratios' median gives sparse / masked. The crossover is where that
+ratio crosses 1, interpolated in log density between measured points (0 when sparse never
+wins, the largest measured density when it always does). Densities are measured upwards
+until sparse stops winning.
 """
 
 from __future__ import annotations
@@ -29,19 +32,33 @@ from .common import median_time, setup_threads, write_result
 # (out_features, in_features): the Linear layers of the registered models, plus a few more.
 SHAPES = [(1024, 3072), (512, 1024), (10, 512), (1024, 784), (500, 800), (10, 500), (256, 256), (256, 24),
           (1, 256), (100, 512), (10, 128), (1000, 2048)]
+# (out_channels, in_channels, kernel, input size, padding): the convolutions of LeNet-5, the
+# small CIFAR ConvNet, and the ResNet / VGG stages on 32x32 inputs.
+CONV_SHAPES = [(20, 1, 5, 28, 0), (50, 20, 5, 12, 0), (32, 3, 3, 32, 0), (64, 32, 3, 15, 0), (128, 64, 3, 6, 0),
+               (64, 3, 3, 32, 1), (64, 64, 3, 32, 1), (128, 128, 3, 16, 1), (256, 256, 3, 8, 1), (512, 512, 3, 4, 1)]
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
+
+
+def make_layer(shape, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The layer, an input batch and an output gradient for a Linear (2-tuple) or conv shape."""
+    if len(shape) == 2:
+        out_f, in_f = shape
+        return nn.Linear(in_f, out_f), torch.randn(batch, in_f, requires_grad=True), torch.randn(batch, out_f)
+    c_out, c_in, k, size, padding = shape
+    layer = nn.Conv2d(c_in, c_out, k, padding=padding).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, c_in, size, size).contiguous(memory_format=torch.channels_last)
+    out = size + 2 * padding - k + 1
+    g = torch.randn(batch, c_out, out, out).contiguous(memory_format=torch.channels_last)
+    return layer, x.requires_grad_(c_in > 3), g
 
 
 def layer_step(shape, density: float, backend: str, batch: int):
     torch.manual_seed(0)
-    out_f, in_f = shape
-    layer = nn.Linear(in_f, out_f)
+    layer, x, g = make_layer(shape, batch)
     opt = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     cfg = SparsityConfig(mode="static", density=density, init="uniform", backend=backend)
     sp = Sparsifier(layer, opt, cfg, total_steps=1).prepare()
     assert sp.backends == [backend]
-    x = torch.randn(batch, in_f, requires_grad=True)
-    g = torch.randn(batch, out_f)
 
     def step():
         layer(x).backward(g)
@@ -75,7 +92,8 @@ def crossover(points: list[tuple[float, float]]) -> float:
     return points[-1][0]
 
 
-def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=SHAPES, densities=DENSITIES) -> list[dict]:
+def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=(*SHAPES, *CONV_SHAPES),
+        densities=DENSITIES) -> list[dict]:
     setup_threads(2)
     rows = []
     for shape in shapes:
@@ -84,74 +102,26 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=SHAPES, dens
             r, m, s = ratio(shape, d, batch, rounds, repeats)
             points.append((d, r))
             detail.append({"density": d, "sparse_over_masked": r, "masked_ms": m * 1e3, "sparse_ms": s * 1e3})
-        rows.append({"out_features": shape[0], "in_features": shape[1], "batch": batch,
-                     "crossover_density": crossover(points), "points": detail})
-        print(f"Linear {shape[1]}->{shape[0]}: crossover density {rows[-1]['crossover_density']:.3f}  "
+            if r >= 1:  # the crossover is found (or sparse never wins): denser is slower still
+                break
+        if len(shape) == 2:
+            row, name = {"out_features": shape[0], "in_features": shape[1]}, f"Linear {shape[1]}->{shape[0]}"
+        else:
+            c_out, c_in, k, size, padding = shape
+            row = {"out_channels": c_out, "in_channels": c_in, "kernel_size": [k, k], "input_size": [size, size],
+                   "padding": padding}
+            name = f"Conv2d {c_in}->{c_out} {k}x{k} on {size}x{size}"
+        rows.append({**row, "batch": batch, "crossover_density": crossover(points), "points": detail})
+        print(f"{name}: crossover density {rows[-1]['crossover_density']:.3f}  "
               + " ".join(f"{p['density']}:{p['sparse_over_masked']:.2f}" for p in detail), flush=True)
     return rows
-
-
-def conv_probe(batch: int = 128, rounds: int = 5, repeats: int = 5) -> dict:
-    """LeNet-5's conv2 (20 -> 50 channels, 5x5, 12x12 input) at its ERK density for overall
-    density 0.05 (0.037): forward + backward of the dense convolution (the masked backend)
-    against two sparse formulations on unfolded input columns (K x positions, K = c*kh*kw):
-    ``unfold_csr``: forward CSR x columns, weight gradient by sampled_addmm at the active entries,
-    input gradient by the transposed CSR and fold; ``unfold_csr_dense_input_grad``: the same
-    with the input gradient of the dense transposed convolution (no fold). Convolutions run
-    masked while both ratios are above 1: the unfold / fold copies (memory-bound, ~K x the
-    input) cost more than the multiply-adds they save at this size."""
-    from torch.nn import functional as F
-
-    torch.manual_seed(0)
-    c, o, k, h, density = 20, 50, 5, 12, 0.037
-    x = torch.randn(batch, c, h, h)
-    weight = torch.randn(o, c, k, k) * (torch.rand(o, c, k, k) < density)
-    csr = weight.reshape(o, -1).to_sparse_csr()
-    csr_t = weight.reshape(o, -1).t().to_sparse_csr()
-    side = h - k + 1
-    grad = torch.randn(batch, o, side, side)
-
-    def dense():
-        xx, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        F.conv2d(xx, w).backward(grad)
-
-    def sparse_forward_and_weight_grad():
-        cols = F.unfold(x, k).transpose(0, 1).reshape(c * k * k, batch * side * side)
-        (csr @ cols).view(o, batch, side, side).permute(1, 0, 2, 3)
-        g = grad.permute(1, 0, 2, 3).reshape(o, -1)
-        torch.sparse.sampled_addmm(csr, g, cols.t(), beta=0.0)
-        return g
-
-    def unfold_csr():
-        g = sparse_forward_and_weight_grad()
-        F.fold((csr_t @ g).view(c * k * k, batch, side * side).transpose(0, 1), (h, h), k)
-
-    def unfold_csr_dense_input_grad():
-        sparse_forward_and_weight_grad()
-        torch.nn.grad.conv2d_input(x.shape, weight, grad)
-
-    variants = {"dense": dense, "unfold_csr": unfold_csr, "unfold_csr_dense_input_grad": unfold_csr_dense_input_grad}
-    times = {name: [] for name in variants}
-    for r in range(rounds):  # alternate the order so a load change hits every variant
-        for name in (list(variants)[::-1] if r % 2 else list(variants)):
-            times[name].append(median_time(variants[name], repeats))
-    result = {"layer": "lenet5.conv2", "density": density, "batch": batch, "threads": torch.get_num_threads()}
-    for name, ts in times.items():
-        result[f"{name}_ms"] = statistics.median(ts) * 1e3
-        if name != "dense":
-            result[f"{name}_over_dense"] = statistics.median(s / d for s, d in zip(ts, times["dense"]))
-    return result
 
 
 def main(update_table: bool = True) -> None:
     """Measure; with ``update_table`` also replace the table `backend=auto` reads."""
     start = time.perf_counter()
     rows = run()
-    conv = conv_probe()
-    print(f"LeNet-5 conv2 at density {conv['density']}, forward + backward: dense {conv['dense_ms']:.2f} ms; "
-          f"unfold x CSR x{conv['unfold_csr_over_dense']:.2f}, with the dense input gradient "
-          f"x{conv['unfold_csr_dense_input_grad_over_dense']:.2f} (> 1: slower, convolutions run masked)")
-    path = write_result("crossover", {"layers": rows, "conv": conv, "seconds": time.perf_counter() - start})
+    path = write_result("crossover", {"layers": rows, "seconds": time.perf_counter() - start})
     print(f"wrote {path}")
     if update_table:
         table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,

@@ -3,10 +3,19 @@
 ``masked``: the weight stays a dense tensor multiplied by its mask after every optimizer step,
 so every multiply-add of the dense layer is still computed. Works for any tensor and option.
 
-``sparse``: an ``nn.Linear`` holds its active weights as the values of a CSR matrix. Forward
-(``W @ xᵀ``), input gradient (a pre-built transposed CSR) and weight gradient (only at the
-active entries, ``sampled_addmm``) cost O(active); the optimizer steps the values, so its
-moments are sized to the active entries too, and no mask is ever multiplied in.
+``sparse``: the layer holds its active weights as a values parameter and computes on them
+only; the optimizer steps the values, so its moments are sized to the active entries too, and
+no mask is ever multiplied in.
+- ``nn.Linear``: the weight is a CSR matrix. Forward (``W @ xᵀ``), input gradient (a pre-built
+  transposed CSR) and weight gradient (only at the active entries, ``sampled_addmm``) cost
+  O(active).
+- ``nn.Conv2d``: the convolution is one sparse matrix over the input's and the output's
+  positions x channels, holding each active weight once per output position it reaches
+  (`_ConvMatrix`); the same three products then cost O(active x output positions), where the
+  dense convolution costs O(all weights x output positions). No unfolded copy of the input is
+  made (that copy alone cost more than LeNet-5's dense conv2); what remains is a transposition
+  of the activations into the batch-innermost layout the sparse kernels read fastest, which
+  is why first layers (few input channels, large maps) stay faster dense.
 
 The dense-shaped weight parameter stays in the module (and in ``model.state_dict()``, kept in
 step by a hook) so criteria, checkpoints and saved models see ordinary weights. At a topology
@@ -14,11 +23,9 @@ update the `Sparsifier` asks for a dense view (weights, the dense gradient compu
 the last batch, optimizer state scattered to dense shape), runs its usual prune/grow code on
 it, and the layer is rebuilt from the new mask.
 
-``auto`` runs a Linear layer sparse when its density is below the crossover density measured
-for its shape (`crossover.json`, re-measured by ``python -m bench.crossover``), on the CPU.
-Convolutions run masked: unfold x CSR measures slower than the dense convolution even for
-LeNet-5's conv2 at 3.7 % density (`bench.crossover.conv_probe`), the unfold / fold copies
-costing more than the saved multiply-adds.
+``auto`` runs a layer sparse when its density is below the crossover density measured for the
+nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
+bench.crossover``), on the CPU; on CUDA everything runs masked.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class _SparseLinearFn(torch.autograd.Function):
         x, values = ctx.saved_tensors
         layer = ctx.layer
         # Kept (not copied) so an update step can form the dense weight gradient once.
-        layer.last_input, layer.last_grad_out = x, grad_out
+        layer.last = (x, grad_out)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
             grad_x = (layer.csr_t(values) @ grad_out.t()).t()
@@ -62,18 +69,20 @@ class _SparseLinearFn(torch.autograd.Function):
         return grad_x, grad_values, None
 
 
-class SparseLinear:
-    """One ``nn.Linear`` run on its active weights: the values parameter, its CSR structure
-    and the transposed structure, rebuilt from the mask after each topology update."""
+class _SparseLayer:
+    """A module run on its active weights: the values parameter (the active entries of the
+    dense weight, in row-major order) and the index structures of its kind, rebuilt from the
+    mask after each topology update. The dense weight stays in the module, frozen, and is
+    written from the values for checkpoints (a state_dict hook) and updates."""
 
-    def __init__(self, module: nn.Linear, mask: Tensor):
+    def __init__(self, module: nn.Module, mask: Tensor):
         self.module = module
         self.weight = module.weight
-        self.last_input = self.last_grad_out = None
+        self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
         self.build(mask)
         self.weight.requires_grad_(False)
         self.weight.grad = None
-        module.forward = self.forward  # the instance attribute shadows nn.Linear.forward
+        module.forward = self.forward  # the instance attribute shadows the class's forward
         module.register_state_dict_pre_hook(lambda *_: self.sync_dense())
         module.register_load_state_dict_post_hook(lambda *_: self.load_dense())
 
@@ -81,15 +90,56 @@ class SparseLinear:
     def build(self, mask: Tensor) -> None:
         """Index structures for ``mask`` and a new values parameter read from the dense weight
         (new, because autograd keeps a leaf's shape: the active count may change)."""
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+        self.build_structure()
+        self.values = nn.Parameter(self.gather(self.weight).clone())
+
+    def build_structure(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def dense_grad(self) -> Tensor | None:
+        """The dense weight gradient of the last backward pass (computed once, for an update).
+        With several backward passes per optimizer step (gradient accumulation) it is the
+        last one's only."""
+        raise NotImplementedError
+
+    def pattern_grad(self) -> Tensor:
+        """The last backward pass's weight gradient at the active entries of the current pattern."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sync_dense(self) -> None:
+        """Write the values into the dense weight, zero elsewhere (for checkpoints and updates)."""
+        self.weight.copy_(self.scatter(self.values))
+
+    @torch.no_grad()
+    def load_dense(self) -> None:
+        """Read the values back from the dense weight (after `load_state_dict` on the module).
+        The dense weight is left as loaded: a checkpoint's masks, loaded next, may differ."""
+        self.values.copy_(self.gather(self.weight))
+
+    def gather(self, dense: Tensor) -> Tensor:
+        return dense.reshape(-1)[self.index]
+
+    def scatter(self, values: Tensor) -> Tensor:
+        dense = torch.zeros(self.weight.numel(), dtype=values.dtype, device=values.device)
+        return dense.index_copy_(0, self.index, values).view(self.weight.shape)
+
+
+class SparseLinear(_SparseLayer):
+    """An ``nn.Linear`` whose weight is a CSR matrix, with its transposed structure for the
+    input gradient."""
+
+    def build_structure(self) -> None:
         out_features, in_features = self.weight.shape
-        index = mask.reshape(-1).nonzero().squeeze(1)  # row-major: the CSR order
-        rows, cols = index // in_features, index % in_features
-        order = torch.argsort(cols * out_features + rows)  # column-major: the transposed CSR order
-        self.index, self.t_order = index, order
+        rows, cols = self.index // in_features, self.index % in_features
+        self.t_order = torch.argsort(cols * out_features + rows)  # column-major: the transposed CSR order
         # 32-bit indices: what the CPU sparse kernels use without converting on every call.
         self.crow, self.col = _offsets(rows, out_features), cols.to(INDEX_DTYPE)
-        self.t_crow, self.t_col = _offsets(cols, in_features), rows[order].to(INDEX_DTYPE)
-        self.values = nn.Parameter(self.weight.reshape(-1)[index].clone())
+        self.t_crow, self.t_col = _offsets(cols, in_features), rows[self.t_order].to(INDEX_DTYPE)
 
     def csr(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
@@ -107,36 +157,140 @@ class SparseLinear:
         return y.reshape(*lead, y.shape[-1])
 
     @torch.no_grad()
-    def sync_dense(self) -> None:
-        """Write the values into the dense weight, zero elsewhere (for checkpoints and updates)."""
-        self.weight.zero_().view(-1).index_copy_(0, self.index, self.values)
-
-    @torch.no_grad()
-    def load_dense(self) -> None:
-        """Read the values back from the dense weight (after `load_state_dict` on the module).
-        The dense weight is left as loaded: a checkpoint's masks, loaded next, may differ."""
-        self.values.copy_(self.gather(self.weight))
-
-    @torch.no_grad()
     def dense_grad(self) -> Tensor | None:
-        """The dense weight gradient of the last backward pass (one dense matmul). With several
-        backward passes per optimizer step (gradient accumulation) it is the last one's only."""
-        if self.last_grad_out is None:
+        if self.last is None:
             return None
-        return self.last_grad_out.t() @ self.last_input
+        x, grad_out = self.last
+        return grad_out.t() @ x
 
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
-        """The last backward pass's weight gradient at the active entries of the current pattern."""
-        return torch.sparse.sampled_addmm(self.csr(self.values), self.last_grad_out.t(), self.last_input,
-                                          beta=0.0).values()
+        x, grad_out = self.last
+        return torch.sparse.sampled_addmm(self.csr(self.values), grad_out.t(), x, beta=0.0).values()
 
-    def gather(self, dense: Tensor) -> Tensor:
-        return dense.reshape(-1)[self.index]
 
-    def scatter(self, values: Tensor) -> Tensor:
-        dense = torch.zeros(self.weight.numel(), dtype=values.dtype, device=values.device)
-        return dense.index_copy_(0, self.index, values).view(self.weight.shape)
+class _ConvMatrix:
+    """A convolution with a sparse kernel as one sparse matrix, for one input size.
+
+    With the input's positions x channels as columns (index (iy * W + ix) * C_in + c_in) and
+    the output's as rows ((oy * oW + ox) * C_out + c_out), a convolution is a linear map whose
+    matrix repeats each kernel weight once per output position it reaches: active weights x
+    output positions entries (padding drops the taps that fall outside). ``value_of`` says
+    which kernel weight each entry repeats, in CSR order; ``t_*`` is the transposed matrix."""
+
+    def __init__(self, conv: nn.Conv2d, index: Tensor, size: tuple[int, int]):
+        c_out, c_in, kh, kw = conv.weight.shape
+        (h, w), (sh, sw), (ph, pw), (dh, dw) = size, conv.stride, conv.padding, conv.dilation
+        self.out_size = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        oh, ow = self.out_size
+        device = index.device
+        co, ci = index // (c_in * kh * kw), index // (kh * kw) % c_in
+        ky, kx = index // kw % kh, index % kw
+        oy, ox = torch.arange(oh, device=device).view(-1, 1, 1), torch.arange(ow, device=device).view(1, -1, 1)
+        iy, ix = torch.broadcast_tensors(oy * sh - ph + ky * dh, ox * sw - pw + kx * dw)
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        rows = ((oy * ow + ox) * c_out + co).expand_as(iy)[inside]
+        cols = ((iy * w + ix) * c_in + ci)[inside]
+        value_of = torch.arange(len(index), device=device).expand_as(iy)[inside]
+        self.shape = (oh * ow * c_out, h * w * c_in)
+        order = torch.argsort(rows * self.shape[1] + cols)
+        rows, cols, self.value_of = rows[order], cols[order], value_of[order]
+        t_order = torch.argsort(cols * self.shape[0] + rows)
+        self.crow, self.col = _offsets(rows, self.shape[0]), cols.to(INDEX_DTYPE)
+        self.t_crow, self.t_col = _offsets(cols, self.shape[1]), rows[t_order].to(INDEX_DTYPE)
+        self.t_value_of = self.value_of[t_order]
+
+    def csr(self, values: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.col, values.index_select(0, self.value_of), self.shape,
+                                       check_invariants=False)
+
+    def csr_t(self, values: Tensor) -> Tensor:
+        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_value_of),
+                                       self.shape[::-1], check_invariants=False)
+
+    def kernel_grad(self, grad_rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+        """The weight gradient at the active kernel entries: each matrix entry's gradient
+        (sampled at the pattern) summed over the positions that repeat it."""
+        per_entry = torch.sparse.sampled_addmm(self.csr(values), grad_rows, cols.t(), beta=0.0).values()
+        return torch.zeros_like(values).index_add_(0, self.value_of, per_entry)
+
+
+class _SparseConvFn(torch.autograd.Function):
+    """y = conv2d(x, W) + b as (matrix x columns), the batch innermost: the layout in which the
+    CPU sparse kernels read their dense operands fastest."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: "SparseConv2d") -> Tensor:
+        batch, _, h, w = x.shape
+        matrix = layer.matrix((h, w))
+        cols = x.permute(2, 3, 1, 0).reshape(-1, batch)  # (positions x channels, batch)
+        out = matrix.csr(values) @ cols
+        oh, ow = matrix.out_size
+        # Written channels-last: the layout of the dense convolutions around it.
+        y = torch.empty(batch, oh, ow, out.shape[0] // (oh * ow), dtype=x.dtype, device=x.device)
+        rows = out.view(oh, ow, -1, batch).permute(3, 0, 1, 2)
+        if bias is None:
+            y.copy_(rows)
+        else:
+            torch.add(rows, bias, out=y)
+        ctx.save_for_backward(cols, values)
+        ctx.layer, ctx.matrix, ctx.input_shape = layer, matrix, tuple(x.shape)
+        return y.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        cols, values = ctx.saved_tensors
+        matrix, (batch, c_in, h, w) = ctx.matrix, ctx.input_shape
+        grad_rows = grad_y.permute(2, 3, 1, 0).reshape(-1, batch)
+        # Kept so an update step can form the dense weight gradient once.
+        ctx.layer.last = (cols, grad_rows, ctx.input_shape, grad_y.shape)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = matrix.csr_t(values) @ grad_rows
+            grad_x = grad_cols.t().reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_values = matrix.kernel_grad(grad_rows, cols, values)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_rows.view(-1, grad_y.shape[1], batch).sum((0, 2))
+        return grad_x, grad_values, grad_bias, None
+
+
+class SparseConv2d(_SparseLayer):
+    """An ``nn.Conv2d`` (zero padding, no groups) computed as one sparse matrix product per
+    batch (`_ConvMatrix`, built once per input size and pattern), so its cost is proportional
+    to the active weights, with no unfolded copy of the input."""
+
+    def build_structure(self) -> None:
+        self._matrices: dict[tuple[int, int], _ConvMatrix] = {}
+
+    def matrix(self, size: tuple[int, int]) -> _ConvMatrix:
+        if size not in self._matrices:
+            self._matrices[size] = _ConvMatrix(self.module, self.index, size)
+        return self._matrices[size]
+
+    def forward(self, x: Tensor) -> Tensor:
+        squeeze = x.dim() == 3
+        y = _SparseConvFn.apply(x.unsqueeze(0) if squeeze else x, self.values, self.module.bias, self)
+        return y.squeeze(0) if squeeze else y
+
+    @torch.no_grad()
+    def dense_grad(self) -> Tensor | None:
+        if self.last is None:
+            return None
+        cols, grad_rows, (batch, c_in, h, w), (_, c_out, oh, ow) = self.last
+        x = cols.view(h, w, c_in, batch).permute(3, 2, 0, 1)
+        grad_y = grad_rows.view(oh, ow, c_out, batch).permute(3, 2, 0, 1)
+        conv = self.module
+        return torch.nn.grad.conv2d_weight(x, self.weight.shape, grad_y, conv.stride, conv.padding, conv.dilation)
+
+    @torch.no_grad()
+    def pattern_grad(self) -> Tensor:
+        cols, grad_rows, (_, _, h, w), _ = self.last
+        return self.matrix((h, w)).kernel_grad(grad_rows, cols, self.values)
+
+
+def sparse_layer(module: nn.Module, mask: Tensor) -> _SparseLayer:
+    return (SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear)(module, mask)
 
 
 def _offsets(rows: Tensor, n: int) -> Tensor:
@@ -149,7 +303,7 @@ class SparseExecution:
     """The layers of one model that run sparse, and the moves between their sparse state
     (values, value-sized optimizer moments) and the dense view a topology update works on."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, layers: dict[int, SparseLinear]):
+    def __init__(self, optimizer: torch.optim.Optimizer, layers: dict[int, _SparseLayer]):
         self.optimizer, self.layers = optimizer, layers
         self._had_grad = {i: False for i in layers}
         for layer in layers.values():
@@ -190,7 +344,7 @@ class SparseExecution:
             old = self._build(layer, masks[i])
             _move_state(self.optimizer, old, layer.values, lambda state: state)
 
-    def _build(self, layer: SparseLinear, mask: Tensor) -> Tensor:
+    def _build(self, layer: _SparseLayer, mask: Tensor) -> Tensor:
         """Rebuild ``layer`` for ``mask`` and let the optimizer step its new values; returns the old ones."""
         old = layer.values
         layer.build(mask)
@@ -257,17 +411,35 @@ def load_crossover(path: Path = CROSSOVER_TABLE) -> list[dict]:
     return json.loads(path.read_text())["layers"]
 
 
-def crossover_density(shape: tuple[int, int], table: list[dict]) -> float:
+def crossover_density(shape: tuple[int, ...], table: list[dict]) -> float:
     """The measured density below which the sparse kernels beat the dense ones, for the
-    measured Linear shape nearest to ``shape`` (in log size); 0 when nothing is measured."""
-    if not table:
+    measured layer nearest to a weight of ``shape`` (in log size, Linear rows for a 2-D
+    weight, convolution rows for a 4-D one); 0 when nothing of that kind is measured.
+    A convolution's input size is not part of the key: both backends' costs grow in
+    proportion to the output positions."""
+    if len(shape) == 2:
+        rows = [(row, (row["out_features"], row["in_features"])) for row in table if "out_features" in row]
+    else:
+        rows = [(row, (row["out_channels"], row["in_channels"], math.prod(row["kernel_size"])))
+                for row in table if "out_channels" in row]
+        shape = (shape[0], shape[1], math.prod(shape[2:]))
+    if not rows:
         return 0.0
-    out_f, in_f = shape
 
-    def distance(row):
-        return abs(math.log(row["out_features"] / out_f)) + abs(math.log(row["in_features"] / in_f))
+    def distance(item):
+        return sum(abs(math.log(a / b)) for a, b in zip(item[1], shape))
 
-    return min(table, key=distance)["crossover_density"]
+    return min(rows, key=distance)[0]["crossover_density"]
+
+
+def runs_sparse(module: nn.Module | None, param: Tensor) -> bool:
+    """Whether the sparse backend has a kernel for ``param``: the weight of an ``nn.Linear``,
+    or of an ``nn.Conv2d`` with zero padding given in numbers and no groups."""
+    if module is None or module.weight is not param or not param.requires_grad:
+        return False
+    if isinstance(module, nn.Conv2d):
+        return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return isinstance(module, nn.Linear)
 
 
 def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module | None], masks: list[Tensor],
@@ -278,8 +450,7 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
     table = load_crossover() if backend == "auto" else []
     choices = []
     for p, module, mask in zip(params, modules, masks):
-        linear = isinstance(module, nn.Linear) and module.weight is p and p.requires_grad
-        if not linear:
+        if not runs_sparse(module, p):
             choices.append("masked")
             continue
         if backend == "sparse":

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .backend import SparseExecution, SparseLinear, choose_backends
+from .backend import SparseExecution, choose_backends, sparse_layer
 from .config import SparsityConfig
 from .criteria import get_criterion
 from .density import layer_densities
@@ -139,7 +139,7 @@ class Sparsifier:
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
         self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, self.config)
-        layers = {i: SparseLinear(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
+        layers = {i: sparse_layer(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
         self._execution = SparseExecution(self.optimizer, layers)
         kept = [i for i, b in enumerate(self.backends) if b == "masked"]
         self._stepped = ([self.params[i] for i in kept], [self.masks[i] for i in kept])
