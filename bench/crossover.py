@@ -33,9 +33,10 @@ from .common import median_time, setup_threads, write_result
 SHAPES = [(1024, 3072), (512, 1024), (10, 512), (1024, 784), (500, 800), (10, 500), (256, 256), (256, 24),
           (1, 256), (100, 512), (10, 128), (1000, 2048)]
 # (out_channels, in_channels, kernel, input size, padding): the convolutions of LeNet-5, the
-# small CIFAR ConvNet, and the ResNet / VGG stages on 32x32 inputs.
+# small CIFAR ConvNet, ResNet-56's first two stages, and the VGG stages on 32x32 inputs.
 CONV_SHAPES = [(20, 1, 5, 28, 0), (50, 20, 5, 12, 0), (32, 3, 3, 32, 0), (64, 32, 3, 15, 0), (128, 64, 3, 6, 0),
-               (64, 3, 3, 32, 1), (64, 64, 3, 32, 1), (128, 128, 3, 16, 1), (256, 256, 3, 8, 1), (512, 512, 3, 4, 1)]
+               (16, 16, 3, 32, 1), (32, 32, 3, 16, 1), (64, 3, 3, 32, 1), (64, 64, 3, 32, 1), (128, 128, 3, 16, 1),
+               (256, 256, 3, 8, 1), (512, 512, 3, 4, 1)]
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
 
 
