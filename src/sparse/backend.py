@@ -134,12 +134,9 @@ class SparseLinear(_SparseLayer):
     input gradient."""
 
     def build_structure(self) -> None:
-        out_features, in_features = self.weight.shape
-        rows, cols = self.index // in_features, self.index % in_features
-        self.t_order = torch.argsort(cols * out_features + rows)  # column-major: the transposed CSR order
-        # 32-bit indices: what the CPU sparse kernels use without converting on every call.
-        self.crow, self.col = _offsets(rows, out_features), cols.to(INDEX_DTYPE)
-        self.t_crow, self.t_col = _offsets(cols, in_features), rows[self.t_order].to(INDEX_DTYPE)
+        in_features = self.weight.shape[1]
+        rows, cols = self.index // in_features, self.index % in_features  # row-major: the CSR order
+        self.crow, self.col, self.t_crow, self.t_col, self.t_order = _csr_structure(rows, cols, self.weight.shape)
 
     def csr(self, values: Tensor) -> Tensor:
         return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
@@ -193,11 +190,9 @@ class _ConvMatrix:
         cols = ((iy * w + ix) * c_in + ci)[inside]
         value_of = torch.arange(len(index), device=device).expand_as(iy)[inside]
         self.shape = (oh * ow * c_out, h * w * c_in)
-        order = torch.argsort(rows * self.shape[1] + cols)
+        order = torch.argsort(rows * self.shape[1] + cols)  # row-major: the CSR order
         rows, cols, self.value_of = rows[order], cols[order], value_of[order]
-        t_order = torch.argsort(cols * self.shape[0] + rows)
-        self.crow, self.col = _offsets(rows, self.shape[0]), cols.to(INDEX_DTYPE)
-        self.t_crow, self.t_col = _offsets(cols, self.shape[1]), rows[t_order].to(INDEX_DTYPE)
+        self.crow, self.col, self.t_crow, self.t_col, t_order = _csr_structure(rows, cols, self.shape)
         self.t_value_of = self.value_of[t_order]
 
     def csr(self, values: Tensor) -> Tensor:
@@ -291,6 +286,16 @@ class SparseConv2d(_SparseLayer):
 
 def sparse_layer(module: nn.Module, mask: Tensor) -> _SparseLayer:
     return (SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear)(module, mask)
+
+
+def _csr_structure(rows: Tensor, cols: Tensor, shape) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(crow, col) of the entries (rows, cols), given in row-major order, and (crow, col) of
+    the transposed matrix with ``t_order``, the entries in column-major order (the order of
+    the transposed matrix's values). 32-bit indices: what the CPU sparse kernels use without
+    converting on every call."""
+    t_order = torch.argsort(cols * shape[0] + rows)
+    return (_offsets(rows, shape[0]), cols.to(INDEX_DTYPE), _offsets(cols, shape[1]), rows[t_order].to(INDEX_DTYPE),
+            t_order)
 
 
 def _offsets(rows: Tensor, n: int) -> Tensor:
