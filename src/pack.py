@@ -7,6 +7,8 @@ its own run directory (records, checkpoint, resume, train.log), with the job's C
 between the concurrent runs. On the time-limit / preemption signal every running run
 checkpoints at its next step, and once all have stopped the job is requeued (submitit
 pickles the Pack again); the requeued job skips the runs that finished and resumes the rest.
+A run killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the
+signal, and the task then exits non-zero (by `runstate.exit_code`, as every launcher).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import CHECKPOINT, atomic_write_text, read_result
+from .records import atomic_write_text
+from .runstate import classify, exit_code, finished_status, record_death
 
 SUBMISSION = "submission.json"
 
@@ -40,15 +43,15 @@ class Pack:
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
         from . import train  # noqa: F401  (imported once here, inherited by every forked run)
-        from .launch import _PreemptionFlag, finished_status
+        from .runner import PreemptionFlag
 
-        stop = _PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
+        stop = PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
         # decided again at each start: a requeued job finds the runs its last attempt finished
-        todo = [r for r in runs if finished_status(Path(r.run_dir)) is None]
+        todo = [r for r in runs if finished_status(Path(r.run_dir), r.config) is None]
         print(f"pack of {len(runs)} run(s): {len(runs) - len(todo)} already finished, "
               f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each", flush=True)
         fork = multiprocessing.get_context("fork")
-        running: dict[int, tuple[PackedRun, multiprocessing.Process]] = {}
+        running: dict[int, tuple[PackedRun, multiprocessing.Process, float]] = {}
         outcomes = {r.run_dir: "skipped" for r in runs if r not in todo}
         forwarded = False
         while todo or running:
@@ -57,17 +60,20 @@ class Pack:
                 print(f"run #{run.idx} started: {run.run_dir}", flush=True)
                 proc = fork.Process(target=_run_in_child, args=(run, self.sweep_dir, self.threads), daemon=False)
                 proc.start()
-                running[run.idx] = (run, proc)
+                running[run.idx] = (run, proc, time.time())
             if stop() and not forwarded:  # SLURM signals the whole step; forward in case it did not
-                for _, proc in running.values():
+                for _, proc, _ in running.values():
                     _send(proc.pid, stop._signal)
                 forwarded = True
-            for idx, (run, proc) in list(running.items()):
+            for idx, (run, proc, started) in list(running.items()):
                 if not proc.is_alive():
                     proc.join()
                     del running[idx]
-                    outcomes[run.run_dir] = _outcome(run, proc.exitcode)
-                    print(f"run #{run.idx} {outcomes[run.run_dir]}: {run.run_dir}", flush=True)
+                    record_death(Path(run.run_dir), run.config, proc.exitcode, started)
+                    row = classify(Path(run.run_dir), expected=run.config)
+                    outcomes[run.run_dir] = row.state
+                    print(f"run #{run.idx} {row.state}: {run.run_dir}" + (f" ({row.detail})" if row.state in (
+                        "failed", "stale", "damaged") else ""), flush=True)
             if stop() and not running:
                 break
             time.sleep(0.1)
@@ -75,6 +81,9 @@ class Pack:
             print(f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
                   f"{len(todo)} not started; handing over to requeue", flush=True)
             stop.hand_over()
+        elif exit_code(o for o in outcomes.values() if o != "skipped") != 0:  # the SLURM task fails with its runs (sacct, --dependency)
+            bad = sorted(f"{o}: {d}" for d, o in outcomes.items() if o != "skipped" and exit_code([o]))
+            raise RuntimeError(f"{len(bad)} of the pack's {len(runs)} run(s) did not finish:\n  " + "\n  ".join(bad))
         return [{"run_dir": r.run_dir, "status": outcomes.get(r.run_dir, "not started")} for r in runs]
 
     def checkpoint(self, runs: list[PackedRun]):
@@ -89,9 +98,9 @@ def _run_in_child(run: PackedRun, sweep_dir: str, threads: int | None) -> None:
     """One run, in a process forked from the pack: output to `<sweep dir>/<idx>/job.log` (and
     the run's train.log), the stop flag installed first thing."""
     from .config import RunConfig
-    from .launch import _PreemptionFlag, run_one
+    from .runner import PreemptionFlag, run_one
 
-    stop = _PreemptionFlag(requeue=False)
+    stop = PreemptionFlag(requeue=False)
     job_dir = Path(sweep_dir) / str(run.idx)
     job_dir.mkdir(parents=True, exist_ok=True)
     log = os.open(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -104,7 +113,7 @@ def _run_in_child(run: PackedRun, sweep_dir: str, threads: int | None) -> None:
     result = run_one(cfg, Path(run.run_dir), stop)
     sys.stdout.flush()
     sys.stderr.flush()
-    sys.exit(0 if result["status"] != "failed" else 1)
+    sys.exit(exit_code([result["status"]]))
 
 
 def _send(pid: int, sig) -> None:
@@ -112,15 +121,6 @@ def _send(pid: int, sig) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _outcome(run: PackedRun, code: int | None) -> str:
-    result = read_result(Path(run.run_dir))
-    if result is not None:
-        return result["status"]
-    if (Path(run.run_dir) / CHECKPOINT).exists():  # stopped after its checkpoint: resumable
-        return "interrupted"
-    return f"exited with {code}, no result"
 
 
 def write_submission(sweep_dir: Path, *, overrides: list[str], jobs: list, packs: list[list[PackedRun]],

@@ -12,6 +12,7 @@ Everything the analysis needs is in these files; W&B is an optional mirror.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import io
@@ -21,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +207,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_exclusive(fd)
             except BlockingIOError:
                 holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
@@ -221,15 +223,52 @@ class RunLock:
             self._fd = None
 
 
-def lock_holder(run_dir: Path) -> str | None:
-    """"host H, pid P" of the process running this run now, or None when none is."""
+def _flock_exclusive(fd: int, tries: int = 100) -> None:
+    """Take the exclusive lock without waiting for a runner, but past a `lock_probe`: its shared
+    lock lasts microseconds, and a start it refused would be a run lost to a read-only look.
+    A runner holds the lock exclusively, so when a shared lock can be had, only probes hold it."""
+    for _ in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BlockingIOError("held by a runner") from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            time.sleep(0.001)
+    raise BlockingIOError("held by probes")
+
+
+# What `lock_probe` says about a run's lock: a holder ("host H, pid P"), FREE, or NO_FLOCK (the
+# file system refuses flock: liveness then comes from the heartbeat alone).
+FREE, NO_FLOCK = "", None
+
+
+def lock_probe(run_dir: Path) -> str | None:
+    """Who holds the run's lock, without writing anything: "host H, pid P" of the process
+    running the run now, `FREE` ("") when none does, `NO_FLOCK` (None) when this file
+    system has no working flock. A non-blocking shared lock on a read-only descriptor: the
+    lock file is neither created nor rewritten, and a run starting meanwhile is not refused
+    (`_flock_exclusive` waits out a probe)."""
     try:
-        with RunLock(run_dir, enabled=(Path(run_dir) / LOCK).exists()):
-            return None
-    except RunLocked as held:
-        return str(held).split("(", 1)[1].split(")", 1)[0]
-    except OSError:  # a read-only copy of the records: nobody can be running it there
-        return None
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # no lock file: the run never started here (or the directory is unreadable)
+        return FREE
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+        except OSError as error:
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return NO_FLOCK
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return FREE
+    finally:
+        os.close(fd)
 
 
 class RunDirConflict(ValueError):

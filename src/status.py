@@ -1,79 +1,109 @@
-"""Where a sweep stands, per cell and in total, from its run directories alone.
+"""Where a sweep stands, per cell and in total: its saved plan, and each run's state.
 
     python -m src.launch status -m +sweeps=mlp_dst launcher=slurm      # the launch's overrides
     python -m src.launch status runs/.hydra/default/2026-11-29_23-00-00 # a launch's sweep dir
     python -m src.launch status runs/mlp_dst --watch                    # the runs found there
 
-Each run is in exactly one state:
-
-    completed / diverged   result.json says so (finished: never run again)
-    running                a heartbeat fresher than --stale-after (host, pid, job, step, epoch)
-    queued                 not running, but its SLURM job is in the queue (pending, requeued,
-                           or running other runs of a packed job first)
-    failed / interrupted   result.json says so, and it is not queued to run again
-    stale                  a heartbeat too old, or its process gone: killed without a result
-    missing                nothing yet: never launched, or killed before its first heartbeat
-
-The queue is read with one `squeue` call for the whole sweep, for the jobs named in the
-submission records (`submission.json`) that SLURM launches write into their sweep dirs.
+A sweep's runs are the ones its launch planned: the plan it saved in its sweep dir
+(`plan.json`), found again for the same overrides (the latest such launch), never planned
+anew when there is one. Each run is in exactly one state of `src.runstate` (planned, queued,
+starting, running, completed, diverged, failed, interrupted, stale, missing, damaged); a
+held run lock means alive, whatever the heartbeat says. The queue is read with one `squeue`
+call for the whole sweep, for the jobs named in the submission records (`submission.json`)
+of the SLURM launches of the sweep. `--watch` re-reads only the record files that changed.
 In a notebook: `from src.status import status; status(["+sweeps=mlp_dst"])` -> DataFrame.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .pack import SUBMISSION
-from .records import read_result
-from .runinfo import HEARTBEAT, process_alive, read_heartbeat
+from .records import RESULT, lock_probe
+from .runinfo import HEARTBEAT, process_alive
+from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, _duration, classify, queue_states, read_json, state
 
-STATES = ("planned", "completed", "diverged", "failed", "interrupted", "running", "stale", "queued", "missing")
-IN_QUEUE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-            "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
-DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.log_every` steps and each epoch
+PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
+SUBMISSION = "submission.json"
+COLUMNS = ["run_dir", "run", "cell", "state", "detail", "host", "pid", "job", "step", "epoch", "heartbeat_age_s",
+           "test_acc"]
 
 
 # ---------------------------------------------------------------------------- what is planned
-def _planned(target: list[str] | str | Path) -> tuple[list[tuple[Path, str]], list[Path]]:
-    """The sweep's runs as (run_dir, cell) and the submission records that may name them.
+class Sweep:
+    """The runs of a sweep (run_dir, cell), the submission records that may name them, and
+    whether a launch that planned them is still alive."""
 
-    `target`: the launch's overrides, a launch's sweep dir (with submission.json), or a
-    directory of run directories."""
-    if isinstance(target, (str, Path)) or (len(target) == 1 and Path(target[0]).is_dir()):
-        path = Path(target if isinstance(target, (str, Path)) else target[0])
-        if (path / SUBMISSION).exists():
-            record = json.loads((path / SUBMISSION).read_text())
-            return _from_overrides(record["overrides"])[0], [path / SUBMISSION]
-        runs = sorted(p for p in path.iterdir() if (p / "config.json").exists() or (p / HEARTBEAT).exists())
-        records = sorted((path.parent / ".hydra" / path.name).glob(f"*/{SUBMISSION}"))
-        return [(r, _slug_cell(r.name)) for r in runs], records
-    return _from_overrides(list(target))
+    def __init__(self, runs: list[tuple[str, str]], records: list[Path], launchers: list[dict]):
+        self.runs, self.records, self.launchers = runs, records, launchers
+
+    @classmethod
+    def of(cls, target: list[str] | str | Path) -> "Sweep":
+        """`target`: the launch's overrides, a launch's sweep dir, or a directory of run directories."""
+        if isinstance(target, (str, Path)) or (len(target) == 1 and Path(target[0]).is_dir()):
+            path = Path(target if isinstance(target, (str, Path)) else target[0])
+            if (path / PLAN).exists():
+                return cls.from_plans([path / PLAN])
+            if (path / "multirun.yaml").exists() or (path / SUBMISSION).exists():  # a launch before plans
+                return cls.from_overrides(_launch_overrides(path), plan=False)
+            runs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and ((p / "config.json").exists() or (p / HEARTBEAT).exists() or (p / ".lock").exists()))
+            logs = path.parent / ".hydra" / path.name
+            return cls([(str(r.resolve()), _slug_cell(r.name)) for r in runs], sorted(logs.glob(f"*/{SUBMISSION}")),
+                       _launchers(sorted(logs.glob(f"*/{PLAN}"))))
+        return cls.from_overrides([o for o in target if not o.startswith("-")])
+
+    @classmethod
+    def from_plans(cls, plans: list[Path]) -> "Sweep":
+        latest = json.loads(plans[-1].read_text())
+        runs = [(r["run_dir"], r["cell"]) for r in latest["runs"]]
+        records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
+        return cls(runs, records, [latest])
+
+    @classmethod
+    def from_overrides(cls, overrides: list[str], plan: bool = True) -> "Sweep":
+        """The latest saved plan of a launch with these overrides; planned anew without one."""
+        from .plan import expand, sweep_logs
+
+        overrides = [o for o in overrides if not o.startswith("hydra.launcher.detach")]
+        logs = sweep_logs(overrides)
+        if plan and logs is not None:
+            same = [p for p in sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime)
+                    if [o for o in json.loads(p.read_text())["overrides"]
+                        if not o.startswith("hydra.launcher.detach")] == overrides]
+            if same:
+                return cls.from_plans(same)
+        jobs = expand(overrides, check_data=False)
+        roots = {job.run_dir.parent for job in jobs}
+        records = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{SUBMISSION}"))
+        plans = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{PLAN}"))
+        return cls([(str(job.run_dir.resolve()), job.cell) for job in jobs], records, _launchers(plans))
 
 
-def _from_overrides(overrides: list[str]) -> tuple[list[tuple[Path, str]], list[Path]]:
-    from .launch import expand  # the launch's own expansion: status plans exactly what launch runs
+def _launch_overrides(sweep_dir: Path) -> list[str]:
+    """The overrides of a launch that saved no plan: its submission record's, or Hydra's."""
+    if (sweep_dir / SUBMISSION).exists():
+        return json.loads((sweep_dir / SUBMISSION).read_text())["overrides"]
+    from omegaconf import OmegaConf
 
-    jobs = expand([o for o in overrides if not o.startswith("-")], check_data=False)
-    values: dict[str, set] = {}
-    for job in jobs:
-        for line in job.overrides:
-            key, _, value = line.partition("=")
-            values.setdefault(key, set()).add(value)
-    varying = [k for k, v in values.items() if len(v) > 1 and k.lstrip("+~") not in ("seed", "train.seed")]
-    runs = []
-    for job in jobs:
-        cell = " ".join(line for line in job.overrides if line.partition("=")[0] in varying)
-        runs.append((job.run_dir, cell or "all"))
-    roots = {job.run_dir.parent for job in jobs}
-    records = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{SUBMISSION}"))
-    return runs, records
+    return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+
+
+def _launchers(plans: list[Path]) -> list[dict]:
+    out = []
+    for path in plans:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        out.append({"host": record.get("host"), "pid": record.get("pid")})
+    return out
 
 
 def _slug_cell(slug: str) -> str:
@@ -81,7 +111,6 @@ def _slug_cell(slug: str) -> str:
     return re.sub(r"-s\d+-[0-9a-f]{10}$", "", slug)
 
 
-# ---------------------------------------------------------------------------- SLURM queue
 def _submitted_jobs(records: list[Path]) -> dict[str, str]:
     """run_dir -> SLURM job id (`<array job>_<task>`), the latest submission winning."""
     jobs: dict[str, str] = {}
@@ -92,88 +121,72 @@ def _submitted_jobs(records: list[Path]) -> dict[str, str]:
     return jobs
 
 
-def queue_states(job_ids: set[str]) -> dict[str, str]:
-    """`squeue` state of each queued job / array task among `job_ids` (one call for all)."""
-    if not job_ids:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}  # no SLURM here: nothing is queued
-    states = {}
-    for line in out.stdout.splitlines():  # squeue exits 1 when every job has left the queue
-        job, _, state = line.strip().partition("|")
-        states[job] = state
-    return states
-
-
 # ---------------------------------------------------------------------------- the table
-def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None) -> pd.DataFrame:
+class Reader:
+    """Reads a run's records, again only when a file changed (its size, time or inode): a
+    `--watch` refresh of 10,000 runs stats their files and probes their locks, and reads the
+    few files that changed."""
+
+    def __init__(self):
+        self._cache: dict[Path, tuple] = {}
+
+    def read(self, path: Path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._cache.pop(path, None)
+            return None, 0.0
+        except OSError as error:
+            return f"{type(error).__name__}: {error}", 0.0
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._cache.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, read_json(path), st.st_mtime)
+            self._cache[path] = cached
+        return cached[1], cached[2]
+
+
+def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
+           reader: Reader | None = None, sweep: Sweep | None = None) -> pd.DataFrame:
     """One row per planned run: run_dir, cell, state, detail, and where it runs (host, pid,
     job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
-    runs, records = _planned(target)
-    submitted = _submitted_jobs(records)
-    queued = queue_states({submitted[k] for k in (str(r.resolve()) for r, _ in runs) if k in submitted})
+    sweep = sweep or Sweep.of(target)
+    reader = reader or Reader()
+    submitted = _submitted_jobs(sweep.records)
+    queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
+    launcher_alive = any(process_alive(l["host"], l["pid"]) for l in sweep.launchers)
     now = time.time() if now is None else now
     rows = []
-    for run_dir, cell in runs:
-        rows.append({"run_dir": str(run_dir), "run": run_dir.name, "cell": cell,
-                     **_state(run_dir, submitted.get(str(run_dir.resolve())), queued, stale_after, now)})
-    return pd.DataFrame(rows, columns=["run_dir", "run", "cell", "state", "detail", "host", "pid", "job",
-                                       "step", "epoch", "heartbeat_age_s", "test_acc"])
-
-
-def _state(run_dir: Path, job: str | None, queued: dict[str, str], stale_after: float, now: float) -> dict:
-    try:
-        result = read_result(run_dir)
-    except ValueError:  # a torn result.json: as good as none
-        result = None
-    beat = read_heartbeat(run_dir)
-    row = {"detail": "", "host": None, "pid": None, "job": job, "step": None, "epoch": None,
-           "heartbeat_age_s": None, "test_acc": None}
-    if beat:
-        row.update(host=beat.get("host"), pid=beat.get("pid"), job=beat.get("slurm_job_id") or job,
-                   step=beat.get("step"), epoch=beat.get("epoch"), heartbeat_age_s=round(now - beat["time"], 1))
-    status = (result or {}).get("status")
-    if status in ("completed", "diverged"):
-        acc = (result.get("final") or {}).get("test_acc")
-        return {**row, "state": status, "test_acc": acc, "detail": f"test {acc:.2f} %" if acc is not None else ""}
-    result_time = (run_dir / "result.json").stat().st_mtime if result else 0.0
-    beating = beat is not None and beat["time"] > result_time  # a new attempt after the last result
-    if beating and now - beat["time"] <= stale_after and process_alive(beat.get("host"), beat.get("pid")) is not False:
-        where = f"{beat.get('host')} pid {beat.get('pid')}" + (f" job {row['job']}" if row["job"] else "")
-        return {**row, "state": "running", "detail": f"{where} step {beat.get('step')} epoch {beat.get('epoch')}"}
-    if job is not None and queued.get(job) in IN_QUEUE:
-        return {**row, "state": "queued", "detail": f"in job {job} ({queued[job].lower()})"}
-    if status in ("failed", "interrupted"):
-        first = (result.get("error") or "").strip().splitlines()
-        return {**row, "state": status, "detail": first[0] if first else f"at step {result.get('steps')}"}
-    if beat is not None:
-        age = now - beat["time"]
-        return {**row, "state": "stale", "detail": f"last heartbeat {_duration(age)} ago on {beat.get('host')} "
-                                                   f"pid {beat.get('pid')}, step {beat.get('step')}: killed?"}
-    return {**row, "state": "missing"}
+    for run_dir, cell in sweep.runs:
+        path = Path(run_dir)
+        beat, _ = reader.read(path / HEARTBEAT)
+        result, result_time = reader.read(path / RESULT)
+        job = submitted.get(run_dir)
+        row = state(path, lock=lock_probe(path), heartbeat=beat if isinstance(beat, dict) and
+                    isinstance(beat.get("time"), (int, float)) else None, result=result, result_time=result_time,
+                    launcher_alive=launcher_alive, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
+        rows.append((run_dir, path.name, cell, row.state, row.detail, row.host, row.pid, row.job, row.step,
+                     row.epoch, row.heartbeat_age_s, row.test_acc))
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Runs per cell and state, with a `total` row; columns in STATES order."""
+    """Runs per cell and state, with a `total` row; columns in STATES order after `runs`."""
     grid = pd.crosstab(table["cell"], table["state"]) if len(table) else pd.DataFrame()
-    grid = grid.reindex(columns=STATES[1:], fill_value=0)
+    grid = grid.reindex(columns=list(STATES), fill_value=0)
     grid.columns.name, grid.index.name = None, "cell"
-    grid.insert(0, "planned", grid.sum(axis=1))
+    grid.insert(0, "runs", grid.sum(axis=1))
     grid.loc["total"] = grid.sum()
     return grid.astype(int)
 
 
 def render(table: pd.DataFrame, *, details: int = 20) -> str:
     grid = counts(table)
-    lines = [grid.loc[:, (grid != 0).any() | (grid.columns == "planned")].to_string()]
-    for state in ("running", "failed", "interrupted", "stale", "queued"):
-        rows = table[table["state"] == state]
+    lines = [grid.loc[:, (grid != 0).any() | (grid.columns == "runs")].to_string()]
+    for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued"):
+        rows = table[table["state"] == name]
         if len(rows):
-            lines.append(f"\n{state}:")
+            lines.append(f"\n{name}:")
             lines += [f"  {r.run}  {r.detail}" for r in rows.head(details).itertuples()]
             if len(rows) > details:
                 lines.append(f"  ... and {len(rows) - details} more")
@@ -203,9 +216,11 @@ def main(argv: list[str]) -> int:
     target = args.target + extra
     if not target:
         target = []  # the default config: one run
+    reader, sweep = Reader(), None
     while True:
         try:
-            table = status(target, stale_after=args.stale_after)
+            sweep = sweep or Sweep.of(target)  # planned once; each refresh reads what changed
+            table = status(target, stale_after=args.stale_after, reader=reader, sweep=sweep)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -214,7 +229,7 @@ def main(argv: list[str]) -> int:
             print(text)
             return 0
         print(f"\033[2J\033[H{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)\n{text}", flush=True)
-        if not table["state"].isin(["running", "queued"]).any():
+        if not table["state"].isin(ACTIVE).any():
             return 0
         try:
             time.sleep(args.watch)
@@ -252,12 +267,8 @@ class SweepProgress:
 
     def finished(self, run_dir: Path, started: float) -> str:
         took = time.monotonic() - started
-        try:
-            result = read_result(run_dir) or {}
-        except ValueError:
-            result = {}
-        state = result.get("status") or "missing"
-        acc = (result.get("final") or {}).get("test_acc")
+        row = classify(run_dir)
+        state, acc = row.state, row.test_acc
         with self._lock:
             self.running -= 1
             self.done += 1
@@ -269,8 +280,8 @@ class SweepProgress:
             line = (f"[{self.done}/{self.total}] {state} {Path(run_dir).name}"
                     f"{f' test {acc:.1f} %' if acc is not None else ''} ({_duration(took)})"
                     f" — {self.running} running, ETA {_duration(eta) if left else '0 s'}")
-            if state == "failed" and result.get("error"):
-                line += f"\n    {result['error'].strip().splitlines()[0]}"
+            if state in ("failed", "damaged", "stale") and row.detail:
+                line += f"\n    {row.detail}"
             print(line, file=self.out or sys.stdout, flush=True)
         return state
 

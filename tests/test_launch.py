@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.launch import expand, run_directory
+from src.plan import expand, run_directory
 from src.records import read_result
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,8 +1,8 @@
 """The sweeper of this project's Hydra app. Its jobs are the product of the sweep's overrides
-(`src.launch.sweep_combinations`, the product Hydra's basic sweeper forms), handed to the
+(`src.plan.sweep_combinations`, the product Hydra's basic sweeper forms), handed to the
 launcher in one batch. Unlike Hydra's basic sweeper it does not compose every job to check it:
 `python -m src.launch` composed and validated each job once before the launch, and the
-launchers run those planned jobs (`src.launch.planned_job`).
+launchers run those planned jobs (the plan it saved, `src.plan.planned_jobs`).
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
@@ -42,7 +42,7 @@ class PlannedSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from src.launch import sweep_combinations
+        from src.plan import sweep_combinations
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

@@ -1,7 +1,7 @@
 """A Hydra launcher that runs a sweep's jobs on this machine with bounded concurrency.
 
 Each job runs its resolved run config, as planned (composed and validated) by
-`python -m src.launch`, in its own process (so a crash or a leak stays in its run):
+`python -m src.launch` and saved in the sweep dir's plan (`src.plan.planned_jobs`), in its own process (so a crash or a leak stays in its run):
 `python -m src.launch --run-config <sweep dir>/<job num>/config.json --run-dir <run dir>`,
 with its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and `train.threads`;
 at most `max_workers` (default: CPUs // threads_per_job) run at once, so the cores are never
@@ -11,7 +11,8 @@ oversubscribed. A run the launch found finished starts no process. Each job's ou
 Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
 jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
 no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
-kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.launch`).
+kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.runner`). A job killed by another
+signal (a segfault, the OOM killer) is recorded as failed, naming the signal (`runstate.record_death`).
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +73,12 @@ class LocalPoolLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs locally, {self.max_workers} at a time, "
                  f"{self.threads_per_job} thread(s) each")
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        from src.plan import PLAN, planned_jobs
         from src.status import SweepProgress
+
+        # the launch's saved plan; a launch that did not go through `src.launch` (Hydra flags
+        # such as --config-dir) has none: each job is composed then (`_compose`)
+        self.plan = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
 
         self.progress = SweepProgress(len(jobs), self.max_workers)
         previous = {}
@@ -86,6 +93,18 @@ class LocalPoolLauncher(Launcher):
         print(self.progress.summary(), flush=True)
         return returns
 
+    def _job(self, overrides):
+        from src.plan import Job, job_of
+        from src.runstate import finished_status
+
+        if self.plan is not None:
+            job = self.plan.get(tuple(overrides))
+            if job is None:
+                raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
+            return job
+        run_cfg, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+        return Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
+
     def _forward(self, signum, frame) -> None:
         """Pass the signal on to the running jobs; start no more."""
         self._stop_signal = signum
@@ -98,10 +117,7 @@ class LocalPoolLauncher(Launcher):
     def _run(self, sweep_dir: Path, idx: int, overrides: List[str]) -> JobReturn:
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
-        from src.launch import planned_job
-
-        job = planned_job(overrides, lambda: self.hydra_context.config_loader.load_sweep_config(
-            self.config, list(overrides)))
+        job = self._job(overrides)
         run_dir = job.run_dir
         if job.finished:  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
@@ -120,7 +136,7 @@ class LocalPoolLauncher(Launcher):
         cmd = [sys.executable, "-m", "src.launch", "--run-config", str(job_dir / "config.json"),
                "--run-dir", str(run_dir)]
         log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        started = self.progress.started()
+        started, started_at = self.progress.started(), time.time()
         # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on once.
         # (A file, not a pipe: a job that outlives a killed launcher can still write its output.)
         with open(job_dir / "job.log", "w") as out:
@@ -132,11 +148,14 @@ class LocalPoolLauncher(Launcher):
             code = child.wait()
             with self._children_lock:
                 self._children.discard(child)
+        from src.runstate import record_death
+
+        record_death(run_dir, config, code, started_at)  # a signal other than ours: failed, named
         self.progress.finished(run_dir, started)
-        if code in (0, 1):  # 1: the run failed and recorded why; the sweep goes on
+        if code in (0, 1) or code < 0:  # 1: the run failed and recorded why; the sweep goes on
             ret.status, ret.return_value = JobStatus.COMPLETED, {"exit_code": code}
         else:
-            ret.status = JobStatus.FAILED
+            ret.status = JobStatus.FAILED  # the job's process itself failed (not its run)
             ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {job_dir / 'job.log'}:\n"
                                             + _tail(job_dir / "job.log"))
         return ret

@@ -6,8 +6,10 @@
     hydra.launcher.detach=true        submit, write the submission record, return at once
                                       (what `python -m src.launch --detach` sets)
 
-The runs are the launch's planned jobs (composed and validated once by `python -m src.launch`;
-each task gets their resolved configs). Runs that already finished are not submitted. Each
+The runs are the launch's planned jobs (composed and validated once by `python -m src.launch`,
+read from the plan it saved in the sweep dir; each task gets their resolved configs). Runs that
+already finished are not submitted, and neither are runs whose job of an earlier submission of
+the same sweep is still queued or running (its submission record and one `squeue` call). Each
 task is a `src.pack.Pack`; every launch writes `<sweep dir>/submission.json` (job ids, the
 runs of each job, the command line, the time), which `python -m src.launch status` reads.
 
@@ -49,20 +51,33 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.launch import planned_job
         from src.pack import Pack, PackedRun, write_submission
+        from src.plan import PLAN, Job, job_of, planned_jobs
+        from src.runstate import finished_status
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        runs, todo = [], []  # todo: the runs not finished (the launch's plan decided it)
+        planned = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
+        in_queue = _still_queued(sweep_dir)
+        runs, todo = [], []  # todo: the runs not finished (the launch's plan decided it) nor queued
         for i, overrides in enumerate(job_overrides):
-            job = planned_job(overrides, lambda: self.hydra_context.config_loader.load_sweep_config(
-                self.config, list(overrides)))
+            if planned is not None:
+                job = planned.get(tuple(overrides))
+                if job is None:
+                    raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
+            else:  # a launch that did not go through `src.launch` (Hydra flags): composed here
+                run_cfg, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)))
+                job = Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
             runs.append(PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()),
                                   job.config.to_dict()))
-            if not job.finished:
+            if not job.finished and runs[-1].run_dir not in in_queue:
                 todo.append(runs[-1])
+        waiting = {in_queue[r.run_dir] for r in runs if r.run_dir in in_queue and r not in todo}
+        if waiting:
+            print(f"{sum(r.run_dir in in_queue for r in runs)} run(s) not submitted again: their job(s) of an "
+                  f"earlier submission are still queued or running: {', '.join(sorted(waiting))}", flush=True)
         k = self.runs_per_job
         packs = [todo[i:i + k] for i in range(0, len(todo), k)]
         cpus = self.params.get("cpus_per_task") or 1
@@ -75,7 +90,7 @@ class PackedSlurmLauncher(SlurmLauncher):
         print(f"submitted {len(todo)} run(s) ({len(runs) - len(todo)} already finished) as {len(packs)} SLURM "
               f"job(s) of <= {k} run(s), {self.concurrent_runs} at a time: job id(s) {', '.join(ids) or '-'}; "
               f"record: {record}", flush=True)
-        outcome = {r.run_dir: "skipped" for r in runs if r not in todo}
+        outcome = {r.run_dir: "skipped" if r.run_dir not in in_queue else "queued" for r in runs if r not in todo}
         if not self.detach:
             for job, pack in zip(jobs, packs):
                 try:
@@ -102,3 +117,20 @@ class PackedSlurmLauncher(SlurmLauncher):
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
                                       if k not in init_keys})
         return executor
+
+
+def _still_queued(sweep_dir: Path) -> dict:
+    """run_dir -> job id, for the runs of the sweep's earlier submissions (the submission
+    records beside this launch's sweep dir) whose SLURM job is still in the queue."""
+    import json
+
+    from src.runstate import IN_QUEUE, queue_states
+
+    submitted = {}
+    records = sorted(sweep_dir.parent.glob("*/submission.json"))
+    for path in sorted(records, key=lambda p: json.loads(p.read_text()).get("time", 0)):
+        for job in json.loads(path.read_text()).get("jobs", []):
+            for run in job["runs"]:
+                submitted[str(Path(run).resolve())] = job["job_id"]
+    states = queue_states(set(submitted.values()))
+    return {run: job for run, job in submitted.items() if states.get(job) in IN_QUEUE}

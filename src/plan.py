@@ -1,0 +1,400 @@
+"""Planning a launch: the sweep's jobs, each composed and validated once, its run directory,
+whether it is skipped, and the plan written once into the launch's sweep directory.
+
+    jobs = plan(["setup=smoke", "criterion=magnitude,snip", "seed=1,2,3"])
+    write_plan(sweep_dir, jobs, overrides)     # <sweep dir>/plan.json (+ plan-configs.jsonl)
+    read_plan(sweep_dir)                       # what the launchers, packs and `status` read
+
+A run's directory is `runs_root/name/<slug>-<hash of the run's identity>`; a run is skipped
+when it finished there with this identity (`runstate.finished_status`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import RunConfig, run_identity
+from .config_groups import REGISTRY_GROUPS
+from .records import atomic_write_text, config_hash
+from .runstate import finished_status
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
+PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
+LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class Job:
+    overrides: list[str]
+    config: RunConfig
+    run_dir: Path
+    finished: str | None = None  # "completed" / "diverged" when the launch skips it (`finished_status`)
+    cell: str = "all"  # the overrides that vary across the sweep's cells (seed aside)
+    hash: str = field(default="", repr=False)  # config_hash of the run's identity
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The job's overrides as Hydra's sweeper passes them to a launcher (no `hydra.*` ones)."""
+        return tuple(o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
+
+
+def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
+    """The RunConfig of a composed Hydra config, and the launch-level fields."""
+    data = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    launch = OmegaConf.create({k: data.pop(k) for k in LAUNCH_KEYS})
+    return RunConfig.from_dict(data), launch
+
+
+def run_directory(runs_root: str, name: str, run_cfg: RunConfig, identity_hash: str | None = None) -> Path:
+    """`runs_root/name/<slug>-<hash>`: readable, and unique per experiment identity."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"name: {name!r} must be one path component of letters, digits, '_', '.' and '-' "
+                         f"(not starting with '.'), so that runs stay under runs_root")
+    s = run_cfg.sparsity
+    parts = [run_cfg.model.name, s.mode]
+    if s.mode != "dense":
+        parts.append(f"d{s.density:g}")
+    if s.mode == "dst":
+        parts += [s.criterion, s.growth]
+    parts.append(f"s{run_cfg.train.seed}")
+    identity_hash = identity_hash or config_hash(run_identity(run_cfg.to_dict()))
+    return Path(runs_root) / name / ("-".join(parts) + "-" + identity_hash[:10])
+
+
+def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
+    """The run a composed Hydra config describes, and its directory."""
+    run_cfg, launch = to_run_config(cfg)
+    return run_cfg, run_directory(launch.runs_root, launch.name, run_cfg)
+
+
+def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
+    """The launch's jobs, each composed and validated once, its launcher options checked and
+    whether it is skipped decided (finished here, with this identity)."""
+    jobs = expand(overrides, check_data=check_data, detach=detach)
+    for job in jobs:
+        job.finished = finished_status(job.run_dir, job.config.to_dict())
+    return jobs
+
+
+def expand(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
+    """Compose and validate every job of the sweep that `overrides` (plus any
+    `hydra.sweeper.params` of the selected configs) describes, each once. Raises ValueError
+    with the field and the allowed values on the first invalid job or launcher option,
+    FileNotFoundError for missing dataset files (unless `check_data` is false), and
+    ValueError if two jobs are the same experiment (they would share a run directory)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from .data import check_dataset
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        # with the config loader, as Hydra's sweeper has it: glob() lists a group's options
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        parsed = parser.parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        # (without --detach's option: its absence from a local launcher is reported by check_launcher)
+        base = compose("config", overrides=[o for o in fixed if not o.startswith("hydra.launcher.detach")],
+                       return_hydra_config=True)
+        check_launcher(base.hydra.launcher, detach)
+        params = OmegaConf.select(base, "hydra.sweeper.params") or {}
+        sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+        combinations = sweep_combinations(parser.parse_overrides(sweep_lines))
+        composers: dict[tuple[str, ...], _Composer] = {}
+        if combinations == [fixed] and not any(o.startswith("hydra.launcher.detach") for o in fixed):
+            composers[tuple(fixed)] = _Composer(base, parser)  # no sweep: the launch's own composition
+        jobs, checked = [], set()
+        for combo in combinations:
+            # Composing is slow (tens of ms), so each distinct choice of config groups is
+            # composed once (`_Composer`), and plain `key=value` overrides are applied to it.
+            groups = tuple(combo) if tuple(combo) in composers else tuple(o for o in combo if _is_group_choice(o))
+            if groups not in composers:
+                composers[groups] = _Composer(compose("config", overrides=list(groups)), parser)
+            try:
+                data = composers[groups].job([line for line in combo if line not in groups])
+                launch = {k: data.pop(k) for k in LAUNCH_KEYS}
+                run_cfg = RunConfig.from_dict(data).validate()
+                identity = config_hash(run_identity(data))
+                run_dir = run_directory(launch["runs_root"], launch["name"], run_cfg, identity)
+            except (ValueError, OmegaConfBaseException) as error:
+                raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
+            key = (run_cfg.data.name, run_cfg.data.root)
+            if check_data and key not in checked:  # the error says where it looked, how to get it
+                check_dataset(*key)
+                checked.add(key)
+            jobs.append(Job(combo, run_cfg, run_dir, hash=identity))
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        if job.run_dir in seen:
+            raise ValueError(f"two jobs are the same experiment (a sweep axis has no effect on them):\n"
+                             f"  {' '.join(seen[job.run_dir].overrides)}\n  {' '.join(job.overrides)}")
+        seen[job.run_dir] = job
+    _name_cells(jobs)
+    return jobs
+
+
+class _Composer:
+    """The jobs of one choice of config groups, composed once. A job's plain `key=value`
+    overrides are applied to a plain copy of the resolved config: each distinct override once
+    by Hydra's rules on the composed config (`_apply`: its errors and type conversions), its
+    resulting value then set per job; interpolations (`train.seed: ${seed}`) are resolved
+    again after. A job whose overrides overlap (one key inside another's) or that cannot be
+    resolved so is composed the general way: a copy of the composed config, overrides applied."""
+
+    def __init__(self, cfg: DictConfig, parser):
+        self.cfg, self.parser = cfg, parser
+        keys = [k for k in cfg if k != "hydra"]
+        self.plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
+        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=False)
+        self.refs: dict[str, str] = {}  # key -> the key its value interpolates (`${seed}`)
+        self.simple = _collect_refs(raw, "", self.refs)
+        self.values: dict[str, tuple[str, object]] = {}  # override line -> (key, value after it)
+
+    def job(self, lines: list[str]) -> dict:
+        if not self.simple:
+            return self._general(lines)
+        sets: dict[str, object] = {}
+        refs = dict(self.refs)
+        for line in lines:
+            if line not in self.values:
+                self.values[line] = self._value(line)
+            key, value = self.values[line]
+            if key is None:
+                return self._general(lines)
+            if isinstance(value, _Ref):
+                refs[key] = value.target
+            else:
+                refs.pop(key, None)
+                sets[key] = value
+        if any(a != b and (a.startswith(b + ".") or b.startswith(a + ".")) for a in sets for b in refs):
+            return self._general(lines)
+        keys = sorted(sets)
+        if any(b.startswith(a + ".") for a, b in zip(keys, keys[1:])):
+            return self._general(lines)
+        data = _copy(self.plain)
+        for key, value in sets.items():
+            _set(data, key, _copy(value))
+        for _ in range(len(refs)):  # chains resolve in as many rounds as they are long
+            changed = False
+            for key, target in refs.items():
+                value = _get(data, target)
+                if value is _MISSING:
+                    return self._general(lines)
+                if _get(data, key) != value:
+                    _set(data, key, _copy(value))
+                    changed = True
+            if not changed:
+                break
+        return data
+
+    def _value(self, line: str) -> tuple[str | None, object]:
+        """The key an override sets and its value after Hydra's rules (validated, converted)."""
+        import copy
+
+        override = self.parser.parse_override(line)
+        key = override.key_or_group.lstrip("+~")
+        raw = override.value()
+        if isinstance(raw, str) and "${" in raw:
+            match = re.fullmatch(r"\$\{([\w.]+)\}", raw)
+            return (key, _Ref(match.group(1))) if match else (None, None)
+        cfg = copy.deepcopy(self.cfg)
+        _apply(cfg, override)
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, (DictConfig, ListConfig)):
+            if any(isinstance(v, str) and "${" in v for v in _leaves(OmegaConf.to_container(node, resolve=False))):
+                return None, None
+            return key, OmegaConf.to_container(node, resolve=True)
+        return key, node
+
+    def _general(self, lines: list[str]) -> dict:
+        import copy
+
+        cfg = copy.deepcopy(self.cfg)
+        for line in lines:
+            _apply(cfg, self.parser.parse_override(line))
+        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+@dataclass
+class _Ref:
+    target: str
+
+
+_MISSING = object()
+
+
+def _collect_refs(node, prefix: str, refs: dict) -> bool:
+    """Record the `${key}` values of an unresolved config; False if it has other interpolations."""
+    if isinstance(node, dict):
+        return all(_collect_refs(v, f"{prefix}{k}.", refs) for k, v in node.items())
+    if isinstance(node, list):
+        return not any(isinstance(v, str) and "${" in v for v in _leaves(node))
+    if isinstance(node, str) and "${" in node:
+        match = re.fullmatch(r"\$\{([\w.]+)\}", node)
+        if not match:
+            return False
+        refs[prefix[:-1]] = match.group(1)
+    return True
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from _leaves(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _leaves(v)
+    else:
+        yield node
+
+
+def _copy(node):
+    """A copy of plain config data (dicts, lists, scalars): much faster than copy.deepcopy."""
+    if isinstance(node, dict):
+        return {k: _copy(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_copy(v) for v in node]
+    return node
+
+
+def _get(data: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def _set(data: dict, key: str, value) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def _name_cells(jobs: list[Job]) -> None:
+    """Each job's cell: the overrides that vary across the sweep, seeds aside."""
+    values: dict[str, set] = {}
+    for job in jobs:
+        for line in job.overrides:
+            key, _, value = line.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = {k for k, v in values.items() if len(v) > 1 and k.lstrip("+~") not in ("seed", "train.seed")}
+    for job in jobs:
+        job.cell = " ".join(line for line in job.overrides if line.partition("=")[0] in varying) or "all"
+
+
+def sweep_combinations(overrides) -> list[list[str]]:
+    """The jobs of a sweep (parsed overrides) as Hydra's basic sweeper forms them: one value
+    per key (a later override of a key replaces an earlier one), the product over the keys in
+    order. The app's sweeper (hydra_plugins/dst_config/sweeper.py) forms them with this too."""
+    from hydra.errors import HydraException
+
+    axes: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"BasicSweeper does not support sweep type : {override.value_type.name}")
+    return [list(combo) for combo in itertools.product(*axes.values())]
+
+
+GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | set(REGISTRY_GROUPS) | {"sweeps", "hydra/launcher"}
+
+
+def _is_group_choice(line: str) -> bool:
+    """`criterion=snip`, `+sweeps=mlp_dst`: a choice of config group (composed by Hydra)."""
+    key = line.split("=", 1)[0].lstrip("+~")
+    return key in GROUPS or key.startswith("hydra")
+
+
+def _apply(cfg: DictConfig, override) -> None:
+    """Apply a `key=value` / `+key=value` / `++key=value` override to a composed config by
+    Hydra's rules for them (Hydra has no public API for this step of its composition)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key, value = override.key_or_group, override.value()
+    if override.is_delete():
+        raise ValueError(f"{override.input_line}: deletions are not supported in sweeps")
+    if override.is_add() and OmegaConf.select(cfg, key, throw_on_missing=False) is not None \
+            and not isinstance(value, (dict, list)):
+        raise ValueError(f"Could not append to config. An item is already at '{key}'.")
+    try:
+        OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
+    except (ConfigAttributeError, ConfigKeyError) as error:
+        raise ValueError(f"Could not override '{key}'.\nTo append to your config use +{override.input_line}") \
+            from error
+
+
+def check_launcher(launcher: DictConfig, detach: bool) -> None:
+    """The launcher's own options, checked before anything is submitted."""
+    if detach and "detach" not in launcher:
+        raise ValueError("--detach: needs a SLURM launcher that submits and returns "
+                         "(launcher=slurm or launcher=slurm_gpu)")
+    for key in ("runs_per_job", "concurrent_runs"):
+        if key in launcher and not (isinstance(launcher[key], int) and launcher[key] >= 1):
+            raise ValueError(f"hydra.launcher.{key}: must be an integer >= 1, got {launcher[key]}")
+
+
+# ---------------------------------------------------------------------------- the saved plan
+def sweep_logs(overrides: list[str]) -> Path | None:
+    """`runs_root/.hydra/<name>`: where the launches of these overrides log and save their
+    plans (one composition of the launch's fixed overrides); None when they do not compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+            fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+            cfg = compose("config", overrides=[o for o in fixed if not o.startswith("hydra.")])
+    except Exception:  # (any composition error: status then plans anew, and reports it there)
+        return None
+    return Path(cfg.runs_root) / ".hydra" / cfg.name
+
+
+def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
+    """Write the plan once per launch: `<sweep dir>/plan.json` (per run: its directory, cell,
+    overrides, identity hash, job number, and whether the launch skips it; the launch's
+    overrides, host and pid) and `plan-configs.jsonl` (each run's resolved config, one a line,
+    in the same order: what the launchers run)."""
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sweep_dir / PLAN_CONFIGS, "".join(json.dumps(j.config.to_dict()) + "\n" for j in jobs))
+    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "overrides": list(overrides),
+              "runs": [{"idx": i, "run_dir": str(j.run_dir.resolve()), "cell": j.cell, "overrides": j.overrides,
+                        "config_hash": j.hash, "finished": j.finished} for i, j in enumerate(jobs)]}
+    atomic_write_text(sweep_dir / PLAN, json.dumps(record))
+    return sweep_dir / PLAN
+
+
+def read_plan(sweep_dir: Path) -> dict:
+    """A launch's saved plan (`write_plan`), without the configs."""
+    return json.loads((Path(sweep_dir) / PLAN).read_text())
+
+
+def planned_jobs(sweep_dir: Path) -> dict[tuple[str, ...], Job]:
+    """The jobs of a saved plan with their configs, by the overrides Hydra's sweeper gives
+    the launcher: what the launchers run."""
+    record = read_plan(sweep_dir)
+    with open(Path(sweep_dir) / PLAN_CONFIGS) as f:
+        configs = [json.loads(line) for line in f]
+    jobs = [Job(r["overrides"], RunConfig.from_dict(c), Path(r["run_dir"]), r["finished"], r["cell"], r["config_hash"])
+            for r, c in zip(record["runs"], configs, strict=True)]
+    return {job.key: job for job in jobs}

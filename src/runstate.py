@@ -1,0 +1,295 @@
+"""What state a run is in: the one classifier, its vocabulary and its exit-code rule.
+
+Every place that reports on runs (the launch's summary, `status`, the local and SLURM
+launchers, packs, the analysis' completeness table) asks `state`; none decides on its own.
+
+    planned      in a launch's plan, nothing on disk yet, and the launch is still alive
+    queued       its SLURM job is in the queue (pending, requeued, or running other runs first)
+    starting     a process holds the run's lock but has written no heartbeat yet
+    running      a process holds the run's lock (whatever its heartbeat's age) and beats
+    completed    result.json says so                   } finished: never run again
+    diverged     result.json says so                   }
+    failed       result.json says so, or the run died by a signal, or could not record its result
+    interrupted  result.json says so (checkpointed; a launch resumes it)
+    stale        no lock holder and no result of this attempt: killed (or its node died)
+    missing      nothing on disk, and nothing will run it (no launch alive, not queued)
+    damaged      records that are not this run's: an unreadable result.json, or the records of
+                 another experiment (its config hash is not the directory's identity)
+
+Liveness comes from the lock first (`records.lock_probe`, a shared probe that writes
+nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
+node). A heartbeat from the future is reported as clock skew and not trusted. Where the file
+system has no working flock, the heartbeat is all there is: fresh means running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .runinfo import HEARTBEAT, process_alive
+from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe
+
+STATES = ("planned", "queued", "starting", "running", "completed", "diverged", "failed", "interrupted", "stale",
+          "missing", "damaged")
+ACTIVE = ("planned", "queued", "starting", "running")  # something will still change: `status --watch` waits
+OK = FINISHED + ACTIVE[1:]  # the states that are no reason for a non-zero exit (active: another launcher's)
+IN_QUEUE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+            "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.log_every` steps and each epoch
+SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
+PREEMPTION_SIGNALS = ("SIGUSR2", "SIGTERM")  # a run stopped by these checkpointed first
+
+
+def exit_code(states) -> int:
+    """The one rule, for a single run as for a sweep, a pack or a launch: 0 when every run
+    finished (completed or diverged: a diverged run is a result) or is in another launcher's
+    hands (queued, starting, running); 1 when any failed, was interrupted, went stale, is
+    missing or damaged."""
+    return 0 if all(s in OK for s in states) else 1
+
+
+@dataclass
+class RunState:
+    state: str
+    detail: str = ""
+    host: str | None = None
+    pid: int | None = None
+    job: str | None = None
+    step: int | None = None
+    epoch: int | None = None
+    heartbeat_age_s: float | None = None
+    test_acc: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def identity_hash(run_dir: Path) -> str | None:
+    """The identity hash in a run directory's name (`<slug>-<10 hex digits>`), or None."""
+    match = re.search(r"-([0-9a-f]{10})$", Path(run_dir).name)
+    return match.group(1) if match else None
+
+
+def foreign_records(run_dir: Path, recorded: dict | None, expected: dict | None = None) -> str | None:
+    """Why the records in `run_dir` are not this run's, or None when they are (or say nothing):
+    their config's identity hash is not the directory's (or not that of `expected`, the run's
+    planned config), with both hashes and, when `expected` is known, the differing fields."""
+    from .config import run_identity  # (no torch)
+
+    if not isinstance(recorded, dict) or not recorded:
+        return None
+    theirs = config_hash(run_identity(recorded))
+    if expected is not None:
+        ours = config_hash(run_identity(expected))
+        if theirs == ours:
+            return None
+    else:
+        ours = identity_hash(run_dir)
+        if ours is None or theirs.startswith(ours):
+            return None
+    detail = f"records of another experiment (config hash {theirs}, this directory's is {ours})"
+    if expected is not None:
+        from .records import _flat
+
+        a, b = _flat(run_identity(recorded)), _flat(run_identity(expected))
+        diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+        detail += "; differing fields: " + ", ".join(diff)
+    return detail + "; not counted as finished"
+
+
+def read_json(path: Path):
+    """A record file's content, `None` when absent, or the error (a string) when unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
+    """"completed" / "diverged" when the run finished and its records are this run's (the
+    skip decision, wherever a run is skipped: a launch's plan, a pack's start); else None.
+    Another experiment's finished result is refused with both hashes and the differing fields
+    (printed), never counted: the run is then started, and `train` refuses the directory."""
+    result = read_json(Path(run_dir) / RESULT)
+    if not isinstance(result, dict) or result.get("status") not in FINISHED:
+        return None
+    foreign = foreign_records(run_dir, result.get("config"), config)
+    if foreign:
+        import sys
+
+        print(f"warning: {run_dir}: {foreign}", file=sys.stderr, flush=True)
+        return None
+    return result["status"]
+
+
+def heartbeat_of(run_dir: Path) -> dict | None:
+    beat = read_json(Path(run_dir) / HEARTBEAT)
+    return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
+
+
+def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None, result=None,
+          result_time: float = 0.0, launcher_alive: bool = False, queue: str | None = None, job: str | None = None,
+          now: float | None = None, stale_after: float = DEFAULT_STALE_AFTER_S,
+          expected: dict | None = None) -> RunState:
+    """The state of one run from what is known of it: `lock` (`records.lock_probe`: holder,
+    FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
+    result.json was written), whether the
+    launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
+    the run's planned config (`expected`) when known. Use `classify` to read them from disk."""
+    now = time.time() if now is None else now
+    row = RunState("missing", job=job)
+    beat_pid = None
+    if heartbeat:
+        age = now - heartbeat["time"]
+        row.host, beat_pid = heartbeat.get("host"), heartbeat.get("pid")
+        row.pid, row.step, row.epoch = beat_pid, heartbeat.get("step"), heartbeat.get("epoch")
+        row.job = heartbeat.get("slurm_job_id") or job
+        row.heartbeat_age_s = round(age, 1)
+    skew = heartbeat is not None and now - heartbeat["time"] < -SKEW_TOLERANCE_S
+    skew_note = (f" (its heartbeat is {_duration(heartbeat['time'] - now)} in the future: clock skew between "
+                 f"hosts?)" if skew else "")
+    if isinstance(result, str):  # result.json that is not JSON
+        if not lock:
+            return _with(row, "damaged", f"unreadable result.json: {result}")
+        result = None
+    if result is not None and (not isinstance(result, dict) or result.get("status") not in STATUSES):
+        if not lock:
+            return _with(row, "damaged", f"result.json is not a run result (status must be one of {list(STATUSES)})")
+        result = None
+    status = (result or {}).get("status")
+    foreign = foreign_records(run_dir, (result or {}).get("config"), expected) if result else None
+
+    if lock:  # a live process holds the run: whatever its heartbeat or an earlier result say
+        row.pid = row.pid if beat_pid is not None else _pid_of(lock)
+        where = f"{lock}" + (f" job {row.job}" if row.job else "")
+        if heartbeat and _pid_of(lock) in (None, beat_pid):
+            return _with(row, "running", f"{where} step {heartbeat.get('step')} epoch {heartbeat.get('epoch')}"
+                                         + skew_note)
+        return _with(row, "starting", f"{where}, no heartbeat yet")
+    if foreign:
+        return _with(row, "damaged", foreign)
+    if status in FINISHED:
+        acc = (result.get("final") or {}).get("test_acc")
+        row.test_acc = acc
+        return _with(row, status, f"test {acc:.2f} %" if acc is not None else "")
+    failure = (heartbeat or {}).get("unrecorded_failure")
+    if isinstance(failure, dict) and (failure.get("time") or 0) > result_time:
+        return _with(row, "failed", f"could not record the result (disk full?): {failure.get('error')}")
+    this_attempt = heartbeat is not None and heartbeat["time"] > result_time  # a new attempt since the result
+    alive = process_alive(row.host, beat_pid) if this_attempt else None
+    fresh = this_attempt and not skew and now - heartbeat["time"] <= stale_after
+    if lock is NO_FLOCK and fresh and alive is not False:  # no lock to ask: the heartbeat says
+        return _with(row, "running", f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
+                                     f"{heartbeat.get('epoch')} (no working flock here: from its heartbeat)")
+    if queue in IN_QUEUE:
+        return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
+    if this_attempt and fresh and alive is None and lock is not NO_FLOCK:
+        # a fresh heartbeat from another host, and no lock holder visible from here: the lock
+        # may not reach across hosts on this file system; trust the heartbeat
+        return _with(row, "running", f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
+                                     f"{heartbeat.get('epoch')} (lock not visible from this host)")
+    if status in ("failed", "interrupted") and not this_attempt:
+        first = (result.get("error") or "").strip().splitlines()
+        return _with(row, status, (first[0] if first else f"at step {result.get('steps')}") + skew_note)
+    if heartbeat is not None:
+        how = ("no process holds its lock" if lock is not NO_FLOCK else "heartbeat too old (no working flock here)")
+        return _with(row, "stale", f"{how}; last heartbeat {_duration(max(0.0, now - heartbeat['time']))} ago on "
+                                   f"{row.host} pid {beat_pid}, step {heartbeat.get('step')}: killed?" + skew_note)
+    if launcher_alive:
+        return _with(row, "planned", "waiting for its launch to start it")
+    if (Path(run_dir) / CONFIG).exists() or (Path(run_dir) / LOCK).exists():
+        return _with(row, "stale", "started, but killed before its first heartbeat")
+    return row
+
+
+def classify(run_dir: Path, *, queue: str | None = None, job: str | None = None, launcher_alive: bool = False,
+             now: float | None = None, stale_after: float = DEFAULT_STALE_AFTER_S,
+             expected: dict | None = None) -> RunState:
+    """`state` from the run directory's files, its lock probed (read-only)."""
+    run_dir = Path(run_dir)
+    try:
+        result_time = (run_dir / RESULT).stat().st_mtime
+    except OSError:
+        result_time = 0.0
+    return state(run_dir, lock=lock_probe(run_dir), heartbeat=heartbeat_of(run_dir),
+                 result=read_json(run_dir / RESULT), result_time=result_time, launcher_alive=launcher_alive, queue=queue, job=job,
+                 now=now, stale_after=stale_after, expected=expected)
+
+
+def died(code: int) -> str | None:
+    """`failed`'s detail for a run process that exited with `code` (a Popen / multiprocessing
+    exit code; negative: killed by that signal), unless a preemption signal stopped it."""
+    import signal
+
+    if code >= 0:
+        return None
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return None if name in PREEMPTION_SIGNALS else f"killed by {name}"
+
+
+def record_death(run_dir: Path, config: dict, code: int, started: float) -> str | None:
+    """After a run's process (started at `started`) died by a signal other than a preemption
+    one (a segfault, an OOM kill) without a result of its own: write its result.json as failed,
+    naming the signal, so that every reader says `failed` and a launch retries it. Returns the
+    detail, or None when it did not so die. (Under the run's lock: free, its holder is dead.)"""
+    from .records import RunLock, RunLocked, atomic_write_text
+
+    detail = died(code)
+    if detail is None:
+        return None
+    try:
+        with RunLock(run_dir):
+            if (Path(run_dir) / RESULT).exists() and (Path(run_dir) / RESULT).stat().st_mtime >= started:
+                return None  # it recorded its end itself
+            atomic_write_text(Path(run_dir) / RESULT, json.dumps(
+                {"status": "failed", "error": f"{detail} (no result of its own)", "config": config,
+                 "time": time.time()}, indent=2, sort_keys=True))
+    except (RunLocked, OSError):
+        pass
+    return detail
+
+
+def queue_states(job_ids: set[str]) -> dict[str, str]:
+    """`squeue` state of each queued job / array task among `job_ids` (one call for all)."""
+    if not job_ids:
+        return {}
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}  # no SLURM here: nothing is queued
+    states = {}
+    for line in out.stdout.splitlines():  # squeue exits 1 when every job has left the queue
+        job, _, queue_state = line.strip().partition("|")
+        states[job] = queue_state
+    return states
+
+
+def _with(row: RunState, state_: str, detail: str) -> RunState:
+    row.state, row.detail = state_, detail
+    return row
+
+
+def _pid_of(holder: str) -> int | None:
+    match = re.search(r"pid (\d+)", holder or "")
+    return int(match.group(1)) if match else None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
