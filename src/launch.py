@@ -25,18 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
-from .config import LaunchConfig
 from .config_groups import REGISTRY_GROUPS, registry_names
 from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
 from .runner import die_with_launcher, run_config_file, run_one
 from .runstate import classify, exit_code, finished_status
-
-ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
-
 
 def run_job(cfg: DictConfig) -> dict:
     """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as

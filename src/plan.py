@@ -20,10 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import RunConfig, run_identity
+from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS
 from .records import atomic_write_text, config_hash
 from .runstate import finished_status
@@ -33,6 +34,8 @@ CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is t
 PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)  # conf/config.yaml's schema
 
 
 @dataclass

@@ -182,7 +182,8 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
     failure = (heartbeat or {}).get("unrecorded_failure")
     if isinstance(failure, dict) and (failure.get("time") or 0) > result_time:
         return _with(row, "failed", f"could not record the result (disk full?): {failure.get('error')}")
-    this_attempt = heartbeat is not None and heartbeat["time"] > result_time  # a new attempt since the result
+    # a new attempt since the result (a skewed heartbeat's time cannot say: the result stands)
+    this_attempt = heartbeat is not None and (result is None or (not skew and heartbeat["time"] > result_time))
     alive = process_alive(row.host, beat_pid) if this_attempt else None
     fresh = this_attempt and not skew and now - heartbeat["time"] <= stale_after
     if lock is NO_FLOCK and fresh and alive is not False:  # no lock to ask: the heartbeat says

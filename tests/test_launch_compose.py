@@ -11,9 +11,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 
-import src.launch
 from src.config_groups import REGISTRY_GROUPS, registry_names
-from src.launch import CONF_DIR, expand, main, planned_job, to_run_config
+from src.launch import main
+from src.plan import CONF_DIR, expand, to_run_config, write_plan
 from src.records import read_result
 
 
@@ -86,19 +86,23 @@ def test_overrides_hydra_refuses_are_refused_in_sweeps_too(override, message):
             expand(["setup=smoke", *sweep], check_data=False)
 
 
-def test_the_local_launcher_starts_no_process_for_a_finished_run_and_composes_nothing(tmp_path, monkeypatch):
+def test_the_local_launcher_runs_the_saved_plan_starts_no_process_for_a_finished_run_and_composes_nothing(
+        tmp_path, monkeypatch):
     from hydra_plugins.dst_local_launcher.local_launcher import LocalPoolLauncher
+    from src.plan import planned_jobs
     from src.status import SweepProgress
 
     (job,) = expand(["setup=smoke", f"runs_root={tmp_path}"], check_data=False)
     job.finished = "completed"
-    monkeypatch.setattr(src.launch, "_PLANNED", {job.key: job})
+    sweep = tmp_path / "sweep"
+    write_plan(sweep, [job], ["setup=smoke"])
     launcher = LocalPoolLauncher(threads_per_job=1)
-    launcher.progress = SweepProgress(1, 1)
-    ret = launcher._run(tmp_path / "sweep", 0, list(job.key))
-    assert ret.return_value == {"status": "skipped"} and not (tmp_path / "sweep").exists()
+    launcher.progress, launcher.plan = SweepProgress(1, 1), planned_jobs(sweep)
+    monkeypatch.setattr(hydra, "compose", lambda *a, **k: pytest.fail("composed"))
+    ret = launcher._run(sweep, 0, list(job.key))
+    assert ret.return_value == {"status": "skipped"} and not (sweep / "0").exists()
     with pytest.raises(RuntimeError, match="not a job of this launch's plan"):
-        planned_job(["setup=smoke", "seed=9"], compose=lambda: pytest.fail("composed"))
+        launcher._job(["setup=smoke", "seed=9"])
 
 
 def test_a_local_job_runs_its_resolved_config_without_hydra(tmp_path, monkeypatch, capsys):

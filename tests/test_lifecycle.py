@@ -1,0 +1,257 @@
+"""A run's lifecycle with real processes: the identity check wherever a run is skipped, the
+state classifier (liveness from the lock first, clock skew, the saved plan), the read-only
+lock probe, a pack's run killed by a signal, and the one exit-code rule."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from src.plan import expand, read_plan
+from src.records import RunLock, RunLocked, lock_probe
+from src.runstate import STATES, classify, exit_code
+from src.status import status
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SMOKE = ["setup=smoke", "train.epochs=1", "train.threads=1"]
+
+
+def cli(*args, timeout=300, **kw):
+    return subprocess.run([PY, "-m", "src.launch", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def wait_for(condition, timeout=120.0, what=""):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def hold_lock(run_dir: Path) -> subprocess.Popen:
+    """A real second process that takes the run's lock as a starting run does, and keeps it."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from src.records import RunLock
+        with RunLock({str(run_dir)!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([PY, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def long_run(tmp_path, name="live", **kw) -> tuple[list[str], Path, subprocess.Popen]:
+    """A real run that trains for minutes, started through the launch; its overrides, directory, process."""
+    args = ["setup=smoke", "train.epochs=500", "train.log_every=5", "train.threads=1", f"runs_root={tmp_path}",
+            f"name={name}"]
+    (job,) = expand(args, check_data=False)
+    proc = subprocess.Popen([PY, "-m", "src.launch", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **kw)
+    wait_for(lambda: (job.run_dir / "heartbeat.json").exists() or proc.poll() is not None, what="its heartbeat")
+    assert proc.poll() is None
+    return args, job.run_dir, proc
+
+
+def stop(proc):
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+# ---------------------------------------------------------------------------- 1: identity
+@pytest.mark.slow
+def test_a_copied_finished_run_is_refused_as_another_experiments_never_counted_finished(tmp_path):
+    sweep = [*SMOKE, "optim.lr=0.05,0.01", f"runs_root={tmp_path}", "name=copy"]
+    a, b = expand(sweep, check_data=False)
+    done = cli(*SMOKE, "optim.lr=0.05", f"runs_root={tmp_path}", "name=copy")
+    assert done.returncode == 0, done.stdout + done.stderr
+    b.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(a.run_dir), str(b.run_dir)], check=True)
+
+    out = cli("-m", *sweep, "hydra.launcher.threads_per_job=1")
+    text = out.stdout + out.stderr
+    assert "2 run(s); 1 already finished" in out.stdout, text
+    assert "optim.lr: 0.05 -> 0.01" in text and "config hash" in text, text  # both hashes, the differing field
+    assert out.returncode == 1, text  # B is not a result; its directory is refused, not trained over
+    table = status([*sweep])
+    row = table.set_index("run_dir").loc[str(b.run_dir.resolve())]
+    assert row.state == "damaged" and "records of another experiment" in row.detail, row.detail
+    assert "optim.lr: 0.05 -> 0.01" in row.detail  # the plan knows the run's config: the fields too
+    assert json.loads((b.run_dir / "result.json").read_text())["config"]["optim"]["lr"] == 0.05  # untouched
+    # without a plan (a directory of runs), the directory's own identity hash still refuses it
+    by_dir = status(tmp_path / "copy").set_index("run_dir")
+    assert by_dir.loc[str(b.run_dir.resolve()), "state"] == "damaged"
+    assert by_dir.loc[str(a.run_dir.resolve()), "state"] == "completed"
+
+
+# ---------------------------------------------------------------------------- 2: liveness
+@pytest.mark.slow
+def test_a_stopped_live_run_is_running_not_stale_and_its_kill_makes_it_stale(tmp_path):
+    args, run_dir, proc = long_run(tmp_path)
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)  # a live process that beats no more (a busy node)
+        time.sleep(2)
+        row = status(args, stale_after=1).iloc[0]
+        assert row.state == "running" and f"pid {proc.pid}" in row.detail, row.to_dict()
+        # a status clock 20 min ahead: still running (its lock is held), not interrupted
+        assert status(args, now=time.time() + 1200).iloc[0].state == "running"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        row = status(args, stale_after=1).iloc[0]
+        assert row.state == "stale" and "no process holds its lock" in row.detail, row.to_dict()
+    finally:
+        stop(proc)
+
+
+def test_a_run_holding_its_lock_before_its_first_heartbeat_is_starting_and_watch_waits(tmp_path):
+    args = [*SMOKE, "seed=1,2", f"runs_root={tmp_path}", "name=w"]
+    first, second = expand(args, check_data=False)
+    (first.run_dir / "result.json").parent.mkdir(parents=True)
+    (first.run_dir / "result.json").write_text(json.dumps({"status": "completed", "config": first.config.to_dict()}))
+    holder = hold_lock(second.run_dir)  # the launcher has just started the last run
+    try:
+        table = status(args)
+        assert list(table.state) == ["completed", "starting"], table.to_dict("records")
+        assert f"pid {holder.pid}" in table.state.iloc[1] + table.detail.iloc[1]
+        watch = subprocess.Popen([PY, "-m", "src.launch", "status", "-m", *args, "--watch", "0.2"], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(8)
+        assert watch.poll() is None, watch.communicate()[0]  # still watching: a run is starting
+    finally:
+        stop(holder)
+    out, _ = watch.communicate(timeout=60)  # the holder died: nothing runs, the watch ends
+    assert watch.returncode == 0 and "stale" in out, out
+    assert status(args).state.iloc[1] == "stale"
+
+
+def test_a_heartbeat_from_the_future_is_skew_not_a_live_run(tmp_path):
+    args = [*SMOKE, f"runs_root={tmp_path}", "name=skew"]
+    (job,) = expand(args, check_data=False)
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "result.json").write_text(json.dumps({"status": "interrupted", "steps": 7,
+                                                         "config": job.config.to_dict()}))
+    # written by a node whose clock is 20 min ahead, after the run was interrupted there
+    (job.run_dir / "heartbeat.json").write_text(json.dumps({"host": "node7", "pid": 4242, "step": 7, "epoch": 1,
+                                                            "time": time.time() + 1200}))
+    row = status(args).iloc[0]
+    assert row.state == "interrupted" and "in the future: clock skew" in row.detail, row.to_dict()
+    watch = cli("status", *args, "--watch", "0.2", timeout=60)  # ends: nothing is running
+    assert watch.returncode == 0 and "interrupted" in watch.stdout
+
+
+def test_an_unrecorded_failure_in_the_heartbeat_is_failed_not_stale(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "heartbeat.json").write_text(json.dumps({
+        "host": "n1", "pid": 1, "step": 3, "epoch": 1, "time": time.time() - 5000,
+        "unrecorded_failure": {"error": "OSError: [Errno 28] No space left on device", "time": time.time() - 4000}}))
+    row = classify(run)
+    assert row.state == "failed"
+    assert row.detail == "could not record the result (disk full?): OSError: [Errno 28] No space left on device"
+
+
+@pytest.mark.slow
+def test_status_of_a_local_sweep_dir_lists_its_runs_not_its_job_log_folders(tmp_path):
+    args = [*SMOKE, "seed=1,2", f"runs_root={tmp_path}", "name=sd"]
+    out = cli("-m", *args, "hydra.launcher.threads_per_job=1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (sweep_dir,) = (tmp_path / ".hydra" / "sd").iterdir()
+    plan = read_plan(sweep_dir)
+    assert [Path(r["run_dir"]).name for r in plan["runs"]] == [j.run_dir.name for j in expand(args, check_data=False)]
+    assert {"0", "1"} <= {p.name for p in sweep_dir.iterdir()}  # the job-log folders
+    for target in (sweep_dir, str(sweep_dir)):
+        assert list(status(target).state) == ["completed", "completed"]
+    (sweep_dir / "plan.json").unlink()  # a launch from before plans: its multirun.yaml says what it ran
+    assert list(status(sweep_dir).state) == ["completed", "completed"]
+
+
+# ---------------------------------------------------------------------------- 3: the lock probe
+def test_the_lock_probe_writes_nothing_and_never_refuses_a_run_start(tmp_path):
+    runs = [tmp_path / f"r{i}" for i in range(5)]
+    assert lock_probe(runs[0]) == "" and not runs[0].exists()  # nothing created
+    for run in runs:
+        run.mkdir()
+        with RunLock(run):
+            pass
+    before = {r: ((r / ".lock").read_bytes(), (r / ".lock").stat().st_mtime_ns) for r in runs}
+    probe = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import time
+        from src.records import lock_probe
+        runs = {[str(r) for r in runs]!r}
+        deadline = time.monotonic() + 60
+        print("probing", flush=True)
+        while time.monotonic() < deadline:
+            for r in runs:
+                lock_probe(r)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert probe.stdout.readline().strip() == "probing"
+        assert {r: ((r / ".lock").read_bytes(), (r / ".lock").stat().st_mtime_ns) for r in runs} == before
+        refused = 0
+        for _ in range(40):  # run starts while another process probes in a loop
+            for run in runs:
+                try:
+                    with RunLock(run):
+                        pass
+                except RunLocked:
+                    refused += 1
+        assert refused == 0
+    finally:
+        stop(probe)
+    holder = hold_lock(runs[0])
+    try:
+        assert lock_probe(runs[0]) == f"host {os.uname().nodename}, pid {holder.pid}"
+        read_only = tmp_path / "ro"
+        shutil.copytree(runs[1], read_only)
+        read_only.chmod(0o555)
+        assert lock_probe(read_only) == ""  # a read-only copy of the records: probed all the same
+    finally:
+        stop(holder)
+
+
+# ---------------------------------------------------------------------------- 4: a pack's run killed
+@pytest.mark.slow
+def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_non_zero(tmp_path):
+    args = ["setup=smoke", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=pk"]
+    slow, quick = expand([*args, "train.epochs=500"], check_data=False)[0], \
+        expand([*args, "train.epochs=1"], check_data=False)[1]
+    pack = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import json, sys
+        from src.pack import Pack, PackedRun
+        runs = [PackedRun(i, [], d, json.loads(c)) for i, (d, c) in enumerate({[
+            (str(slow.run_dir), json.dumps(slow.config.to_dict())),
+            (str(quick.run_dir), json.dumps(quick.config.to_dict()))]!r})]
+        print(Pack({str(tmp_path / 'sweep')!r}, concurrent_runs=2, threads=1)(runs))
+    """)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (slow.run_dir / "heartbeat.json").exists(), what="the long run's heartbeat")
+        pid = json.loads((slow.run_dir / "heartbeat.json").read_text())["pid"]
+        os.kill(pid, signal.SIGSEGV)  # the run's process dies as by a segfault
+        out, _ = pack.communicate(timeout=300)
+    finally:
+        stop(pack)
+    assert pack.returncode != 0, out  # the SLURM task fails with its run
+    assert "failed" in out and "killed by SIGSEGV" in out, out
+    result = json.loads((slow.run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "killed by SIGSEGV" in result["error"]
+    assert classify(slow.run_dir).state == "failed" and classify(quick.run_dir).state == "completed"
+
+
+# ---------------------------------------------------------------------------- one vocabulary, one rule
+def test_one_exit_code_rule():
+    assert exit_code(["completed", "diverged", "running", "queued", "starting"]) == 0
+    for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned"):
+        assert exit_code(["completed", bad]) == 1, bad
+    assert exit_code([]) == 0
+    assert set(STATES) == {"planned", "queued", "starting", "running", "completed", "diverged", "failed",
+                           "interrupted", "stale", "missing", "damaged"}
