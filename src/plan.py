@@ -17,7 +17,7 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -26,7 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS
-from .records import atomic_write_text, config_hash
+from .records import RESULT, atomic_write_text, config_hash
 from .runstate import finished_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +46,10 @@ class Job:
     finished: str | None = None  # "completed" / "diverged" when the launch skips it (`finished_status`)
     cell: str = "all"  # the overrides that vary across the sweep's cells (seed aside)
     hash: str = field(default="", repr=False)  # config_hash of the run's identity
+    data: dict | None = field(default=None, repr=False)  # `config` as a dict (`config.to_dict()`), when planned
+
+    def config_dict(self) -> dict:
+        return self.data if self.data is not None else self.config.to_dict()
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -87,7 +91,8 @@ def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False)
     whether it is skipped decided (finished here, with this identity)."""
     jobs = expand(overrides, check_data=check_data, detach=detach)
     for job in jobs:
-        job.finished = finished_status(job.run_dir, job.config.to_dict())
+        if (job.run_dir / RESULT).exists():
+            job.finished = finished_status(job.run_dir, job.config_dict())
     return jobs
 
 
@@ -118,7 +123,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
         composers: dict[tuple[str, ...], _Composer] = {}
         if combinations == [fixed] and not any(o.startswith("hydra.launcher.detach") for o in fixed):
             composers[tuple(fixed)] = _Composer(base, parser)  # no sweep: the launch's own composition
-        jobs, checked = [], set()
+        jobs, checked, validated = [], set(), {}
         for combo in combinations:
             # Composing is slow (tens of ms), so each distinct choice of config groups is
             # composed once (`_Composer`), and plain `key=value` overrides are applied to it.
@@ -126,9 +131,16 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
             if groups not in composers:
                 composers[groups] = _Composer(compose("config", overrides=list(groups)), parser)
             try:
-                data = composers[groups].job([line for line in combo if line not in groups])
+                composer = composers[groups]
+                lines = [line for line in combo if line not in groups]
+                data = composer.job(lines)
                 launch = {k: data.pop(k) for k in LAUNCH_KEYS}
-                run_cfg = RunConfig.from_dict(data).validate()
+                # jobs that differ in their seed alone are built and validated once
+                seedless = (groups, tuple(x for x in lines if not x.startswith("seed="))) if composer.seed_only else None
+                cell = validated.get(seedless)
+                if cell is None:
+                    cell = validated[seedless] = RunConfig.from_dict(data).validate()
+                run_cfg = replace(cell, train=replace(cell.train, seed=data["train"]["seed"]))
                 identity = config_hash(run_identity(data))
                 run_dir = run_directory(launch["runs_root"], launch["name"], run_cfg, identity)
             except (ValueError, OmegaConfBaseException) as error:
@@ -137,7 +149,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
             if check_data and key not in checked:  # the error says where it looked, how to get it
                 check_dataset(*key)
                 checked.add(key)
-            jobs.append(Job(combo, run_cfg, run_dir, hash=identity))
+            jobs.append(Job(combo, run_cfg, run_dir, hash=identity, data=data))
     seen: dict[Path, Job] = {}
     for job in jobs:
         if job.run_dir in seen:
@@ -163,6 +175,8 @@ class _Composer:
         raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=False)
         self.refs: dict[str, str] = {}  # key -> the key its value interpolates (`${seed}`)
         self.simple = _collect_refs(raw, "", self.refs)
+        # `seed=N` sets the seed and nothing else (conf/config.yaml: train.seed: ${seed})
+        self.seed_only = self.simple and [k for k, v in self.refs.items() if v == "seed"] == ["train.seed"]
         self.values: dict[str, tuple[str, object]] = {}  # override line -> (key, value after it)
 
     def job(self, lines: list[str]) -> dict:
@@ -212,6 +226,14 @@ class _Composer:
         if isinstance(raw, str) and "${" in raw:
             match = re.fullmatch(r"\$\{([\w.]+)\}", raw)
             return (key, _Ref(match.group(1))) if match else (None, None)
+        node = _value_node(self.cfg, key)
+        if node is not None and not override.is_add() and not isinstance(raw, (dict, list)):
+            try:  # a plain value: converted by its node's type, on a copy of that node alone
+                node = copy.deepcopy(node)
+                node._set_value(raw)
+                return key, node._value()
+            except Exception:
+                pass  # (the error is raised below, by the general rules and with their message)
         cfg = copy.deepcopy(self.cfg)
         _apply(cfg, override)
         node = OmegaConf.select(cfg, key)
@@ -228,6 +250,18 @@ class _Composer:
         for line in lines:
             _apply(cfg, self.parser.parse_override(line))
         return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def _value_node(cfg: DictConfig, key: str):
+    """The value node (not a container, not an interpolation) at `key` of a composed config, or None."""
+    from omegaconf.nodes import ValueNode
+
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node._get_node(part)
+    return node if isinstance(node, ValueNode) and not node._is_interpolation() else None
 
 
 @dataclass
@@ -379,7 +413,7 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
     in the same order: what the launchers run)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep_dir / PLAN_CONFIGS, "".join(json.dumps(j.config.to_dict()) + "\n" for j in jobs))
+    atomic_write_text(sweep_dir / PLAN_CONFIGS, "".join(json.dumps(j.config_dict()) + "\n" for j in jobs))
     record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "overrides": list(overrides),
               "runs": [{"idx": i, "run_dir": str(j.run_dir.resolve()), "cell": j.cell, "overrides": j.overrides,
                         "config_hash": j.hash, "finished": j.finished} for i, j in enumerate(jobs)]}

@@ -40,8 +40,18 @@ class Sweep:
     """The runs of a sweep (run_dir, cell), the submission records that may name them, and
     whether a launch that planned them is still alive."""
 
-    def __init__(self, runs: list[tuple[str, str]], records: list[Path], launchers: list[dict]):
-        self.runs, self.records, self.launchers = runs, records, launchers
+    def __init__(self, runs: list[tuple[str, str]], records: list[Path], launchers: list[dict],
+                 plan_dir: Path | None = None):
+        self.runs, self.records, self.launchers, self.plan_dir = runs, records, launchers, plan_dir
+        self._configs: list[str] | None = None
+
+    def config(self, i: int) -> dict | None:
+        """The planned config of run `i` (read on first need: only to explain damaged records)."""
+        if self.plan_dir is None:
+            return None
+        if self._configs is None:
+            self._configs = (self.plan_dir / "plan-configs.jsonl").read_text().splitlines()
+        return json.loads(self._configs[i])
 
     @classmethod
     def of(cls, target: list[str] | str | Path) -> "Sweep":
@@ -64,7 +74,7 @@ class Sweep:
         latest = json.loads(plans[-1].read_text())
         runs = [(r["run_dir"], r["cell"]) for r in latest["runs"]]
         records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
-        return cls(runs, records, [latest])
+        return cls(runs, records, [latest], plans[-1].parent)
 
     @classmethod
     def from_overrides(cls, overrides: list[str], plan: bool = True) -> "Sweep":
@@ -73,10 +83,10 @@ class Sweep:
 
         overrides = [o for o in overrides if not o.startswith("hydra.launcher.detach")]
         logs = sweep_logs(overrides)
-        if plan and logs is not None:
+        if plan and logs is not None:  # (the launcher's options, `hydra.*`, do not change the runs)
+            runs_of = [o for o in overrides if not o.startswith("hydra.")]
             same = [p for p in sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime)
-                    if [o for o in json.loads(p.read_text())["overrides"]
-                        if not o.startswith("hydra.launcher.detach")] == overrides]
+                    if [o for o in json.loads(p.read_text())["overrides"] if not o.startswith("hydra.")] == runs_of]
             if same:
                 return cls.from_plans(same)
         jobs = expand(overrides, check_data=False)
@@ -157,7 +167,7 @@ def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | N
     launcher_alive = any(process_alive(l["host"], l["pid"]) for l in sweep.launchers)
     now = time.time() if now is None else now
     rows = []
-    for run_dir, cell in sweep.runs:
+    for i, (run_dir, cell) in enumerate(sweep.runs):
         path = Path(run_dir)
         beat, _ = reader.read(path / HEARTBEAT)
         result, result_time = reader.read(path / RESULT)
@@ -165,6 +175,8 @@ def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | N
         row = state(path, lock=lock_probe(path), heartbeat=beat if isinstance(beat, dict) and
                     isinstance(beat.get("time"), (int, float)) else None, result=result, result_time=result_time,
                     launcher_alive=launcher_alive, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
+        if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
+            row.detail = state(path, result=result, expected=sweep.config(i)).detail  # with the differing fields
         rows.append((run_dir, path.name, cell, row.state, row.detail, row.host, row.pid, row.job, row.step,
                      row.epoch, row.heartbeat_age_s, row.test_acc))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -255,3 +255,27 @@ def test_one_exit_code_rule():
     assert exit_code([]) == 0
     assert set(STATES) == {"planned", "queued", "starting", "running", "completed", "diverged", "failed",
                            "interrupted", "stale", "missing", "damaged"}
+
+
+# ---------------------------------------------------------------------------- 5: --detach twice
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_detach_does_not_resubmit_runs_whose_job_is_still_queued(slurm_cluster, tmp_path):
+    from .slurm_cluster import launch, slurm_args
+
+    sweep = [*SMOKE, "seed=1,2", f"runs_root={tmp_path}", "name=twice", *slurm_args(slurm_cluster),
+             "+hydra.launcher.additional_parameters.hold=true"]  # queued until released
+    first = launch(*sweep, "--detach")
+    assert first.returncode == 0, first.stdout + first.stderr + slurm_cluster.logs()
+    try:
+        again = launch(*sweep, "--detach")  # the sweep's jobs are still queued
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "submitted 0 run(s)" in again.stdout and "2 run(s) not submitted again" in again.stdout, again.stdout
+        records = [json.loads(p.read_text()) for p in (tmp_path / ".hydra" / "twice").glob("*/submission.json")]
+        assert sorted(len(r["jobs"]) for r in records) == [0, 2]  # one submission of the two runs, no duplicate
+        assert set(status(sweep).state) == {"queued"}
+    finally:
+        ids = {j["job_id"].split("_")[0] for p in (tmp_path / ".hydra" / "twice").glob("*/submission.json")
+               for j in json.loads(p.read_text())["jobs"]}
+        if ids:
+            subprocess.run(["scancel", *ids], check=False)
