@@ -138,16 +138,17 @@ class LaunchConfig(RunConfig):
 
 # Fields that change how a run is executed, not what it computes: excluded from the run's
 # identity (its directory hash), so relaunching with more threads or on another node reuses it.
+# (The sparsity section's own say: `SparsityConfig.identity`.)
 LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "data.root",
-               "data.num_workers", "logging", "sparsity.backend")
+               "data.num_workers", "logging")
 
 
 def run_identity(config: dict) -> dict:
     """The part of a resolved run config that identifies the experiment.
 
-    Launch-only fields are dropped, and so are sparsity fields that cannot affect the run
-    (everything but the mode for dense runs; the update rule for static ones), so that e.g.
-    a dense baseline launched with another default criterion is recognised as done.
+    Launch-only fields are dropped, and the sparsity section keeps the fields its config says
+    matter (`SparsityConfig.identity`: e.g. only the mode for dense runs), so that a dense
+    baseline launched with another default criterion is recognised as done.
     """
     identity = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for key in LAUNCH_ONLY:
@@ -156,12 +157,8 @@ def run_identity(config: dict) -> dict:
             identity.get(section, {}).pop(field_name, None)
         else:
             identity.pop(section, None)
-    sparsity = identity.get("sparsity", {})
-    if sparsity.get("mode") == "dense":
-        identity["sparsity"] = {"mode": "dense"}
-    elif sparsity.get("mode") == "static":
-        keep = ("mode", "density", "init", "erk_power_scale", "include", "exclude", "compat")
-        identity["sparsity"] = {k: sparsity[k] for k in keep if k in sparsity}
+    if isinstance(identity.get("sparsity"), dict):
+        identity["sparsity"] = SparsityConfig.identity(identity["sparsity"])
     return identity
 
 

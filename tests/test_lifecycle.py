@@ -279,3 +279,19 @@ def test_detach_does_not_resubmit_runs_whose_job_is_still_queued(slurm_cluster, 
                for j in json.loads(p.read_text())["jobs"]}
         if ids:
             subprocess.run(["scancel", *ids], check=False)
+
+
+# ---------------------------------------------------------------------------- identity, asked of the sparsity config
+def test_run_identity_asks_the_sparsity_config_which_fields_matter(monkeypatch):
+    from src.config import RunConfig, run_identity
+    from src.sparse.config import SparsityConfig
+
+    dst = RunConfig().to_dict()
+    assert run_identity(dst)["sparsity"] == SparsityConfig.identity(dst["sparsity"])
+    assert "backend" not in run_identity(dst)["sparsity"] and "criterion" in run_identity(dst)["sparsity"]
+    dense = RunConfig(sparsity=SparsityConfig(mode="dense", criterion="snip")).to_dict()
+    assert run_identity(dense)["sparsity"] == {"mode": "dense"}
+    static = RunConfig(sparsity=SparsityConfig(mode="static")).to_dict()
+    assert set(run_identity(static)["sparsity"]) == set(SparsityConfig.STATIC_FIELDS)
+    monkeypatch.setattr(SparsityConfig, "STATIC_FIELDS", ("mode", "density", "growth"))
+    assert set(run_identity(static)["sparsity"]) == {"mode", "density", "growth"}  # no list of its own

@@ -394,23 +394,9 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
 
 
 # ---------------------------------------------------------------------------- auto
-def sparse_unsupported_reason(config) -> str | None:
-    """Why this configuration needs dense masked weights everywhere, or None."""
-    from .criteria import get_criterion
-    from .growth import get_growth
-
-    if config.compat:
-        return "sparsity.compat=true (the reference's semantics read and keep state at inactive weights)"
-    if config.optimizer_state == "keep":
-        return "sparsity.optimizer_state='keep' (regrown weights keep moments accumulated while inactive)"
-    if get_growth(config.growth).needs_momentum:
-        return f"sparsity.growth={config.growth!r} (it ranks the optimizer momentum of inactive weights)"
-    if config.mode == "dst" and get_criterion(config.criterion).needs_batch:
-        return f"sparsity.criterion={config.criterion!r} (it differentiates a dense copy of the model twice)"
-    return None
-
-
-def load_crossover(path: Path = CROSSOVER_TABLE) -> list[dict]:
+def load_crossover(path: Path | None = None) -> list[dict]:
+    """The measured crossovers (`CROSSOVER_TABLE`, or the table at `path`)."""
+    path = Path(path or CROSSOVER_TABLE)
     if not path.exists():
         return []
     return json.loads(path.read_text())["layers"]
@@ -448,9 +434,10 @@ def runs_sparse(module: nn.Module | None, param: Tensor) -> bool:
 
 
 def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module | None], masks: list[Tensor],
-                    config) -> list[str]:
-    """'sparse' or 'masked' for each masked tensor."""
-    if backend == "masked" or sparse_unsupported_reason(config):
+                    sparse_allowed: bool = True) -> list[str]:
+    """'sparse' or 'masked' for each masked tensor. `sparse_allowed`: whether the run's settings
+    allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`)."""
+    if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
     table = load_crossover() if backend == "auto" else []
     choices = []

@@ -73,7 +73,7 @@ class SparsityConfig:
 
     def validate(self) -> "SparsityConfig":
         """Raise ValueError naming the field and its allowed values; return self."""
-        from .backend import BACKENDS, sparse_unsupported_reason
+        from .backend import BACKENDS
         from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
         from .density import INITS
         from .functional import NORM_REDUCTIONS, NORMALIZATIONS, RESCALES
@@ -124,10 +124,41 @@ class SparsityConfig:
                 raise ValueError(f"sparsity.overlap_with: {name!r} scores on a batch of data; not supported")
         if self.global_pruning and CRITERIA[self.criterion].running:
             raise ValueError(f"sparsity.criterion: running criterion {self.criterion!r} has no global variant")
-        if self.backend == "sparse" and self.mode != "dense" and sparse_unsupported_reason(self):
-            raise ValueError(f"sparsity.backend: 'sparse' cannot run with {sparse_unsupported_reason(self)}; "
+        if self.backend == "sparse" and self.mode != "dense" and self.sparse_unsupported_reason():
+            raise ValueError(f"sparsity.backend: 'sparse' cannot run with {self.sparse_unsupported_reason()}; "
                              f"allowed here: ['masked', 'auto'] (auto then runs every layer masked)")
         return self
+
+    def sparse_unsupported_reason(self) -> str | None:
+        """Why these settings need dense masked weights everywhere (no sparse layer), or None."""
+        from .criteria import get_criterion
+        from .growth import get_growth
+
+        if self.compat:
+            return "sparsity.compat=true (the reference's semantics read and keep state at inactive weights)"
+        if self.optimizer_state == "keep":
+            return "sparsity.optimizer_state='keep' (regrown weights keep moments accumulated while inactive)"
+        if get_growth(self.growth).needs_momentum:
+            return f"sparsity.growth={self.growth!r} (it ranks the optimizer momentum of inactive weights)"
+        if self.mode == "dst" and get_criterion(self.criterion).needs_batch:
+            return f"sparsity.criterion={self.criterion!r} (it differentiates a dense copy of the model twice)"
+        return None
+
+    # The fields that decide what a run computes, per mode (the rest cannot affect it); `backend`
+    # (how layers are computed, not what) is never one of them.
+    STATIC_FIELDS = ("mode", "density", "init", "erk_power_scale", "include", "exclude", "compat")
+    LAUNCH_ONLY = ("backend",)
+
+    @classmethod
+    def identity(cls, fields: dict) -> dict:
+        """The part of a sparsity config (as a dict) that identifies the experiment: the mode
+        alone for dense runs, the initial mask's fields for static ones, all but `backend` for
+        DST. (`src.config.run_identity` asks this for the `sparsity` section.)"""
+        if fields.get("mode") == "dense":
+            return {"mode": "dense"}
+        if fields.get("mode") == "static":
+            return {k: fields[k] for k in cls.STATIC_FIELDS if k in fields}
+        return {k: v for k, v in fields.items() if k not in cls.LAUNCH_ONLY}
 
     def step_first(self) -> bool:
         """True when the optimizer steps before the topology update."""

@@ -138,7 +138,8 @@ class Sparsifier:
         """Hand the layers that `config.backend` runs sparse to a `SparseExecution`."""
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
-        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, self.config)
+        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks,
+                                        self.config.sparse_unsupported_reason() is None)
         layers = {i: sparse_layer(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
         self._execution = SparseExecution(self.optimizer, layers)
         kept = [i for i, b in enumerate(self.backends) if b == "masked"]
