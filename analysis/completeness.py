@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from src.runstate import classify
+
 from . import columns as C
 
 _STATUSES = (C.COMPLETED, *C.NOT_COMPLETED)
@@ -21,7 +23,7 @@ _DESCRIPTION = [C.SETUP, C.KIND, C.CRITERION, C.GROWTH, C.DENSITY, C.VARIANT]
 class Completeness:
     status: pd.DataFrame  # runs per (setup, kind) and status
     cells: pd.DataFrame  # one row per cell: its runs by status, completed seeds, missing seeds
-    problems: pd.DataFrame  # every run that did not complete, with why when known
+    problems: pd.DataFrame  # every run that did not complete, with why when known, and its `state` now
     duplicates: pd.DataFrame  # (cell, seed) completed more than once; the analyses keep one
 
     @property
@@ -57,6 +59,9 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
                        *(c for c in ("epochs_completed", "diverged.reason", "error", C.DAMAGE) if c in runs)]
     not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
     problems = not_completed[[c for c in problem_columns if c in not_completed]]
+    # what `status` says of each (src.runstate: running / stale / failed / damaged ...)
+    states = [classify(d) for d in problems[C.RUN_DIR]]
+    problems = problems.assign(state=[s.state for s in states], state_detail=[s.detail for s in states])
     done = readable[readable[C.STATUS] == C.COMPLETED]
     counts = done.groupby([C.CELL, C.SEED]).size()
     duplicates = counts[counts > 1].rename("runs").reset_index()

@@ -253,7 +253,7 @@ def lock_probe(run_dir: Path) -> str | None:
     lock file is neither created nor rewritten, and a run starting meanwhile is not refused
     (`_flock_exclusive` waits out a probe)."""
     try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(os.path.join(run_dir, LOCK), os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:  # no lock file: the run never started here (or the directory is unreadable)
         return FREE
     try:

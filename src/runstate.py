@@ -70,7 +70,7 @@ class RunState:
 
 def identity_hash(run_dir: Path) -> str | None:
     """The identity hash in a run directory's name (`<slug>-<10 hex digits>`), or None."""
-    match = re.search(r"-([0-9a-f]{10})$", Path(run_dir).name)
+    match = re.search(r"-([0-9a-f]{10})$", os.path.basename(run_dir))
     return match.group(1) if match else None
 
 
@@ -105,7 +105,8 @@ def foreign_records(run_dir: Path, recorded: dict | None, expected: dict | None 
 def read_json(path: Path):
     """A record file's content, `None` when absent, or the error (a string) when unreadable."""
     try:
-        return json.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
@@ -205,7 +206,7 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
                                    f"{row.host} pid {beat_pid}, step {heartbeat.get('step')}: killed?" + skew_note)
     if launcher_alive:
         return _with(row, "planned", "waiting for its launch to start it")
-    if (Path(run_dir) / CONFIG).exists() or (Path(run_dir) / LOCK).exists():
+    if os.path.exists(os.path.join(run_dir, CONFIG)) or os.path.exists(os.path.join(run_dir, LOCK)):
         return _with(row, "stale", "started, but killed before its first heartbeat")
     return row
 

@@ -140,7 +140,7 @@ class Reader:
     def __init__(self):
         self._cache: dict[Path, tuple] = {}
 
-    def read(self, path: Path):
+    def read(self, path: str):
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -168,16 +168,15 @@ def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | N
     now = time.time() if now is None else now
     rows = []
     for i, (run_dir, cell) in enumerate(sweep.runs):
-        path = Path(run_dir)
-        beat, _ = reader.read(path / HEARTBEAT)
-        result, result_time = reader.read(path / RESULT)
+        beat, _ = reader.read(os.path.join(run_dir, HEARTBEAT))  # (strings, not Paths: 10,000 runs)
+        result, result_time = reader.read(os.path.join(run_dir, RESULT))
         job = submitted.get(run_dir)
-        row = state(path, lock=lock_probe(path), heartbeat=beat if isinstance(beat, dict) and
+        row = state(run_dir, lock=lock_probe(run_dir), heartbeat=beat if isinstance(beat, dict) and
                     isinstance(beat.get("time"), (int, float)) else None, result=result, result_time=result_time,
                     launcher_alive=launcher_alive, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
-            row.detail = state(path, result=result, expected=sweep.config(i)).detail  # with the differing fields
-        rows.append((run_dir, path.name, cell, row.state, row.detail, row.host, row.pid, row.job, row.step,
+            row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields
+        rows.append((run_dir, os.path.basename(run_dir), cell, row.state, row.detail, row.host, row.pid, row.job, row.step,
                      row.epoch, row.heartbeat_age_s, row.test_acc))
     return pd.DataFrame(rows, columns=COLUMNS)
 

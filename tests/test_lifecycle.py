@@ -295,3 +295,20 @@ def test_run_identity_asks_the_sparsity_config_which_fields_matter(monkeypatch):
     assert set(run_identity(static)["sparsity"]) == set(SparsityConfig.STATIC_FIELDS)
     monkeypatch.setattr(SparsityConfig, "STATIC_FIELDS", ("mode", "density", "growth"))
     assert set(run_identity(static)["sparsity"]) == {"mode", "density", "growth"}  # no list of its own
+
+
+def test_the_completeness_table_says_what_status_says_of_an_unfinished_run(tmp_path):
+    import analysis
+    from src.config import RunConfig
+
+    run = tmp_path / "lenet5-dst-s0-0123456789"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(RunConfig().to_dict()))
+    holder = hold_lock(run)
+    try:
+        (problem,) = analysis.completeness(analysis.load_runs(tmp_path)).problems.itertuples()
+        assert (problem.status, problem.state) == ("incomplete", "starting")  # alive: not a loss
+    finally:
+        stop(holder)
+    (problem,) = analysis.completeness(analysis.load_runs(tmp_path)).problems.itertuples()
+    assert problem.state == "stale"
