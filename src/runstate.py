@@ -169,11 +169,12 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
 
     if lock:  # a live process holds the run: whatever its heartbeat or an earlier result say
         row.pid = row.pid if beat_pid is not None else _pid_of(lock)
-        where = f"{lock}" + (f" job {row.job}" if row.job else "")
+        job_note = f" job {row.job}" if row.job else ""
         if heartbeat and _pid_of(lock) in (None, beat_pid):
-            return _with(row, "running", f"{where} step {heartbeat.get('step')} epoch {heartbeat.get('epoch')}"
+            return _with(row, "running", f"{row.host} pid {beat_pid}{job_note} step {heartbeat.get('step')} "
+                                         f"epoch {heartbeat.get('epoch')}"
                                          + skew_note)
-        return _with(row, "starting", f"{where}, no heartbeat yet")
+        return _with(row, "starting", f"{lock}{job_note}, no heartbeat yet")
     if foreign:
         return _with(row, "damaged", foreign)
     if status in FINISHED:

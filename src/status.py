@@ -23,8 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from .records import RESULT, lock_probe
 from .runinfo import HEARTBEAT, process_alive
 from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, _duration, classify, queue_states, read_json, state
@@ -40,9 +38,9 @@ class Sweep:
     """The runs of a sweep (run_dir, cell), the submission records that may name them, and
     whether a launch that planned them is still alive."""
 
-    def __init__(self, runs: list[tuple[str, str]], records: list[Path], launchers: list[dict],
+    def __init__(self, runs: list[tuple[str, str]], records: list[Path], plans: list[Path],
                  plan_dir: Path | None = None):
-        self.runs, self.records, self.launchers, self.plan_dir = runs, records, launchers, plan_dir
+        self.runs, self.records, self.plans, self.plan_dir = runs, records, plans, plan_dir
         self._configs: list[str] | None = None
 
     def config(self, i: int) -> dict | None:
@@ -66,7 +64,7 @@ class Sweep:
                           and ((p / "config.json").exists() or (p / HEARTBEAT).exists() or (p / ".lock").exists()))
             logs = path.parent / ".hydra" / path.name
             return cls([(str(r.resolve()), _slug_cell(r.name)) for r in runs], sorted(logs.glob(f"*/{SUBMISSION}")),
-                       _launchers(sorted(logs.glob(f"*/{PLAN}"))))
+                       sorted(logs.glob(f"*/{PLAN}")))
         return cls.from_overrides([o for o in target if not o.startswith("-")])
 
     @classmethod
@@ -74,7 +72,7 @@ class Sweep:
         latest = json.loads(plans[-1].read_text())
         runs = [(r["run_dir"], r["cell"]) for r in latest["runs"]]
         records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
-        return cls(runs, records, [latest], plans[-1].parent)
+        return cls(runs, records, plans, plans[-1].parent)
 
     @classmethod
     def from_overrides(cls, overrides: list[str], plan: bool = True) -> "Sweep":
@@ -93,7 +91,7 @@ class Sweep:
         roots = {job.run_dir.parent for job in jobs}
         records = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{SUBMISSION}"))
         plans = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{PLAN}"))
-        return cls([(str(job.run_dir.resolve()), job.cell) for job in jobs], records, _launchers(plans))
+        return cls([(str(job.run_dir.resolve()), job.cell) for job in jobs], records, plans)
 
 
 def _launch_overrides(sweep_dir: Path) -> list[str]:
@@ -105,15 +103,17 @@ def _launch_overrides(sweep_dir: Path) -> list[str]:
     return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
 
 
-def _launchers(plans: list[Path]) -> list[dict]:
-    out = []
+def _planned_by_live_launches(plans: list[Path]) -> set[str]:
+    """The runs in the plans of launches still alive (on this host): they will still be started."""
+    live: set[str] = set()
     for path in plans:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        out.append({"host": record.get("host"), "pid": record.get("pid")})
-    return out
+        if process_alive(record.get("host"), record.get("pid")):
+            live.update(r["run_dir"] for r in record["runs"])
+    return live
 
 
 def _slug_cell(slug: str) -> str:
@@ -156,51 +156,76 @@ class Reader:
         return cached[1], cached[2]
 
 
-def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
-           reader: Reader | None = None, sweep: Sweep | None = None) -> pd.DataFrame:
-    """One row per planned run: run_dir, cell, state, detail, and where it runs (host, pid,
-    job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
-    sweep = sweep or Sweep.of(target)
+def rows(sweep: "Sweep", *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
+         reader: Reader | None = None) -> list[tuple]:
+    """One tuple per planned run, in `COLUMNS` order (plain data: the command line needs no pandas)."""
     reader = reader or Reader()
     submitted = _submitted_jobs(sweep.records)
     queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
-    launcher_alive = any(process_alive(l["host"], l["pid"]) for l in sweep.launchers)
+    live = _planned_by_live_launches(sweep.plans)
     now = time.time() if now is None else now
-    rows = []
+    out = []
     for i, (run_dir, cell) in enumerate(sweep.runs):
         beat, _ = reader.read(os.path.join(run_dir, HEARTBEAT))  # (strings, not Paths: 10,000 runs)
         result, result_time = reader.read(os.path.join(run_dir, RESULT))
         job = submitted.get(run_dir)
         row = state(run_dir, lock=lock_probe(run_dir), heartbeat=beat if isinstance(beat, dict) and
                     isinstance(beat.get("time"), (int, float)) else None, result=result, result_time=result_time,
-                    launcher_alive=launcher_alive, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
+                    launcher_alive=run_dir in live, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
             row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields
-        rows.append((run_dir, os.path.basename(run_dir), cell, row.state, row.detail, row.host, row.pid, row.job, row.step,
-                     row.epoch, row.heartbeat_age_s, row.test_acc))
-    return pd.DataFrame(rows, columns=COLUMNS)
+        out.append((run_dir, os.path.basename(run_dir), cell, row.state, row.detail, row.host, row.pid, row.job,
+                    row.step, row.epoch, row.heartbeat_age_s, row.test_acc))
+    return out
 
 
-def counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Runs per cell and state, with a `total` row; columns in STATES order after `runs`."""
-    grid = pd.crosstab(table["cell"], table["state"]) if len(table) else pd.DataFrame()
-    grid = grid.reindex(columns=list(STATES), fill_value=0)
-    grid.columns.name, grid.index.name = None, "cell"
-    grid.insert(0, "runs", grid.sum(axis=1))
-    grid.loc["total"] = grid.sum()
-    return grid.astype(int)
+def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
+           reader: Reader | None = None, sweep: Sweep | None = None):
+    """One row per planned run (a DataFrame): run_dir, cell, state, detail, and where it runs
+    (host, pid, job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
+    import pandas as pd
+
+    return pd.DataFrame(rows(sweep or Sweep.of(target), stale_after=stale_after, now=now, reader=reader),
+                        columns=COLUMNS)
 
 
-def render(table: pd.DataFrame, *, details: int = 20) -> str:
-    grid = counts(table)
-    lines = [grid.loc[:, (grid != 0).any() | (grid.columns == "runs")].to_string()]
+def counts(table):
+    """Runs per cell and state (a DataFrame), with a `total` row; columns `runs`, then STATES."""
+    import pandas as pd
+
+    grid = _grid(list(zip(table["cell"], table["state"])))
+    return pd.DataFrame.from_dict(grid, orient="index", columns=["runs", *STATES]).rename_axis("cell")
+
+
+def _grid(cells_states: list[tuple[str, str]]) -> dict[str, list[int]]:
+    """cell -> [runs, then the count of each of STATES], and a `total` row."""
+    index = {name: i + 1 for i, name in enumerate(STATES)}
+    grid: dict[str, list[int]] = {}
+    for cell, name in cells_states:
+        counts_ = grid.setdefault(cell, [0] * (len(STATES) + 1))
+        counts_[0] += 1
+        counts_[index[name]] += 1
+    grid = dict(sorted(grid.items()))
+    grid["total"] = [sum(column) for column in zip(*grid.values())] or [0] * (len(STATES) + 1)
+    return grid
+
+
+def render(table: list[tuple], *, details: int = 20) -> str:
+    """The per-cell counts (the states that occur), then the runs that need a look."""
+    grid = _grid([(r[2], r[3]) for r in table])
+    shown = [0] + [i + 1 for i in range(len(STATES)) if grid["total"][i + 1]]
+    header = ["cell", *(["runs", *STATES][i] for i in shown)]
+    body = [[cell, *(str(values[i]) for i in shown)] for cell, values in grid.items()]
+    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
+    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+             for r in [header, *body]]
     for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued"):
-        rows = table[table["state"] == name]
-        if len(rows):
+        these = [r for r in table if r[3] == name]
+        if these:
             lines.append(f"\n{name}:")
-            lines += [f"  {r.run}  {r.detail}" for r in rows.head(details).itertuples()]
-            if len(rows) > details:
-                lines.append(f"  ... and {len(rows) - details} more")
+            lines += [f"  {r[1]}  {r[4]}" for r in these[:details]]
+            if len(these) > details:
+                lines.append(f"  ... and {len(these) - details} more")
     return "\n".join(lines)
 
 
@@ -231,7 +256,7 @@ def main(argv: list[str]) -> int:
     while True:
         try:
             sweep = sweep or Sweep.of(target)  # planned once; each refresh reads what changed
-            table = status(target, stale_after=args.stale_after, reader=reader, sweep=sweep)
+            table = rows(sweep, stale_after=args.stale_after, reader=reader)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -240,7 +265,7 @@ def main(argv: list[str]) -> int:
             print(text)
             return 0
         print(f"\033[2J\033[H{time.strftime('%H:%M:%S')}  (every {args.watch:g} s; Ctrl-C to stop)\n{text}", flush=True)
-        if not table["state"].isin(ACTIVE).any():
+        if not any(r[3] in ACTIVE for r in table):
             return 0
         try:
             time.sleep(args.watch)

@@ -42,8 +42,8 @@ def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
         run = table.iloc[0]
         assert (run.pid, run.job) == (proc.pid, None) and run.detail.startswith(f"{run.host} pid {proc.pid} step")
         assert table.loc[1, "state"] == "missing"
-        # a heartbeat older than the timeout means killed, even where the pid cannot be checked
-        assert status(sweep, stale_after=60, now=time.time() + 3600).loc[0, "state"] == "stale"
+        # its lock is held: running, however old its heartbeat looks
+        assert status(sweep, stale_after=60, now=time.time() + 3600).loc[0, "state"] == "running"
 
         os.kill(proc.pid, signal.SIGKILL)  # no result, no clean-up: only the heartbeat remains
         proc.wait()
@@ -54,7 +54,7 @@ def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
     assert list(table["state"]) == ["stale", "missing"]
     assert "killed?" in table.loc[0, "detail"] and read_heartbeat(table.loc[0, "run_dir"])["pid"] == proc.pid
     grid = counts(table)
-    assert grid.loc["total", "planned"] == 2 and grid.loc["total", "stale"] == 1 and grid.loc["total", "missing"] == 1
+    assert grid.loc["total", "runs"] == 2 and grid.loc["total", "stale"] == 1 and grid.loc["total", "missing"] == 1
 
     text = cli("src.launch", "status", "-m", *sweep)
     assert text.returncode == 0 and "stale:" in text.stdout and "killed?" in text.stdout, text.stdout + text.stderr
