@@ -642,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{result['status']}: final test acc {result['final']['test_acc']}, "
           f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}")
-    return 0 if result["status"] == "completed" else 1
+    from .runstate import exit_code  # the one rule: a diverged run is a result, not an error
+
+    return exit_code([result["status"]])
 
 
 if __name__ == "__main__":

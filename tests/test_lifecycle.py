@@ -312,3 +312,24 @@ def test_the_completeness_table_says_what_status_says_of_an_unfinished_run(tmp_p
         stop(holder)
     (problem,) = analysis.completeness(analysis.load_runs(tmp_path)).problems.itertuples()
     assert problem.state == "stale"
+
+
+def test_no_floor_imports_the_one_above_it():
+    """The classifier knows nothing of planning or launching; status and packs nothing of the CLI."""
+    for module, above in (("src.runstate", ("src.plan", "src.launch", "src.status", "src.pack", "src.runner")),
+                          ("src.plan", ("src.launch", "src.status", "src.pack", "src.runner")),
+                          ("src.runner", ("src.launch", "src.status", "src.pack", "src.plan")),
+                          ("src.status", ("src.launch", "src.pack", "src.runner", "src.plan")),
+                          ("src.pack", ("src.launch", "src.status", "src.plan"))):
+        code = f"import sys, {module}; print([m for m in {above!r} if m in sys.modules])"
+        out = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == "[]", (module, out.stdout)
+
+
+def test_a_diverged_run_exits_zero_by_the_one_rule(tmp_path):
+    out = subprocess.run([PY, "-m", "src.train", "model.name=lenet5", "data.name=synthetic",
+                          "data.kwargs={input_shape: [1, 28, 28], num_classes: 10, num_train: 640, num_test: 200}",
+                          "train.epochs=1", "train.threads=1", "train.log_every=5", "optim.lr=1e12",
+                          "--run-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged", out.stdout + out.stderr
+    assert out.returncode == 0, out.stdout + out.stderr
