@@ -150,7 +150,8 @@ class LocalPoolLauncher(Launcher):
                 self._children.discard(child)
         from src.runstate import record_death
 
-        record_death(run_dir, config, code, started_at)  # a signal other than ours: failed, named
+        if self._stop_signal is None:  # (a second Ctrl-C aborts at once: interrupted by the user)
+            record_death(run_dir, config, code, started_at)  # killed by another signal: failed, named
         self.progress.finished(run_dir, started)
         if code in (0, 1) or code < 0:  # 1: the run failed and recorded why; the sweep goes on
             ret.status, ret.return_value = JobStatus.COMPLETED, {"exit_code": code}
