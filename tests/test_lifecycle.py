@@ -333,3 +333,20 @@ def test_a_diverged_run_exits_zero_by_the_one_rule(tmp_path):
                           "--run-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged", out.stdout + out.stderr
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_a_run_waiting_in_a_live_launch_is_planned_and_missing_once_the_launch_is_gone(tmp_path):
+    args = ["setup=smoke", "train.epochs=500", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=pl"]
+    first, _ = expand(args, check_data=False)
+    launch = subprocess.Popen([PY, "-m", "src.launch", "-m", *args, "hydra.launcher.threads_per_job=1",
+                               "hydra.launcher.max_workers=1"], cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (first.run_dir / "heartbeat.json").exists() or launch.poll() is not None, what="run 1")
+        assert list(status(args).state) == ["running", "planned"]
+        launch.send_signal(signal.SIGTERM)  # passed on to its job, which checkpoints; run 2 never starts
+        assert launch.wait(timeout=120) == 1
+    finally:
+        stop(launch)
+    assert list(status(args).state) == ["interrupted", "missing"]
