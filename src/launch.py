@@ -5,15 +5,19 @@
     python -m src.launch -m +sweeps=mlp_dst launcher=slurm hydra.launcher.partition=gpu
     python -m src.launch -m +sweeps=mlp_dst --dry-run      # count and show, launch nothing
 
-Before anything is launched, every job of the sweep is composed and validated once (names,
-ranges, dataset files): one bad value stops the sweep with a message naming the field. The
-launchers run those resolved configs (a local job is `python -m src.launch --run-config
-<its config.json> --run-dir <run dir>`; a SLURM job gets the config pickled): no job is
-composed again.
+The command line. A run's lifecycle, one module per floor:
+
+    src/plan.py       planning: every job composed and validated once (one bad value stops the
+                      sweep, naming the field), its run directory, whether it is skipped; the
+                      plan saved once into the launch's sweep dir
+    hydra_plugins/    the launchers, which run the saved plan (local processes, SLURM packs)
+    src/runner.py     running one run: signals, preemption, the child's death with its launcher
+    src/runstate.py   what state a run is in, and the one exit-code rule
+
 Each run's directory is `runs_root/name/<slug>-<hash of the run's identity>`, so launching a
 sweep again skips completed runs, resumes interrupted ones from their checkpoints, and retries
 failed ones. A failing run is recorded and never stops the others; the sweep ends with a
-summary and a non-zero exit status if any run failed.
+summary in `status`'s states and exits by `runstate.exit_code`.
 """
 
 from __future__ import annotations
