@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
 from .runinfo import HEARTBEAT, process_alive
-from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe
 
 STATES = ("planned", "queued", "starting", "running", "completed", "diverged", "failed", "interrupted", "stale",
           "missing", "damaged")
@@ -118,8 +118,8 @@ def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
     skip decision, wherever a run is skipped: a launch's plan, a pack's start); else None.
     Another experiment's finished result is refused with both hashes and the differing fields
     (printed), never counted: the run is then started, and `train` refuses the directory."""
-    result = read_json(Path(run_dir) / RESULT)
-    if not isinstance(result, dict) or result.get("status") not in FINISHED:
+    result = read_result(run_dir)  # (a damaged one is reported on stderr, and the run done again)
+    if result is None or result.get("status") not in FINISHED:
         return None
     foreign = foreign_records(run_dir, result.get("config"), config)
     if foreign:
