@@ -23,7 +23,6 @@ summary in `status`'s states and exits by `runstate.exit_code`.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time

@@ -29,7 +29,7 @@ import os
 import re
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
@@ -65,7 +65,6 @@ class RunState:
     epoch: int | None = None
     heartbeat_age_s: float | None = None
     test_acc: float | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def identity_hash(run_dir: Path) -> str | None:
