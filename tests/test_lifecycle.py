@@ -350,3 +350,19 @@ def test_a_run_waiting_in_a_live_launch_is_planned_and_missing_once_the_launch_i
     finally:
         stop(launch)
     assert list(status(args).state) == ["interrupted", "missing"]
+
+
+def test_without_a_working_flock_liveness_comes_from_the_heartbeat(tmp_path):
+    """(`lock_probe` says NO_FLOCK where flock fails with ENOLCK / EOPNOTSUPP; given here as the
+    classifier's input: no file system of this machine refuses flock.)"""
+    from src.records import NO_FLOCK
+    from src.runstate import state
+
+    now = time.time()
+    beat = {"host": "node3", "pid": 77, "step": 40, "epoch": 2}
+    fresh = state(tmp_path, lock=NO_FLOCK, heartbeat={**beat, "time": now - 30}, now=now)
+    assert fresh.state == "running" and "no working flock here" in fresh.detail
+    old = state(tmp_path, lock=NO_FLOCK, heartbeat={**beat, "time": now - 3600}, now=now)
+    assert old.state == "stale" and "no working flock here" in old.detail
+    ahead = state(tmp_path, lock=NO_FLOCK, heartbeat={**beat, "time": now + 1200}, now=now)
+    assert ahead.state == "stale" and "clock skew" in ahead.detail  # a future heartbeat is not trusted
