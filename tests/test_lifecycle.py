@@ -366,3 +366,27 @@ def test_without_a_working_flock_liveness_comes_from_the_heartbeat(tmp_path):
     assert old.state == "stale" and "no working flock here" in old.detail
     ahead = state(tmp_path, lock=NO_FLOCK, heartbeat={**beat, "time": now + 1200}, now=now)
     assert ahead.state == "stale" and "clock skew" in ahead.detail  # a future heartbeat is not trusted
+
+
+def test_a_watch_refresh_reads_only_the_record_files_that_changed(tmp_path):
+    from src.status import Reader, Sweep, rows
+
+    runs = []
+    for i in range(2):
+        run = tmp_path / "sweep" / f"lenet5-dst-s{i}-0123456789"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text("{}")
+        (run / "result.json").write_text(json.dumps({"status": "interrupted", "steps": 3}))
+        runs.append(run)
+    sweep, reader = Sweep.of(tmp_path / "sweep"), Reader()
+    assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "interrupted"]
+    # the same size, time and inode: not read again (written in place, its time set back)
+    first = runs[0] / "result.json"
+    st = first.stat()
+    with open(first, "r+") as f:
+        f.write(json.dumps({"status": "failed", "steps": 3, "error": "x"})[:st.st_size].ljust(st.st_size))
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "interrupted"]
+    (runs[1] / "result.json").write_text(json.dumps({"status": "completed", "steps": 9}))  # changed: read
+    assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "completed"]
+    assert rows(sweep)[0][3] == "damaged"  # a fresh reader reads it all (the in-place write cut it short)
