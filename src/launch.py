@@ -181,7 +181,10 @@ def finished_status(run_dir: Path) -> str | None:
 def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
     """The launch's jobs, each composed and validated once, its launcher options checked and
     whether it is skipped decided; the launchers run these (`planned_job`)."""
+    from .checks import check_plan
+
     jobs = expand(overrides, check_data=check_data, detach=detach)
+    check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
     for job in jobs:
         job.finished = finished_status(job.run_dir)
     return jobs
@@ -248,7 +251,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
                 run_cfg.validate()
             except (ValueError, OmegaConfBaseException) as error:
                 raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
-            key = (run_cfg.data.name, run_cfg.data.root)
+            key = (run_cfg.data.name, run_cfg.data.root, run_cfg.data.download)
             if check_data and key not in checked:  # the error says where it looked, how to get it
                 check_dataset(*key)
                 checked.add(key)
@@ -477,11 +480,15 @@ def main(argv: list[str] | None = None) -> int:
         _hydra_entry(argv)
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
+    from .checks import explain, update_warnings
+
     try:
         jobs = plan(overrides, check_data=not dry_run, detach=detach)
     except (ValueError, FileNotFoundError, HydraException) as error:
-        print(f"error: {hydra_message(error)}", file=sys.stderr)
+        print(f"error: {explain(error, overrides) or hydra_message(error)}", file=sys.stderr)
         return 2
+    for line in update_warnings(jobs):
+        print(line, file=sys.stderr)
     if not jobs:
         print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
               "no option?)", file=sys.stderr)

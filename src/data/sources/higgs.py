@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..locate import DatasetNotFoundError, not_found_message, search_bases
-from ..registry import DatasetSource, PathLike, register_dataset
+from ..registry import DatasetInfo, DatasetSource, PathLike, register_dataset
 from ..splits import DataSplits, TensorSplit, ValidationPolicy, stratified_indices
 from ..transforms import Normalize
 
@@ -132,6 +132,12 @@ class Higgs(DatasetSource):
     """Higgs: ~940k rows of 24 numeric features, binary target (one logit)."""
 
     default_val_fraction = 0.15
+    info = DatasetInfo(input_shape=(24,), num_classes=1, train_samples=940_160)  # the benchmark's table
+
+    def train_split_size(self, policy: ValidationPolicy, *, test_fraction: float = 0.15, **options) -> int:
+        """Validation and test are shares of all rows (stratified: this is within a few rows)."""
+        n = self.info.train_samples
+        return n - round(n * policy.fraction) - round(n * test_fraction)
 
     def locate(self, root: PathLike | None) -> Path:
         bases, notes = search_bases(root, "TABULAR_DATA_DIR")
