@@ -10,7 +10,6 @@ messages that say how to fix what they find.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -19,20 +18,13 @@ from functools import lru_cache
 from pathlib import Path
 
 from .config import LaunchConfig, RunConfig
+from .registry import suggest
 
 # A DST run with fewer topology updates than this measures little of its criterion.
 MIN_UPDATES = 3
 
 
 # ---------------------------------------------------------------------------- suggestions
-def suggest(given: str, allowed, prefix: str = "") -> str:
-    """`did you mean X?` for the close matches of `given` among `allowed`, else ''."""
-    matches = difflib.get_close_matches(given, [str(a) for a in allowed], n=3, cutoff=0.6)
-    if not matches:
-        return ""
-    return "did you mean " + " or ".join(f"{prefix}{m}" for m in matches) + "?"
-
-
 def _section(path: str):
     """The schema (a dataclass type, `dict` for a free-form mapping, or None: a value) at a
     dotted field path of the launch config; KeyError where there is no such field."""

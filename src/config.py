@@ -204,7 +204,8 @@ def _keywords(name: str, given: dict, builder, skip: tuple[str, ...]) -> None:
     valid = sorted(k for k, p in params.items() if k not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL)
     unknown = sorted(set(given) - set(valid))
     if unknown:
-        from .checks import field_names, suggest
+        from .checks import field_names
+        from .registry import suggest
 
         hints = []
         for key in unknown:
@@ -224,7 +225,7 @@ def _build(cls, d: dict, path: str = ""):
     known = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(known)
     if unknown:
-        from .checks import suggest
+        from .registry import suggest
 
         where = path.rstrip(".") or cls.__name__
         hints = "".join(f"; {path}{key}: {suggest(key, known, prefix=path)}" for key in sorted(unknown)
