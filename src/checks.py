@@ -226,12 +226,15 @@ def _update_fix(cfg: RunConfig, spe: int) -> str:
     window = topology_updates(cfg, spe, update_frequency=1)
     if window >= MIN_UPDATES:
         fixes.append(f"sparsity.update_frequency<={window // MIN_UPDATES}")
-    if cfg.train.max_steps is None:
-        epochs = cfg.train.epochs + 1
-        while topology_updates(cfg, spe, epochs=epochs) < MIN_UPDATES and epochs < 100 * (cfg.train.epochs + 100):
-            epochs += 1
-        fixes.append(f"train.epochs>={epochs}")
-    else:
+    if cfg.train.max_steps is None and cfg.sparsity.end_fraction > 0:
+        # enough epochs for MIN_UPDATES + 1 update intervals inside the update window
+        enough = math.ceil((MIN_UPDATES + 1) * cfg.sparsity.update_frequency / (spe * cfg.sparsity.end_fraction)) + 1
+        low, high = cfg.train.epochs, enough  # the count grows with the epochs: bisect
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if topology_updates(cfg, spe, epochs=middle) >= MIN_UPDATES else (middle, high)
+        fixes.append(f"train.epochs>={high}")
+    elif cfg.train.max_steps is not None:
         fixes.append("train.max_steps (it stops the run first)")
     if cfg.sparsity.end_fraction < 1:
         fixes.append(f"sparsity.end_fraction (updates stop at {cfg.sparsity.end_fraction:g} of training)")
