@@ -136,19 +136,23 @@ def _unparsable(overrides: list[str]) -> str | None:
             if key.lstrip("+~") == "name":
                 return f"name: {value!r} is not allowed; a name is {NAME_RULE.format(255)}"
             if not line.isascii():
-                return (f"{line}: Hydra's override syntax takes characters outside ASCII only in quotes: "
-                        f"{key}='{value}'")
+                word = re.search(r"[^\s,\[\]{}:='\"]*[^\x00-\x7f][^\s,\[\]{}:='\"]*", value)
+                return (f"{line}: Hydra's override syntax takes characters outside ASCII only inside quotes: "
+                        f"write '{word.group(0) if word else value}'")
     return None
 
 
 # ---------------------------------------------------------------------------- model and data
 @lru_cache(maxsize=256)
-def _output_shape(model: str, input_shape: tuple, num_classes, kwargs: tuple) -> tuple[int, ...] | str:
+def _output_shape(model: str, input_shape: tuple, num_classes, kwargs: tuple) -> tuple[int, ...] | str | None:
+    """The model's output shape, or why the input does not fit it; None: cannot tell here."""
     from .models.registry import output_shape
 
     try:
         return output_shape(model, input_shape, num_classes, **dict(kwargs))
-    except RuntimeError as error:  # torch's own reason, e.g. 'a and b must have same reduction dim'
+    except NotImplementedError:  # an operator without a meta kernel: the run itself will tell
+        return None
+    except (RuntimeError, ValueError) as error:  # torch's reason, e.g. 'a and b must have same reduction dim'
         return str(error).strip().splitlines()[0]
 
 

@@ -162,7 +162,7 @@ def test_a_unicode_name_gets_the_naming_rule_not_a_lexer_error(capsys, tmp_path)
     err = refused(capsys, tmp_path, "setup=smoke", "name='résumé'", "--dry-run")  # quoted: parsed, then refused
     assert err.startswith("error: name: 'résumé' must be one path component of letters, digits")
     err = refused(capsys, tmp_path, "setup=smoke", "logging.tags=[é]", "--dry-run")
-    assert "logging.tags=[é]: Hydra's override syntax takes characters outside ASCII only in quotes" in err
+    assert "logging.tags=[é]: Hydra's override syntax takes characters outside ASCII only inside quotes: write 'é'" in err
 
 
 @pytest.fixture
@@ -189,6 +189,15 @@ def test_a_read_only_runs_root_is_refused_in_one_line(capsys, read_only_dir, dry
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith(f"error: runs_root: cannot write the runs under {read_only_dir}/runs/default (")
     assert err.endswith("choose a writable directory: runs_root=DIR\n")
+
+
+def test_a_runs_root_under_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    for dry in (["--dry-run"], []):
+        code = launch.main(["setup=smoke", f"runs_root={tmp_path}/a_file/runs", *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and err == (f"error: runs_root: '{tmp_path}/a_file/runs' is not a directory "
+                                     f"({tmp_path}/a_file is a file); choose a directory: runs_root=DIR\n")
 
 
 # ---------------------------------------------------------------------------- 5. hints
