@@ -132,7 +132,8 @@ class Higgs(DatasetSource):
     """Higgs: ~940k rows of 24 numeric features, binary target (one logit)."""
 
     default_val_fraction = 0.15
-    info = DatasetInfo(input_shape=(24,), num_classes=1, train_samples=940_160)  # the benchmark's table
+    # the benchmark's table (another CSV only changes the step count a launch warns with)
+    info = DatasetInfo(input_shape=(24,), num_classes=1, train_samples=940_160)
 
     def train_split_size(self, policy: ValidationPolicy, *, test_fraction: float = 0.15, **options) -> int:
         """Validation and test are shares of all rows (stratified: this is within a few rows)."""
@@ -153,8 +154,8 @@ class Higgs(DatasetSource):
         how_to_get = (
             f"with network access, `pip install openml` and run "
             f"`openml.config.set_root_cache_directory(DIR); openml.tasks.get_task({OPENML_TASK_ID}, "
-            "download_data=True)` then set $TABULAR_DATA_DIR=DIR; or pass the path of a CSV/parquet "
-            "export as root."
+            "download_data=True)` then set $TABULAR_DATA_DIR=DIR; or pass a CSV/parquet "
+            "export as data.root=FILE."
         )
         raise DatasetNotFoundError(not_found_message(self.name, bases, notes, expected, how_to_get))
 
