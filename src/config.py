@@ -7,6 +7,7 @@ plain Python objects for everything else (`RunConfig.from_dict`, `to_dict`).
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     num_workers: int = 4  # only for datasets streamed from disk
+    download: bool = False  # fetch missing files (where the dataset can be downloaded; needs network)
     kwargs: dict[str, Any] = field(default_factory=dict)  # dataset-specific options
 
 
@@ -116,10 +118,18 @@ class RunConfig:
             raise ValueError(f"optim.lr: must be a finite number >= 0, got {self.optim.lr}")
         if any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError(f"optim.milestones: fractions of training in (0, 1), got {self.optim.milestones}")
+        if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum == 0:
+            raise ValueError("optim.nesterov: Nesterov momentum needs a momentum, got optim.momentum=0; "
+                             "set optim.nesterov=false (plain SGD) or optim.momentum>0 (e.g. 0.9)")
+        if self.data.download and not DATASETS[self.data.name].downloadable:
+            raise ValueError(DATASETS[self.data.name].no_download_message())
         _keywords("model.kwargs", self.model.kwargs, MODELS[self.model.name], skip=("num_classes",))
         _keywords("data.kwargs", self.data.kwargs, type(DATASETS[self.data.name]).load,
                   skip=("self", "location", "policy"))
         self.sparsity.validate()
+        from .checks import model_fits_data
+
+        model_fits_data(self)
         return self
 
 
@@ -140,7 +150,7 @@ class LaunchConfig(RunConfig):
 # identity (its directory hash), so relaunching with more threads or on another node reuses it.
 # (The sparsity section's own say: `SparsityConfig.identity`.)
 LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "data.root",
-               "data.num_workers", "logging")
+               "data.download", "data.num_workers", "logging")
 
 
 def run_identity(config: dict) -> dict:
@@ -191,19 +201,37 @@ def _keywords(name: str, given: dict, builder, skip: tuple[str, ...]) -> None:
     valid = sorted(k for k, p in params.items() if k not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL)
     unknown = sorted(set(given) - set(valid))
     if unknown:
-        raise ValueError(f"{name}: unknown key(s) {unknown}; valid: {valid}")
+        from .checks import field_names
+        from .registry import suggest
+
+        hints = []
+        for key in unknown:
+            before, colon, after = key.partition(":")
+            section = name.rpartition(".")[0]
+            if colon and before in valid:  # YAML reads `{a: 1,b:2}` as the key `b:2`
+                hints.append(f"{key!r} looks like a missing space after the colon: write {{{before}: {after}}}")
+            elif key in field_names(section):
+                hints.append(f"{key!r} is a field of its own: did you mean {section}.{key}={json.dumps(given[key])}?")
+            elif suggest(key, valid):
+                hints.append(f"{key!r}: {suggest(key, valid)}")
+        raise ValueError(f"{name}: unknown key(s) {unknown}; valid: {valid}" + "".join(f"; {h}" for h in hints))
 
 
-def _build(cls, d: dict):
+def _build(cls, d: dict, path: str = ""):
     """Dataclass from a nested dict, rejecting unknown keys by their full name."""
     known = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}")
+        from .registry import suggest
+
+        where = path.rstrip(".") or cls.__name__
+        hints = "".join(f"; {path}{key}: {suggest(key, known, prefix=path)}" for key in sorted(unknown)
+                        if suggest(key, known))
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}{hints}")
     kwargs = {}
     for name, value in d.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else None
         if is_dataclass(default) and isinstance(value, dict):
-            value = _build(type(default), value)
+            value = _build(type(default), value, f"{path}{name}.")
         kwargs[name] = value
     return cls(**kwargs)

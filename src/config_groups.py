@@ -34,3 +34,22 @@ def store_registry_groups() -> None:
         for name in registry_names(group):
             if not (CONF_DIR / group / f"{name}.yaml").exists():
                 store.store(group=group, name=name, node={field: name}, package=package, provider="dst")
+
+
+def setup_choices() -> dict[str, tuple[str, str]]:
+    """`setup` option -> (model.name, data.name) it selects: the pairs known to fit."""
+    import yaml
+
+    def name(group: str, option: str) -> str:  # a YAML option may set another name (model=resnet56)
+        path = CONF_DIR / group / f"{option}.yaml"
+        return yaml.safe_load(path.read_text()).get("name", option) if path.exists() else option
+
+    choices = {}
+    for path in sorted((CONF_DIR / "setup").glob("*.yaml")):
+        overrides = {}
+        for entry in yaml.safe_load(path.read_text()).get("defaults", []):
+            for key, value in (entry.items() if isinstance(entry, dict) else ()):
+                overrides[key.removeprefix("override ").strip("/")] = value
+        if "model" in overrides and "data" in overrides:
+            choices[path.stem] = (name("model", overrides["model"]), name("data", overrides["data"]))
+    return choices

@@ -184,11 +184,15 @@ def main(argv: list[str] | None = None) -> int:
         _hydra_entry(argv)
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
+    from .checks import explain, update_warnings
+
     try:
         jobs = plan(overrides, check_data=not dry_run, detach=detach)
     except (ValueError, FileNotFoundError, HydraException) as error:
-        print(f"error: {hydra_message(error)}", file=sys.stderr)
+        print(f"error: {explain(error, overrides) or hydra_message(error)}", file=sys.stderr)
         return 2
+    for line in update_warnings(jobs):
+        print(line, file=sys.stderr)
     if not jobs:
         print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
               "no option?)", file=sys.stderr)

@@ -89,7 +89,10 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
     """The launch's jobs, each composed and validated once, its launcher options checked and
     whether it is skipped decided (finished here, with this identity)."""
+    from .checks import check_plan
+
     jobs = expand(overrides, check_data=check_data, detach=detach)
+    check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
     for job in jobs:
         if (job.run_dir / RESULT).exists():
             job.finished = finished_status(job.run_dir, job.config_dict())
@@ -145,7 +148,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
                 run_dir = run_directory(launch["runs_root"], launch["name"], run_cfg, identity)
             except (ValueError, OmegaConfBaseException) as error:
                 raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
-            key = (run_cfg.data.name, run_cfg.data.root)
+            key = (run_cfg.data.name, run_cfg.data.root, run_cfg.data.download)
             if check_data and key not in checked:  # the error says where it looked, how to get it
                 check_dataset(*key)
                 checked.add(key)

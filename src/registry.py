@@ -13,13 +13,23 @@ A registry is a read-only-by-convention dict, so `name in R`, `R[name]`, `sorted
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from typing import Any, Callable
 
 
 def unknown(kind: str, value: Any, allowed) -> ValueError:
     """The one error for a name that is not among the allowed ones (registries, config fields)."""
-    return ValueError(f"unknown {kind} {value!r}; choose from {list(allowed)}")
+    hint = suggest(str(value), allowed, quote=True)
+    return ValueError(f"unknown {kind} {value!r}; choose from {list(allowed)}" + (f"; {hint}" if hint else ""))
+
+
+def suggest(given: str, allowed, prefix: str = "", quote: bool = False) -> str:
+    """`did you mean X?` for the close matches of `given` among `allowed`, else ''."""
+    matches = difflib.get_close_matches(given, [str(a) for a in allowed], n=3, cutoff=0.6)
+    if not matches:
+        return ""
+    return "did you mean " + " or ".join(repr(m) if quote else f"{prefix}{m}" for m in matches) + "?"
 
 
 class Registry(dict):

@@ -241,7 +241,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
     channels_last = info.is_conv if tc.channels_last is None else tc.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     splits = build_dataset(cfg.data.name, cfg.data.root, val_fraction=cfg.data.val_fraction, seed=tc.seed,
-                           device=device, reference_splits=cfg.data.reference_splits, **cfg.data.kwargs)
+                           device=device, reference_splits=cfg.data.reference_splits, download=cfg.data.download,
+                           **cfg.data.kwargs)
     loaders = make_loaders(splits, cfg.data.batch_size, cfg.data.eval_batch_size, seed=tc.seed, device=device,
                            memory_format=memory_format, num_workers=cfg.data.num_workers,
                            distributed=ddp.world > 1)

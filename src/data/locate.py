@@ -32,7 +32,7 @@ def search_bases(
     bases: list[tuple[Path, str]] = []
     notes: list[str] = []
     if root is not None:
-        bases.append((Path(root).expanduser(), "root argument"))
+        bases.append((Path(root).expanduser(), "data.root"))
     if env_var is not None:
         if os.environ.get(env_var):
             bases.append((Path(os.environ[env_var]).expanduser(), f"${env_var}"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,11 +30,27 @@ from .splits import DataSplits, Holdout, ValidationPolicy
 PathLike = str | os.PathLike
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a launch knows about a dataset before reading it: enough to check that a model
+    fits it and to count a run's steps.
+
+    input_shape: per-sample model input, ``(C, H, W)`` or ``(features,)``.
+    num_classes: output width a model needs (1: a binary task, one logit).
+    train_samples: the training set, before the validation split is held out of it.
+    """
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    train_samples: int
+
+
 class DatasetSource(ABC):
     """How one dataset is found on disk and turned into :class:`DataSplits`.
 
     Class attributes a subclass sets:
 
+    info: its shapes and size (:class:`DatasetInfo`; ``describe`` when options change them).
     layout: where the files live (None: nothing on disk, e.g. generated data).
     default_val_fraction: held-out share used when ``build_dataset`` gets none.
     reference_holdout: how the reference implementation drew its validation split,
@@ -43,6 +60,7 @@ class DatasetSource(ABC):
     """
 
     name: ClassVar[str]
+    info: ClassVar[DatasetInfo]
     layout: ClassVar[FileLayout | None] = None
     default_val_fraction: ClassVar[float] = 0.1
     reference_holdout: ClassVar[Holdout] = Holdout.RANDOM
@@ -56,16 +74,37 @@ class DatasetSource(ABC):
     def load(self, location: Path | None, policy: ValidationPolicy, **options: Any) -> DataSplits:
         """Read the files at ``location`` (from :meth:`locate`) into CPU splits."""
 
+    def describe(self, **options: Any) -> DatasetInfo:
+        """Its :class:`DatasetInfo` with these ``load`` options (``data.kwargs``)."""
+        return self.info
+
+    def train_split_size(self, policy: ValidationPolicy, **options: Any) -> int:
+        """Samples in the training split under ``policy``: what one epoch iterates."""
+        return policy.train_size(self.describe(**options).train_samples)
+
+    @property
+    def downloadable(self) -> bool:
+        return self.torchvision_name is not None
+
+    def no_download_message(self) -> str:
+        return (f"data.download: automatic download is not available for {self.name!r}; datasets that "
+                f"have it: {DATASETS.list(where=lambda source: source.downloadable)}")
+
     def download(self, root: PathLike | None) -> None:
         """Fetch the files with torchvision into ``root`` (or the environment variable's directory)."""
-        if self.torchvision_name is None:
-            raise DatasetNotFoundError(f"{self.name}: automatic download is not available")
+        if not self.downloadable:
+            raise DatasetNotFoundError(self.no_download_message())
         bases, _ = search_bases(root, self.layout.env_var)
         if not bases:
-            raise ValueError(f"{self.name}: download=True needs a root argument or ${self.layout.env_var}")
+            raise ValueError(f"data.download: {self.name} needs a directory to download into: "
+                             f"data.root=DIR (root= in Python) or ${self.layout.env_var}")
         import torchvision.datasets  # only needed here; slow to import
 
-        getattr(torchvision.datasets, self.torchvision_name)(str(bases[0][0]), download=True)
+        try:
+            getattr(torchvision.datasets, self.torchvision_name)(str(bases[0][0]), download=True)
+        except (OSError, RuntimeError) as error:  # no network, a read-only or full directory ...
+            raise DatasetNotFoundError(f"data.download: {self.name} could not be downloaded into "
+                                       f"{bases[0][0]}: {error}. {self.layout.how_to_get}") from error
 
 
 DATASETS = Registry("dataset")  # name -> DatasetSource instance
@@ -82,13 +121,21 @@ def register_dataset(name: str) -> Callable[[type[DatasetSource]], type[DatasetS
     return decorator
 
 
-def check_dataset(name: str, root: PathLike | None = None) -> Path | None:
-    """Verify that dataset ``name`` exists on disk without reading it.
+def check_dataset(name: str, root: PathLike | None = None, download: bool = False) -> Path | None:
+    """Verify that dataset ``name`` exists on disk without reading it; with ``download``,
+    fetch missing files first (once, in the launch, before its jobs start).
 
     Returns where it was found (None for generated datasets); raises ``ValueError`` for an
     unknown name and :class:`DatasetNotFoundError` for missing files.
     """
-    return DATASETS.get(name).locate(root)
+    source = DATASETS.get(name)
+    try:
+        return source.locate(root)
+    except DatasetNotFoundError:
+        if not download:
+            raise
+    source.download(root)
+    return source.locate(root)
 
 
 def build_dataset(
@@ -121,13 +168,7 @@ def build_dataset(
     options: dataset-specific keywords (an unknown keyword raises ``TypeError``).
     """
     source = DATASETS.get(name)
-    try:
-        location = source.locate(root)
-    except DatasetNotFoundError:
-        if not download:
-            raise
-        source.download(root)
-        location = source.locate(root)
+    location = check_dataset(name, root, download)
     holdout = source.reference_holdout if reference_splits else Holdout.RANDOM
     fraction = source.default_val_fraction if val_fraction is None else val_fraction
     splits = source.load(location, ValidationPolicy(holdout, fraction, seed), **options)

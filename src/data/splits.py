@@ -113,16 +113,20 @@ class ValidationPolicy:
         if not 0 < self.fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.fraction}")
 
+    def train_size(self, n: int) -> int:
+        """Samples left for training out of a training set of ``n``."""
+        return n if self.holdout is Holdout.TEST else n - holdout_size(n, self.fraction)
+
     def indices(self, n: int) -> tuple[Tensor, Tensor] | None:
         """Sorted ``(train, val)`` indices into a training set of size ``n``; None for TEST."""
         if self.holdout is Holdout.TEST:
             return None
-        n_val = holdout_size(n, self.fraction)
+        n_train = self.train_size(n)
         if self.holdout is Holdout.RANDOM:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         else:
             order = torch.arange(n)
-        return order[: n - n_val].sort().values, order[n - n_val :].sort().values
+        return order[:n_train].sort().values, order[n_train:].sort().values
 
     def carve(self, train: S, test: S, eval_view: S | None = None) -> tuple[S, S, S]:
         """Return ``(train, val, test)`` splits.

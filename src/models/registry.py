@@ -69,3 +69,15 @@ def build_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modul
     if num_classes is None:
         num_classes = builder.info.default_num_classes
     return builder(num_classes=num_classes, **kwargs)
+
+
+def output_shape(name: str, input_shape: tuple[int, ...], num_classes: int | None = None,
+                 **kwargs) -> tuple[int, ...]:
+    """Per-sample output shape of model ``name`` on inputs of ``input_shape``, from a forward
+    pass on the meta device (shapes only: no memory, no arithmetic, no random draws).
+    Raises ``RuntimeError`` (torch's own message) when the input does not fit the model."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_model(name, num_classes, **kwargs).eval()
+        return tuple(model(torch.empty(2, *input_shape)).shape[1:])

@@ -176,12 +176,7 @@ class Sparsifier:
         self.apply_masks()
 
     def is_update_step(self, step: int) -> bool:
-        cfg = self.config
-        if cfg.mode != "dst" or step % cfg.update_frequency:
-            return False
-        if step > cfg.end_fraction * self.total_steps:
-            return False
-        return step < self.total_steps or self.policy.update_on_last_step
+        return is_update_step(self.config, step, self.total_steps)
 
     def prune_rate(self, step: int | None = None) -> float:
         cfg = self.config
@@ -359,3 +354,13 @@ def _counts(masks: list[Tensor]) -> list[int]:
     if not masks:
         return []
     return torch.stack([m.count_nonzero() for m in masks]).tolist()
+
+
+def is_update_step(config: SparsityConfig, step: int, total_steps: int) -> bool:
+    """Whether optimizer step ``step`` (counted from 1) of a ``total_steps`` run makes a
+    topology update (also what a launch counts to warn about runs that make none)."""
+    if config.mode != "dst" or step % config.update_frequency:
+        return False
+    if step > config.end_fraction * total_steps:
+        return False
+    return step < total_steps or (REFERENCE if config.compat else CLEAN).update_on_last_step

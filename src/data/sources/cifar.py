@@ -15,7 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..locate import FileLayout
-from ..registry import DatasetSource, register_dataset
+from ..registry import DatasetInfo, DatasetSource, register_dataset
 from ..splits import DataSplits, Holdout, ValidationPolicy
 from ..transforms import BatchAugment, Normalize
 from .common import in_memory_image_splits
@@ -40,7 +40,6 @@ class _CIFAR(DatasetSource):
     train_files: ClassVar[tuple[str, ...]]
     test_files: ClassVar[tuple[str, ...]]
     label_key: ClassVar[bytes]
-    num_classes: ClassVar[int]
     normalize: ClassVar[Normalize]
     augment: ClassVar[BatchAugment]
 
@@ -51,7 +50,7 @@ class _CIFAR(DatasetSource):
             read_cifar_files([location / name for name in self.train_files], self.label_key),
             read_cifar_files([location / name for name in self.test_files], self.label_key),
             policy,
-            num_classes=self.num_classes,
+            num_classes=self.info.num_classes,
             normalize=self.normalize,
             augment=self.augment,
         )
@@ -65,8 +64,8 @@ def _cifar_layout(title: str, archive: str, folder: str, files: tuple[str, ...],
         subdirs=(folder, ""),
         how_to_get=(
             f"download the {title} Python version ({archive}) from {_OFFICIAL_SITE} and extract "
-            f"it into <root> (giving <root>/{folder}/), then pass root or set ${env_var}; "
-            "or pass download=True (needs network)."
+            f"it into DIR (giving DIR/{folder}/), then pass data.root=DIR or set ${env_var}; "
+            "or add data.download=true with data.root=DIR (needs network)."
         ),
     )
 
@@ -81,7 +80,7 @@ class CIFAR10(_CIFAR):
         "CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py", train_files + test_files, "CIFAR10_PYTORCH"
     )
     label_key = b"labels"
-    num_classes = 10
+    info = DatasetInfo(input_shape=(3, 32, 32), num_classes=10, train_samples=50_000)
     normalize = Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
     augment = BatchAugment(padding=4, pad_mode="reflect", hflip=True)
     reference_holdout = Holdout.TAIL
@@ -98,7 +97,7 @@ class CIFAR100(_CIFAR):
         "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python", train_files + test_files, "CIFAR100_PYTORCH"
     )
     label_key = b"fine_labels"
-    num_classes = 100
+    info = DatasetInfo(input_shape=(3, 32, 32), num_classes=100, train_samples=50_000)
     normalize = Normalize(mean=(0.50708, 0.48655, 0.44092), std=(0.26733, 0.25644, 0.27615))
     augment = BatchAugment(padding=4, pad_mode="constant", hflip=True)
     reference_holdout = Holdout.TEST

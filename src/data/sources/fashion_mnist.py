@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..locate import FileLayout
-from ..registry import DatasetSource, register_dataset
+from ..registry import DatasetInfo, DatasetSource, register_dataset
 from ..splits import DataSplits, Holdout, ValidationPolicy
 from ..transforms import Normalize
 from .common import in_memory_image_splits
@@ -66,10 +66,12 @@ class FashionMNIST(DatasetSource):
         how_to_get=(
             "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs into "
             "/usr/share/datasets/fashion-mnist), or put the four IDX files from "
-            "https://github.com/zalandoresearch/fashion-mnist in a directory and pass it as "
-            "root or set $FASHION_MNIST_PYTORCH, or pass download=True (needs network)."
+            "https://github.com/zalandoresearch/fashion-mnist in a directory DIR and pass "
+            "data.root=DIR or set $FASHION_MNIST_PYTORCH; or add data.download=true with data.root=DIR "
+            "(needs network)."
         ),
     )
+    info = DatasetInfo(input_shape=(1, 28, 28), num_classes=10, train_samples=60_000)
     reference_holdout = Holdout.TAIL
     torchvision_name = "FashionMNIST"
 
@@ -80,6 +82,6 @@ class FashionMNIST(DatasetSource):
             _read_part(location, "train"),
             _read_part(location, "test"),
             policy,
-            num_classes=10,
+            num_classes=self.info.num_classes,
             normalize=Normalize(mean=(0.5,), std=(0.5,)),
         )

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..locate import FileLayout
-from ..registry import DatasetSource, register_dataset
+from ..registry import DatasetInfo, DatasetSource, register_dataset
 from ..splits import DataSplits, Holdout, StreamedSplit, ValidationPolicy
 from ..transforms import BatchAugment, Normalize
 
@@ -124,10 +124,11 @@ class TinyImageNet(DatasetSource):
         subdirs=("", "tiny-imagenet-200"),
         how_to_get=(
             "download http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it into <root> "
-            "(giving <root>/tiny-imagenet-200/{train,val}); then pass root or set $TINY_IMAGENET. "
+            "(giving <root>/tiny-imagenet-200/{train,val}); then pass data.root=<root> or set $TINY_IMAGENET. "
             "The official val/ layout (images/ + val_annotations.txt) is read as is."
         ),
     )
+    info = DatasetInfo(input_shape=(3, 64, 64), num_classes=200, train_samples=100_000)
     reference_holdout = Holdout.TEST
 
     def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
@@ -139,7 +140,7 @@ class TinyImageNet(DatasetSource):
             test_samples=tiny_imagenet_val_samples,
             train_transform=decode,
             eval_transform=decode,
-            input_shape=(3, 64, 64),
+            input_shape=self.info.input_shape,
             train_augment=BatchAugment(hflip=True),
         )
 
@@ -155,9 +156,10 @@ class ImageNet(DatasetSource):
         how_to_get=(
             "obtain ILSVRC2012 from https://image-net.org (registration required), extract the "
             "train and val sets into <root>/train/<wnid>/ and <root>/val/<wnid>/, then pass "
-            "root or set $IMAGENET_PYTORCH."
+            "data.root=<root> or set $IMAGENET_PYTORCH."
         ),
     )
+    info = DatasetInfo(input_shape=(3, 224, 224), num_classes=1000, train_samples=1_281_167)
     reference_holdout = Holdout.TEST
 
     def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
@@ -169,5 +171,5 @@ class ImageNet(DatasetSource):
             test_samples=folder_samples,
             train_transform=T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()]),
             eval_transform=T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()]),
-            input_shape=(3, 224, 224),
+            input_shape=self.info.input_shape,
         )

@@ -9,11 +9,12 @@ few dozen SGD steps. The content depends only on ``data_seed`` (not on the split
 from __future__ import annotations
 
 import math
+import inspect
 from collections.abc import Sequence
 
 import torch
 
-from ..registry import DatasetSource, register_dataset
+from ..registry import DatasetInfo, DatasetSource, register_dataset
 from ..splits import DataSplits, TensorSplit, ValidationPolicy
 
 
@@ -29,6 +30,12 @@ def gaussian_classes(
 @register_dataset("synthetic")
 class Synthetic(DatasetSource):
     """Gaussian class clusters held in memory as float32 (no files, no normalisation)."""
+
+    def describe(self, **options) -> DatasetInfo:
+        given = {k: p.default for k, p in inspect.signature(self.load).parameters.items()
+                 if p.default is not p.empty} | options
+        return DatasetInfo(tuple(given["input_shape"]), 1 if given["binary"] else given["num_classes"],
+                           given["num_train"])
 
     def load(
         self,
