@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data test test-fast bench bench-peers sweep demo report fidelity-stats slurm-up slurm-down clean
+.PHONY: install data test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -58,6 +58,28 @@ demo: install
 	$(PY) -m analysis report $(RUNS)/fmnist_quick --out $(RUNS)/fmnist_quick/report
 	@cat $(RUNS)/fmnist_quick/report/tables/accuracy.md $(RUNS)/fmnist_quick/report/tables/ranking.md
 	@echo "run records: $(RUNS)/fmnist_quick   report: $(RUNS)/fmnist_quick/report/index.html"
+
+# The study (results/fmnist_fig1/, see its README): the paper's Fig. 1 grid on Fashion-MNIST at
+# 10 epochs, 168 LeNet-5 runs. Through SLURM in packed jobs when a cluster answers (`make
+# slurm-up` as root starts the local one), on this machine otherwise. Resumable: run it again
+# after an interruption and it finishes what is missing; then the record is rewritten.
+# make study [STUDY=fmnist_fig1] [STUDY_OUT=results/fmnist_fig1] [ARGS="extra overrides"]
+STUDY ?= fmnist_fig1
+STUDY_OUT ?= results/$(STUDY)
+LOCAL_SLURM_CONF := /tmp/dst-slurm/etc/slurm.conf
+study: install
+	@export SLURM_CONF=$${SLURM_CONF:-$$(test -f $(LOCAL_SLURM_CONF) && echo $(LOCAL_SLURM_CONF))}; \
+	if partition=$$(sinfo -h -o %P 2>/dev/null | tr -d '*' | head -1) && [ -n "$$partition" ]; then \
+		cpus=$$(sinfo -h -o %c | head -1); \
+		launcher="launcher=slurm hydra.launcher.partition=$$partition hydra.launcher.cpus_per_task=$$cpus \
+			hydra.launcher.concurrent_runs=$$cpus hydra.launcher.runs_per_job=12 hydra.launcher.timeout_min=120"; \
+	else launcher="launcher=local"; fi; \
+	echo "study $(STUDY): $$launcher"; status=0; \
+	for sweep in $(STUDY)_dense $(STUDY)_static $(STUDY); do \
+		$(PY) -m src.launch -m +sweeps=$$sweep runs_root=$(RUNS) $$launcher $(ARGS) || status=$$?; \
+	done; \
+	$(PY) scripts/study_record.py $(RUNS)/$(STUDY) --out $(STUDY_OUT) || status=$$?; \
+	exit $$status
 
 # make report [SWEEP=runs/fmnist_quick] [OUT=dir]
 report: install

@@ -1,0 +1,97 @@
+"""A study's reproduction record, from its run directories, for the repository:
+
+    <out>/runs.csv        one row per run: mode, criterion, growth, density, seed, status,
+                          final / best test accuracy, train time, steps, topology updates, host
+    <out>/throughput.json wall time of the study and runs per hour on the machines it ran on
+    <out>/report/         the report (`python -m analysis report`): tables, figures, claims
+
+    python scripts/study_record.py runs/fmnist_fig1 --out results/fmnist_fig1
+
+No run directories or checkpoints are copied: the record is small enough for git.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from analysis import columns as C  # noqa: E402
+from analysis.__main__ import main as report_main  # noqa: E402
+from analysis.load import load_metrics, load_runs  # noqa: E402
+
+RUNS_CSV = {  # runs-table column -> runs.csv column
+    C.MODE: "mode", C.CRITERION: "criterion", C.GROWTH: "growth", C.DENSITY: "density", C.SEED: "seed",
+    C.STATUS: "status", "final.test_acc": "final_test_acc", "best_test_acc": "best_test_acc",
+    "best_val.test_acc": "test_acc_at_best_val", "best_val.epoch": "best_val_epoch", "train_time": "train_time_s",
+    "wall_time": "wall_time_s", "steps": "steps", "topology_updates": "topology_updates", "threads": "threads",
+    "host": "host", "cpu_model": "cpu_model", "finished_at": "finished_at", C.RUN_DIR: "run",
+}
+
+
+def runs_table(sweep_dir: Path) -> pd.DataFrame:
+    runs = load_runs(sweep_dir, cache=False)
+    epochs = load_metrics(runs, "epoch")
+    updates = load_metrics(runs, "update")
+    best = epochs.groupby(C.RUN_DIR)["test_acc"].max() if len(epochs) else pd.Series(dtype=float)
+    counts = updates.groupby(C.RUN_DIR).size() if len(updates) else pd.Series(dtype=int)
+    runs["best_test_acc"] = runs[C.RUN_DIR].map(best)
+    runs["topology_updates"] = runs[C.RUN_DIR].map(counts).fillna(0).astype(int)
+    dense = runs[C.MODE] == "dense"
+    runs.loc[dense, C.DENSITY] = 1.0  # (a dense run's density field is the unused default)
+    for name in (C.CRITERION, C.GROWTH):
+        runs.loc[runs[C.MODE] != "dst", name] = ""  # no update rule outside DST
+    runs[C.RUN_DIR] = runs[C.RUN_DIR].map(lambda p: Path(p).name)
+    table = runs.reindex(columns=list(RUNS_CSV)).rename(columns=RUNS_CSV)
+    order = {"dense": 0, "static": 1, "dst": 2}
+    return table.sort_values(["mode", "criterion", "growth", "density", "seed"],
+                             key=lambda s: s.map(order) if s.name == "mode" else s).reset_index(drop=True)
+
+
+def throughput(table: pd.DataFrame) -> dict:
+    """Runs per hour from the runs' own records: first start to last finish."""
+    done = table[table["status"] == "completed"].copy()
+    if done.empty:
+        return {"completed": 0}
+    finished = pd.to_datetime(done["finished_at"].map(lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z")))
+    started = finished - pd.to_timedelta(done["wall_time_s"], unit="s")
+    span_h = (finished.max() - started.min()).total_seconds() / 3600
+    return {
+        "completed": int(len(done)), "runs": int(len(table)),
+        "first_start": started.min().isoformat(), "last_finish": finished.max().isoformat(),
+        "span_hours": round(span_h, 3), "runs_per_hour": round(len(done) / span_h, 2),
+        "median_run_wall_s": {m: round(float(g["wall_time_s"].median()), 1) for m, g in done.groupby("mode")},
+        "median_train_time_s": {m: round(float(g["train_time_s"].median()), 1) for m, g in done.groupby("mode")},
+        "threads_per_run": sorted(int(t) for t in done["threads"].dropna().unique()),
+        "hosts": sorted(done["host"].dropna().unique()), "cpu_models": sorted(done["cpu_model"].dropna().unique()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", type=Path, help="the study's run directories (runs_root/name)")
+    p.add_argument("--out", type=Path, required=True, help="where the record goes, e.g. results/fmnist_fig1")
+    p.add_argument("--expected-seeds", type=int, default=3, help="seeds every cell should have (default 3)")
+    args = p.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: no study runs at {args.sweep_dir} (run `make study` first)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = runs_table(args.sweep_dir)
+    table.to_csv(args.out / "runs.csv", index=False, float_format="%.6g")
+    stats = throughput(table)
+    (args.out / "throughput.json").write_text(json.dumps(stats, indent=2) + "\n")
+    print(f"{len(table)} runs ({stats['completed']} completed) -> {args.out / 'runs.csv'}")
+    return report_main(["report", str(args.sweep_dir), "--out", str(args.out / "report"), "--no-cache",
+                        "--expected-seeds", str(args.expected_seeds)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
