@@ -153,7 +153,7 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
         row.job = heartbeat.get("slurm_job_id") or job
         row.heartbeat_age_s = round(age, 1)
     skew = heartbeat is not None and now - heartbeat["time"] < -SKEW_TOLERANCE_S
-    skew_note = (f" (its heartbeat is {_duration(heartbeat['time'] - now)} in the future: clock skew between "
+    skew_note = (f" (its heartbeat is {duration(heartbeat['time'] - now)} in the future: clock skew between "
                  f"hosts?)" if skew else "")
     if isinstance(result, str):  # result.json that is not JSON
         if not lock:
@@ -202,7 +202,7 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
         return _with(row, status, (first[0] if first else f"at step {result.get('steps')}") + skew_note)
     if heartbeat is not None:
         how = ("no process holds its lock" if lock is not NO_FLOCK else "heartbeat too old (no working flock here)")
-        return _with(row, "stale", f"{how}; last heartbeat {_duration(max(0.0, now - heartbeat['time']))} ago on "
+        return _with(row, "stale", f"{how}; last heartbeat {duration(max(0.0, now - heartbeat['time']))} ago on "
                                    f"{row.host} pid {beat_pid}, step {heartbeat.get('step')}: killed?" + skew_note)
     if launcher_alive:
         return _with(row, "planned", "waiting for its launch to start it")
@@ -288,7 +288,7 @@ def _pid_of(holder: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 90:
         return f"{seconds} s"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .records import RESULT, lock_probe
 from .runinfo import HEARTBEAT, process_alive
-from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, _duration, classify, queue_states, read_json, state
+from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, duration, classify, queue_states, read_json, state
 
 PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
 SUBMISSION = "submission.json"
@@ -229,15 +229,6 @@ def render(table: list[tuple], *, details: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"
-
-
 def main(argv: list[str]) -> int:
     import argparse
 
@@ -314,8 +305,8 @@ class SweepProgress:
             # the runs still to start, at the mean duration so far, `workers` at a time
             eta = sum(self.durations) / len(self.durations) * left / max(1, min(self.workers, left)) if left else 0
             line = (f"[{self.done}/{self.total}] {state} {Path(run_dir).name}"
-                    f"{f' test {acc:.1f} %' if acc is not None else ''} ({_duration(took)})"
-                    f" — {self.running} running, ETA {_duration(eta) if left else '0 s'}")
+                    f"{f' test {acc:.1f} %' if acc is not None else ''} ({duration(took)})"
+                    f" — {self.running} running, ETA {duration(eta) if left else '0 s'}")
             if state in ("failed", "damaged", "stale") and row.detail:
                 line += f"\n    {row.detail}"
             print(line, file=self.out or sys.stdout, flush=True)
@@ -323,4 +314,4 @@ class SweepProgress:
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {k}" for k, n in sorted(self.outcomes.items()))
-        return f"{self.done}/{self.total} runs done in {_duration(time.monotonic() - self.start)}: {parts}"
+        return f"{self.done}/{self.total} runs done in {duration(time.monotonic() - self.start)}: {parts}"
