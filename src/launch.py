@@ -39,6 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS, registry_names
 from .records import FINISHED, RunLocked, config_hash, lock_holder, read_finished_result, read_result
+from .runinfo import unrecorded_failure
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
@@ -317,9 +318,12 @@ def summarize(jobs: list[Job]) -> dict[str, int]:
             outcome = "skipped"
         else:
             result = read_result(job.run_dir)
-            outcome = result["status"] if result else "missing"
+            lost = unrecorded_failure(job.run_dir) if result is None else None
+            outcome = result["status"] if result else "failed" if lost else "missing"
             if outcome not in FINISHED and lock_holder(job.run_dir):
                 outcome = "running elsewhere"
+            elif lost:
+                print(f"  failed: could not record (disk full?): {job.run_dir}: {lost['error']}", file=sys.stderr)
             elif outcome == "failed":
                 print(f"  failed: {job.run_dir}: {result.get('error')}", file=sys.stderr)
         counts[outcome] = counts.get(outcome, 0) + 1

@@ -25,6 +25,7 @@ def tiny(**sparsity) -> RunConfig:
     cfg.train.epochs = 3
     cfg.train.threads = 1
     cfg.train.log_every = 5
+    cfg.train.checkpoint_interval_min = 0  # a checkpoint every epoch, as the resume tests need
     cfg.train.save_model = True
     cfg.optim.lr = 0.05
     cfg.sparsity = SparsityConfig(**{"density": 0.5, "update_frequency": 7, "criterion": "magnitude",
