@@ -30,7 +30,7 @@ from .common import write_result
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = "79601d0"  # the last commit before the run-file work
-EPOCHS, BENCH_TRAIN, BATCH, UPDATE_EVERY, PAPER_EPOCHS, SWEEP_RUNS, CONCURRENT = 3, 6400, 128, 800, 100, 10_000, 1_000
+EPOCHS, BENCH_TRAIN, BATCH, UPDATE_EVERY, PAPER_EPOCHS, SWEEP_RUNS, CONCURRENT = 3, 2560, 128, 800, 100, 10_000, 1_000
 MODELS = {  # name: (overrides, the paper's training-set size)
     "lenet5_fmnist": (["model.name=lenet5", "data.kwargs.input_shape=[1,28,28]"], 60_000),
     "mlp_cifar10": (["model.name=mlp_cifar10", "data.kwargs.input_shape=[3,32,32]"], 50_000),
@@ -56,11 +56,14 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
     """Run one training run under strace; per run file: its metadata calls, bytes written and
     the times it was replaced by a rename (a checkpoint or heartbeat written)."""
     log = run_dir.parent / f"{run_dir.name}.strace"
+    log.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e",
            "trace=" + ",".join(sorted(METADATA | WRITES)), sys.executable, "-m", "src.train", *overrides,
            "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(code)}
-    subprocess.run(cmd, cwd=code, env=env, check=True, capture_output=True)
+    done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[-20:])} exited with {done.returncode}:\n{done.stderr[-3000:]}")
     root = str(run_dir)
     per: dict[str, dict] = {}
     for line in log.read_text(errors="replace").splitlines():

@@ -68,8 +68,9 @@ class TrainConfig:
     # preemption, `max_steps`). 10 minutes: see the README's "Load on the file system".
     checkpoint_every: int = 1
     checkpoint_interval_min: float = 10.0
-    # A node-local directory ($SLURM_TMPDIR) for the checkpoint of every `checkpoint_every`-th
-    # epoch; copied to the run directory at the interval, when the run stops, and at the end.
+    # A node-local directory for the checkpoint of every `checkpoint_every`-th epoch, copied to
+    # the run directory at the interval and when the run stops; environment variables are
+    # expanded in the job (`'$SLURM_TMPDIR'`: the node's, not the launching machine's).
     scratch_dir: str | None = None
     heartbeat_every_s: float = 60.0  # seconds between heartbeat.json rewrites (`status` reads them)
     save_model: bool = False  # keep the final weights and masks as model_final.pt

@@ -426,8 +426,13 @@ def _scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
     directory (its name and a hash of its path), so runs sharing a node never mix."""
     if not scratch_dir:
         return None
+    local = os.path.expandvars(scratch_dir)  # expanded in the job: `$SLURM_TMPDIR` is the node's
+    if "$" in local:
+        print(f"warning: train.scratch_dir {scratch_dir!r}: {local!r} is not set here; checkpoints go to the "
+              f"run directory only", file=sys.stderr, flush=True)
+        return None
     where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(os.path.expandvars(scratch_dir)) / f"{run_dir.name}-{where}" / CHECKPOINT
+    return Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
 
 
 def _read_checkpoint(recorder: RunRecorder, identity: str, device, scratch: Path | None = None) -> dict | None:
