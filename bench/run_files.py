@@ -31,6 +31,9 @@ from .common import write_result
 REPO = Path(__file__).resolve().parent.parent
 BASE = "79601d0"  # the last commit before the run-file work
 EPOCHS, BENCH_TRAIN, BATCH, UPDATE_EVERY, PAPER_EPOCHS, SWEEP_RUNS, CONCURRENT = 3, 2560, 128, 800, 100, 10_000, 1_000
+# The load depends on the step time (the old heartbeat and checkpoint rules count steps and
+# epochs): besides the measured one, the projection at these step times, for faster machines.
+WHAT_IF_STEP_S = (0.01, 0.003)
 MODELS = {  # name: (overrides, the paper's training-set size)
     "lenet5_fmnist": (["model.name=lenet5", "data.kwargs.input_shape=[1,28,28]"], 60_000),
     "mlp_cifar10": (["model.name=mlp_cifar10", "data.kwargs.input_shape=[3,32,32]"], 50_000),
@@ -57,7 +60,8 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
     the times it was replaced by a rename (a checkpoint or heartbeat written)."""
     log = run_dir.parent / f"{run_dir.name}.strace"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["strace", "-f", "-qq", "-y", "-o", str(log), "-e",
+    # --seccomp-bpf: only the traced calls stop the process, so the step time stays close to an untraced run's
+    cmd = ["strace", "-f", "-qq", "-y", "--seccomp-bpf", "-o", str(log), "-e",
            "trace=" + ",".join(sorted(METADATA | WRITES)), sys.executable, "-m", "src.train", *overrides,
            "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(code)}
@@ -86,6 +90,15 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
             "metrics_lines": len((run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
+def step_time(run_dir: Path, overrides: list[str]) -> float:
+    """Seconds per training step of the run without strace (which slows every traced call)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "src.train", *overrides, "--run-dir", str(run_dir)], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    result = json.loads((run_dir / "result.json").read_text())
+    return result["train_time"] / result["steps"]
+
+
 EVENTS = ("checkpoint.pt", "heartbeat.json", "metrics.jsonl")
 
 
@@ -103,15 +116,15 @@ def per_event_cost(run: dict) -> tuple[dict, dict]:
     return cost, once
 
 
-def project(version: str, run: dict, real_train: int) -> dict:
+def project(version: str, run: dict, real_train: int, step_s: float) -> dict:
     """Events and their load per run-hour and per 100-epoch paper run, from the measured
-    per-event costs and step time, with each version's rule for when it writes."""
+    per-event costs and step time (``step_s``: the same for both versions, so that only their
+    rules for when to write differ), with each version's rule for when it writes."""
     from src.config import TrainConfig  # the defaults now; `log_every` (200) was the old heartbeat
 
     defaults = TrainConfig()
     cost, once = per_event_cost(run)
     steps_per_epoch = -(-int(real_train * 0.9) // BATCH)  # 10 % held out for validation
-    step_s = run["train_time_s"] / run["steps"]
     epoch_s = step_s * steps_per_epoch
     run_s = epoch_s * PAPER_EPOCHS
     hour = {"metrics.jsonl": 3600 / epoch_s + 3600 / step_s / UPDATE_EVERY}
@@ -127,7 +140,7 @@ def project(version: str, run: dict, real_train: int) -> dict:
     whole = {e: n * run_s / 3600 for e, n in hour.items()}
     whole["checkpoint.pt"] = min(whole["checkpoint.pt"], PAPER_EPOCHS)
     per_run = {k: load(whole, k) + once[k] for k in ("metadata_ops", "bytes_written")}
-    return {"epoch_s": epoch_s, "run_hours": run_s / 3600, "cost_per_event": cost, "cost_once_per_run": once,
+    return {"step_s": step_s, "epoch_s": epoch_s, "run_hours": run_s / 3600, "cost_per_event": cost, "cost_once_per_run": once,
             "events_per_hour": hour, "per_run_hour": per_hour, "events_per_100_epoch_run": whole,
             "per_100_epoch_run": per_run,
             f"sweep_of_{SWEEP_RUNS}_runs": {k: v * SWEEP_RUNS for k, v in per_run.items()}}
@@ -149,10 +162,14 @@ def main() -> dict:
                       "train.progress=false", "sparsity.density=0.1", *overrides]
             # Now: a checkpoint every epoch in the traced run too, so that its cost is measured.
             for version, code, extra in (("before", before, []), ("now", REPO, ["train.checkpoint_interval_min=0"])):
-                run = trace_run(code, tmp / model / version, common + extra)
-                run["projection"] = project(version, run, real_train)
-                out.setdefault(model, {})[version] = run
-                p = run["projection"]
+                out.setdefault(model, {})[version] = trace_run(code, tmp / model / version, common + extra)
+            # The same step time for both versions: the run's without strace.
+            step_s = step_time(tmp / model / "untraced", common)
+            out[model]["step_s_untraced"] = step_s
+            for version in ("before", "now"):
+                run = out[model][version]
+                run["projection"] = p = project(version, run, real_train, step_s)
+                run["what_if_step_s"] = {str(t): project(version, run, real_train, t) for t in WHAT_IF_STEP_S}
                 print(f"{model} {version}: {len(run['files'])} files; per run-hour {p['per_run_hour']['metadata_ops']:.0f} "
                       f"metadata ops, {p['per_run_hour']['bytes_written'] / 1e6:.1f} MB; a {SWEEP_RUNS}-run sweep of "
                       f"{PAPER_EPOCHS}-epoch runs: {p[f'sweep_of_{SWEEP_RUNS}_runs']['bytes_written'] / 1e12:.3f} TB, "
