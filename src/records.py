@@ -334,13 +334,16 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
 class RunRecorder:
     """Appends metrics lines and writes the config and the final result of one run.
 
-    ``truncate_metrics`` cuts metrics.jsonl back to the size it had at the checkpoint being
-    resumed, so that lines logged after that checkpoint are not duplicated.
+    metrics.jsonl is opened once (at the first line) and kept open: a line is one write, no
+    metadata operation. ``truncate_metrics`` cuts it back to the size it had at the
+    checkpoint being resumed, so that lines logged after that checkpoint are not duplicated.
     """
 
     def __init__(self, run_dir: Path, config: dict, *, enabled: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self._metrics = None  # the open metrics.jsonl (a raw file, closed when collected)
+        self._size = 0  # its size (one writer: the lock's holder)
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, json.dumps(config, indent=2, sort_keys=True))
@@ -350,18 +353,20 @@ class RunRecorder:
         return self.run_dir / CHECKPOINT
 
     def metrics_offset(self) -> int:
+        if self._metrics is not None:
+            return self._size
         path = self.run_dir / METRICS
         return path.stat().st_size if path.exists() else 0
 
     def sync_metrics(self) -> None:
         """Flush metrics.jsonl to disk, so a checkpoint never points past what survives a crash."""
-        path = self.run_dir / METRICS
-        if self.enabled and path.exists():
-            fd = open_run_file(path, os.O_WRONLY | os.O_APPEND)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self._metrics is not None:
+            os.fsync(self._metrics.fileno())
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def truncate_metrics(self, offset: int) -> bool:
         """Cut metrics.jsonl back to ``offset`` bytes (0: a fresh start). False, and nothing
@@ -370,6 +375,7 @@ class RunRecorder:
         path = self.run_dir / METRICS
         if not self.enabled:
             return True
+        self.close()
         size = path.stat().st_size if path.exists() else 0
         if offset > size:
             return False
@@ -392,17 +398,16 @@ class RunRecorder:
         if not self.enabled:
             return
         line = (to_json({"kind": kind, **payload}) + "\n").encode()
-        fd = open_run_file(self.run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        if self._metrics is None:
+            fd = open_run_file(self.run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._metrics, self._size = os.fdopen(fd, "ab", buffering=0), os.fstat(fd).st_size
         try:
-            size = os.fstat(fd).st_size  # (one writer: the lock's holder)
-            try:
-                write_all(fd, line)
-            except OSError:
-                with contextlib.suppress(OSError):  # shrinking needs no space
-                    os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
+            write_all(self._metrics.fileno(), line)
+        except OSError:
+            with contextlib.suppress(OSError):  # shrinking needs no space
+                os.ftruncate(self._metrics.fileno(), self._size)
+            raise
+        self._size += len(line)
 
     def write_result(self, result: dict) -> None:
         if self.enabled:

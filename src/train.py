@@ -415,6 +415,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
                     path.unlink(missing_ok=True)
     else:  # recorded, so that a sweep counts it; running it again resumes from the checkpoint
         recorder.write_result(result)
+    recorder.close()
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()

@@ -67,6 +67,11 @@ def wandb_history(path: Path) -> list[dict]:
 
 
 def wandb_files(sweep: Path) -> list[Path]:
+    """The `.wandb` files of a sweep's runs, once W&B's service has written them out (its
+    writer runs on after `finish` returns)."""
+    import wandb
+
+    wandb.teardown()
     return sorted(sweep.glob(".wandb/wandb/offline-run-*/*.wandb"), key=lambda p: p.parent.name)
 
 
