@@ -64,7 +64,7 @@ def write_all(fd: int, data) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename (atomic on POSIX)."""
-    _atomic_write(Path(path), text.encode())
+    atomic_write(Path(path), text.encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -74,10 +74,10 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     # ("No space left on device") instead of an opaque error from inside torch's zip writer.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic_write(Path(path), buffer.getbuffer())
+    atomic_write(Path(path), buffer.getbuffer())
 
 
-def _atomic_write(path: Path, data, *, durable: bool = True) -> None:
+def atomic_write(path: Path, data, *, durable: bool = True) -> None:
     """The file and its directory entry reach the disk before this returns (``durable``), so
     a node crash leaves the old file or the new one, never a half-written one under the final
     name; on failure (a full disk) the temporary file is removed.

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .records import _atomic_write, open_run_file, write_all
+from .records import atomic_write, open_run_file, write_all
 
 HEARTBEAT, LOG = "heartbeat.json", "train.log"
 
@@ -68,7 +68,7 @@ class Heartbeat:
         if not self.enabled:
             return
         self.last = {"step": step, "epoch": epoch}
-        _atomic_write(self.path, self._content().encode(), durable=False)
+        atomic_write(self.path, self._content().encode(), durable=False)
         self._next = time.monotonic() + self.every_s
 
     def maybe_beat(self, step: int, epoch: int) -> None:

@@ -33,7 +33,7 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import (CHECKPOINT, RunDirConflict, RunLock, RunLocked, RunRecorder, _atomic_write,
+from .records import (CHECKPOINT, RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_write,
                       atomic_torch_save, claim_run_dir, code_version, config_hash, read_finished_result,
                       read_metrics, run_dir_conflict)
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
@@ -313,9 +313,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         }, buffer)
         if scratch:
             scratch.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(scratch, buffer.getbuffer())
+            atomic_write(scratch, buffer.getbuffer())
         if shared:
-            _atomic_write(recorder.checkpoint_path, buffer.getbuffer())
+            atomic_write(recorder.checkpoint_path, buffer.getbuffer())
             last_shared = time.monotonic()
 
     wandb_run = _start_wandb(cfg, config, run_dir) if ddp.main else None
