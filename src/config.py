@@ -65,6 +65,16 @@ class TrainConfig:
     channels_last: bool | None = None  # default: for conv models
     progress: bool | None = None  # default: a progress bar on a terminal, plain lines otherwise
     log_every: int = 200  # steps between non-finite-loss checks and progress lines
+    # Checkpoints: at the end of every `checkpoint_every`-th epoch once `checkpoint_interval_min`
+    # minutes have passed since the last one, and always when the run is stopped (a signal,
+    # preemption, `max_steps`). 10 minutes: see the README's "Load on the file system".
+    checkpoint_every: int = 1
+    checkpoint_interval_min: float = 10.0
+    # A node-local directory for the checkpoint of every `checkpoint_every`-th epoch, copied to
+    # the run directory at the interval and when the run stops; environment variables are
+    # expanded in the job (`'$SLURM_TMPDIR'`: the node's, not the launching machine's).
+    scratch_dir: str | None = None
+    heartbeat_every_s: float = 60.0  # seconds between heartbeat.json rewrites (`status` reads them)
     save_model: bool = False  # keep the final weights and masks as model_final.pt
     max_steps: int | None = None  # stop after this many optimizer steps (schedules still span `epochs`)
 
@@ -75,6 +85,7 @@ class LoggingConfig:
     wandb_project: str = "fantastic-dst"
     wandb_entity: str | None = None
     tags: list[str] = field(default_factory=list)
+    wandb_dir: str | None = None  # W&B's local files; default: <sweep dir>/.wandb (not in the run dir)
 
 
 @dataclass
@@ -107,6 +118,9 @@ class RunConfig:
         for name, value, low in (("train.epochs", self.train.epochs, 1), ("data.batch_size", self.data.batch_size, 1),
                                  ("data.eval_batch_size", self.data.eval_batch_size, 1),
                                  ("train.log_every", self.train.log_every, 1),
+                                 ("train.checkpoint_every", self.train.checkpoint_every, 1),
+                                 ("train.checkpoint_interval_min", self.train.checkpoint_interval_min, 0),
+                                 ("train.heartbeat_every_s", self.train.heartbeat_every_s, 1),
                                  ("train.max_steps", 1 if self.train.max_steps is None else self.train.max_steps, 1),
                                  ("optim.momentum", self.optim.momentum, 0),
                                  ("optim.weight_decay", self.optim.weight_decay, 0)):
@@ -149,7 +163,8 @@ class LaunchConfig(RunConfig):
 # Fields that change how a run is executed, not what it computes: excluded from the run's
 # identity (its directory hash), so relaunching with more threads or on another node reuses it.
 # (The sparsity section's own say: `SparsityConfig.identity`.)
-LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "data.root",
+LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "train.checkpoint_every",
+               "train.checkpoint_interval_min", "train.scratch_dir", "train.heartbeat_every_s", "data.root",
                "data.download", "data.num_workers", "logging")
 
 

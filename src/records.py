@@ -12,6 +12,7 @@ Everything the analysis needs is in these files; W&B is an optional mirror.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -22,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,40 @@ CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoin
 MODEL_FINAL, LOCK = "model_final.pt", ".lock"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class LinkRefused(OSError):
+    """A run file's name is a symbolic link: writing through it would change a file elsewhere."""
+
+
+def open_run_file(path: Path, flags: int, mode: int = 0o644) -> int:
+    """`os.open` of a file a run writes, never through a symbolic link: on a shared file
+    system anyone who may write the run directory could plant one pointing at another of
+    the user's files. A link is refused with `LinkRefused` naming it."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LinkRefused(errno.ELOOP, f"refusing to write through a symbolic link: {path} -> "
+                                           f"{os.readlink(path)}") from None
+        raise
+
+
+def write_all(fd: int, data) -> None:
+    """Write all of ``data`` to ``fd``; a short write (a full disk) raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename (atomic on POSIX)."""
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), text.encode())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -44,28 +75,37 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     # ("No space left on device") instead of an opaque error from inside torch's zip writer.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    _atomic_write(Path(path), lambda f: f.write(buffer.getbuffer()))
+    atomic_write(Path(path), buffer.getbuffer())
 
 
-def _atomic_write(path: Path, write) -> None:
-    """The file and its directory entry reach the disk before this returns, so a node crash
-    leaves the old file or the new one, never a half-written one under the final name; on
-    failure (a full disk) the temporary file is removed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write(path: Path, data, *, durable: bool = True) -> None:
+    """The file and its directory entry reach the disk before this returns (``durable``), so
+    a node crash leaves the old file or the new one, never a half-written one under the final
+    name; on failure (a full disk) the temporary file is removed.
+
+    The temporary file has an unpredictable name and is created exclusively (`mkstemp`:
+    O_EXCL, so never through a planted link); the rename replaces a link at the final name
+    itself, never its target."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # as open() would create it (mkstemp's is 0600)
+            write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
-    _fsync_directory(path.parent)
+    if durable:
+        _fsync_directory(path.parent)
 
 
 def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -75,7 +115,7 @@ def _fsync_directory(path: Path) -> None:
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporary files of atomic writes that a killed run left behind (only the
     holder of the run's lock writes there, so any that exist now are stale). Every writer of
-    the run directory names its temporary files `.<name>.tmp-<pid>` (the heartbeat too)."""
+    the run directory names its temporary files `.<name>.tmp-<random>` (the heartbeat too)."""
     stale = list(Path(run_dir).glob(".*.tmp-*"))
     for path in stale:
         path.unlink(missing_ok=True)
@@ -205,7 +245,7 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_run_file(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 _flock_exclusive(fd)
             except BlockingIOError:
@@ -275,28 +315,38 @@ class RunDirConflict(ValueError):
     """The run directory holds the records of another experiment."""
 
 
-def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
-    """Make sure ``run_dir`` belongs to the experiment of ``config`` before anything in it is
-    written: records of another experiment raise `RunDirConflict` naming both hashes and the
-    differing fields, unless ``force``, which deletes them and starts over. Also removes the
-    temporary files of a killed run. (Call with the run's lock held.)"""
+def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
+    """Why ``run_dir`` cannot take the run of ``config`` (it holds another experiment's
+    records: both hashes and the differing fields), or None. Reads only: a refused directory
+    is left as it was."""
     from .config import run_identity
 
-    run_dir = Path(run_dir)
     existing = recorded_config(run_dir)
-    if existing is not None:
-        old, new = run_identity(existing), run_identity(config)
-        if old != new and not force:
-            a, b = _flat(old), _flat(new)
-            diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-                    for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-            raise RunDirConflict(
-                f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
-                f"this run's is {config_hash(new)}); differing fields:\n  " + "\n  ".join(diff)
-                + "\n(use another run directory, or --force to delete those records and start over)")
-        if old != new:
-            for name in (CONFIG, METRICS, CHECKPOINT, RESULT, MODEL_FINAL):
-                (run_dir / name).unlink(missing_ok=True)
+    if existing is None:
+        return None
+    old, new = run_identity(existing), run_identity(config)
+    if old == new:
+        return None
+    a, b = _flat(old), _flat(new)
+    diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return (f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
+            f"this run's is {config_hash(new)}); differing fields:\n  " + "\n  ".join(diff)
+            + "\n(use another run directory, or --force to delete those records and start over)")
+
+
+def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
+    """Make sure ``run_dir`` belongs to the experiment of ``config`` before anything in it is
+    written: records of another experiment raise `RunDirConflict` (`run_dir_conflict`),
+    unless ``force``, which deletes them and starts over. Also removes the temporary files of
+    a killed run. (Call with the run's lock held.)"""
+    run_dir = Path(run_dir)
+    conflict = run_dir_conflict(run_dir, config)
+    if conflict and not force:
+        raise RunDirConflict(conflict)
+    if conflict:
+        for name in (CONFIG, METRICS, CHECKPOINT, RESULT, MODEL_FINAL):
+            (run_dir / name).unlink(missing_ok=True)
     for path in remove_stale_temp_files(run_dir):
         print(f"removed a stale temporary file: {path}", file=sys.stderr, flush=True)
 
@@ -322,13 +372,16 @@ def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:
 class RunRecorder:
     """Appends metrics lines and writes the config and the final result of one run.
 
-    ``truncate_metrics`` cuts metrics.jsonl back to the size it had at the checkpoint being
-    resumed, so that lines logged after that checkpoint are not duplicated.
+    metrics.jsonl is opened once (at the first line) and kept open: a line is one write, no
+    metadata operation. ``truncate_metrics`` cuts it back to the size it had at the
+    checkpoint being resumed, so that lines logged after that checkpoint are not duplicated.
     """
 
     def __init__(self, run_dir: Path, config: dict, *, enabled: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self._metrics = None  # the open metrics.jsonl (a raw file, closed when collected)
+        self._size = 0  # its size (one writer: the lock's holder)
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, json.dumps(config, indent=2, sort_keys=True))
@@ -338,15 +391,20 @@ class RunRecorder:
         return self.run_dir / CHECKPOINT
 
     def metrics_offset(self) -> int:
+        if self._metrics is not None:
+            return self._size
         path = self.run_dir / METRICS
         return path.stat().st_size if path.exists() else 0
 
     def sync_metrics(self) -> None:
         """Flush metrics.jsonl to disk, so a checkpoint never points past what survives a crash."""
-        path = self.run_dir / METRICS
-        if self.enabled and path.exists():
-            with open(path, "ab") as f:
-                os.fsync(f.fileno())
+        if self._metrics is not None:
+            os.fsync(self._metrics.fileno())
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     def truncate_metrics(self, offset: int) -> bool:
         """Cut metrics.jsonl back to ``offset`` bytes (0: a fresh start). False, and nothing
@@ -355,6 +413,7 @@ class RunRecorder:
         path = self.run_dir / METRICS
         if not self.enabled:
             return True
+        self.close()
         size = path.stat().st_size if path.exists() else 0
         if offset > size:
             return False
@@ -364,15 +423,29 @@ class RunRecorder:
                 if f.read(1) != b"\n":
                     return False
         if path.exists():
-            with open(path, "r+b") as f:
-                f.truncate(offset)
+            fd = open_run_file(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, offset)
+            finally:
+                os.close(fd)
         return True
 
     def log(self, kind: str, **payload) -> None:
+        """Append one line, whole or not at all: a write cut short (a full disk) is cut back
+        to the last complete line before the error is raised."""
         if not self.enabled:
             return
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(to_json({"kind": kind, **payload}) + "\n")
+        line = (to_json({"kind": kind, **payload}) + "\n").encode()
+        if self._metrics is None:
+            fd = open_run_file(self.run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self._metrics, self._size = os.fdopen(fd, "ab", buffering=0), os.fstat(fd).st_size
+        try:
+            write_all(self._metrics.fileno(), line)
+        except OSError:
+            with contextlib.suppress(OSError):  # shrinking needs no space
+                os.ftruncate(self._metrics.fileno(), self._size)
+            raise
+        self._size += len(line)
 
     def write_result(self, result: dict) -> None:
         if self.enabled:

@@ -1,7 +1,10 @@
 """Where and how a run is running: its heartbeat, its log, and the provenance in result.json.
 
-    <run_dir>/heartbeat.json   rewritten atomically every `log_every` steps and at each epoch:
+    <run_dir>/heartbeat.json   written when the run starts, then rewritten atomically at most
+                               every `train.heartbeat_every_s` seconds (checked at each step):
                                {host, pid, slurm_job_id, slurm_array_task_id, step, epoch, time}
+                               and, when the run failed and could not write result.json (a full
+                               disk), "unrecorded_failure": {error, time}, rewritten in place
     <run_dir>/train.log        the run's stdout and stderr (also still on the console)
 
 `python -m src.launch status` reads heartbeats to tell a running run (fresh heartbeat) from
@@ -18,6 +21,8 @@ import socket
 import sys
 import time
 from pathlib import Path
+
+from .records import atomic_write, open_run_file, write_all
 
 HEARTBEAT, LOG = "heartbeat.json", "train.log"
 
@@ -46,20 +51,47 @@ def whereabouts() -> dict:
 
 
 class Heartbeat:
-    """Writes `<run_dir>/heartbeat.json`; `beat` is cheap (a ~200-byte write and a rename)."""
+    """Writes `<run_dir>/heartbeat.json`: at once (so that the file exists from the run's
+    start), then on `maybe_beat` when `every_s` seconds have passed, and on `beat`. A beat is
+    a ~200-byte write to a temporary file and a rename, with no fsync (a heartbeat lost in a
+    crash is as good as a stale one)."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True):
+    def __init__(self, run_dir: Path, *, every_s: float = 60.0, enabled: bool = True):
         self.path = Path(run_dir) / HEARTBEAT
         self.enabled = enabled
+        self.every_s = every_s
         self.where = whereabouts()
+        self.last = {"step": 0, "epoch": 0}
+        self._next = 0.0
 
     def beat(self, step: int, epoch: int) -> None:
         if not self.enabled:
             return
-        tmp = self.path.with_name(f".{HEARTBEAT}.tmp-{os.getpid()}")
-        # no fsync: a heartbeat lost in a crash is as good as a stale one
-        tmp.write_text(json.dumps({**self.where, "step": step, "epoch": epoch, "time": time.time()}))
-        os.replace(tmp, self.path)
+        self.last = {"step": step, "epoch": epoch}
+        atomic_write(self.path, self._content().encode(), durable=False)
+        self._next = time.monotonic() + self.every_s
+
+    def maybe_beat(self, step: int, epoch: int) -> None:
+        if self.enabled and time.monotonic() >= self._next:
+            self.beat(step, epoch)
+
+    def _content(self, **extra) -> str:
+        return json.dumps({**self.where, **self.last, "time": time.time(), **extra})
+
+    def record_unrecorded_failure(self, error: str) -> None:
+        """Mark the heartbeat with the failure that result.json could not take (a full disk),
+        rewriting the existing file in place: no new file or directory entry, and no new disk
+        block for a file this small, so this works where result.json could not be written."""
+        if not self.enabled:
+            return
+        first = (error.strip().splitlines() or [""])[0]
+        data = self._content(unrecorded_failure={"error": first, "time": time.time()}).encode()
+        fd = open_run_file(self.path, os.O_WRONLY)  # no O_CREAT, no O_TRUNC
+        try:
+            os.pwrite(fd, data, 0)  # (pwrite returns short only where write_all would fail too)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
 
 def read_heartbeat(run_dir: Path) -> dict | None:
@@ -67,6 +99,14 @@ def read_heartbeat(run_dir: Path) -> dict | None:
         return json.loads((Path(run_dir) / HEARTBEAT).read_text())
     except (OSError, ValueError):  # absent, or from a writer killed mid-write on a non-POSIX FS
         return None
+
+
+def unrecorded_failure(run_dir: Path) -> dict | None:
+    """{error, time} of a failure the run could not write to result.json (a full disk), as
+    its heartbeat was marked (`Heartbeat.record_unrecorded_failure`), or None."""
+    beat = read_heartbeat(run_dir)
+    failure = beat.get("unrecorded_failure") if isinstance(beat, dict) else None
+    return failure if isinstance(failure, dict) else None
 
 
 def process_alive(host: str | None, pid: int | None) -> bool | None:
@@ -103,13 +143,26 @@ def provenance(run_dir: Path) -> dict:
 
 
 class _Tee:
-    def __init__(self, stream, file):
-        self.stream, self.file = stream, file
+    """The console first, then the log file: when the file cannot be written (a full disk, a
+    read-only file system) the console still gets every line, and the file's error is
+    reported there once."""
+
+    def __init__(self, stream, fd: int, path: Path):
+        self.stream, self.fd, self.path = stream, fd, path
+        self.broken = False
 
     def write(self, text):
-        self.file.write(text)
-        self.file.flush()
-        return self.stream.write(text)
+        n = self.stream.write(text)
+        self.stream.flush()
+        if not self.broken:
+            try:
+                write_all(self.fd, text.encode(errors="replace"))
+            except OSError as error:
+                self.broken = True
+                self.stream.write(f"warning: {self.path} cannot be written ({error}); output goes to the "
+                                  f"console only\n")
+                self.stream.flush()
+        return n
 
     def flush(self):
         self.stream.flush()
@@ -121,17 +174,27 @@ class _Tee:
 @contextlib.contextmanager
 def tee_output(path: Path, *, enabled: bool = True):
     """Copy this process's stdout and stderr (Python-level writes) to `path`, appended, so
-    a run's log sits in its own directory across resumes."""
+    a run's log sits in its own directory across resumes. Never through a symbolic link."""
     if not enabled:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} pid {os.getpid()}"
-                f"{' job ' + str(slurm_ids()['slurm_job_id']) if slurm_ids()['slurm_job_id'] else ''}\n")
-        saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(sys.stdout, f), _Tee(sys.stderr, f)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = saved
+    fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(sys.stdout, fd, path), _Tee(sys.stderr, fd, path)
+    job = slurm_ids()["slurm_job_id"]
+    try:
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} pid {os.getpid()}"
+              f"{' job ' + str(job) if job else ''}", file=_Tee(_Null(), fd, path))
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
+        os.close(fd)
+
+
+class _Null:
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass

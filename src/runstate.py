@@ -41,7 +41,7 @@ ACTIVE = ("planned", "queued", "starting", "running")  # something will still ch
 OK = FINISHED + ACTIVE[1:]  # the states that are no reason for a non-zero exit (active: another launcher's)
 IN_QUEUE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
             "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
-DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.log_every` steps and each epoch
+DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.heartbeat_every_s` (60 s) and at each epoch
 SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
 PREEMPTION_SIGNALS = ("SIGUSR2", "SIGTERM")  # a run stopped by these checkpointed first
 

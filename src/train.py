@@ -10,9 +10,12 @@ each epoch -> checkpoint. A run resumes from `<run_dir>/checkpoint.pt` bit-ident
 
 from __future__ import annotations
 
+import hashlib
+import io
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -30,8 +33,9 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import (RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_torch_save, claim_run_dir,
-                      code_version, config_hash, read_finished_result)
+from .records import (CHECKPOINT, RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_write,
+                      atomic_torch_save, claim_run_dir, code_version, config_hash, read_finished_result,
+                      read_metrics, run_dir_conflict)
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
 
@@ -201,11 +205,18 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
     run_dir = Path(run_dir)
     # Before the process group exists: torchrun's RANK, or the task number of a SLURM DDP job.
     main_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    if main_rank and not force:  # refused before anything in it is written (its lock included)
+        conflict = run_dir_conflict(run_dir, cfg.to_dict())
+        if conflict:
+            raise RunDirConflict(conflict)
     with RunLock(run_dir, enabled=main_rank):
         if main_rank:
             claim_run_dir(run_dir, cfg.to_dict(), force=force)
+        # From the start, so that a failure that cannot be recorded can still be marked in it.
+        heartbeat = Heartbeat(run_dir, every_s=cfg.train.heartbeat_every_s, enabled=main_rank)
         try:
-            return _train(cfg, run_dir, should_stop)
+            heartbeat.beat(0, 0)
+            return _train(cfg, run_dir, should_stop, heartbeat)
         except RunDirConflict:
             raise
         except Exception as error:
@@ -217,10 +228,15 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
                 except OSError as record_error:  # a full disk: the error must still be seen
                     print(f"could not record the failure in {run_dir}: {record_error}\n{failed['traceback']}",
                           file=sys.stderr, flush=True)
+                    try:  # where `status` and the launcher's summary look for it
+                        heartbeat.record_unrecorded_failure(failed["error"])
+                    except OSError as mark_error:
+                        print(f"could not mark the failure in {heartbeat.path} either: {mark_error}",
+                              file=sys.stderr, flush=True)
             raise
 
 
-def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
+def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> dict:
     tc = cfg.train
     device_kind = "cuda" if tc.device == "auto" and torch.cuda.is_available() else (
         "cpu" if tc.device == "auto" else tc.device)
@@ -259,9 +275,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
 
     progress = Progress()
     acc = _EpochAccumulator(device)
-    heartbeat = Heartbeat(run_dir, enabled=ddp.main)
     identity = config_hash(run_identity(config))
-    ckpt = _read_checkpoint(recorder, identity, device)
+    scratch = _scratch_checkpoint(tc.scratch_dir, run_dir)
+    ckpt = _read_checkpoint(recorder, identity, device, scratch)
     if ckpt is None:
         recorder.truncate_metrics(0)  # a fresh start: no lines of an earlier attempt
     else:
@@ -275,18 +291,36 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         acc.load_state_dict(ckpt["accumulator"])
     heartbeat.beat(progress.step, progress.epoch)
 
-    def checkpoint():
-        if ddp.main:
-            recorder.sync_metrics()
-            atomic_torch_save({
-                "config_hash": identity,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "sparsifier": sparsifier.state_dict(), "loader": loaders.train.state_dict(),
-                "rng": rng_state(), "progress": progress.__dict__, "accumulator": acc.state_dict(),
-                "metrics_offset": recorder.metrics_offset(),
-            }, recorder.checkpoint_path)
+    last_shared = time.monotonic()
+
+    def checkpoint(stopping: bool = False):
+        """At the end of every `checkpoint_every`-th epoch: to the scratch directory if there
+        is one, and to the run directory once `checkpoint_interval_min` minutes have passed
+        since the last time; when the run stops, always to the run directory."""
+        nonlocal last_shared
+        if not ddp.main or not (stopping or progress.epoch % tc.checkpoint_every == 0):
+            return
+        shared = stopping or time.monotonic() - last_shared >= 60 * tc.checkpoint_interval_min
+        if not (shared or scratch):
+            return
+        recorder.sync_metrics()
+        buffer = io.BytesIO()
+        torch.save({
+            "config_hash": identity,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "sparsifier": sparsifier.state_dict(), "loader": loaders.train.state_dict(),
+            "rng": rng_state(), "progress": progress.__dict__, "accumulator": acc.state_dict(),
+            "metrics_offset": recorder.metrics_offset(),
+        }, buffer)
+        if scratch:
+            scratch.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(scratch, buffer.getbuffer())
+        if shared:
+            atomic_write(recorder.checkpoint_path, buffer.getbuffer())
+            last_shared = time.monotonic()
 
     wandb_run = _start_wandb(cfg, config, run_dir) if ddp.main else None
+    _wandb_replay(wandb_run, recorder)
     bar = _progress_bar(tc.progress, steps_per_epoch) if ddp.main else None
     status, diverged = "completed", None
     segment_start = time.perf_counter()
@@ -314,8 +348,8 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
                 _wandb_log(wandb_run, "update", update, progress.step)
             if bar is not None:
                 bar.update(1)
+            heartbeat.maybe_beat(progress.step, progress.epoch)
             if progress.step % tc.log_every == 0:
-                heartbeat.beat(progress.step, progress.epoch)
                 diverged = _divergence(acc, ddp, device)
                 if diverged:
                     break
@@ -352,7 +386,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
-        heartbeat.beat(progress.step, progress.epoch)
+        heartbeat.maybe_beat(progress.step, progress.epoch)
         _wandb_log(wandb_run, "epoch", epoch_record, progress.step)
         if ddp.main:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)
@@ -368,7 +402,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
     if diverged:
         status = "diverged"
     if status == "interrupted":
-        checkpoint()
+        checkpoint(stopping=True)
     result = _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps,
                      setup_time=time.perf_counter() - started - progress.elapsed)
     if status != "interrupted":
@@ -376,18 +410,36 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop) -> dict:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
             atomic_torch_save({"model": model.state_dict(), "masks": masks}, run_dir / "model_final.pt")
         recorder.write_result(result)
-        if ddp.main and recorder.checkpoint_path.exists():
-            recorder.checkpoint_path.unlink()
+        if ddp.main:
+            for path in (recorder.checkpoint_path, scratch):
+                if path is not None:
+                    path.unlink(missing_ok=True)
     else:  # recorded, so that a sweep counts it; running it again resumes from the checkpoint
         recorder.write_result(result)
+    recorder.close()
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()
     return result
 
 
-def _read_checkpoint(recorder: RunRecorder, identity: str, device) -> dict | None:
-    """The run's checkpoint, or None to start from scratch.
+def _scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
+    """The run's checkpoint in the node-local scratch directory: one subdirectory per run
+    directory (its name and a hash of its path), so runs sharing a node never mix."""
+    if not scratch_dir:
+        return None
+    local = os.path.expandvars(scratch_dir)  # expanded in the job: `$SLURM_TMPDIR` is the node's
+    if "$" in local:
+        print(f"warning: train.scratch_dir {scratch_dir!r}: {local!r} is not set here; checkpoints go to the "
+              f"run directory only", file=sys.stderr, flush=True)
+        return None
+    where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
+    return Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
+
+
+def _read_checkpoint(recorder: RunRecorder, identity: str, device, scratch: Path | None = None) -> dict | None:
+    """The run's checkpoint, or None to start from scratch: the newer (by step) of the run
+    directory's and, on the node that wrote it, the scratch directory's.
 
     Loaded with ``weights_only=True``: a planted pickle cannot run code. A checkpoint that
     cannot be read (cut short by a full disk, not a checkpoint) is moved aside as
@@ -395,10 +447,20 @@ def _read_checkpoint(recorder: RunRecorder, identity: str, device) -> dict | Non
     One of another experiment is an error (the run directory was reused).
     """
     path = recorder.checkpoint_path
+    if not recorder.enabled:  # other DDP ranks: the main rank vetted it (and wrote it here)
+        return torch.load(path, map_location=device, weights_only=True) if path.exists() else None
+    found = [c for c in (_load_checkpoint(p, identity, device) for p in (scratch, path) if p is not None)
+             if c is not None]
+    for ckpt, where in sorted(found, key=lambda c: -c[0]["progress"]["step"]):
+        if recorder.truncate_metrics(ckpt["metrics_offset"]):
+            return ckpt
+        _set_aside(where, "metrics.jsonl lost lines written before this checkpoint")
+    return None
+
+
+def _load_checkpoint(path: Path, identity: str, device) -> tuple[dict, Path] | None:
     if not path.exists():
         return None
-    if not recorder.enabled:  # other DDP ranks: the main rank vetted it
-        return torch.load(path, map_location=device, weights_only=True)
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         problem = None if isinstance(ckpt, dict) and "metrics_offset" in ckpt else "not a checkpoint"
@@ -407,15 +469,17 @@ def _read_checkpoint(recorder: RunRecorder, identity: str, device) -> dict | Non
     if problem is None and ckpt.get("config_hash", identity) != identity:
         raise RunDirConflict(f"{path} is of another experiment (config hash {ckpt['config_hash']}, "
                              f"this run's is {identity})")
-    if problem is None and not recorder.truncate_metrics(ckpt["metrics_offset"]):
-        problem = "metrics.jsonl lost lines written before this checkpoint"
     if problem is None:
-        return ckpt
+        return ckpt, path
+    _set_aside(path, problem)
+    return None
+
+
+def _set_aside(path: Path, problem: str) -> None:
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(path, aside)
     print(f"warning: unreadable checkpoint {path} ({problem}); kept as {aside.name}, "
           f"the run starts from scratch", file=sys.stderr, flush=True)
-    return None
 
 
 def _agree(flag: bool, ddp: Dist, device) -> bool:
@@ -529,16 +593,46 @@ def _progress_bar(enabled: bool | None, total: int):
 
 
 def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
+    """The run's W&B mirror, or None. Its id is derived from the run directory's path and
+    the experiment (unique per sweep and run, the same across requeues, so a resumed run
+    continues its W&B run and a replication under another sweep name gets its own); it is
+    grouped by sweep (`group`) and cell (`job_type`) and tagged with the paper's axes. W&B's
+    local files go to `logging.wandb_dir` (default `<sweep dir>/.wandb`), not the run dir."""
     if cfg.logging.wandb == "off":
         return None
     import wandb
 
-    # runs_root/<sweep name>/<run slug>: the sweep groups the runs, the slug names each
-    sweep = run_dir.resolve().parent.name
-    tags = [*cfg.logging.tags, f"sweep:{sweep}", f"code:{code_version()}"]
-    return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity, config=config,
-                      group=sweep, name=run_dir.name, job_type=cfg.sparsity.mode, tags=[t[:64] for t in tags],
-                      dir=str(run_dir), mode=cfg.logging.wandb, id=config_hash(run_identity(config)), resume="allow")
+    from .config import cell_identity
+
+    where = run_dir.resolve()
+    sweep, s = where.parent.name, cfg.sparsity  # runs_root/<sweep name>/<run slug>
+    cell = config_hash(cell_identity(config))[:8]
+    axes = {"sweep": sweep, "cell": cell, "criterion": s.criterion if s.mode == "dst" else None,
+            "growth": s.growth if s.mode == "dst" else None, "density": 1.0 if s.mode == "dense" else s.density,
+            "seed": cfg.train.seed}
+    tags = [*cfg.logging.tags, *(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}"
+                                 for k, v in axes.items() if v is not None), f"code:{code_version()}"]
+    slug = re.sub(r"-s\d+-[0-9a-f]+$", "", run_dir.name)  # the run's name without seed and hash
+    local = Path(cfg.logging.wandb_dir or where.parent / ".wandb")
+    local.mkdir(parents=True, exist_ok=True)
+    run_id = hashlib.sha256(f"{where}\0{config_hash(run_identity(config))}".encode()).hexdigest()[:20]
+    return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity,
+                      config={**config, "dst": axes}, group=sweep, job_type=f"{slug}-{cell}"[-64:],
+                      name=run_dir.name, tags=[t[:64] for t in tags], dir=str(local), mode=cfg.logging.wandb,
+                      id=run_id, resume="allow")
+
+
+def _wandb_replay(wandb_run, recorder: RunRecorder) -> None:
+    """Log the records this attempt starts from (those its checkpoint covers), from
+    metrics.jsonl, at the steps W&B has not seen: an online run resumed by id has seen the
+    steps before its `step`; an offline one starts empty (each attempt writes its own
+    file), so its file then holds every record exactly once."""
+    if wandb_run is None:
+        return
+    seen = wandb_run.step
+    for row in read_metrics(recorder.run_dir):
+        if row.get("step", -1) >= seen and row.get("kind") in ("epoch", "update"):
+            _wandb_log(wandb_run, row["kind"], {k: v for k, v in row.items() if k != "kind"}, row["step"])
 
 
 def _wandb_log(wandb_run, kind: str, record: dict, step: int) -> None:
@@ -634,6 +728,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OmegaConfBaseException) as error:
         key = getattr(error, "full_key", None)  # OmegaConf's errors name the field apart
         print(f"error: {key + ': ' if key else ''}{str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+    conflict = None if force else run_dir_conflict(Path(run_dir), cfg.to_dict())
+    if conflict:  # before the log is opened: a refused directory is left byte-identical
+        print(f"error: {conflict}", file=sys.stderr)
         return 2
     try:
         with tee_output(Path(run_dir) / LOG), StopOnSignal() as stop:

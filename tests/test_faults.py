@@ -31,7 +31,7 @@ def args(steps_per_epoch: int = 18, epochs: int = 2, **extra) -> list[str]:
     return ["model.name=mlp_higgs", "data.name=synthetic", "data.kwargs.input_shape=[24]",
             "data.kwargs.num_classes=2", "data.kwargs.binary=true", f"data.kwargs.num_train={steps_per_epoch * 32}",
             "data.kwargs.num_test=100", "data.kwargs.class_separation=6.0", "data.batch_size=32", "data.eval_batch_size=100", f"train.epochs={epochs}", "train.threads=1",
-            "train.log_every=5", "train.progress=false", "train.save_model=true", "optim.lr=0.05", "sparsity.density=0.5",
+            "train.log_every=5", "train.checkpoint_interval_min=0", "train.progress=false", "train.save_model=true", "optim.lr=0.05", "sparsity.density=0.5",
             "sparsity.update_frequency=7", "sparsity.prune_rate=0.3", *(f"{k}={v}" for k, v in extra.items())]
 
 

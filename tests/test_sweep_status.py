@@ -28,7 +28,8 @@ def cli(module, *args, timeout=120):
 
 @pytest.mark.slow
 def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
-    sweep = ["setup=smoke", "train.epochs=500", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=st"]
+    sweep = ["setup=smoke", "train.epochs=500", "train.log_every=5", "train.heartbeat_every_s=1", "seed=1,2",
+             f"runs_root={tmp_path}", "name=st"]
     proc = subprocess.Popen([sys.executable, "-m", "src.launch", *[a.replace("seed=1,2", "seed=1") for a in sweep]],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
