@@ -11,7 +11,9 @@ backend) — is timed for both backends in interleaved rounds, convolutions chan
 they train; the per-round ratios' median gives sparse / masked. The crossover is where that
 ratio crosses 1, interpolated in log density between measured points (0 when sparse never
 wins, the largest measured density when it always does). Densities are measured upwards
-until sparse stops winning.
+until sparse stops winning. Each convolution row records the input size it was measured on:
+`auto` keys a convolution by its input positions too (`crossover_density`), since the same
+weight crosses over at different densities on small and large maps.
 """
 
 from __future__ import annotations

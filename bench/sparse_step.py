@@ -28,7 +28,7 @@ def _trainer(name: str, cfg: SparsityConfig, batch: int = 128):
     fmt = torch.channels_last if info.is_conv else torch.contiguous_format
     model = build_model(name).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    sp = Sparsifier(model, opt, cfg, total_steps=10**9).prepare()
+    sp = Sparsifier(model, opt, cfg, total_steps=10**9).prepare(info.input_shape)
     x = torch.randn(batch, *info.input_shape).contiguous(memory_format=fmt) if info.is_conv else torch.randn(
         batch, *info.input_shape)
     y = torch.randint(0, info.default_num_classes, (batch,))

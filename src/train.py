@@ -270,7 +270,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
     total_steps = tc.epochs * steps_per_epoch
     current = {}  # the latest training batch: what data-scored criteria (grasp) score on
     sparsifier = Sparsifier(model, optimizer, cfg.sparsity, total_steps, seed=tc.seed,
-                            batches=lambda: current["batch"]).prepare()
+                            batches=lambda: current["batch"]).prepare(splits.input_shape)
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
 
     progress = Progress()

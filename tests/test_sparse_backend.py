@@ -13,7 +13,8 @@ from torch import nn
 from src.config import RunConfig
 from src.models import build_model
 from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig
-from src.sparse.backend import SparseConv2d, SparseLinear, choose_backends, crossover_density, load_crossover
+from src.sparse.backend import (SparseConv2d, SparseLinear, choose_backends, conv_input_sizes, crossover_density,
+                                load_crossover)
 
 CL = torch.channels_last
 
@@ -291,6 +292,91 @@ def test_auto_runs_lenet5_conv2_and_fc3_sparse_and_first_convolutions_masked():
     sparse_conv = nn.Conv2d(4, 4, 3, groups=2)  # no kernel for grouped convolutions
     mask = torch.rand(sparse_conv.weight.shape) < 0.01
     assert choose_backends("sparse", [sparse_conv.weight], [sparse_conv], [mask]) == ["masked"]
+
+
+def pooled_cnn():
+    """One convolution that the crossover table measures at two input sizes, then global
+    pooling, so the same model runs on any input size."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(40, 40, 2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(40, 5))
+
+
+def test_auto_decides_a_convolution_by_the_input_size_it_really_sees():
+    table = load_crossover()
+    # The same weight crosses over at 0.9 on 4x4 maps and never on 16x16 ones.
+    assert crossover_density((40, 40, 2, 2), table, (4, 4)) == 0.9
+    assert crossover_density((40, 40, 2, 2), table, (16, 16)) == 0.0
+    assert crossover_density((40, 40, 2, 2), table, (5, 5)) == 0.9  # nearest in log positions
+    backends, outputs = {}, {}
+    for size in (4, 16):
+        model = pooled_cnn()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sp = Sparsifier(model, opt, SparsityConfig(density=0.3, init="uniform"), 10).prepare((40, size, size))
+        backends[size] = sp.backends
+        x = torch.randn(3, 40, size, size)
+        outputs[size] = (model(x), masked_reference(size)(x))
+    assert backends == {4: ["sparse", "masked"], 16: ["masked", "masked"]}
+    for out, reference in outputs.values():  # the probe changed nothing but the choice
+        torch.testing.assert_close(out, reference)
+
+
+def masked_reference(size):
+    """The model of the test above prepared masked: what the probed one must compute."""
+    model = pooled_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    Sparsifier(model, opt, SparsityConfig(density=0.3, init="uniform", backend="masked"), 10).prepare((40, size, size))
+    return model
+
+
+def test_input_size_probe_moves_no_state_and_sees_each_convolution_once():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Conv2d(4, 4, 3, stride=2),
+                          nn.ReLU(), nn.Flatten())
+    model[1].eval()  # a per-module mode survives the probe
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    sizes = conv_input_sizes(model, [model[0], model[3], None, model[1]], (1, 9, 11))
+    assert sizes == [(9, 11), (9, 11), None, None]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    assert [m.training for m in model] == [True, False, True, True, True, True]
+    assert not model[0]._forward_pre_hooks and not model[3]._forward_pre_hooks
+
+
+@pytest.mark.parametrize("fast_size, sparse", [(12, True), (3, False)])
+def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tmp_path, monkeypatch, fast_size,
+                                                                               sparse):
+    """LeNet-5's conv2 sees 12x12 maps. A table in which it wins sparse at 12x12 (and not at
+    3x3) runs it sparse; the table with the sizes swapped runs it masked; a run interrupted
+    and resumed makes the same choice and the same numbers."""
+    import src.sparse.backend
+    from src.records import read_metrics
+    from tests.test_train import strip_times, tiny
+
+    layers = [row for row in load_crossover() if row.get("out_channels") != 50]
+    for size in (3, 12):  # the size conv2 never sees first: a key without the size would pick it
+        layers.append({"out_channels": 50, "in_channels": 20, "kernel_size": [5, 5], "input_size": [size, size],
+                       "crossover_density": 0.9 if size == fast_size else 0.0})
+    table = tmp_path / "crossover.json"
+    table.write_text(json.dumps({"layers": layers}))
+    monkeypatch.setattr(src.sparse.backend, "CROSSOVER_TABLE", table)
+    cfg = tiny(backend="auto")
+    cfg.train.epochs = 2
+    cfg.train.save_model = False
+    full = train_run(cfg, tmp_path / "full")
+    expected = {"conv1.weight": "masked", "conv2.weight": "sparse" if sparse else "masked", "fc3.weight": "masked",
+                "fc4.weight": "masked"}
+    assert full["layer_backend"] == expected
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 25
+
+    assert train_run(cfg, tmp_path / "resumed", should_stop=stop)["status"] == "interrupted"
+    resumed = train_run(cfg, tmp_path / "resumed")
+    assert resumed["status"] == "completed" and resumed["layer_backend"] == expected
+    assert strip_times(read_metrics(tmp_path / "resumed")) == strip_times(read_metrics(tmp_path / "full"))
+    assert resumed["final"] == full["final"]
 
 
 def test_momentum_growth_and_compat_run_masked_under_auto():

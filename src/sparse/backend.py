@@ -25,7 +25,8 @@ it, and the layer is rebuilt from the new mask.
 
 ``auto`` runs a layer sparse when its density is below the crossover density measured for the
 nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
-bench.crossover``), on the CPU; on CUDA everything runs masked.
+bench.crossover``), a convolution's shape including the size of the input it really sees
+(`conv_input_sizes`), on the CPU; on CUDA everything runs masked.
 """
 
 from __future__ import annotations
@@ -402,22 +403,29 @@ def load_crossover(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text())["layers"]
 
 
-def crossover_density(shape: tuple[int, ...], table: list[dict]) -> float:
+def crossover_density(shape: tuple[int, ...], table: list[dict], input_size: tuple[int, int] | None = None) -> float:
     """The measured density below which the sparse kernels beat the dense ones, for the
     measured layer nearest to a weight of ``shape`` (in log size, Linear rows for a 2-D
     weight, convolution rows for a 4-D one); 0 when nothing of that kind is measured.
-    A convolution's input size is not part of the key: both backends' costs grow in
-    proportion to the output positions."""
+    A convolution is keyed by (c_out, c_in, kernel area, input positions): the sparse
+    kernel's fixed costs (the layout transposition, building its matrix) weigh differently
+    on small and large maps, so the same weight crosses over at different densities.
+    Without ``input_size`` (nothing ran the model, see `conv_input_sizes`) the positions
+    are left out of the key."""
     if len(shape) == 2:
         rows = [(row, (row["out_features"], row["in_features"])) for row in table if "out_features" in row]
     else:
-        rows = [(row, (row["out_channels"], row["in_channels"], math.prod(row["kernel_size"])))
-                for row in table if "out_channels" in row]
         shape = (shape[0], shape[1], math.prod(shape[2:]))
+        if input_size is not None:
+            shape = (*shape, math.prod(input_size))
+        rows = [(row, (row["out_channels"], row["in_channels"], math.prod(row["kernel_size"]),
+                       *([math.prod(row["input_size"])] if "input_size" in row else [])))
+                for row in table if "out_channels" in row]
     if not rows:
         return 0.0
 
     def distance(item):
+        # zip stops at the shorter key: positions count only where both are known.
         return sum(abs(math.log(a / b)) for a, b in zip(item[1], shape))
 
     return min(rows, key=distance)[0]["crossover_density"]
@@ -433,15 +441,46 @@ def runs_sparse(module: nn.Module | None, param: Tensor) -> bool:
     return isinstance(module, nn.Linear)
 
 
+@torch.no_grad()
+def conv_input_sizes(model: nn.Module, modules: list[nn.Module | None],
+                     input_shape: tuple[int, ...]) -> list[tuple[int, int] | None]:
+    """The spatial size (height, width) of the input each convolution of ``modules`` sees
+    when ``model`` runs on a sample of ``input_shape`` (one sample's shape, without the
+    batch), None for the other modules. One forward pass of a zero sample in eval mode: no
+    batch-norm statistics move and no random number is drawn, so training is unchanged."""
+    convs = {id(m) for m in modules if isinstance(m, nn.Conv2d)}
+    if not convs:
+        return [None] * len(modules)
+    seen: dict[int, tuple[int, int]] = {}
+
+    def record(module, args):  # returns None: the input goes on unchanged
+        seen.setdefault(id(module), tuple(args[0].shape[-2:]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in convs]
+    training = {m: m.training for m in model.modules()}
+    first = next(model.parameters())
+    try:
+        model.eval()
+        model(torch.zeros(1, *input_shape, dtype=first.dtype, device=first.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in training.items():
+            m.training = mode
+    return [seen.get(id(m)) if m is not None else None for m in modules]
+
+
 def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module | None], masks: list[Tensor],
-                    sparse_allowed: bool = True) -> list[str]:
+                    sparse_allowed: bool = True, input_sizes: list[tuple[int, int] | None] | None = None) -> list[str]:
     """'sparse' or 'masked' for each masked tensor. `sparse_allowed`: whether the run's settings
-    allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`)."""
+    allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`). `input_sizes`: each
+    convolution's input (height, width), which its crossover depends on (`conv_input_sizes`)."""
     if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
     table = load_crossover() if backend == "auto" else []
+    input_sizes = input_sizes or [None] * len(params)
     choices = []
-    for p, module, mask in zip(params, modules, masks):
+    for p, module, mask, size in zip(params, modules, masks, input_sizes):
         if not runs_sparse(module, p):
             choices.append("masked")
             continue
@@ -449,6 +488,6 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
             choices.append("sparse")
             continue
         density = float(mask.float().mean())
-        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), table)
+        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), table, size)
         choices.append("sparse" if use else "masked")
     return choices

@@ -1,7 +1,7 @@
 """The Sparsifier: masks for a model's weights, kept sparse through an optimizer's steps.
 
     sparsifier = Sparsifier(model, optimizer, SparsityConfig(...), total_steps, seed=0)
-    sparsifier.prepare()                    # sample the initial masks, zero the inactive weights
+    sparsifier.prepare(input_shape)         # sample the initial masks, zero the inactive weights
     for x, y in batches:
         loss_fn(model(x), y).backward()
         record = sparsifier.step()          # instead of optimizer.step(); a record on updates
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .backend import SparseExecution, choose_backends, sparse_layer
+from .backend import SparseExecution, choose_backends, conv_input_sizes, sparse_layer
 from .config import SparsityConfig
 from .criteria import get_criterion
 from .density import layer_densities
@@ -120,8 +120,10 @@ class Sparsifier:
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
-    def prepare(self) -> "Sparsifier":
-        """Sample the initial masks (per-layer densities by `init`) and zero inactive weights."""
+    def prepare(self, input_shape: tuple[int, ...] | None = None) -> "Sparsifier":
+        """Sample the initial masks (per-layer densities by `init`) and zero inactive weights.
+        ``input_shape``: one sample's model input shape; under ``backend=auto`` it gives each
+        convolution the input size its crossover depends on (`conv_input_sizes`)."""
         if self.config.mode == "dense":
             return self
         cfg = self.config
@@ -131,15 +133,20 @@ class Sparsifier:
             mask.copy_(self.policy.sample_mask(param.shape, d, generator=self._generators[_INIT], device=param.device))
         self._sync_masks()
         self.apply_masks()
-        self._start_backends()
+        self._start_backends(input_shape)
         return self
 
-    def _start_backends(self) -> None:
-        """Hand the layers that `config.backend` runs sparse to a `SparseExecution`."""
+    def _start_backends(self, input_shape: tuple[int, ...] | None) -> None:
+        """Hand the layers that `config.backend` runs sparse to a `SparseExecution`. Decided
+        here, from the initial masks and the input's shape only, so a resumed run (which
+        prepares the same way before loading its checkpoint) and every DDP rank decide alike."""
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
-        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks,
-                                        self.config.sparse_unsupported_reason() is None)
+        allowed = self.config.sparse_unsupported_reason() is None
+        sizes = None
+        if self.config.backend == "auto" and allowed and input_shape is not None:
+            sizes = conv_input_sizes(self.model, owners, tuple(input_shape))
+        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, allowed, sizes)
         layers = {i: sparse_layer(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
         self._execution = SparseExecution(self.optimizer, layers)
         kept = [i for i, b in enumerate(self.backends) if b == "masked"]
