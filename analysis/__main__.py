@@ -7,9 +7,13 @@ import sys
 from pathlib import Path
 
 from . import columns as C
+from .cells import MIN_SEEDS, axis_tests, axis_tests_display, cell_display, cell_table, topology_warnings
+from .completeness import completeness
 from .load import load_runs
 from .report import Options, build_report
 from .stats import ALTERNATIVES
+from .style import setup_label
+from .tables import to_markdown
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,16 +34,25 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--expected-seeds", type=int,
                         help="seeds every cell should have (default: as many as the best-covered cell with the same "
                              "setup, kind and variant)")
+    report.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
+                        help=f"completed seeds per cell a verdict needs (default {MIN_SEEDS})")
     report.add_argument("--no-cache", action="store_true", help="do not read or write the sweep's parquet cache")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    absent = [str(d) for d in args.sweep_dirs if not d.is_dir()]
+    if absent:
+        print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
+        return 1
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
     if runs.empty:
         where = ", ".join(map(str, args.sweep_dirs))
         print(f"error: no runs (config.json / result.json) under {where}", file=sys.stderr)
+        return 1
+    if not (runs[C.STATUS] == C.COMPLETED).any():
+        print(f"no finished runs yet ({not_finished(runs)})", file=sys.stderr)
         return 1
     if args.metric not in runs:
         print(f"error: no column {args.metric!r} in the runs table", file=sys.stderr)
@@ -47,11 +60,43 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dirs[0] / "report"
     options = Options(metric=args.metric, alpha=args.alpha, alternative=args.alternative,
                       low_density=args.low_density, high_density=args.high_density,
-                      expected_seeds=args.expected_seeds)
+                      expected_seeds=args.expected_seeds, min_seeds=args.min_seeds)
     index = build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
+    print(results_text(runs, options))
     print(f"report: {index} (and {index.with_suffix('.md')})")
     return 0
+
+
+def not_finished(runs) -> str:
+    """``2 running, 4 missing, 1 unreadable``: the runs without a result (running, or killed
+    without one), the seeds other cells have that a cell lacks, and the other states."""
+    status = completeness(runs)
+    counts = runs[C.STATUS].fillna(C.UNREADABLE).value_counts()
+    missing = sum(len(s.split(",")) for s in status.cells["missing_seeds"] if s)
+    parts = [f"{int(counts.get(C.INCOMPLETE, 0))} running", f"{missing} missing"]
+    parts += [f"{int(n)} {s}" for s, n in counts.items() if s not in (C.INCOMPLETE, C.COMPLETED)]
+    return ", ".join(parts)
+
+
+def results_text(runs, options: Options, max_rows: int = 40) -> str:
+    """The per-cell results, the tests along each axis and the topology warnings, for the
+    terminal (at most ``max_rows`` rows of each table; the report has them all)."""
+    table = cell_table(runs, options.metric)
+    lines = []
+    if table.empty:
+        return "no completed runs with " + options.metric
+    tests = axis_tests(table, alpha=options.alpha, alternative=options.alternative, min_seeds=options.min_seeds)
+    for title, shown in (("per cell", cell_display(table)), ("along each axis", axis_tests_display(tests))):
+        if shown.empty:
+            continue
+        lines += ["", f"{C.metric_label(options.metric)} {title}:", to_markdown(shown.head(max_rows)).rstrip()]
+        if len(shown) > max_rows:
+            lines.append(f"... {len(shown) - max_rows} more rows in the report")
+    warnings = topology_warnings(runs)
+    lines += [f"warning: {setup_label(setup)}, {where}: {advice}"
+              for setup, where, advice in zip(warnings[C.SETUP], warnings["description"], warnings["advice"])]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def identity(text: str) -> dict:
 
 def common_identity(runs: pd.DataFrame) -> dict:
     """The identity fields that all ``runs`` share, with their value."""
-    dicts = [identity(s) for s in runs[C.IDENTITY]]
+    dicts = [identity(s) for s in pd.unique(runs[C.IDENTITY])]
     if not dicts:
         return {}
     return {k: v for k, v in dicts[0].items() if all(d.get(k, _MISSING) == v for d in dicts[1:])}
@@ -90,11 +90,14 @@ def split_variants(runs: pd.DataFrame, axes: Iterable[str]) -> dict[str, pd.Data
 
 
 def _labels(runs: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
-    ident = pd.DataFrame([identity(s) for s in runs[C.IDENTITY]], index=runs.index)
-    varying = [c for c in ident.columns if c not in axes and ident[c].nunique(dropna=False) > 1]
+    unique = pd.unique(runs[C.IDENTITY])
+    dicts = {text: identity(text) for text in unique}  # once per cell, not per run
+    fields = sorted({k for d in dicts.values() for k in d} - set(axes))
+    varying = [k for k in fields if len({json.dumps(d.get(k), sort_keys=True) for d in dicts.values()}) > 1]
     if not varying:
         return pd.Series("", index=runs.index, dtype=object)
-    return ident[varying].apply(lambda row: describe(row.dropna().to_dict()), axis=1).astype(object)
+    label = {text: describe({k: d[k] for k in varying if d.get(k) is not None}) for text, d in dicts.items()}
+    return runs[C.IDENTITY].map(label).astype(object)
 
 
 # ------------------------------------------------------------------------ run sets
@@ -121,9 +124,11 @@ def nearest(candidates: pd.DataFrame, reference: dict, ignore: Iterable[str] = (
     when it matches exactly), or None without candidates.
     """
     ignore = set(ignore) | {C.MODE}
+    keys = {text: json.dumps({k: v for k, v in identity(text).items() if k not in ignore}, sort_keys=True)
+            for text in pd.unique(candidates[C.IDENTITY])}  # parsed once per cell
     groups: dict[str, list] = defaultdict(list)
-    for index, ident in zip(candidates.index, candidates[C.IDENTITY]):
-        groups[json.dumps({k: v for k, v in identity(ident).items() if k not in ignore}, sort_keys=True)].append(index)
+    for index, text in zip(candidates.index, candidates[C.IDENTITY]):
+        groups[keys[text]].append(index)
     if not groups:
         return None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +21,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import columns as C
-from . import claims, figures, grid, overlap, tables
+from . import cells, claims, figures, grid, overlap, tables
 from .completeness import completeness
+from .style import field_label, setup_label
 from .tables import Table
 
 _EMBED_MAX_ROWS = 60  # larger tables are linked from the HTML index, not inlined
+_INLINE_MD = ("cell_results", "axis_tests", "claims")  # the results, also inline in index.md
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Options:
     low_density: float = 0.1
     high_density: float = 0.3  # the paper's claims compare d <= low_density with d >= high_density
     expected_seeds: int | None = None
+    min_seeds: int = cells.MIN_SEEDS  # completed seeds per cell for a verdict
 
 
 @dataclass
@@ -44,7 +48,8 @@ class Section:
     """One heading of the index: a study's text, tables and figures."""
 
     title: str
-    text: str = ""
+    text: str = ""  # paragraphs, one a line
+    summary: str = ""  # one line per finding: a list in markdown (the HTML shows the section's table)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, file stem relative to out)
 
@@ -108,10 +113,47 @@ def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     if not mains:
         return None
     found = claims.check_claims(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
-                                low_density=opt.low_density, high_density=opt.high_density)
-    section = Section("The paper's claims, checked on these runs", claims.claims_summary(found))
+                                low_density=opt.low_density, high_density=opt.high_density, min_seeds=opt.min_seeds)
+    section = Section("The paper's claims, checked on these runs", summary=claims.claims_summary(found))
     out.table(section, claims.claims_table(found))
     return section
+
+
+def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    """Every sweep, whatever its axes: the metric per cell, tests along each axis, and
+    figures along the axes of setups that have no density grid (Fig. 1 covers those)."""
+    table = cells.cell_table(runs, opt.metric)
+    if table.empty:
+        return None
+    section = Section("Results per cell and along each axis")
+    out.table(section, Table("cell_results", f"{C.metric_label(opt.metric)} per cell (completed runs): mean ± std "
+                             f"over seeds (number of seeds), min–max, the median epoch of the best validation "
+                             f"accuracy and the last epoch, and the fewest topology updates of its DST runs.",
+                             table, cells.cell_display(table)))
+    tests = cells.axis_tests(table, alpha=opt.alpha, alternative=opt.alternative, min_seeds=opt.min_seeds)
+    if len(tests):
+        side = "one" if opt.alternative == "greater" else "two"
+        out.table(section, Table("axis_tests", f"Along each axis, with the other axes fixed ('with'): every level "
+                                 f"against the best level (highest mean) by Welch's t-test ({side}-sided), "
+                                 f"Holm-corrected over the levels compared, alpha = {opt.alpha:g}; a verdict needs "
+                                 f"≥ {opt.min_seeds} seeds on both sides and DST runs that made topology updates.",
+                                 tests, cells.axis_tests_display(tests)))
+    warnings = cells.topology_warnings(runs)
+    if len(warnings):
+        section.text = "\n".join(f"Warning — {setup_label(setup)}, {where}: {advice}" for setup, where, advice
+                                  in zip(warnings[C.SETUP], warnings["description"], warnings["advice"]))
+        out.table(section, Table("topology_warnings", "DST cells whose runs made no or very few topology updates "
+                                 "(they are then little more than static sparse training).", warnings))
+    for setup, axes in cells.sweep_axes(runs).items():
+        if grid.density_grids(runs, setup):
+            continue
+        for axis in axes:
+            fig = figures.axis_figure(runs, setup, axis, opt.metric)
+            if fig is not None:
+                out.figure(section, fig, _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
+                           f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}")
+    return section
+
 
 
 def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
@@ -201,6 +243,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
 
 # (why the study is missing when it returns None, the study)
 STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
+    ("Results per cell: no completed runs with the metric", _per_cell),
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
     ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
@@ -235,7 +278,13 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
         output.table(first, table)
     sections, missing = [first], []
     for why_not, study in STUDIES:
-        section = study(runs, output, opt)
+        try:
+            section = study(runs, output, opt)
+        except Exception as e:  # noqa: BLE001 (one study's failure must not cost the others)
+            title = why_not.split(":", 1)[0]
+            print(f"warning: {title} not produced: {type(e).__name__}: {e}", file=sys.stderr)
+            missing.append(f"{title}: failed ({type(e).__name__}: {e})")
+            continue
         if section is None:
             missing.append(why_not)
         else:
@@ -258,10 +307,14 @@ def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -
     for section in sections:
         lines += ["", f"## {section.title}", ""]
         if section.text:
-            lines += ["```", section.text, "```", ""]
+            lines += [*section.text.splitlines(), ""]
+        if section.summary:
+            lines += [f"- {line}" for line in section.summary.splitlines()] + [""]
         for table in section.tables:
             links = ", ".join(f"[{fmt}](tables/{table.name}.{fmt})" for fmt in ("md", "csv", "tex"))
             lines.append(f"- table `{table.name}` ({links}): {table.caption}")
+            if table.name in _INLINE_MD and len(table.shown()) <= _EMBED_MAX_ROWS:
+                lines += ["", tables.to_markdown(table.shown())]
         for caption, stem in section.figures:
             lines += ["", f"![{caption}]({stem}.png)", f"*{caption}* ([PDF]({stem}.pdf))"]
     if missing:
@@ -269,25 +322,34 @@ def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -
     return "\n".join(lines) + "\n"
 
 
+_CSS = """
+body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;overflow-wrap:anywhere}
+img{max-width:100%;height:auto}figure{margin:1em 0}
+.table{max-width:100%;overflow-x:auto;margin:.5em 0}
+table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;overflow-wrap:anywhere}
+th{background:#f3f3f3}p.note{background:#fff4e0;padding:.3em .5em}
+"""
+
+
 def _html_index(header: dict, sections: list[Section], missing: list[str]) -> str:
+    """Tables sit in horizontally scrolling boxes and long cells wrap, so that nothing is
+    wider than the window (checked in a real browser by the tests)."""
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>DST analysis report</title><style>",
-             "body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}",
-             "img{max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.5em 0}",
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}pre{background:#f6f6f6;padding:.5em}",
-             "</style></head><body><h1>DST analysis report</h1><ul>"]
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1><ul>"]
     parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
     parts.append("</ul>")
     for section in sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
-        if section.text:
-            parts.append(f"<pre>{e(section.text)}</pre>")
+        parts += [f"<p class='note'>{e(line)}</p>" for line in section.text.splitlines() if line.strip()]
         for table in section.tables:
             links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
             parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
             shown = table.shown()
             if len(shown) <= _EMBED_MAX_ROWS:
-                parts.append(shown.to_html(index=False, na_rep=""))
+                parts.append(f"<div class='table'>{shown.to_html(index=False, na_rep='', border=0)}</div>")
             else:
                 parts.append(f"<p>({len(shown)} rows: see the linked files)</p>")
         for caption, stem in section.figures:

@@ -91,8 +91,8 @@ def test_claims_partly_and_not_significant(tmp_path):
 
 def test_not_enough_runs_says_what_is_missing(tmp_path):
     found = verdicts(write_grid(tmp_path, paper_like, static_offset=-5.0, seeds=[0]))
-    assert {v for v, _ in found.values()} == {cl.NOT_ENOUGH}
-    assert "fewer than 2 seeds" in found["magnitude_best_at_low_density"][1]
+    assert {v for v, _ in found.values()} == {"not enough seeds for a verdict (n=1, need ≥ 3)"}
+    assert "d=0.05: not enough seeds for a verdict (n=1, need ≥ 3)" in found["magnitude_best_at_low_density"][1]
     low_only = verdicts(write_grid(tmp_path / "low", paper_like, static_offset=-5.0, densities=(0.05, 0.1)))
     verdict, why = low_only["differences_shrink_at_high_density"]
     assert verdict == cl.NOT_ENOUGH and "no density >= 0.3" in why
