@@ -6,14 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from . import columns as C
-from .cells import MIN_SEEDS, axis_tests, axis_tests_display, cell_display, cell_table, topology_warnings
+from .cells import MIN_SEEDS
 from .completeness import completeness
 from .load import load_runs
 from .report import Options, build_report
 from .stats import ALTERNATIVES
 from .style import setup_label
-from .tables import to_markdown
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                       expected_seeds=args.expected_seeds, min_seeds=args.min_seeds)
     index = build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
-    print(results_text(runs, options))
+    print(results_text(out))
     print(f"report: {index} (and {index.with_suffix('.md')})")
     return 0
 
@@ -79,23 +80,24 @@ def not_finished(runs) -> str:
     return ", ".join(parts)
 
 
-def results_text(runs, options: Options, max_rows: int = 40) -> str:
-    """The per-cell results, the tests along each axis and the topology warnings, for the
+def results_text(report_dir: Path, max_rows: int = 40) -> str:
+    """The report's per-cell results, tests along each axis and topology warnings, for the
     terminal (at most ``max_rows`` rows of each table; the report has them all)."""
-    table = cell_table(runs, options.metric)
     lines = []
-    if table.empty:
-        return "no completed runs with " + options.metric
-    tests = axis_tests(table, alpha=options.alpha, alternative=options.alternative, min_seeds=options.min_seeds)
-    for title, shown in (("per cell", cell_display(table)), ("along each axis", axis_tests_display(tests))):
-        if shown.empty:
+    for name in ("cell_results", "axis_tests"):
+        path = report_dir / "tables" / f"{name}.md"
+        if not path.exists():
             continue
-        lines += ["", f"{C.metric_label(options.metric)} {title}:", to_markdown(shown.head(max_rows)).rstrip()]
-        if len(shown) > max_rows:
-            lines.append(f"... {len(shown) - max_rows} more rows in the report")
-    warnings = topology_warnings(runs)
-    lines += [f"warning: {setup_label(setup)}, {where}: {advice}"
-              for setup, where, advice in zip(warnings[C.SETUP], warnings["description"], warnings["advice"])]
+        caption, _, table = path.read_text().partition("\n\n")
+        rows = table.rstrip().splitlines()
+        lines += ["", caption, *rows[:max_rows + 2]]
+        if len(rows) > max_rows + 2:
+            lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
+    warnings = report_dir / "tables" / "topology_warnings.csv"
+    if warnings.exists():
+        found = pd.read_csv(warnings)
+        lines += [f"warning: {setup_label(setup)}, {where}: {advice}"
+                  for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])]
     return "\n".join(lines)
 
 

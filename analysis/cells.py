@@ -19,7 +19,6 @@ run (dense, static, DST) is an axis when a setup mixes them.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import columns as C
-from .grid import completed
+from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
 
@@ -56,12 +55,11 @@ def sweep_axes(runs: pd.DataFrame) -> dict[str, list[str]]:
     done = _trained(completed(runs))
     out = {}
     for setup, of_setup in done.groupby(C.SETUP, sort=True):
-        fields, axes = {}, set()
+        fields, axes = [], set()
         for _, of_kind in of_setup.groupby(C.KIND):
-            dicts = [json.loads(t) for t in pd.unique(of_kind[C.IDENTITY])]  # once per cell
-            for d in dicts:
-                fields.update(dict.fromkeys(d))
-            axes |= {k for k in fields if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1}
+            frame = identity_frame(of_kind[C.IDENTITY])
+            fields += [k for k in frame.columns if k not in fields]
+            axes |= set(frame.columns[frame.nunique(dropna=False) > 1])
         ordered = [k for k in fields if k in axes and k not in _NOT_AXES]
         out[setup] = ([C.KIND] if of_setup[C.KIND].nunique() > 1 else []) + ordered
     return out
@@ -76,9 +74,8 @@ def _axis_values(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     table's columns, or given as lists, work alike); blank where a kind does not use them
     (criterion and growth of dense and static runs, density of dense ones)."""
     fields = [a for a in axes if a != C.KIND]
-    parsed = {t: json.loads(t) for t in pd.unique(runs[C.IDENTITY])}
-    values = pd.DataFrame({a: runs[C.IDENTITY].map({t: d.get(a) for t, d in parsed.items()}) for a in fields},
-                          index=runs.index)
+    frame = identity_frame(runs[C.IDENTITY]).reindex(columns=fields)
+    values = frame.reindex(runs[C.IDENTITY].to_numpy()).set_axis(runs.index)
     if C.KIND in axes:
         values.insert(0, C.KIND, runs[C.KIND])
     kind = runs[C.KIND]

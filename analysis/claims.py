@@ -55,7 +55,9 @@ def check_claims(selections: Sequence[Selection], *, metric: str = C.DEFAULT_MET
     for selection in selections:
         static = selection.baselines.get("static")
         static_runs = None if static is None else static.runs.dropna(subset=[metric])
-        dst = selection.runs.dropna(subset=[metric])
+        columns = [C.CRITERION, C.GROWTH, C.DENSITY, metric, *([C.TOPOLOGY_UPDATES] * (C.TOPOLOGY_UPDATES in
+                                                                                      selection.runs))]
+        dst = selection.runs[columns].dropna(subset=[metric])  # narrow: the cells below are slices of it
         if C.TOPOLOGY_UPDATES in dst:
             dst = dst[~(dst[C.TOPOLOGY_UPDATES] < 1)]  # unknown (older records) counts as updated
         for growth, runs in dst.groupby(C.GROWTH, sort=True):

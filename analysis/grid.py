@@ -11,6 +11,7 @@ with exactly the same settings the closest one is used and the difference is rep
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -49,9 +50,14 @@ class Selection:
 
 
 # ------------------------------------------------------------------------ identities
+@functools.lru_cache(maxsize=65536)
+def _parse(text: str) -> tuple:
+    return tuple(json.loads(text).items())
+
+
 def identity(text: str) -> dict:
-    """A run's identity from its ``identity`` column."""
-    return json.loads(text)
+    """A run's identity from its ``identity`` column (each text parsed once per process)."""
+    return dict(_parse(text))
 
 
 def common_identity(runs: pd.DataFrame) -> dict:
@@ -90,14 +96,25 @@ def split_variants(runs: pd.DataFrame, axes: Iterable[str]) -> dict[str, pd.Data
 
 
 def _labels(runs: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
-    unique = pd.unique(runs[C.IDENTITY])
-    dicts = {text: identity(text) for text in unique}  # once per cell, not per run
-    fields = sorted({k for d in dicts.values() for k in d} - set(axes))
-    varying = [k for k in fields if len({json.dumps(d.get(k), sort_keys=True) for d in dicts.values()}) > 1]
+    frame = identity_frame(runs[C.IDENTITY])
+    varying = [c for c in frame.columns if c not in axes and frame[c].nunique(dropna=False) > 1]
     if not varying:
         return pd.Series("", index=runs.index, dtype=object)
-    label = {text: describe({k: d[k] for k in varying if d.get(k) is not None}) for text, d in dicts.items()}
-    return runs[C.IDENTITY].map(label).astype(object)
+    labels = {text: describe({k: v for k, v in zip(varying, row) if v is not None and v == v})
+              for text, row in zip(frame.index, frame[varying].itertuples(index=False))}
+    return runs[C.IDENTITY].map(labels).astype(object)
+
+
+def identity_frame(texts: pd.Series) -> pd.DataFrame:
+    """One row per distinct identity (index: its text), one column per field (NaN where a
+    field is absent). Runs of one cell share their identity, so a sweep of 10,000 runs over
+    five seeds parses 2,000 identities, not 10,000. Do not modify the frame: it is shared."""
+    return _identity_frame(tuple(pd.unique(texts.dropna())))
+
+
+@functools.lru_cache(maxsize=256)
+def _identity_frame(unique: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame([identity(t) for t in unique], index=list(unique))
 
 
 # ------------------------------------------------------------------------ run sets
@@ -108,8 +125,9 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
     sweeps) is one observation, not two seeds; the latest result is kept.
     `analysis.completeness` reports such duplicates.
     """
-    done = runs[runs[C.STATUS] == C.COMPLETED]
-    return done.sort_values(C.RESULT_MTIME, kind="stable").drop_duplicates([C.CELL, C.SEED], keep="last").sort_index()
+    keys = runs.loc[runs[C.STATUS] == C.COMPLETED, [C.CELL, C.SEED, C.RESULT_MTIME]]  # narrow: one take at the end
+    keep = keys.sort_values(C.RESULT_MTIME, kind="stable").drop_duplicates([C.CELL, C.SEED], keep="last").index
+    return runs.loc[keep.sort_values()]
 
 
 def setups(runs: pd.DataFrame) -> list[str]:

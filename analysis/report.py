@@ -10,7 +10,10 @@ the index lists the ones that were not, and why.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -55,19 +58,57 @@ class Section:
 
 
 class _Output:
-    """Writes tables and figures under the report directory and files them in a section."""
+    """Writes tables and figures under the report directory and files them in a section.
 
-    def __init__(self, out: Path):
+    A figure is drawn only when its inputs changed since the report was last written there:
+    its key (the runs' directories, statuses and result times, the options, the analysis
+    code) is kept in ``figures/.keys.json``; drawing is most of a cached report's time."""
+
+    def __init__(self, out: Path, key: str = ""):
         self.out = out
+        self.key = key
+        self.keys_path = out / "figures" / ".keys.json"
+        try:
+            self.old_keys = json.loads(self.keys_path.read_text()) if key else {}
+        except (OSError, ValueError):
+            self.old_keys = {}
+        self.keys: dict[str, str] = {}
 
     def table(self, section: Section, table: Table | None) -> None:
         if table is not None:
             table.write(self.out / "tables")
             section.tables.append(table)
 
-    def figure(self, section: Section, fig: Figure, name: str, caption: str) -> None:
-        figures.save_figure(fig, self.out / "figures" / name)
+    def figure(self, section: Section, draw: Callable[[], Figure | None], name: str, caption: str) -> None:
+        """``draw()`` saved as ``figures/<name>.{png,pdf}`` (or reused); None draws nothing."""
+        stem = self.out / "figures" / name
+        key = hashlib.sha256(f"{self.key}\0{name}\0{caption}".encode()).hexdigest() if self.key else ""
+        reusable = key and self.old_keys.get(name) == key and all(
+            (stem.parent / f"{stem.name}.{ext}").exists() for ext in ("png", "pdf"))
+        if not reusable:
+            fig = draw()
+            if fig is None:
+                return
+            figures.save_figure(fig, stem)
+        if key:
+            self.keys[name] = key
         section.figures.append((caption, f"figures/{name}"))
+
+    def close(self) -> None:
+        if self.key:
+            self.keys_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.keys_path.with_name(f".keys.json.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.keys, sort_keys=True))
+            os.replace(tmp, self.keys_path)
+
+
+def _inputs_key(runs: pd.DataFrame, opt: Options) -> str:
+    """What every figure depends on: which runs, in which state, with which result file
+    (its modification time), the options and the analysis package's code."""
+    columns = [c for c in (C.RUN_DIR, C.STATUS, C.RESULT_MTIME) if c in runs]
+    content = pd.util.hash_pandas_object(runs[columns], index=False).to_numpy().tobytes()
+    code = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+    return hashlib.sha256(content + code + repr(opt).encode()).hexdigest()
 
 
 def slug(text: str) -> str:
@@ -90,7 +131,8 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
             continue
         main = grids[0]
         mains.append(main)
-        out.figure(section, figures.accuracy_vs_density(main, opt.metric), _name("fig1_accuracy_vs_density", setup),
+        out.figure(section, lambda main=main: figures.accuracy_vs_density(main, opt.metric),
+                   _name("fig1_accuracy_vs_density", setup),
                    f"{main.title}: {C.metric_label(opt.metric)} vs density")
         notes += [f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
                   for kind, b in main.baselines.items() if b.differences]
@@ -148,10 +190,9 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         if grid.density_grids(runs, setup):
             continue
         for axis in axes:
-            fig = figures.axis_figure(runs, setup, axis, opt.metric)
-            if fig is not None:
-                out.figure(section, fig, _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
-                           f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}")
+            out.figure(section, lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
+                       _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
+                       f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}")
     return section
 
 
@@ -165,7 +206,7 @@ def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
         for setup in grid.setups(runs):
             found = select(runs, setup)
             for number, selection in enumerate(found, 1):
-                out.figure(section, draw(selection, opt.metric),
+                out.figure(section, lambda selection=selection: draw(selection, opt.metric),
                            _name(prefix, setup, number if len(found) > 1 else None), selection.title)
             selections += found
         if not selections:
@@ -220,7 +261,8 @@ def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | N
         return None
     section = Section("Overlap of pruned sets at initialisation (Fig. 6a)")
     for setup in sorted(at_init[C.SETUP].unique()):
-        out.figure(section, figures.overlap_heatmaps(at_init, setup), _name("fig6a_overlap_init", setup),
+        out.figure(section, lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
+                   _name("fig6a_overlap_init", setup),
                    f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation")
     out.table(section, tables.overlap_init_table(at_init))
     return section
@@ -234,7 +276,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
     for setup, of_setup in trajectories.groupby(C.SETUP):
         parts = list(of_setup.groupby([C.VARIANT, C.DENSITY]))
         for number, ((variant, density), part) in enumerate(parts, 1):
-            out.figure(section, figures.overlap_trajectory_curves(part),
+            out.figure(section, lambda part=part: figures.overlap_trajectory_curves(part),
                        _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
                        f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training")
     out.table(section, tables.overlap_trajectory_table(trajectories))
@@ -271,7 +313,7 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
     """Write every table and figure ``runs`` support under ``out``; returns index.html."""
     opt = options or Options()
     out = Path(out)
-    output = _Output(out)
+    output = _Output(out, _inputs_key(runs, opt))
     status = completeness(runs, opt.expected_seeds)
     first = Section("Completeness", status.summary())
     for table in tables.completeness_tables(status):
@@ -294,8 +336,11 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
         "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",
         "significance": f"Welch's t-test ({'one' if opt.alternative == 'greater' else 'two'}-sided) against the "
                         f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
+        "verdicts": f"need ≥ {opt.min_seeds} completed seeds per cell on both sides of a test, and DST runs that "
+                    f"made topology updates",
         "runs used": "completed runs only (one per experiment and seed); see Completeness",
     }
+    output.close()
     (out / "index.md").write_text(_markdown_index(header, sections, missing))
     (out / "index.html").write_text(_html_index(header, sections, missing))
     return out / "index.html"
