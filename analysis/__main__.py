@@ -10,7 +10,6 @@ import pandas as pd
 
 from . import columns as C
 from .cells import MIN_SEEDS
-from .completeness import completeness
 from .load import load_runs
 from .report import Options, build_report
 from .stats import ALTERNATIVES
@@ -70,12 +69,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def not_finished(runs) -> str:
-    """``2 running, 4 missing, 1 unreadable``: the runs without a result (running, or killed
-    without one), the seeds other cells have that a cell lacks, and the other states."""
-    status = completeness(runs)
+    """``5 running, 1 missing, 1 unreadable``: the runs without a result (running, or killed
+    without one), the (cell, seed) pairs other cells of the same study have and these lack,
+    and the runs in any other state."""
+    readable = runs[runs[C.CELL].notna()]
+    family = [C.SETUP, C.KIND, C.VARIANT]
+    expected = readable.groupby(family, dropna=False).agg(cells=(C.CELL, "nunique"), seeds=(C.SEED, "nunique"))
+    present = len(readable.drop_duplicates([C.CELL, C.SEED]))
     counts = runs[C.STATUS].fillna(C.UNREADABLE).value_counts()
-    missing = sum(len(s.split(",")) for s in status.cells["missing_seeds"] if s)
-    parts = [f"{int(counts.get(C.INCOMPLETE, 0))} running", f"{missing} missing"]
+    parts = [f"{int(counts.get(C.INCOMPLETE, 0))} running",
+             f"{int((expected['cells'] * expected['seeds']).sum()) - present} missing"]
     parts += [f"{int(n)} {s}" for s, n in counts.items() if s not in (C.INCOMPLETE, C.COMPLETED)]
     return ", ".join(parts)
 

@@ -125,7 +125,7 @@ def _read_run(run_dir: Path) -> dict:
     config, result, errors = None, None, []
     for name in (CONFIG, RESULT):
         path = run_dir / name
-        if not path.exists():
+        if not os.path.lexists(path):  # (a broken link or a link loop is a record that cannot be read)
             continue
         try:
             content = json.loads(path.read_text())
@@ -147,8 +147,14 @@ def _read_run(run_dir: Path) -> dict:
         errors = [e for e in errors if not e.startswith(CONFIG)]  # recovered: flagged, not lost
         row[C.DAMAGE] = f"{CONFIG} unreadable; config taken from {RESULT}"
     if config:
-        row.update(flatten(config))
-        row.update(_derived(config))
+        flat = flatten(config)
+        wrong = _wrong_types(flat)
+        if wrong:  # kept out of the table's columns: one such value would turn a column into text
+            errors.append(f"{CONFIG}: {wrong}")
+            config = None
+        else:
+            row.update(flat)
+            row.update(_derived(config))
     if result:
         row.update(_result_columns(result))
         if config:
@@ -167,6 +173,21 @@ def _read_run(run_dir: Path) -> dict:
 
 def _is_config(content) -> bool:
     return isinstance(content, dict) and isinstance(content.get("sparsity"), dict) and "mode" in content["sparsity"]
+
+
+# The fields every analysis groups or compares by, and the types they must have.
+_TYPES = {C.MODE: (str,), C.MODEL: (str,), C.DATA: (str,), C.CRITERION: (str,), C.GROWTH: (str,),
+          C.DENSITY: (int, float), C.SEED: (int,), C.UPDATE_FREQUENCY: (int,), "train.epochs": (int,)}
+
+
+def _wrong_types(flat: dict) -> str:
+    """What is wrong with the types of the fields the analyses rely on ("" if nothing)."""
+    wrong = [f"{name} is {flat[name]!r} ({' or '.join(t.__name__ for t in types)} expected)"
+             for name, types in _TYPES.items()
+             if name in flat and (not isinstance(flat[name], types) or isinstance(flat[name], bool))]
+    if flat.get(C.MODE) not in (None, "dense", "static", "dst"):
+        wrong.append(f"{C.MODE} is {flat[C.MODE]!r} (dense, static or dst expected)")
+    return "; ".join(wrong)
 
 
 def _what(content) -> str:
@@ -262,6 +283,8 @@ def _fingerprint(root: Path, run_dirs: list[Path]) -> str:
                 entries.append(f"{run_dir.relative_to(root)}/{name}:{st.st_mtime_ns}:{st.st_size}")
             except FileNotFoundError:
                 pass
+            except OSError as e:  # a link loop: its own entry, so that fixing it refreshes the cache
+                entries.append(f"{run_dir.relative_to(root)}/{name}:{e.errno}")
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
