@@ -11,6 +11,8 @@ with exactly the same settings the closest one is used and the difference is rep
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 from collections import defaultdict
@@ -186,7 +188,33 @@ def _swept(x: str, over: tuple[str, ...] = AXES) -> Callable[[pd.DataFrame], pd.
 
 
 # ------------------------------------------------------------------------ studies
+_MEMO: dict | None = None  # (id(runs), setup) -> density grids, while `memoised` is active
+
+
+@contextlib.contextmanager
+def memoised():
+    """Within the block, `density_grids` of one runs table and setup is computed once (the
+    report's studies each ask for it); the table must not be modified inside the block."""
+    global _MEMO
+    outer, _MEMO = _MEMO, {} if _MEMO is None else _MEMO
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
 def density_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
+    """Accuracy-vs-density grids (Fig. 1) of a setup, the main grid first (see `memoised`)."""
+    if _MEMO is None:
+        return _density_grids(runs, setup)
+    key = (id(runs), setup)
+    if key not in _MEMO:
+        _MEMO[key] = (runs, _density_grids(runs, setup))  # (holding runs keeps its id unique)
+    # Callers may add baselines to a grid (`global_pruning_grids`): each gets its own copies.
+    return [dataclasses.replace(g, baselines=dict(g.baselines)) for g in _MEMO[key][1]]
+
+
+def _density_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
     """Accuracy-vs-density grids (Fig. 1) of a setup, the main grid first.
 
     DST runs below density 1, split into variants by everything but criterion, growth and

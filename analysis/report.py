@@ -319,18 +319,19 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
     for table in tables.completeness_tables(status):
         output.table(first, table)
     sections, missing = [first], []
-    for why_not, study in STUDIES:
-        try:
-            section = study(runs, output, opt)
-        except Exception as e:  # noqa: BLE001 (one study's failure must not cost the others)
-            title = why_not.split(":", 1)[0]
-            print(f"warning: {title} not produced: {type(e).__name__}: {e}", file=sys.stderr)
-            missing.append(f"{title}: failed ({type(e).__name__}: {e})")
-            continue
-        if section is None:
-            missing.append(why_not)
-        else:
-            sections.append(section)
+    with grid.memoised():  # the studies share the density grids
+        for why_not, study in STUDIES:
+            try:
+                section = study(runs, output, opt)
+            except Exception as e:  # noqa: BLE001 (one study's failure must not cost the others)
+                title = why_not.split(":", 1)[0]
+                print(f"warning: {title} not produced: {type(e).__name__}: {e}", file=sys.stderr)
+                missing.append(f"{title}: failed ({type(e).__name__}: {e})")
+                continue
+            if section is None:
+                missing.append(why_not)
+            else:
+                sections.append(section)
     header = {
         "sources": ", ".join(str(s) for s in sources) or "(runs table)",
         "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",

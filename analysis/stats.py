@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from . import columns as C
 
@@ -58,7 +58,8 @@ def welch_from_moments(mean_a, var_a, n_a, mean_b, var_b, n_b, alternative: str 
         sa, sb = var_a / n_a, var_b / n_b
         t = (mean_a - mean_b) / np.sqrt(sa + sb)
         df = (sa + sb) ** 2 / (sa ** 2 / (n_a - 1) + sb ** 2 / (n_b - 1))
-        p = sps.t.sf(t, df) if alternative == "greater" else 2 * sps.t.sf(np.abs(t), df)
+        # Student's t survival function as the plain ufunc (scipy.stats.t.sf costs ~100x more per call)
+        p = special.stdtr(df, -t) if alternative == "greater" else 2 * special.stdtr(df, -np.abs(t))
     diff = mean_a - mean_b
     degenerate = (var_a == 0) & (var_b == 0)
     equal_or_wrong_way = (diff == 0) | ((alternative == "greater") & (diff < 0))

@@ -1,9 +1,10 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import crossover, sparse_backend, sparse_step, train_speed
+from . import analysis_report, crossover, sparse_backend, sparse_step, train_speed
 
 if __name__ == "__main__":
     sparse_step.main()
     train_speed.main()
     sparse_backend.main()
     crossover.main(update_table=False)
+    analysis_report.main()

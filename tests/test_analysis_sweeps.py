@@ -181,7 +181,8 @@ window.addEventListener('load', () => {
   for (const img of document.images) if (!img.naturalWidth) window.__errors.push('image not loaded: ' + img.src);
   const out = document.createElement('pre');
   out.id = 'probe';
-  out.textContent = JSON.stringify({window: window.innerWidth, width, scroll: document.documentElement.scrollWidth, wide,
+  out.textContent = JSON.stringify({window: window.innerWidth, width, scroll: document.documentElement.scrollWidth,
+                                    wide: wide.slice(0, 20),
                                     errors: window.__errors});
   document.body.appendChild(out);
 });
