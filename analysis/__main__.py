@@ -1,8 +1,10 @@
-"""Command line: ``python -m analysis report <sweep dirs...> --out <dir>``."""
+"""Command line: ``python -m analysis report <sweep dirs...> --out <dir>``, and
+``python -m analysis notebook <sweep dirs...> [--out <file.ipynb>]``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -37,7 +39,42 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
                         help=f"completed seeds per cell a verdict needs (default {MIN_SEEDS})")
     report.add_argument("--no-cache", action="store_true", help="do not read or write the sweep's parquet cache")
+    notebook = commands.add_parser("notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs "
+                                                     "and save it with its outputs")
+    notebook.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
+    notebook.add_argument("--out", type=Path, help="the executed notebook (default: <first sweep dir>/aggregate.ipynb)")
+    notebook.add_argument("--metric", default=C.DEFAULT_METRIC, help="runs-table column compared")
+    notebook.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     return p
+
+
+NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
+
+
+def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
+    """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
+    ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(sweep_dirs[0])}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    nbformat.write(notebook, tmp)
+    os.replace(tmp, out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     if absent:
         print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
         return 1
+    if args.command == "notebook":
+        out = run_notebook(args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric,
+                           args.timeout)
+        print(f"notebook: {out}")
+        return 0
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
     if runs.empty:
         where = ", ".join(map(str, args.sweep_dirs))

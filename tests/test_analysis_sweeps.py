@@ -282,3 +282,37 @@ def test_vectorised_ranking_equals_the_per_group_tests(tmp_path):
             mine = fast.loc[(setup, growth, density, row.item)]
             assert mine["rank"] == row.rank and mine["best_group"] == row.best_group
             np.testing.assert_allclose([mine["p_value"], mine["p_holm"]], [row.p_value, row.p_holm], equal_nan=True)
+
+
+# ------------------------------------------------------------------------ 7: the notebook
+NOTEBOOK = Path(analysis.__file__).parent / "notebooks" / "aggregate.ipynb"
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_headless_on_a_sweep_given_as_a_parameter(sweep, tmp_path):
+    import nbformat
+
+    assert cli(["notebook", str(sweep), "--out", str(tmp_path / "executed.ipynb")]) == 0
+    notebook = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "mean ± std (n)" in html and "verdict" in html  # per cell, and along each axis
+    assert "regrown_just_pruned_share" in html  # the topology diagnostics' table
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # the criterion axis, the learning curves, the topology updates
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "6 runs: 6 completed" in text and "topology updates" in text
+
+
+def test_the_stored_notebook_has_its_outputs_and_stays_small():
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count for cell in code)  # executed, so that it previews on a code host
+    outputs = [o for cell in code for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
+    assert NOTEBOOK.stat().st_size < 1_000_000
+    assert "ANALYSIS_SWEEP_DIRS" in (Path(__file__).parents[1] / "README.md").read_text()
