@@ -123,3 +123,32 @@ FIELD_LABELS = {
     C.DATA: "dataset", C.MODE: "mode", C.KIND: "kind", C.SETUP: "setup", C.UPDATE_FREQUENCY: "update frequency",
     C.GAMMA: "γ", C.GLOBAL: "global pruning",
 }
+
+
+# Columns of the report's display tables whose values are ids, and the field they name.
+_ID_COLUMNS = {
+    C.SETUP: C.SETUP, "setup": C.SETUP, C.CRITERION: C.CRITERION, "criterion": C.CRITERION, "method": C.CRITERION,
+    "a": C.CRITERION, "b": C.CRITERION, "reference": C.CRITERION, C.GROWTH: C.GROWTH, "growth": C.GROWTH,
+    C.MODEL: C.MODEL, C.DATA: C.DATA, C.MODE: C.MODE, C.KIND: C.KIND, "kind": C.KIND,
+}
+
+
+def display_names(frame):
+    """A display table with every id shown by its display name (setup, criterion, growth,
+    model, dataset, mode, kind columns; a "method" column may also hold a baseline's kind)."""
+    out = frame.copy()
+    for column in out.columns:
+        field = _ID_COLUMNS.get(column)
+        if field is None or out[column].dtype.kind in "fiub":
+            continue
+        if field == C.SETUP:
+            out[column] = out[column].map(lambda v: v if not isinstance(v, str) else setup_label(v))
+        else:
+            def shown(v, field=field):
+                if not isinstance(v, str) or v in ("", "—"):
+                    return v
+                if field == C.CRITERION and v not in STYLES[C.CRITERION] and v in STYLES[C.KIND]:
+                    return STYLES[C.KIND][v].label  # "dense", "static" in a method column
+                return label(field, v)
+            out[column] = out[column].map(shown)
+    return out

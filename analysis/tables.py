@@ -19,6 +19,7 @@ from . import columns as C
 from .completeness import Completeness
 from .grid import Selection
 from .stats import rank_criteria, rank_summary, summarize
+from .style import display_names
 
 # The dense model's density, so that it sits in the density-1 column of accuracy tables.
 DENSE_DENSITY = 1.0
@@ -33,7 +34,8 @@ class Table:
     display: pd.DataFrame | None = None
 
     def shown(self) -> pd.DataFrame:
-        return self.data if self.display is None else self.display
+        """What the markdown, LaTeX and HTML show: ids by their display names (the CSV keeps the ids)."""
+        return display_names(self.data if self.display is None else self.display)
 
     def write(self, directory: str | Path) -> dict[str, Path]:
         """``<name>.csv`` (data), ``<name>.md`` and ``<name>.tex`` (display)."""
