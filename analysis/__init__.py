@@ -30,7 +30,8 @@ from .tables import Table, accuracy_table, ranking_tables
 
 __all__ = [
     "Completeness", "Options", "Selection", "Table", "accuracy_table", "accuracy_vs_density", "accuracy_vs_gamma",
-    "accuracy_vs_update_frequency", "axis_figure", "axis_tests", "build_report", "cell_table", "check_claims", "compare_to_best", "completed", "completeness",
+    "accuracy_vs_update_frequency", "axis_figure", "axis_tests", "build_report", "cell_table", "check_claims",
+    "compare_to_best", "completed", "completeness",
     "density_grids", "density_one", "density_one_grids", "find_run_dirs", "gamma_grids", "global_pruning_grids",
     "global_vs_layerwise", "holm", "jaccard_matrix", "jaccard_pairs", "load_metrics", "load_runs", "main_grid",
     "overlap_at_init", "overlap_heatmaps", "overlap_trajectories", "overlap_trajectory_curves", "random_expectation",

@@ -38,7 +38,6 @@ NO_UPDATES = "no verdict: DST runs made no topology updates"
 
 # Identity fields that never separate experiments in a table (the kind says it).
 _NOT_AXES = {C.MODE, C.MODEL, C.DATA}
-_CELL_COLUMNS = [C.SETUP, C.CELL]
 
 
 def _not_enough(n: int, min_seeds: int) -> str:

@@ -208,7 +208,8 @@ def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_M
             if dense is not None:
                 counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
             _log_axis(ax, runs[C.UPDATE_FREQUENCY], base=2)
-            ax.set_title(f"{setup_label(selection.setup)} — density {density:g}, {growth_label(growth)} growth", fontsize=10)
+            ax.set_title(f"{setup_label(selection.setup)} — density {density:g}, {growth_label(growth)} growth",
+                         fontsize=10)
             ax.set_xlabel("update frequency (steps between updates)")
             ax.set_ylabel(C.metric_label(metric))
             ax.grid(alpha=0.3)
@@ -268,7 +269,8 @@ def global_vs_layerwise(selection: Selection, metric: str = C.DEFAULT_METRIC) ->
                 _curve(ax, other_stats, C.DENSITY, label, "0.55", linestyle="--")
                 counts += list(other_stats["n"])
             _log_axis(ax, stats[C.DENSITY])
-            ax.set_title(f"{setup_label(selection.setup)} — {criterion_label(criterion)}, {growth_label(growth)} growth", fontsize=10)
+            ax.set_title(f"{setup_label(selection.setup)} — {criterion_label(criterion)}, "
+                         f"{growth_label(growth)} growth", fontsize=10)
             ax.set_xlabel("density")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(C.metric_label(metric))

@@ -118,7 +118,8 @@ def test_topology_updates_are_counted_and_too_few_are_warned_about(sweep, no_upd
     for row in truth.itertuples():
         assert counted[row.criterion, row.seed] == row.updates  # the update lines the run logged
     warned = cells.topology_warnings(runs)
-    assert len(warned) == 2 and set(warned[C.TOPOLOGY_UPDATES]) == {truth["updates"].min()} and truth["updates"].min() < 5
+    fewest = truth["updates"].min()
+    assert len(warned) == 2 and set(warned[C.TOPOLOGY_UPDATES]) == {fewest} and fewest < cells.FEW_UPDATES
     assert "sparsity.update_frequency=10 steps against 18 steps per epoch × train.epochs=2" in warned["advice"][0]
 
     idle = analysis.load_runs(no_updates)
@@ -316,3 +317,27 @@ def test_the_stored_notebook_has_its_outputs_and_stays_small():
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3
     assert NOTEBOOK.stat().st_size < 1_000_000
     assert "ANALYSIS_SWEEP_DIRS" in (Path(__file__).parents[1] / "README.md").read_text()
+
+
+# ------------------------------------------------------------------------ 6: a repeated report
+def test_a_repeated_report_reuses_its_figures_until_their_runs_change(tmp_path):
+    import os
+
+    root = fx.write_sweep(tmp_path / "runs")
+    out = tmp_path / "report"
+    analysis.build_report(analysis.load_runs(root), out)
+    figure = out / "figures" / "fig1_accuracy_vs_density__lenet5_fashion_mnist.png"
+    drawn = {p: p.stat().st_mtime_ns for p in (out / "figures").glob("*.png")}
+    assert figure in drawn
+    for path in drawn:
+        os.utime(path, ns=(1, 1))  # so that a redraw shows, however coarse the clock
+    analysis.build_report(analysis.load_runs(root), out)
+    assert {p.stat().st_mtime_ns for p in drawn} == {1}  # nothing redrawn
+    assert "layer-wise" not in pd.read_csv(out / "tables" / "accuracy.csv")["method"].tolist()
+
+    result = next(root.glob("dst/random/snip/d0.05/s0")) / "result.json"
+    record = json.loads(result.read_text())
+    record["final"]["test_acc"] = 50.0
+    result.write_text(json.dumps(record))
+    analysis.build_report(analysis.load_runs(root), out)
+    assert figure.stat().st_mtime_ns != 1  # its runs changed: drawn again
