@@ -32,6 +32,7 @@ from . import columns as C
 from .grid import Selection
 from .cells import MIN_SEEDS, NOT_ENOUGH_SEEDS
 from .stats import compare_to_best, holm, welch_pvalue
+from .style import setup_label
 from .tables import Table
 
 HOLDS, PARTLY, FAILS, NOT_SIGNIFICANT, NOT_ENOUGH = (
@@ -225,6 +226,7 @@ def claims_summary(claims: pd.DataFrame) -> str:
     """One line per (setup, variant, growth, claim), for the report's text."""
     lines = []
     for row in claims.itertuples(index=False):
-        where = row[0] + (f" ({row.variant})" if row.variant else "")
-        lines.append(f"{where}, {row[2]} growth — {CLAIMS[row.claim]}: {row.verdict.upper()}. {row.evidence}")
+        where = setup_label(row[0]) + (f" ({row.variant})" if row.variant else "")
+        verdict = row.verdict if row.verdict.startswith(NOT_ENOUGH_SEEDS) else row.verdict.upper()  # (keeps "n=2")
+        lines.append(f"{where}, {row[2]} growth — {CLAIMS[row.claim]}: {verdict}. {row.evidence}")
     return "\n".join(lines)
