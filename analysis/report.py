@@ -369,11 +369,12 @@ def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -
 
 
 _CSS = """
-body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;overflow-wrap:anywhere}
+body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}
+p,li,figcaption,h1,h2,h3{overflow-wrap:anywhere}
 img{max-width:100%;height:auto}figure{margin:1em 0}
 .table{max-width:100%;overflow-x:auto;margin:.5em 0}
 table{border-collapse:collapse;font-size:12px}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;overflow-wrap:anywhere}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;overflow-wrap:break-word}
 th{background:#f3f3f3}p.note{background:#fff4e0;padding:.3em .5em}
 """
 
@@ -389,7 +390,8 @@ def _html_index(header: dict, sections: list[Section], missing: list[str]) -> st
     parts.append("</ul>")
     for section in sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
-        parts += [f"<p class='note'>{e(line)}</p>" for line in section.text.splitlines() if line.strip()]
+        parts += [f"<p{' class=note' if line.startswith('Warning') else ''}>{e(line)}</p>"
+                  for line in section.text.splitlines() if line.strip()]
         for table in section.tables:
             links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
             parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
