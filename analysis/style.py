@@ -141,14 +141,16 @@ def display_names(frame):
         field = _ID_COLUMNS.get(column)
         if field is None or out[column].dtype.kind in "fiub":
             continue
-        if field == C.SETUP:
-            out[column] = out[column].map(lambda v: v if not isinstance(v, str) else setup_label(v))
-        else:
-            def shown(v, field=field):
-                if not isinstance(v, str) or v in ("", "—"):
-                    return v
-                if field == C.CRITERION and v not in STYLES[C.CRITERION] and v in STYLES[C.KIND]:
-                    return STYLES[C.KIND][v].label  # "dense", "static" in a method column
-                return label(field, v)
-            out[column] = out[column].map(shown)
+        names = {v: _shown(field, v) for v in out[column].dropna().unique()}  # once per distinct id
+        out[column] = out[column].map(lambda v: names.get(v, v))
     return out
+
+
+def _shown(field: str, value):
+    if not isinstance(value, str) or value in ("", "—"):
+        return value
+    if field == C.SETUP:
+        return setup_label(value)
+    if field == C.CRITERION and value not in STYLES[C.CRITERION] and value in STYLES[C.KIND]:
+        return STYLES[C.KIND][value].label  # "dense", "static" in a method column
+    return label(field, value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -32,10 +32,13 @@ class Table:
     caption: str
     data: pd.DataFrame
     display: pd.DataFrame | None = None
+    _shown: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
 
     def shown(self) -> pd.DataFrame:
         """What the markdown, LaTeX and HTML show: ids by their display names (the CSV keeps the ids)."""
-        return display_names(self.data if self.display is None else self.display)
+        if self._shown is None:
+            self._shown = display_names(self.data if self.display is None else self.display)
+        return self._shown
 
     def write(self, directory: str | Path) -> dict[str, Path]:
         """``<name>.csv`` (data), ``<name>.md`` and ``<name>.tex`` (display)."""
