@@ -14,12 +14,12 @@
 Needs only the run directories (config.json, metrics.jsonl, result.json); never W&B.
 """
 
+import importlib
+
 from . import style
 from .cells import axis_tests, cell_table, sweep_axes, topology_warnings, verdict_readiness
 from .claims import check_claims
 from .completeness import Completeness, completeness
-from .figures import (accuracy_vs_density, axis_figure, accuracy_vs_gamma, accuracy_vs_update_frequency, density_one,
-                      global_vs_layerwise, overlap_heatmaps, overlap_trajectory_curves, save_figure)
 from .grid import (Selection, completed, density_grids, density_one_grids, gamma_grids, global_pruning_grids,
                    main_grid, sensitivity_grids, setups, split_variants, update_frequency_grids)
 from .load import find_run_dirs, load_metrics, load_runs
@@ -27,6 +27,18 @@ from .overlap import jaccard_matrix, jaccard_pairs, overlap_at_init, overlap_tra
 from .report import Options, build_report
 from .stats import compare_to_best, holm, rank_criteria, rank_summary, summarize, welch_pvalue
 from .tables import Table, accuracy_table, ranking_tables
+
+# The figures (matplotlib) are imported on first use: reading and tabulating runs does not need them.
+_FIGURES = ("accuracy_vs_density", "accuracy_vs_gamma", "accuracy_vs_update_frequency", "axis_figure", "density_one",
+            "global_vs_layerwise", "overlap_heatmaps", "overlap_trajectory_curves", "save_figure")
+
+
+def __getattr__(name: str):
+    if name == "figures" or name in _FIGURES:
+        figures = importlib.import_module(".figures", __name__)  # (not "from . import": it would come back here)
+        return figures if name == "figures" else getattr(figures, name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+
 
 __all__ = [
     "Completeness", "Options", "Selection", "Table", "accuracy_table", "accuracy_vs_density", "accuracy_vs_gamma",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib
 import json
 import os
 import re
@@ -19,15 +20,29 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from . import columns as C
-from . import cells, claims, figures, grid, overlap, tables
+from . import cells, claims, grid, overlap, tables
 from .completeness import completeness
 from .style import field_label, setup_label
 from .tables import Table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+class _Figures:
+    """`analysis.figures`, imported when a figure is first drawn: a repeated report whose
+    figures are all up to date never loads matplotlib (a good part of its time)."""
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module(".figures", __package__), name)
+
+
+figures = _Figures()
 
 _EMBED_MAX_ROWS = 60  # larger tables are linked from the HTML index, not inlined
 _INLINE_MD = ("cell_results", "axis_tests", "claims")  # the results, also inline in index.md
@@ -290,18 +305,19 @@ STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | No
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
     ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
      _figure_study("Update frequency (Fig. 4)", "fig4_update_frequency", grid.update_frequency_grids,
-                   figures.accuracy_vs_update_frequency, _update_frequency_table)),
+                   lambda s, m: figures.accuracy_vs_update_frequency(s, m), _update_frequency_table)),
     ("Fig. 7 (MEST gamma): no MEST runs with two or more values of gamma",
-     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids, figures.accuracy_vs_gamma, _gamma_table)),
+     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids,
+                   lambda s, m: figures.accuracy_vs_gamma(s, m), _gamma_table)),
     ("Fig. 8 (sensitivity): no runs of the sensitivity criterion at two or more densities",
      _figure_study("Sensitivity criterion (Fig. 8)", "fig8_sensitivity", grid.sensitivity_grids, _sensitivity_figure,
                    _sensitivity_table)),
     ("Fig. 13 (global pruning): no global-pruning runs at two or more densities",
      _figure_study("Global vs layer-wise pruning (Fig. 13)", "fig13_global_pruning", grid.global_pruning_grids,
-                   figures.global_vs_layerwise, _global_table)),
+                   lambda s, m: figures.global_vs_layerwise(s, m), _global_table)),
     ("Fig. 5 (density 1.0 and dropout): no DST runs at density 1.0",
      _figure_study("DST at density 1.0 as a regulariser, and dropout (Fig. 5)", "fig5_density_one",
-                   grid.density_one_grids, figures.density_one, _density_one_table)),
+                   grid.density_one_grids, lambda s, m: figures.density_one(s, m), _density_one_table)),
     ("Fig. 6a (overlap at initialisation): no completed overlap_init runs", _overlap_init),
     ("Fig. 6b (overlap along training): no completed DST runs with overlap_with", _overlap_trajectories),
 ]
