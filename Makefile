@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
+.PHONY: install data browser test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,10 +27,17 @@ data:
 	fi
 	@test -f $(FMNIST) || echo "note: Fashion-MNIST not found; install Debian's dataset-fashion-mnist or set FASHION_MNIST_PYTORCH"
 
-test: install
+# Headless Chromium for the HTML report's browser test (skipped where it is absent); best effort.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: could not install chromium; the HTML report's browser test will be skipped"; \
+	fi
+
+test: install browser
 	$(PY) -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 bench: install

@@ -1,15 +1,21 @@
-"""Command line: ``python -m analysis report <sweep dirs...> --out <dir>``."""
+"""Command line: ``python -m analysis report <sweep dirs...> --out <dir>``, and
+``python -m analysis notebook <sweep dirs...> [--out <file.ipynb>]``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from . import columns as C
+from .cells import MIN_SEEDS
 from .load import load_runs
 from .report import Options, build_report
 from .stats import ALTERNATIVES
+from .style import setup_label
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,16 +36,65 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--expected-seeds", type=int,
                         help="seeds every cell should have (default: as many as the best-covered cell with the same "
                              "setup, kind and variant)")
+    report.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
+                        help=f"completed seeds per cell a verdict needs (default {MIN_SEEDS})")
     report.add_argument("--no-cache", action="store_true", help="do not read or write the sweep's parquet cache")
+    notebook = commands.add_parser("notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs "
+                                                     "and save it with its outputs")
+    notebook.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
+    notebook.add_argument("--out", type=Path, help="the executed notebook (default: <first sweep dir>/aggregate.ipynb)")
+    notebook.add_argument("--metric", default=C.DEFAULT_METRIC, help="runs-table column compared")
+    notebook.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     return p
+
+
+NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
+
+
+def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
+    """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
+    ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(sweep_dirs[0])}}).execute()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    nbformat.write(notebook, tmp)
+    os.replace(tmp, out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    absent = [str(d) for d in args.sweep_dirs if not d.is_dir()]
+    if absent:
+        print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
+        return 1
+    if args.command == "notebook":
+        out = run_notebook(args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric,
+                           args.timeout)
+        print(f"notebook: {out}")
+        return 0
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
     if runs.empty:
         where = ", ".join(map(str, args.sweep_dirs))
         print(f"error: no runs (config.json / result.json) under {where}", file=sys.stderr)
+        return 1
+    if not (runs[C.STATUS] == C.COMPLETED).any():
+        print(f"no finished runs yet ({not_finished(runs)})", file=sys.stderr)
         return 1
     if args.metric not in runs:
         print(f"error: no column {args.metric!r} in the runs table", file=sys.stderr)
@@ -47,11 +102,48 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dirs[0] / "report"
     options = Options(metric=args.metric, alpha=args.alpha, alternative=args.alternative,
                       low_density=args.low_density, high_density=args.high_density,
-                      expected_seeds=args.expected_seeds)
+                      expected_seeds=args.expected_seeds, min_seeds=args.min_seeds)
     index = build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
+    print(results_text(out))
     print(f"report: {index} (and {index.with_suffix('.md')})")
     return 0
+
+
+def not_finished(runs) -> str:
+    """``5 running, 1 missing, 1 unreadable``: the runs without a result (running, or killed
+    without one), the (cell, seed) pairs other cells of the same study have and these lack,
+    and the runs in any other state."""
+    readable = runs[runs[C.CELL].notna()]
+    family = [C.SETUP, C.KIND, C.VARIANT]
+    expected = readable.groupby(family, dropna=False).agg(cells=(C.CELL, "nunique"), seeds=(C.SEED, "nunique"))
+    present = len(readable.drop_duplicates([C.CELL, C.SEED]))
+    counts = runs[C.STATUS].fillna(C.UNREADABLE).value_counts()
+    parts = [f"{int(counts.get(C.INCOMPLETE, 0))} running",
+             f"{int((expected['cells'] * expected['seeds']).sum()) - present} missing"]
+    parts += [f"{int(n)} {s}" for s, n in counts.items() if s not in (C.INCOMPLETE, C.COMPLETED)]
+    return ", ".join(parts)
+
+
+def results_text(report_dir: Path, max_rows: int = 40) -> str:
+    """The report's per-cell results, tests along each axis and topology warnings, for the
+    terminal (at most ``max_rows`` rows of each table; the report has them all)."""
+    lines = []
+    for name in ("cell_results", "axis_tests"):
+        path = report_dir / "tables" / f"{name}.md"
+        if not path.exists():
+            continue
+        caption, _, table = path.read_text().partition("\n\n")
+        rows = table.rstrip().splitlines()
+        lines += ["", caption, *rows[:max_rows + 2]]
+        if len(rows) > max_rows + 2:
+            lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
+    warnings = report_dir / "tables" / "topology_warnings.csv"
+    if warnings.exists():
+        found = pd.read_csv(warnings)
+        lines += [f"warning: {setup_label(setup)}, {where}: {advice}"
+                  for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

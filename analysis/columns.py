@@ -23,6 +23,8 @@ IDENTITY = "identity"  # JSON of the config fields that define the experiment, s
 CELL = "cell"  # short hash of IDENTITY: runs of one cell differ only in their seed
 VARIANT = "variant"  # the identity fields besides the standard axes that vary within (setup, kind)
 RESULT_MTIME = "result_mtime"
+TOPOLOGY_UPDATES = "topology_updates"  # DST updates the run's schedule made in the steps it ran
+STEPS_PER_EPOCH = "steps_per_epoch"
 
 COMPLETED = "completed"  # one of a run's own STATUSES (src/records.py); the others below are the table's
 INCOMPLETE = "incomplete"  # config.json but no result.json: running, or killed without a trace
@@ -42,25 +44,5 @@ METRIC_LABELS = {
     "final.test_loss": "test loss",
 }
 
-# The paper's names for the criteria in figures; tables keep the config names.
-CRITERION_LABELS = {
-    "magnitude": "Magnitude",
-    "set": "SET",
-    "set_legacy": "SET (legacy)",
-    "mest": "MEST",
-    "snip": "SNIP",
-    "sensitivity": "Sensitivity",
-    "reciprocal_sensitivity": "RSensitivity",
-    "random": "Random",
-    "grad_step": "GradStep",
-    "taylor_fo": "Taylor FO",
-    "run": "run",
-}
-
-
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
-
-
-def criterion_label(criterion: str) -> str:
-    return CRITERION_LABELS.get(criterion, criterion)

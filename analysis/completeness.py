@@ -89,11 +89,12 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     cells["seeds"] = seeds.reindex(cells.index).map(lambda s: s if isinstance(s, list) else [])
     cells["n_seeds"] = cells["seeds"].map(len)
     family = [C.SETUP, C.KIND, C.VARIANT]
-    family_seeds = described.groupby(family)[C.SEED].agg(lambda s: set(s.dropna()))
-    cells["missing_seeds"] = [sorted(family_seeds[key] - set(seeds))
+    # (dropna=False and .get: a cell whose kind or variant is unknown is its own family, not a KeyError)
+    family_seeds = described.groupby(family, dropna=False)[C.SEED].agg(lambda s: set(s.dropna()))
+    cells["missing_seeds"] = [sorted(family_seeds.get(tuple(key), set()) - set(seeds))
                               for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])]
     cells["expected"] = (expected_seeds if expected_seeds is not None
-                         else cells.groupby(family)["n_seeds"].transform("max"))
+                         else cells.groupby(family, dropna=False)["n_seeds"].transform("max"))
     cells["short"] = cells["n_seeds"] < cells["expected"]
     for name in ("seeds", "missing_seeds"):  # text, so that the table writes to CSV and parquet alike
         cells[name] = cells[name].map(lambda s: ",".join(str(x) for x in s))

@@ -23,31 +23,33 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from . import columns as C
 from .grid import Baseline, Selection
+from .grid import completed as completed_runs
 from .overlap import jaccard_matrix, random_expectation
 from .stats import summarize
+from .style import STYLES, field_label, label, setup_label, style
 
-STATIC_COLOR = "#8ecae6"  # the paper's light blue
+STATIC_COLOR = STYLES[C.MODE]["static"].color  # the paper's light blue
 DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.3}
 DROPOUT_STYLE = {"color": "tab:blue", "linestyle": ":", "linewidth": 1.6}
 RANDOM_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.4}
-_CRITERION_COLORS = {
-    "magnitude": "tab:red", "set": "tab:green", "set_legacy": "tab:olive", "mest": "tab:purple",
-    "snip": "tab:orange", "reciprocal_sensitivity": "tab:brown", "sensitivity": "tab:pink",
-    "random": "tab:gray", "grad_step": "tab:cyan", "taylor_fo": "navy",
-}
-_OTHER_COLORS = ("black", "darkgoldenrod", "teal", "crimson", "slateblue", "olivedrab")
 _PANEL = (4.4, 3.6)  # inches per panel
 
 
 def criterion_color(criterion: str) -> str:
-    if criterion in _CRITERION_COLORS:
-        return _CRITERION_COLORS[criterion]
-    return _OTHER_COLORS[sum(map(ord, criterion)) % len(_OTHER_COLORS)]  # stable across runs and figures
+    return style(C.CRITERION, criterion).color
+
+
+def criterion_label(criterion: str) -> str:
+    return label(C.CRITERION, criterion)
+
+
+def growth_label(growth: str) -> str:
+    return label(C.GROWTH, growth)
 
 
 def criterion_order(criteria: Iterable[str]) -> list[str]:
     """The paper's order for known criteria, then the others alphabetically."""
-    known = list(C.CRITERION_LABELS)
+    known = list(STYLES[C.CRITERION])
     return sorted(set(criteria), key=lambda c: (known.index(c) if c in known else len(known), c))
 
 
@@ -67,22 +69,22 @@ def _panels(rows: int, cols: int, *, sharey: bool = True, legend_space: float = 
     return fig, fig.subplots(rows, cols, sharey=sharey, squeeze=False)
 
 
-def _curve(ax: Axes, stats: pd.DataFrame, x: str, label: str, color: str, **style) -> None:
+def _curve(ax: Axes, stats: pd.DataFrame, x: str, label: str, color: str, marker: str = "o", **line) -> None:
     """Mean with a ±1 std band (no band for single-seed points)."""
     stats = stats.sort_values(x)
-    ax.plot(stats[x], stats["mean"], marker="o", markersize=3.5, color=color, label=label, **style)
+    ax.plot(stats[x], stats["mean"], marker=marker, markersize=3.5, color=color, label=label, **line)
     spread = stats["std"].fillna(0)
     ax.fill_between(stats[x], stats["mean"] - spread, stats["mean"] + spread, color=color, alpha=0.15, linewidth=0)
 
 
-def _hline(ax: Axes, baseline: Baseline, metric: str, label: str, style: dict) -> int:
+def _hline(ax: Axes, baseline: Baseline, metric: str, label: str, line: dict) -> int:
     """The baseline's mean as a horizontal line with a ±1 std band; returns its seed count."""
     values = baseline.runs[metric].dropna()
     if baseline.differences:
         label = f"{label} ({baseline.note()})"
-    ax.axhline(values.mean(), label=label, **style)
+    ax.axhline(values.mean(), label=label, **line)
     if len(values) > 1:
-        ax.axhspan(values.mean() - values.std(), values.mean() + values.std(), color=style["color"], alpha=0.07,
+        ax.axhspan(values.mean() - values.std(), values.mean() + values.std(), color=line["color"], alpha=0.07,
                    linewidth=0)
     return len(values)
 
@@ -128,11 +130,11 @@ def _criterion_curves(ax: Axes, runs: pd.DataFrame, x: str, metric: str, highlig
     """One curve per criterion of ``runs`` against ``x``; returns the seed counts drawn."""
     stats = summarize(runs, [C.CRITERION, x], metric)
     for criterion in criterion_order(stats[C.CRITERION]):
-        style = {}
+        emphasis = {}
         if highlight is not None:
-            style = {"linewidth": 2.6, "zorder": 3} if criterion == highlight else {"alpha": 0.55}
-        _curve(ax, stats[stats[C.CRITERION] == criterion], x, C.criterion_label(criterion),
-               criterion_color(criterion), **style)
+            emphasis = {"linewidth": 2.6, "zorder": 3} if criterion == highlight else {"alpha": 0.55}
+        look = style(C.CRITERION, criterion)
+        _curve(ax, stats[stats[C.CRITERION] == criterion], x, look.label, look.color, look.marker, **emphasis)
     return list(stats["n"])
 
 
@@ -146,27 +148,47 @@ def _variant_title(fig: Figure, label: str) -> None:
 def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, highlight: str | None = None) -> Figure:
     """Fig. 1: one panel per growth rule, one curve per criterion, log density axis, static
     sparse training as a light-blue curve and the dense model as a dashed line.
-    ``highlight`` draws one criterion bold and the others faded (Fig. 8)."""
+    ``highlight`` draws one criterion bold and the others faded (Fig. 8).
+
+    Below each panel, every curve's difference to the best criterion's mean at each density
+    (in points), so that gaps too small to see on the accuracy scale are readable."""
     runs = selection.runs
     growths = _growth_order(runs[C.GROWTH])
-    fig, axes = _panels(1, len(growths))
+    fig = Figure(figsize=(_PANEL[0] * len(growths) + 1.9, _PANEL[1] * 1.45), layout="constrained")
+    axes = fig.subplots(2, len(growths), sharex="col", sharey="row", squeeze=False,
+                        gridspec_kw={"height_ratios": [2.4, 1]})
     static, dense = selection.baselines.get("static"), selection.baselines.get("dense")
     densities, counts = set(runs[C.DENSITY]), []
-    for ax, growth in zip(axes[0], growths):
-        counts += _criterion_curves(ax, runs[runs[C.GROWTH] == growth], C.DENSITY, metric, highlight)
+    for ax, diff_ax, growth in zip(axes[0], axes[1], growths):
+        of_growth = runs[runs[C.GROWTH] == growth]
+        counts += _criterion_curves(ax, of_growth, C.DENSITY, metric, highlight)
+        stats = summarize(of_growth, [C.CRITERION, C.DENSITY], metric)
+        best = stats.groupby(C.DENSITY)["mean"].max()
+        for criterion in criterion_order(stats[C.CRITERION]):
+            curve = stats[stats[C.CRITERION] == criterion].sort_values(C.DENSITY)
+            look = style(C.CRITERION, criterion)
+            diff_ax.plot(curve[C.DENSITY], curve["mean"] - best.reindex(curve[C.DENSITY]).to_numpy(),
+                         marker=look.marker, markersize=3.5, color=look.color)
         if static is not None:
-            stats = summarize(static.runs, [C.DENSITY], metric)
-            label = "static" + (f" ({static.note()})" if static.differences else "")
-            _curve(ax, stats, C.DENSITY, label, STATIC_COLOR, linewidth=2)
-            densities |= set(stats[C.DENSITY])
-            counts += list(stats["n"])
+            static_stats = summarize(static.runs, [C.DENSITY], metric)
+            label_ = "static" + (f" ({static.note()})" if static.differences else "")
+            _curve(ax, static_stats, C.DENSITY, label_, STATIC_COLOR, linewidth=2)
+            densities |= set(static_stats[C.DENSITY])
+            counts += list(static_stats["n"])
+            shared = static_stats[static_stats[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
+            diff_ax.plot(shared[C.DENSITY], shared["mean"] - best.reindex(shared[C.DENSITY]).to_numpy(),
+                         color=STATIC_COLOR, linewidth=2, marker="s", markersize=3.5)
         if dense is not None:
             counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
-        _log_axis(ax, densities)
-        ax.set_title(f"{selection.setup} — {growth} growth", fontsize=10)
-        ax.set_xlabel("density")
-        ax.grid(alpha=0.3)
+        diff_ax.axhline(0, color="0.3", linewidth=0.8)
+        _log_axis(diff_ax, densities)
+        ax.set_title(f"{setup_label(selection.setup)} — {growth_label(growth)} growth", fontsize=10)
+        diff_ax.set_xlabel("density")
+        ax.tick_params(axis="x", labelbottom=False)
+        for a in (ax, diff_ax):
+            a.grid(alpha=0.3)
     axes[0, 0].set_ylabel(C.metric_label(metric))
+    axes[1, 0].set_ylabel("difference to the best\ncriterion (points)")
     _variant_title(fig, selection.label)
     _legend(fig, axes, counts)
     return fig
@@ -186,7 +208,8 @@ def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_M
             if dense is not None:
                 counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
             _log_axis(ax, runs[C.UPDATE_FREQUENCY], base=2)
-            ax.set_title(f"{selection.setup} — density {density:g}, {growth} growth", fontsize=10)
+            ax.set_title(f"{setup_label(selection.setup)} — density {density:g}, {growth_label(growth)} growth",
+                         fontsize=10)
             ax.set_xlabel("update frequency (steps between updates)")
             ax.set_ylabel(C.metric_label(metric))
             ax.grid(alpha=0.3)
@@ -210,7 +233,7 @@ def accuracy_vs_gamma(selection: Selection, metric: str = C.DEFAULT_METRIC) -> F
             _curve(ax, curve, C.GAMMA, f"density {density:g}", colors[density])
         _log_axis(ax, runs[C.GAMMA])
         counts += list(stats["n"])
-        ax.set_title(f"{selection.setup} — MEST, {growth} growth", fontsize=10)
+        ax.set_title(f"{setup_label(selection.setup)} — MEST, {growth_label(growth)} growth", fontsize=10)
         ax.set_xlabel("γ (MEST gradient coefficient)")
         ax.set_ylabel(C.metric_label(metric))
         ax.grid(alpha=0.3)
@@ -246,7 +269,8 @@ def global_vs_layerwise(selection: Selection, metric: str = C.DEFAULT_METRIC) ->
                 _curve(ax, other_stats, C.DENSITY, label, "0.55", linestyle="--")
                 counts += list(other_stats["n"])
             _log_axis(ax, stats[C.DENSITY])
-            ax.set_title(f"{selection.setup} — {C.criterion_label(criterion)}, {growth} growth", fontsize=10)
+            ax.set_title(f"{setup_label(selection.setup)} — {criterion_label(criterion)}, "
+                         f"{growth_label(growth)} growth", fontsize=10)
             ax.set_xlabel("density")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(C.metric_label(metric))
@@ -268,15 +292,15 @@ def density_one(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
     for i, (_, row) in enumerate(stats.iterrows()):
         ax.errorbar(i, row["mean"], yerr=0 if pd.isna(row["std"]) else row["std"], fmt="o", capsize=4,
                     color=criterion_color(row[C.CRITERION]))
-    labels = [C.criterion_label(c) + (f"\n{g}" if several_growths else "")
+    labels = [criterion_label(c) + (f"\n{growth_label(g)}" if several_growths else "")
               for c, g in zip(stats[C.CRITERION], stats[C.GROWTH])]
     ax.set_xticks(x, labels, rotation=30, ha="right")
     counts = list(stats["n"])
-    for kind, style in (("dense", DENSE_STYLE), ("dense + dropout", DROPOUT_STYLE)):
+    for kind, line in (("dense", DENSE_STYLE), ("dense + dropout", DROPOUT_STYLE)):
         if kind in selection.baselines:
-            counts.append(_hline(ax, selection.baselines[kind], metric, kind, style))
+            counts.append(_hline(ax, selection.baselines[kind], metric, kind, line))
     ax.set_xlim(-0.6, len(stats) - 0.4)
-    ax.set_title(f"{selection.setup} — DST at density 1.0", fontsize=10)
+    ax.set_title(f"{setup_label(selection.setup)} — DST at density 1.0", fontsize=10)
     ax.set_ylabel(C.metric_label(metric))
     ax.grid(alpha=0.3, axis="y")
     _variant_title(fig, selection.label)
@@ -310,7 +334,7 @@ def overlap_heatmaps(at_init: pd.DataFrame, setup: str) -> Figure:
                 if not math.isnan(value):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if value > 0.6 else "white")
-            names = [C.criterion_label(c) for c in order]
+            names = [criterion_label(c) for c in order]
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(names)), names, fontsize=8)
             seeds = int(cell["n"].max())
@@ -318,7 +342,7 @@ def overlap_heatmaps(at_init: pd.DataFrame, setup: str) -> Figure:
                          f"{seeds} seed{'s' if seeds > 1 else ''}", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="Jaccard similarity")
-    fig.suptitle(f"{setup} — overlap of pruned sets at initialisation", fontsize=10)
+    fig.suptitle(f"{setup_label(setup)} — overlap of pruned sets at initialisation", fontsize=10)
     return fig
 
 
@@ -337,11 +361,11 @@ def overlap_trajectory_curves(trajectories: pd.DataFrame) -> Figure:
     for ax, criterion in zip(axes.flat, criteria):
         runs = trajectories[trajectories[C.CRITERION] == criterion]
         for reference in criterion_order(runs["reference"]):
-            _curve(ax, runs[runs["reference"] == reference], "step", C.criterion_label(reference),
+            _curve(ax, runs[runs["reference"] == reference], "step", criterion_label(reference),
                    criterion_color(reference))
         rate = runs.groupby("step")["prune_rate"].mean()
         ax.plot(rate.index, random_expectation(rate), label="random expectation r/(2−r)", **RANDOM_STYLE)
-        ax.set_title(f"{first[C.SETUP]}, density {first[C.DENSITY]:g} — run: {C.criterion_label(criterion)}",
+        ax.set_title(f"{setup_label(first[C.SETUP])}, density {first[C.DENSITY]:g} — run: {criterion_label(criterion)}",
                      fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
@@ -353,3 +377,90 @@ def overlap_trajectory_curves(trajectories: pd.DataFrame) -> Figure:
     _variant_title(fig, first[C.VARIANT])
     _legend(fig, axes, trajectories["n"])
     return fig
+
+
+# ------------------------------------------------------------------------ any sweep's axes
+def axis_figure(runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAULT_METRIC,
+                max_series: int = 8) -> Figure | None:
+    """The metric along one axis of a sweep (`analysis.cells.sweep_axes`), one series per
+    combination of the other axes: a point plot with every seed for a categorical axis
+    (criterion, growth, kind, ...), a curve with a ±1 std band for a numeric one (density,
+    update frequency, ...). None when the axis has fewer than two levels or more than
+    ``max_series`` combinations of the other axes (the tables have them)."""
+    from .cells import _axis_values, _context, _trained, sweep_axes  # (cells imports grid, like this module)
+
+    done = _trained(completed_runs(runs))
+    done = done[(done[C.SETUP] == setup)].dropna(subset=[metric])
+    axes = sweep_axes(runs).get(setup, [])
+    if axis not in axes or done.empty:
+        return None
+    values = _axis_values(done, axes)
+    frame = done[[metric]].assign(level=values[axis], series=_context(values, [a for a in axes if a != axis]))
+    frame = frame.dropna(subset=["level"])
+    if frame["level"].nunique() < 2 or frame["series"].nunique() > max_series:
+        return None
+    numeric = axis != C.KIND and pd.api.types.is_numeric_dtype(frame["level"].infer_objects()) \
+        and not pd.api.types.is_bool_dtype(frame["level"].infer_objects())
+    fig, axs = _panels(1, 1, legend_space=2.6 if frame["series"].nunique() > 1 else 0.4)
+    ax = axs[0, 0]
+    series = sorted(frame["series"].unique())
+    colors = dict(zip(series, _sequential(len(series)))) if len(series) > 1 else {}
+    counts = []
+    if numeric:
+        frame["level"] = frame["level"].astype(float)
+        for name in series:
+            part = frame[frame["series"] == name]
+            stats = part.groupby("level")[metric].agg(mean="mean", std="std", n="count").reset_index()
+            _curve(ax, stats, "level", name or label(C.KIND, "dst"), colors.get(name, "black"))
+            ax.scatter(part["level"], part[metric], s=8, color=colors.get(name, "black"), alpha=0.5, linewidth=0)
+            counts += list(stats["n"])
+        levels = sorted(frame["level"].unique())
+        if levels[0] > 0 and levels[-1] / levels[0] >= 10:
+            _log_axis(ax, levels)
+    else:
+        levels = _level_order(axis, frame["level"].unique())
+        width = 0.6 / max(len(series), 1)
+        for k, name in enumerate(series):
+            part = frame[frame["series"] == name]
+            offset = (k - (len(series) - 1) / 2) * width
+            for i, level in enumerate(levels):
+                seeds = part.loc[part["level"] == level, metric].to_numpy(float)
+                if not len(seeds):
+                    continue
+                color = colors.get(name) or _level_color(axis, level)
+                look = style(axis, level) if axis in STYLES else None
+                ax.errorbar(i + offset, seeds.mean(), yerr=seeds.std(ddof=1) if len(seeds) > 1 else 0, capsize=4,
+                            fmt=look.marker if look else "o", color=color, markersize=6,
+                            label=name if (colors and i == 0) else None)
+                jitter = np.linspace(-width / 4, width / 4, len(seeds)) if len(seeds) > 1 else np.zeros(1)
+                ax.scatter(i + offset + jitter, seeds, s=10, color=color, alpha=0.5, linewidth=0, zorder=3)
+                counts.append(len(seeds))
+        ax.set_xticks(range(len(levels)), [label(axis, v) for v in levels], rotation=30 if len(levels) > 4 else 0,
+                      ha="right" if len(levels) > 4 else "center")
+        ax.set_xlim(-0.6, len(levels) - 0.4)
+    ax.set_xlabel(field_label(axis))
+    ax.set_ylabel(C.metric_label(metric))
+    ax.set_title(f"{setup_label(setup)} — {C.metric_label(metric)} by {field_label(axis)}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y" if not numeric else "both")
+    if colors:
+        _legend(fig, axs, counts)
+    else:
+        ax.text(0.99, 0.01, _seeds_text(counts) + " (dots: seeds; bars: ±1 std)", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="0.35")
+    return fig
+
+
+def _level_order(axis: str, levels) -> list:
+    levels = list(levels)
+    if axis == C.CRITERION:
+        return criterion_order(levels)
+    if axis == C.GROWTH:
+        return _growth_order(levels)
+    if axis in STYLES:
+        known = list(STYLES[axis])
+        return sorted(levels, key=lambda v: (known.index(v) if v in known else len(known), str(v)))
+    return sorted(levels, key=str)
+
+
+def _level_color(axis: str, level) -> str:
+    return style(axis, level).color if axis in STYLES else "black"

@@ -11,6 +11,9 @@ with exactly the same settings the closest one is used and the difference is rep
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -49,14 +52,19 @@ class Selection:
 
 
 # ------------------------------------------------------------------------ identities
+@functools.lru_cache(maxsize=65536)
+def _parse(text: str) -> tuple:
+    return tuple(json.loads(text).items())
+
+
 def identity(text: str) -> dict:
-    """A run's identity from its ``identity`` column."""
-    return json.loads(text)
+    """A run's identity from its ``identity`` column (each text parsed once per process)."""
+    return dict(_parse(text))
 
 
 def common_identity(runs: pd.DataFrame) -> dict:
     """The identity fields that all ``runs`` share, with their value."""
-    dicts = [identity(s) for s in runs[C.IDENTITY]]
+    dicts = [identity(s) for s in pd.unique(runs[C.IDENTITY])]
     if not dicts:
         return {}
     return {k: v for k, v in dicts[0].items() if all(d.get(k, _MISSING) == v for d in dicts[1:])}
@@ -90,11 +98,25 @@ def split_variants(runs: pd.DataFrame, axes: Iterable[str]) -> dict[str, pd.Data
 
 
 def _labels(runs: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
-    ident = pd.DataFrame([identity(s) for s in runs[C.IDENTITY]], index=runs.index)
-    varying = [c for c in ident.columns if c not in axes and ident[c].nunique(dropna=False) > 1]
+    frame = identity_frame(runs[C.IDENTITY])
+    varying = [c for c in frame.columns if c not in axes and frame[c].nunique(dropna=False) > 1]
     if not varying:
         return pd.Series("", index=runs.index, dtype=object)
-    return ident[varying].apply(lambda row: describe(row.dropna().to_dict()), axis=1).astype(object)
+    labels = {text: describe({k: v for k, v in zip(varying, row) if v is not None and v == v})
+              for text, row in zip(frame.index, frame[varying].itertuples(index=False))}
+    return runs[C.IDENTITY].map(labels).astype(object)
+
+
+def identity_frame(texts: pd.Series) -> pd.DataFrame:
+    """One row per distinct identity (index: its text), one column per field (NaN where a
+    field is absent). Runs of one cell share their identity, so a sweep of 10,000 runs over
+    five seeds parses 2,000 identities, not 10,000. Do not modify the frame: it is shared."""
+    return _identity_frame(tuple(pd.unique(texts.dropna())))
+
+
+@functools.lru_cache(maxsize=256)
+def _identity_frame(unique: tuple[str, ...]) -> pd.DataFrame:
+    return pd.DataFrame([identity(t) for t in unique], index=list(unique))
 
 
 # ------------------------------------------------------------------------ run sets
@@ -105,8 +127,9 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
     sweeps) is one observation, not two seeds; the latest result is kept.
     `analysis.completeness` reports such duplicates.
     """
-    done = runs[runs[C.STATUS] == C.COMPLETED]
-    return done.sort_values(C.RESULT_MTIME, kind="stable").drop_duplicates([C.CELL, C.SEED], keep="last").sort_index()
+    keys = runs.loc[runs[C.STATUS] == C.COMPLETED, [C.CELL, C.SEED, C.RESULT_MTIME]]  # narrow: one take at the end
+    keep = keys.sort_values(C.RESULT_MTIME, kind="stable").drop_duplicates([C.CELL, C.SEED], keep="last").index
+    return runs.loc[keep.sort_values()]
 
 
 def setups(runs: pd.DataFrame) -> list[str]:
@@ -121,9 +144,11 @@ def nearest(candidates: pd.DataFrame, reference: dict, ignore: Iterable[str] = (
     when it matches exactly), or None without candidates.
     """
     ignore = set(ignore) | {C.MODE}
+    keys = {text: json.dumps({k: v for k, v in identity(text).items() if k not in ignore}, sort_keys=True)
+            for text in pd.unique(candidates[C.IDENTITY])}  # parsed once per cell
     groups: dict[str, list] = defaultdict(list)
-    for index, ident in zip(candidates.index, candidates[C.IDENTITY]):
-        groups[json.dumps({k: v for k, v in identity(ident).items() if k not in ignore}, sort_keys=True)].append(index)
+    for index, text in zip(candidates.index, candidates[C.IDENTITY]):
+        groups[keys[text]].append(index)
     if not groups:
         return None
 
@@ -163,7 +188,33 @@ def _swept(x: str, over: tuple[str, ...] = AXES) -> Callable[[pd.DataFrame], pd.
 
 
 # ------------------------------------------------------------------------ studies
+_MEMO: dict | None = None  # (id(runs), setup) -> density grids, while `memoised` is active
+
+
+@contextlib.contextmanager
+def memoised():
+    """Within the block, `density_grids` of one runs table and setup is computed once (the
+    report's studies each ask for it); the table must not be modified inside the block."""
+    global _MEMO
+    outer, _MEMO = _MEMO, {} if _MEMO is None else _MEMO
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
 def density_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
+    """Accuracy-vs-density grids (Fig. 1) of a setup, the main grid first (see `memoised`)."""
+    if _MEMO is None:
+        return _density_grids(runs, setup)
+    key = (id(runs), setup)
+    if key not in _MEMO:
+        _MEMO[key] = (runs, _density_grids(runs, setup))  # (holding runs keeps its id unique)
+    # Callers may add baselines to a grid (`global_pruning_grids`): each gets its own copies.
+    return [dataclasses.replace(g, baselines=dict(g.baselines)) for g in _MEMO[key][1]]
+
+
+def _density_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
     """Accuracy-vs-density grids (Fig. 1) of a setup, the main grid first.
 
     DST runs below density 1, split into variants by everything but criterion, growth and

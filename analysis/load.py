@@ -32,7 +32,7 @@ from .grid import variant_labels
 
 CACHE_NAME = ".analysis_cache.parquet"
 # Bump when the rows built by `read_run` change, so that old caches are rebuilt.
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
 # Present in every runs table, even one of unreadable or no records, so analyses need no guards.
@@ -111,12 +111,21 @@ def load_metrics(runs: pd.DataFrame | Iterable[str | Path], kind: str) -> pd.Dat
 
 
 def read_run(run_dir: Path) -> dict:
-    """The runs-table row of one run directory."""
+    """The runs-table row of one run directory; a directory whose records cannot be made
+    sense of is an ``unreadable`` row saying why, never an exception."""
+    try:
+        return _read_run(run_dir)
+    except Exception as e:  # noqa: BLE001 (one bad run dir must not stop the loading of the others)
+        return {C.RUN_DIR: str(run_dir), C.RESULT_MTIME: None, C.STATUS: C.UNREADABLE,
+                "error": f"{type(e).__name__}: {e}"}
+
+
+def _read_run(run_dir: Path) -> dict:
     row: dict = {C.RUN_DIR: str(run_dir), C.RESULT_MTIME: None}
     config, result, errors = None, None, []
     for name in (CONFIG, RESULT):
         path = run_dir / name
-        if not path.exists():
+        if not os.path.lexists(path):  # (a broken link or a link loop is a record that cannot be read)
             continue
         try:
             content = json.loads(path.read_text())
@@ -124,24 +133,32 @@ def read_run(run_dir: Path) -> dict:
             errors.append(f"{name}: {e}")
             continue
         if name == CONFIG:
-            if isinstance(content, dict):
+            if _is_config(content):
                 config = content
             else:
-                errors.append(f"{name}: not a config ({type(content).__name__})")
+                errors.append(f"{name}: not a run config ({_what(content)})")
         elif isinstance(content, dict) and content.get("status") in STATUSES:
             result = content
             row[C.RESULT_MTIME] = path.stat().st_mtime
         else:
             row[C.DAMAGE] = f"{name}: not a run result ({type(content).__name__})"
-    if config is None and result is not None and isinstance(result.get("config"), dict):
+    if config is None and result is not None and _is_config(result.get("config")):
         config = result["config"]
         errors = [e for e in errors if not e.startswith(CONFIG)]  # recovered: flagged, not lost
         row[C.DAMAGE] = f"{CONFIG} unreadable; config taken from {RESULT}"
     if config:
-        row.update(flatten(config))
-        row.update(_derived(config))
+        flat = flatten(config)
+        wrong = _wrong_types(flat)
+        if wrong:  # kept out of the table's columns: one such value would turn a column into text
+            errors.append(f"{CONFIG}: {wrong}")
+            config = None
+        else:
+            row.update(flat)
+            row.update(_derived(config))
     if result:
         row.update(_result_columns(result))
+        if config:
+            row.update(_schedule(config, result))
         damage = metrics_damage(run_dir)
         if damage:
             row[C.STATUS], row[C.DAMAGE] = C.DAMAGED, damage
@@ -152,6 +169,44 @@ def read_run(run_dir: Path) -> dict:
     elif result is None:
         row[C.STATUS] = C.INCOMPLETE
     return row
+
+
+def _is_config(content) -> bool:
+    return isinstance(content, dict) and isinstance(content.get("sparsity"), dict) and "mode" in content["sparsity"]
+
+
+# The fields every analysis groups or compares by, and the types they must have.
+_TYPES = {C.MODE: (str,), C.MODEL: (str,), C.DATA: (str,), C.CRITERION: (str,), C.GROWTH: (str,),
+          C.DENSITY: (int, float), C.SEED: (int,), C.UPDATE_FREQUENCY: (int,), "train.epochs": (int,)}
+
+
+def _wrong_types(flat: dict) -> str:
+    """What is wrong with the types of the fields the analyses rely on ("" if nothing)."""
+    wrong = [f"{name} is {flat[name]!r} ({' or '.join(t.__name__ for t in types)} expected)"
+             for name, types in _TYPES.items()
+             if name in flat and (not isinstance(flat[name], types) or isinstance(flat[name], bool))]
+    if flat.get(C.MODE) not in (None, "dense", "static", "dst"):
+        wrong.append(f"{C.MODE} is {flat[C.MODE]!r} (dense, static or dst expected)")
+    return "; ".join(wrong)
+
+
+def _what(content) -> str:
+    if isinstance(content, dict):
+        return "no sparsity.mode"
+    return type(content).__name__
+
+
+def _schedule(config: dict, result: dict) -> dict:
+    """Steps per epoch and the topology updates the run's schedule made in the steps it ran
+    (every ``update_frequency`` steps up to ``end_fraction`` of training)."""
+    steps, total = result.get("steps"), result.get("total_steps")
+    epochs = config.get("train", {}).get("epochs")
+    out = {C.STEPS_PER_EPOCH: total / epochs if total and epochs else None, C.TOPOLOGY_UPDATES: None}
+    sparsity = config["sparsity"]
+    if sparsity.get("mode") == "dst" and isinstance(steps, int) and total:
+        last = min(steps, math.floor(sparsity.get("end_fraction", 1.0) * total))
+        out[C.TOPOLOGY_UPDATES] = last // max(int(sparsity.get("update_frequency") or 1), 1)
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -228,28 +283,52 @@ def _fingerprint(root: Path, run_dirs: list[Path]) -> str:
                 entries.append(f"{run_dir.relative_to(root)}/{name}:{st.st_mtime_ns}:{st.st_size}")
             except FileNotFoundError:
                 pass
+            except OSError as e:  # a link loop: its own entry, so that fixing it refreshes the cache
+                entries.append(f"{run_dir.relative_to(root)}/{name}:{e.errno}")
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
 def _read_cache(path: Path, fingerprint: str) -> pd.DataFrame | None:
+    """The cached rows, or None when there is no cache, it is of other records, or it is
+    damaged: its bytes do not match the checksum written beside them, or do not parse."""
+    if not path.exists() or not _checksum_path(path).exists():  # none, or one from before checksums
+        return None
     try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException):
+        data = path.read_bytes()
+        expected = _checksum_path(path).read_text().strip()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ValueError("its content does not match its checksum")
+        table = pq.read_table(pa.BufferReader(data))
+    except Exception as e:  # noqa: BLE001 (any damage: rebuilt from the run records)
+        warnings.warn(f"analysis cache {path} is damaged ({type(e).__name__}: {e}); rebuilt from the run records",
+                      stacklevel=4)
         return None
     if (table.schema.metadata or {}).get(_FINGERPRINT_KEY) != fingerprint.encode():
         return None
     return table.to_pandas()
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def _write_cache(path: Path, table: pa.Table, fingerprint: str) -> None:
+    """The parquet file, then the SHA-256 of its bytes beside it, each replaced atomically
+    (a crash between the two leaves a mismatch: the cache is rebuilt)."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _FINGERPRINT_KEY: fingerprint.encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        for target, content in ((path, data), (_checksum_path(path), hashlib.sha256(data).hexdigest().encode())):
+            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_bytes(content)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
     except OSError as e:  # a read-only sweep directory still loads, just without a cache
         warnings.warn(f"could not write the analysis cache {path}: {e}", stacklevel=3)
-        tmp.unlink(missing_ok=True)
 
 
 def _arrow_safe(runs: pd.DataFrame) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from .grid import completed
 from .load import load_metrics
 
 RUN = "run"
+OVERLAP_WITH = "sparsity.overlap_with"  # JSON text of the reference criteria; "[]" without tracking
 _PAIR_COLUMNS = [C.RUN_DIR, "step", "prune_rate", "a", "b", "jaccard"]
 
 
@@ -53,8 +54,9 @@ def _pairs_of(runs: pd.DataFrame, kind: str, updates: pd.DataFrame | None, layer
     """Jaccard pairs of the completed runs of ``kind``, with the run columns the analyses use."""
     selected = completed(runs)
     selected = selected[selected[C.KIND] == kind]
-    if updates is None:
-        updates = load_metrics(selected, "update")
+    if updates is None:  # only runs that tracked overlap have it: the others' metrics are not read
+        tracked = selected[OVERLAP_WITH].fillna("[]") != "[]" if OVERLAP_WITH in selected else selected[C.KIND].isna()
+        updates = load_metrics(selected[tracked], "update")
     pairs = jaccard_pairs(updates, layer)
     keys = selected[[C.RUN_DIR, C.SETUP, C.VARIANT, C.CRITERION, C.DENSITY, C.SEED]]
     return pairs.merge(keys, on=C.RUN_DIR)

@@ -10,21 +10,42 @@ the index lists the ones that were not, and why.
 
 from __future__ import annotations
 
+import hashlib
 import html
+import importlib
+import json
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from . import columns as C
-from . import claims, figures, grid, overlap, tables
+from . import cells, claims, grid, overlap, tables
 from .completeness import completeness
+from .style import field_label, setup_label
 from .tables import Table
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+class _Figures:
+    """`analysis.figures`, imported when a figure is first drawn: a repeated report whose
+    figures are all up to date never loads matplotlib (a good part of its time)."""
+
+    def __getattr__(self, name: str):
+        return getattr(importlib.import_module(".figures", __package__), name)
+
+
+figures = _Figures()
+
 _EMBED_MAX_ROWS = 60  # larger tables are linked from the HTML index, not inlined
+_INLINE_MD = ("cell_results", "axis_tests", "claims")  # the results, also inline in index.md
 
 
 @dataclass
@@ -37,6 +58,7 @@ class Options:
     low_density: float = 0.1
     high_density: float = 0.3  # the paper's claims compare d <= low_density with d >= high_density
     expected_seeds: int | None = None
+    min_seeds: int = cells.MIN_SEEDS  # completed seeds per cell for a verdict
 
 
 @dataclass
@@ -44,25 +66,64 @@ class Section:
     """One heading of the index: a study's text, tables and figures."""
 
     title: str
-    text: str = ""
+    text: str = ""  # paragraphs, one a line
+    summary: str = ""  # one line per finding: a list in markdown (the HTML shows the section's table)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, file stem relative to out)
 
 
 class _Output:
-    """Writes tables and figures under the report directory and files them in a section."""
+    """Writes tables and figures under the report directory and files them in a section.
 
-    def __init__(self, out: Path):
+    A figure is drawn only when its inputs changed since the report was last written there:
+    its key (the runs' directories, statuses and result times, the options, the analysis
+    code) is kept in ``figures/.keys.json``; drawing is most of a cached report's time."""
+
+    def __init__(self, out: Path, key: str = ""):
         self.out = out
+        self.key = key
+        self.keys_path = out / "figures" / ".keys.json"
+        try:
+            self.old_keys = json.loads(self.keys_path.read_text()) if key else {}
+        except (OSError, ValueError):
+            self.old_keys = {}
+        self.keys: dict[str, str] = {}
 
     def table(self, section: Section, table: Table | None) -> None:
         if table is not None:
             table.write(self.out / "tables")
             section.tables.append(table)
 
-    def figure(self, section: Section, fig: Figure, name: str, caption: str) -> None:
-        figures.save_figure(fig, self.out / "figures" / name)
+    def figure(self, section: Section, draw: Callable[[], Figure | None], name: str, caption: str) -> None:
+        """``draw()`` saved as ``figures/<name>.{png,pdf}`` (or reused); None draws nothing."""
+        stem = self.out / "figures" / name
+        key = hashlib.sha256(f"{self.key}\0{name}\0{caption}".encode()).hexdigest() if self.key else ""
+        reusable = key and self.old_keys.get(name) == key and all(
+            (stem.parent / f"{stem.name}.{ext}").exists() for ext in ("png", "pdf"))
+        if not reusable:
+            fig = draw()
+            if fig is None:
+                return
+            figures.save_figure(fig, stem)
+        if key:
+            self.keys[name] = key
         section.figures.append((caption, f"figures/{name}"))
+
+    def close(self) -> None:
+        if self.key:
+            self.keys_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.keys_path.with_name(f".keys.json.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(self.keys, sort_keys=True))
+            os.replace(tmp, self.keys_path)
+
+
+def _inputs_key(runs: pd.DataFrame, opt: Options) -> str:
+    """What every figure depends on: which runs, in which state, with which result file
+    (its modification time), the options and the analysis package's code."""
+    columns = [c for c in (C.RUN_DIR, C.STATUS, C.RESULT_MTIME) if c in runs]
+    content = pd.util.hash_pandas_object(runs[columns], index=False).to_numpy().tobytes()
+    code = b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py")))
+    return hashlib.sha256(content + code + repr(opt).encode()).hexdigest()
 
 
 def slug(text: str) -> str:
@@ -85,7 +146,8 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
             continue
         main = grids[0]
         mains.append(main)
-        out.figure(section, figures.accuracy_vs_density(main, opt.metric), _name("fig1_accuracy_vs_density", setup),
+        out.figure(section, lambda main=main: figures.accuracy_vs_density(main, opt.metric),
+                   _name("fig1_accuracy_vs_density", setup),
                    f"{main.title}: {C.metric_label(opt.metric)} vs density")
         notes += [f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
                   for kind, b in main.baselines.items() if b.differences]
@@ -108,10 +170,46 @@ def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     if not mains:
         return None
     found = claims.check_claims(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
-                                low_density=opt.low_density, high_density=opt.high_density)
-    section = Section("The paper's claims, checked on these runs", claims.claims_summary(found))
+                                low_density=opt.low_density, high_density=opt.high_density, min_seeds=opt.min_seeds)
+    section = Section("The paper's claims, checked on these runs", summary=claims.claims_summary(found))
     out.table(section, claims.claims_table(found))
     return section
+
+
+def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    """Every sweep, whatever its axes: the metric per cell, tests along each axis, and
+    figures along the axes of setups that have no density grid (Fig. 1 covers those)."""
+    table = cells.cell_table(runs, opt.metric)
+    if table.empty:
+        return None
+    section = Section("Results per cell and along each axis")
+    out.table(section, Table("cell_results", f"{C.metric_label(opt.metric)} per cell (completed runs): mean ± std "
+                             f"over seeds (number of seeds), min–max, the median epoch of the best validation "
+                             f"accuracy and the last epoch, and the fewest topology updates of its DST runs.",
+                             table, cells.cell_display(table)))
+    tests = cells.axis_tests(table, alpha=opt.alpha, alternative=opt.alternative, min_seeds=opt.min_seeds)
+    if len(tests):
+        side = "one" if opt.alternative == "greater" else "two"
+        out.table(section, Table("axis_tests", f"Along each axis, with the other axes fixed ('with'): every level "
+                                 f"against the best level (highest mean) by Welch's t-test ({side}-sided), "
+                                 f"Holm-corrected over the levels compared, alpha = {opt.alpha:g}; a verdict needs "
+                                 f"≥ {opt.min_seeds} seeds on both sides and DST runs that made topology updates.",
+                                 tests, cells.axis_tests_display(tests)))
+    warnings = cells.topology_warnings(runs)
+    if len(warnings):
+        section.text = "\n".join(f"Warning — {setup_label(setup)}, {where}: {advice}" for setup, where, advice
+                                  in zip(warnings[C.SETUP], warnings["description"], warnings["advice"]))
+        out.table(section, Table("topology_warnings", "DST cells whose runs made no or very few topology updates "
+                                 "(they are then little more than static sparse training).", warnings))
+    for setup, axes in cells.sweep_axes(runs).items():
+        if grid.density_grids(runs, setup):
+            continue
+        for axis in axes:
+            out.figure(section, lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
+                       _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
+                       f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}")
+    return section
+
 
 
 def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
@@ -123,7 +221,7 @@ def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
         for setup in grid.setups(runs):
             found = select(runs, setup)
             for number, selection in enumerate(found, 1):
-                out.figure(section, draw(selection, opt.metric),
+                out.figure(section, lambda selection=selection: draw(selection, opt.metric),
                            _name(prefix, setup, number if len(found) > 1 else None), selection.title)
             selections += found
         if not selections:
@@ -178,7 +276,8 @@ def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | N
         return None
     section = Section("Overlap of pruned sets at initialisation (Fig. 6a)")
     for setup in sorted(at_init[C.SETUP].unique()):
-        out.figure(section, figures.overlap_heatmaps(at_init, setup), _name("fig6a_overlap_init", setup),
+        out.figure(section, lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
+                   _name("fig6a_overlap_init", setup),
                    f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation")
     out.table(section, tables.overlap_init_table(at_init))
     return section
@@ -192,7 +291,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
     for setup, of_setup in trajectories.groupby(C.SETUP):
         parts = list(of_setup.groupby([C.VARIANT, C.DENSITY]))
         for number, ((variant, density), part) in enumerate(parts, 1):
-            out.figure(section, figures.overlap_trajectory_curves(part),
+            out.figure(section, lambda part=part: figures.overlap_trajectory_curves(part),
                        _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
                        f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training")
     out.table(section, tables.overlap_trajectory_table(trajectories))
@@ -201,22 +300,24 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
 
 # (why the study is missing when it returns None, the study)
 STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
+    ("Results per cell: no completed runs with the metric", _per_cell),
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
     ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
      _figure_study("Update frequency (Fig. 4)", "fig4_update_frequency", grid.update_frequency_grids,
-                   figures.accuracy_vs_update_frequency, _update_frequency_table)),
+                   lambda s, m: figures.accuracy_vs_update_frequency(s, m), _update_frequency_table)),
     ("Fig. 7 (MEST gamma): no MEST runs with two or more values of gamma",
-     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids, figures.accuracy_vs_gamma, _gamma_table)),
+     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids,
+                   lambda s, m: figures.accuracy_vs_gamma(s, m), _gamma_table)),
     ("Fig. 8 (sensitivity): no runs of the sensitivity criterion at two or more densities",
      _figure_study("Sensitivity criterion (Fig. 8)", "fig8_sensitivity", grid.sensitivity_grids, _sensitivity_figure,
                    _sensitivity_table)),
     ("Fig. 13 (global pruning): no global-pruning runs at two or more densities",
      _figure_study("Global vs layer-wise pruning (Fig. 13)", "fig13_global_pruning", grid.global_pruning_grids,
-                   figures.global_vs_layerwise, _global_table)),
+                   lambda s, m: figures.global_vs_layerwise(s, m), _global_table)),
     ("Fig. 5 (density 1.0 and dropout): no DST runs at density 1.0",
      _figure_study("DST at density 1.0 as a regulariser, and dropout (Fig. 5)", "fig5_density_one",
-                   grid.density_one_grids, figures.density_one, _density_one_table)),
+                   grid.density_one_grids, lambda s, m: figures.density_one(s, m), _density_one_table)),
     ("Fig. 6a (overlap at initialisation): no completed overlap_init runs", _overlap_init),
     ("Fig. 6b (overlap along training): no completed DST runs with overlap_with", _overlap_trajectories),
 ]
@@ -228,25 +329,35 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
     """Write every table and figure ``runs`` support under ``out``; returns index.html."""
     opt = options or Options()
     out = Path(out)
-    output = _Output(out)
+    output = _Output(out, _inputs_key(runs, opt))
     status = completeness(runs, opt.expected_seeds)
     first = Section("Completeness", status.summary())
     for table in tables.completeness_tables(status):
         output.table(first, table)
     sections, missing = [first], []
-    for why_not, study in STUDIES:
-        section = study(runs, output, opt)
-        if section is None:
-            missing.append(why_not)
-        else:
-            sections.append(section)
+    with grid.memoised():  # the studies share the density grids
+        for why_not, study in STUDIES:
+            try:
+                section = study(runs, output, opt)
+            except Exception as e:  # noqa: BLE001 (one study's failure must not cost the others)
+                title = why_not.split(":", 1)[0]
+                print(f"warning: {title} not produced: {type(e).__name__}: {e}", file=sys.stderr)
+                missing.append(f"{title}: failed ({type(e).__name__}: {e})")
+                continue
+            if section is None:
+                missing.append(why_not)
+            else:
+                sections.append(section)
     header = {
         "sources": ", ".join(str(s) for s in sources) or "(runs table)",
         "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",
         "significance": f"Welch's t-test ({'one' if opt.alternative == 'greater' else 'two'}-sided) against the "
                         f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
+        "verdicts": f"need ≥ {opt.min_seeds} completed seeds per cell on both sides of a test, and DST runs that "
+                    f"made topology updates",
         "runs used": "completed runs only (one per experiment and seed); see Completeness",
     }
+    output.close()
     (out / "index.md").write_text(_markdown_index(header, sections, missing))
     (out / "index.html").write_text(_html_index(header, sections, missing))
     return out / "index.html"
@@ -258,10 +369,14 @@ def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -
     for section in sections:
         lines += ["", f"## {section.title}", ""]
         if section.text:
-            lines += ["```", section.text, "```", ""]
+            lines += [*section.text.splitlines(), ""]
+        if section.summary:
+            lines += [f"- {line}" for line in section.summary.splitlines()] + [""]
         for table in section.tables:
             links = ", ".join(f"[{fmt}](tables/{table.name}.{fmt})" for fmt in ("md", "csv", "tex"))
             lines.append(f"- table `{table.name}` ({links}): {table.caption}")
+            if table.name in _INLINE_MD and len(table.shown()) <= _EMBED_MAX_ROWS:
+                lines += ["", tables.to_markdown(table.shown())]
         for caption, stem in section.figures:
             lines += ["", f"![{caption}]({stem}.png)", f"*{caption}* ([PDF]({stem}.pdf))"]
     if missing:
@@ -269,25 +384,36 @@ def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -
     return "\n".join(lines) + "\n"
 
 
+_CSS = """
+body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}
+p,li,figcaption,h1,h2,h3{overflow-wrap:anywhere}
+img{max-width:100%;height:auto}figure{margin:1em 0}
+.table{max-width:100%;overflow-x:auto;margin:.5em 0}
+table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;overflow-wrap:break-word}
+th{background:#f3f3f3}p.note{background:#fff4e0;padding:.3em .5em}
+"""
+
+
 def _html_index(header: dict, sections: list[Section], missing: list[str]) -> str:
+    """Tables sit in horizontally scrolling boxes and long cells wrap, so that nothing is
+    wider than the window (checked in a real browser by the tests)."""
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>DST analysis report</title><style>",
-             "body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}",
-             "img{max-width:100%}table{border-collapse:collapse;font-size:12px;margin:.5em 0}",
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}pre{background:#f6f6f6;padding:.5em}",
-             "</style></head><body><h1>DST analysis report</h1><ul>"]
+    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+             f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1><ul>"]
     parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
     parts.append("</ul>")
     for section in sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
-        if section.text:
-            parts.append(f"<pre>{e(section.text)}</pre>")
+        parts += [f"<p{' class=note' if line.startswith('Warning') else ''}>{e(line)}</p>"
+                  for line in section.text.splitlines() if line.strip()]
         for table in section.tables:
             links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
             parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
             shown = table.shown()
             if len(shown) <= _EMBED_MAX_ROWS:
-                parts.append(shown.to_html(index=False, na_rep=""))
+                parts.append(f"<div class='table'>{shown.to_html(index=False, na_rep='', border=0)}</div>")
             else:
                 parts.append(f"<p>({len(shown)} rows: see the linked files)</p>")
         for caption, stem in section.figures:

@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import crossover, lifecycle, run_files, sparse_backend, sparse_step, train_speed
+from . import analysis_report, crossover, lifecycle, run_files, sparse_backend, sparse_step, train_speed
 
 if __name__ == "__main__":
     sparse_step.main()
@@ -9,3 +9,4 @@ if __name__ == "__main__":
     crossover.main(update_table=False)
     lifecycle.main()
     run_files.main()
+    analysis_report.main()

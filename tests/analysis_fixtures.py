@@ -28,6 +28,7 @@ NOISE = {0: -0.5, 1: 0.0, 2: 0.5}
 DENSE_ACC = 91.0
 STATIC_OFFSET = -3.0
 STD = 0.5
+STEPS_PER_EPOCH = 2000  # 5 topology updates in 2 epochs at the default update frequency (800)
 
 # Cells the sweep leaves short, and how.
 FAILED = {"sparsity.criterion": "set", "sparsity.growth": "random", "sparsity.density": 0.2, "train.seed": 1}
@@ -63,7 +64,7 @@ def write_run(run_dir: Path, cfg: dict, *, test_acc: float | None = None, status
     recorder = RunRecorder(run_dir, cfg)
     epochs = cfg["train"]["epochs"]
     for epoch in range(1, epochs + 1):
-        recorder.log("epoch", epoch=epoch, step=10 * epoch, lr=0.01, train_loss=0.5, train_acc=test_acc,
+        recorder.log("epoch", epoch=epoch, step=STEPS_PER_EPOCH * epoch, lr=0.01, train_loss=0.5, train_acc=test_acc,
                      val_loss=0.5, val_acc=test_acc, test_loss=0.5, test_acc=test_acc, prune_rate=0.5,
                      density=cfg["sparsity"]["density"], layer_density={"fc3.weight": 0.1}, epoch_time=1.0,
                      train_time=0.9)
@@ -79,7 +80,7 @@ def _result(cfg: dict, status: str, test_acc: float | None) -> dict:
     out = {
         "status": status, "config": cfg, "config_hash": config_hash(run_identity(cfg)), "code_version": "fixture",
         "seed": cfg["train"]["seed"], "epochs_completed": epochs if status == "completed" else 1,
-        "steps": 10 * epochs, "total_steps": 10 * epochs,
+        "steps": STEPS_PER_EPOCH * epochs, "total_steps": STEPS_PER_EPOCH * epochs,
         "final": {"epoch": epochs, "train_loss": 0.5, "train_acc": test_acc, "val_loss": 0.5, "val_acc": test_acc,
                   "test_loss": 0.5, "test_acc": test_acc},
         "best_val": {"epoch": epochs, "val_loss": 0.5, "val_acc": test_acc, "test_loss": 0.5,

@@ -253,10 +253,13 @@ def test_overlap_along_training_is_averaged_over_seeds_per_step(runs):
 # ------------------------------------------------------------------------ figures and tables
 def test_fig1_from_records(main_grid, tmp_path):
     fig = analysis.accuracy_vs_density(main_grid)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    for ax, growth in zip(fig.axes, ("random", "gradient")):
-        assert ax.get_xscale() == "log" and ax.get_xlabel() == "density"
-        assert fx.SETUP in ax.get_title() and f"{growth} growth" in ax.get_title()
+    assert isinstance(fig, Figure) and len(fig.axes) == 4  # accuracy above, difference to the best below
+    for ax, diff, growth in zip(fig.axes[:2], fig.axes[2:], ("random", "gradient")):
+        assert ax.get_xscale() == "log" and diff.get_xlabel() == "density"
+        assert ax.get_title() == f"LeNet-5 on Fashion-MNIST — {growth} growth"  # display names, no raw ids
+        if growth == "random":  # every seed of every cell there (the missing one is in gradient growth)
+            gaps = [{round(float(y), 6) for y in line.get_ydata()} for line in diff.get_lines()[:3]]
+            assert gaps == [{0.0}, {fx.OFFSET["set"]}, {fx.OFFSET["snip"]}]  # magnitude, SET, SNIP vs the best
         labels = [line.get_label() for line in ax.get_lines()]
         for name in ("Magnitude", "SET", "SNIP", "static", "dense"):
             assert labels.count(name) == 1, (name, labels)

@@ -91,12 +91,20 @@ def test_claims_partly_and_not_significant(tmp_path):
 
 def test_not_enough_runs_says_what_is_missing(tmp_path):
     found = verdicts(write_grid(tmp_path, paper_like, static_offset=-5.0, seeds=[0]))
-    assert {v for v, _ in found.values()} == {cl.NOT_ENOUGH}
-    assert "fewer than 2 seeds" in found["magnitude_best_at_low_density"][1]
+    assert {v for v, _ in found.values()} == {"not enough seeds for a verdict (n=1, need ≥ 3)"}
+    assert "d=0.05: not enough seeds for a verdict (n=1, need ≥ 3)" in found["magnitude_best_at_low_density"][1]
     low_only = verdicts(write_grid(tmp_path / "low", paper_like, static_offset=-5.0, densities=(0.05, 0.1)))
     verdict, why = low_only["differences_shrink_at_high_density"]
     assert verdict == cl.NOT_ENOUGH and "no density >= 0.3" in why
     assert low_only["magnitude_best_at_low_density"][0] == cl.HOLDS
+
+
+def test_two_seeds_get_no_verdict_whatever_the_numbers(tmp_path):
+    # DST far above static: two seeds per cell would "prove" it; the minimum of 3 says not yet
+    found = verdicts(write_grid(tmp_path, paper_like, static_offset=-5.0, seeds=[0, 1]))
+    assert {v for v, _ in found.values()} == {"not enough seeds for a verdict (n=2, need ≥ 3)"}
+    assert found == {k: v for k, v in verdicts(tmp_path, min_seeds=3).items()}
+    assert verdicts(tmp_path, min_seeds=2)["dst_beats_static"][0] == cl.HOLDS
 
 
 def test_bootstrap_is_deterministic(tmp_path):
