@@ -30,7 +30,8 @@ from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
 
-MIN_SEEDS = 3  # completed seeds per cell (both sides of a test) for a verdict
+from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
+
 FEW_UPDATES = 5  # DST runs with fewer topology updates than this are warned about
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"
 BEST, NOT_WORSE, WORSE = "best", "not significantly worse", "worse"
@@ -269,27 +270,3 @@ def _advice(updates, frequency, steps_per_epoch, epochs, end_fraction, few: int)
     return (f"{what}: sparsity.update_frequency={frequency} steps against {steps_per_epoch:g} steps per epoch × "
             f"train.epochs={epochs} = {steps:g} steps; for {few} updates set sparsity.update_frequency ≤ "
             f"{fix_frequency} or train.epochs ≥ {fix_epochs}")
-
-
-# ------------------------------------------------------------------------ before launch
-def verdict_readiness(seeds_per_cell: Mapping[str, int] | Iterable[int], *, min_seeds: int = MIN_SEEDS,
-                      topology_updates: Iterable[int] | None = None) -> str | None:
-    """One line saying why a planned sweep cannot reach a verdict, or None when it can.
-
-    ``seeds_per_cell``: the seeds each planned cell gets (a mapping cell -> seeds, or the
-    counts); ``topology_updates``: optionally, the updates each planned DST run's schedule
-    makes (``epochs * steps_per_epoch * end_fraction // update_frequency``)."""
-    counts = list(seeds_per_cell.values() if isinstance(seeds_per_cell, Mapping) else seeds_per_cell)
-    problems = []
-    if counts and min(counts) < min_seeds:
-        short = sum(n < min_seeds for n in counts)
-        problems.append(f"{short} of {len(counts)} cells get fewer than {min_seeds} seeds (as few as {min(counts)}; "
-                        f"a verdict needs ≥ {min_seeds} per cell)")
-    if topology_updates is not None:
-        updates = list(topology_updates)
-        if updates and min(updates) < 1:
-            problems.append("DST runs would make no topology updates (lower sparsity.update_frequency or raise "
-                            "train.epochs)")
-    if not problems:
-        return None
-    return "this sweep cannot reach a verdict: " + "; ".join(problems)

@@ -4,6 +4,7 @@ messages that say how to fix what they find.
 * `model_fits_data`: the model takes the dataset's inputs (and has enough outputs);
 * `check_places`: `name` and `runs_root` give directories that can be made and written;
 * `update_warnings`: DST runs that would make no (or very few) topology updates, per cell;
+* `verdict_readiness`: whether a planned sweep can reach a verdict at all (seeds per cell);
 * `suggest` / `explain`: close matches for a mistyped field, config-group option or sweep
   name, in place of Hydra's hints (`+train.epoch=3` for `train.epoch=3`).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +24,8 @@ from .registry import suggest
 
 # A DST run with fewer topology updates than this measures little of its criterion.
 MIN_UPDATES = 3
+# Completed seeds per cell (both sides of a test) the analysis needs for a verdict.
+MIN_SEEDS = 3
 
 
 # ---------------------------------------------------------------------------- suggestions
@@ -270,6 +274,28 @@ def update_warnings(jobs) -> list[str]:
                      f"{cfg.sparsity.update_frequency}): its criterion and growth {effect}; for "
                      f"{MIN_UPDATES} updates set {_update_fix(cfg, spe)}")
     return lines
+
+
+def verdict_readiness(seeds_per_cell: Mapping[str, int] | Iterable[int], *, min_seeds: int = MIN_SEEDS,
+                      topology_updates: Iterable[int] | None = None) -> str | None:
+    """One line saying why a planned sweep cannot reach a verdict, or None when it can.
+
+    ``seeds_per_cell``: the seeds each planned cell gets (a mapping cell -> seeds, or the
+    counts); ``topology_updates``: optionally, the updates each planned DST run makes."""
+    counts = list(seeds_per_cell.values() if isinstance(seeds_per_cell, Mapping) else seeds_per_cell)
+    problems = []
+    if counts and min(counts) < min_seeds:
+        short = sum(n < min_seeds for n in counts)
+        problems.append(f"{short} of {len(counts)} cells get fewer than {min_seeds} seeds (as few as {min(counts)}; "
+                        f"a verdict needs ≥ {min_seeds} per cell)")
+    if topology_updates is not None:
+        updates = list(topology_updates)
+        if updates and min(updates) < 1:
+            problems.append("DST runs would make no topology updates (lower sparsity.update_frequency or raise "
+                            "train.epochs)")
+    if not problems:
+        return None
+    return "this sweep cannot reach a verdict: " + "; ".join(problems)
 
 
 # ---------------------------------------------------------------------------- names and paths

@@ -26,6 +26,7 @@ import gc
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from hydra.errors import HydraException
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         _hydra_entry(argv)
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
-    from .checks import explain, update_warnings
+    from .checks import explain, update_warnings, verdict_readiness
 
     try:
         jobs = plan(overrides, check_data=not dry_run, detach=detach)
@@ -193,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in update_warnings(jobs):
         print(line, file=sys.stderr)
+    readiness = verdict_readiness(Counter(job.cell for job in jobs)) if multirun and len(jobs) > 1 else None
+    if readiness:
+        print(f"note: {readiness}", file=sys.stderr)
     if not jobs:
         print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
               "no option?)", file=sys.stderr)

@@ -92,6 +92,16 @@ def test_a_dst_sweep_without_topology_updates_is_warned_about_per_cell(capsys, t
     assert "6 run(s)" in out
 
 
+def test_a_sweep_with_too_few_seeds_per_cell_is_told_it_cannot_reach_a_verdict(capsys, tmp_path):
+    base = ["-m", "setup=smoke", "criterion=magnitude,set", "--dry-run"]
+    code, out, err = cli(capsys, *base, "seed=1,2", runs_root=tmp_path)
+    assert code == 0 and err.splitlines() == [
+        "note: this sweep cannot reach a verdict: 2 of 2 cells get fewer than 3 seeds (as few as 2; a verdict "
+        "needs ≥ 3 per cell)"], err
+    code, out, err = cli(capsys, *base, "seed=1,2,3", runs_root=tmp_path)
+    assert code == 0 and err == "", err
+
+
 def test_few_topology_updates_are_warned_about_and_enough_are_not(capsys, tmp_path):
     code, out, err = cli(capsys, "-m", "setup=smoke", "train.epochs=1", "sparsity.update_frequency=10,5",
                          "--dry-run", runs_root=tmp_path)
@@ -100,7 +110,9 @@ def test_few_topology_updates_are_warned_about_and_enough_are_not(capsys, tmp_pa
     assert err.splitlines() == [
         "warning: sparsity.update_frequency=10: only 1 topology update (1 epoch x 18 steps; "
         "sparsity.update_frequency=10): its criterion and growth barely act; for 3 updates set "
-        "sparsity.update_frequency<=5 or train.epochs>=2"]
+        "sparsity.update_frequency<=5 or train.epochs>=2",
+        "note: this sweep cannot reach a verdict: 2 of 2 cells get fewer than 3 seeds (as few as 1; a verdict "
+        "needs ≥ 3 per cell)"]
     code, out, err = cli(capsys, "setup=smoke", "sparsity=static", "train.epochs=1", "--dry-run", runs_root=tmp_path)
     assert code == 0 and err == ""  # static runs make no updates by design
 
