@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import crossover, lifecycle, sparse_backend, sparse_step, train_speed
+from . import crossover, lifecycle, sparse_backend, sparse_step, sweep_throughput, train_speed
 
 if __name__ == "__main__":
     sparse_step.main()
@@ -8,3 +8,4 @@ if __name__ == "__main__":
     sparse_backend.main()
     crossover.main(update_table=False)
     lifecycle.main()
+    sweep_throughput.main()
