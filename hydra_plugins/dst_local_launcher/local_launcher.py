@@ -109,17 +109,18 @@ class LocalPoolLauncher(Launcher):
 
     def _forward(self, signum, frame) -> None:
         """Pass the signal on to the running jobs; start no more."""
+        from src.pack import _send
+
         self._stop_signal = signum
-        for proc in self._running:
-            if proc.exitcode is None:
-                _send(proc.pid, signum)
+        for proc in list(self._running):  # (no waitpid here: the loop reaps them)
+            _send(proc.pid, signum)
 
     def _run_all(self, sweep_dir: Path, jobs) -> List[JobReturn]:
         """Start the jobs `max_workers` at a time, from this single-threaded loop, and collect them."""
         import multiprocessing
 
         from src import train  # noqa: F401  (imported once here, inherited by every forked run)
-        from src.pack import _send, run_in_child
+        from src.pack import run_in_child
 
         fork = multiprocessing.get_context("fork")
         returns = {}
@@ -150,17 +151,15 @@ class LocalPoolLauncher(Launcher):
                 proc.join()
                 returns[idx] = self._finish(sweep_dir, idx, ret, run, proc.exitcode, started, started_at)
             if self._stop_signal is not None:
-                for idx, overrides in todo:
-                    ret = JobReturn(overrides=overrides, working_dir=str(sweep_dir / str(idx)), task_name="src.launch")
-                    ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
-                    returns[idx] = ret
+                for idx, overrides in todo:  # skipped or not started
+                    returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
                 todo = []
             if running:
                 time.sleep(0.05)
         return [returns[idx] for idx, _ in jobs]
 
     def _prepare(self, sweep_dir: Path, idx: int, overrides: List[str]):
-        """The job's JobReturn, and the run to fork (None: already finished, not started)."""
+        """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
         from src.pack import PackedRun
 
         job_dir = sweep_dir / str(idx)
@@ -169,6 +168,9 @@ class LocalPoolLauncher(Launcher):
         if job.finished:  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             self.progress.skipped()
+            return ret, None
+        if self._stop_signal is not None:
+            ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
             return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
         config = job.config.to_dict()
