@@ -78,21 +78,30 @@ def per_run_interpreter(slice_: list[str], root: Path) -> float:
 
 def measure(name: str, slice_: list[str], repeats: int) -> dict:
     from src.plan import expand
+    from src.records import read_result
 
     runs = len(expand([*slice_, "runs_root=/nonexistent"], check_data=False))
     times: dict[str, list[float]] = {"per_run_interpreter": [], "forked": []}
+    in_run: dict[str, list[float]] = {"per_run_interpreter": [], "forked": []}
     for r in range(repeats):  # alternated: both see the same load
         for variant, fn in (("per_run_interpreter", per_run_interpreter), ("forked", forked)):
             with tempfile.TemporaryDirectory(prefix=f"bench-sweep-{name}-") as tmp:
                 times[variant].append(fn(slice_, Path(tmp)))
-            print(f"{name} #{r} {variant}: {times[variant][-1]:.1f} s for {runs} runs", flush=True)
+                # the runs' own wall time (set-up and training, from their records): what the
+                # load did to the training itself, apart from the start-up the variants differ by
+                results = [read_result(d) for d in Path(tmp).glob("*/*") if (d / "result.json").exists()]
+                assert len(results) == runs and all(x["status"] == "completed" for x in results)
+                in_run[variant].append(statistics.mean(x["wall_time"] for x in results))
+            print(f"{name} #{r} {variant}: {times[variant][-1]:.1f} s for {runs} runs "
+                  f"(each run's own time: {in_run[variant][-1]:.1f} s)", flush=True)
     wall = {v: statistics.median(t) for v, t in times.items()}
     per_hour = {v: runs * 3600 / w for v, w in wall.items()}
     return {"overrides": slice_, "runs": runs, "wall_s": wall, "all_wall_s": times, "runs_per_hour": per_hour,
+            "mean_run_own_wall_s": in_run,
             "ratio": per_hour["forked"] / per_hour["per_run_interpreter"]}
 
 
-def main(repeats: int = 1) -> dict:
+def main(repeats: int = 2) -> dict:
     payload = {"threads_per_run": THREADS, "repeats": repeats, "load_avg_at_start": os.getloadavg(),
                **{name: measure(name, slice_, repeats) for name, slice_ in WORKLOADS.items()}}
     payload["load_avg_at_end"] = os.getloadavg()
@@ -108,4 +117,4 @@ def main(repeats: int = 1) -> dict:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
