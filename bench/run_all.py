@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import analysis_report, crossover, lifecycle, run_files, sparse_backend, sparse_step, train_speed
+from . import (analysis_report, crossover, lifecycle, run_files, sparse_backend, sparse_step, sweep_throughput,
+               train_speed)
 
 if __name__ == "__main__":
     sparse_step.main()
@@ -10,3 +11,4 @@ if __name__ == "__main__":
     lifecycle.main()
     run_files.main()
     analysis_report.main()
+    sweep_throughput.main()

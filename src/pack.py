@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ class Pack:
             while todo and len(running) < self.concurrent_runs and not stop():
                 run = todo.pop(0)
                 print(f"run #{run.idx} started: {run.run_dir}", flush=True)
-                proc = fork.Process(target=_run_in_child, args=(run, self.sweep_dir, self.threads), daemon=False)
+                proc = fork.Process(target=run_in_child, args=(run, self.sweep_dir, self.threads), daemon=False)
                 proc.start()
                 running[run.idx] = (run, proc, time.time())
             if stop() and not forwarded:  # SLURM signals the whole step; forward in case it did not
@@ -94,13 +95,30 @@ class Pack:
         return submitit.helpers.DelayedSubmission(self, runs)
 
 
-def _run_in_child(run: PackedRun, sweep_dir: str, threads: int | None) -> None:
-    """One run, in a process forked from the pack: output to `<sweep dir>/<idx>/job.log` (and
-    the run's train.log), the stop flag installed first thing."""
+def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None) -> None:
+    """One run, in a process forked from a pack or from the local launcher (`launcher`: its
+    pid): output to `<sweep dir>/<idx>/job.log` (and the run's train.log), the stop flag
+    installed first thing. A local run also takes its own session (a Ctrl-C at the terminal
+    reaches the launcher only, which passes it on), its thread count before any parallel op,
+    and SIGTERM when the launcher dies (`runner.die_with_launcher`)."""
     from .config import RunConfig
-    from .runner import PreemptionFlag, run_one
+    from .runner import PreemptionFlag, die_with_launcher, run_one
 
-    stop = PreemptionFlag(requeue=False)
+    stop = None  # local: SIGTERM / SIGINT / SIGUSR2 stop the run (`train.StopOnSignal`)
+    if launcher is None:
+        stop = PreemptionFlag(requeue=False)
+    else:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # not the launcher's forwarding handler
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the launcher blocks them while it forks
+        os.setsid()
+        os.environ["DST_LAUNCHER_PID"] = str(launcher)
+        die_with_launcher()
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
     job_dir = Path(sweep_dir) / str(run.idx)
     job_dir.mkdir(parents=True, exist_ok=True)
     log = os.open(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

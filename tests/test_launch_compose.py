@@ -99,8 +99,8 @@ def test_the_local_launcher_runs_the_saved_plan_starts_no_process_for_a_finished
     launcher = LocalPoolLauncher(threads_per_job=1)
     launcher.progress, launcher.plan = SweepProgress(1, 1), planned_jobs(sweep)
     monkeypatch.setattr(hydra, "compose", lambda *a, **k: pytest.fail("composed"))
-    ret = launcher._run(sweep, 0, list(job.key))
-    assert ret.return_value == {"status": "skipped"} and not (sweep / "0").exists()
+    ret, run = launcher._prepare(sweep, 0, list(job.key))
+    assert run is None and ret.return_value == {"status": "skipped"} and not (sweep / "0").exists()
     with pytest.raises(RuntimeError, match="not a job of this launch's plan"):
         launcher._job(["setup=smoke", "seed=9"])
 

@@ -1,18 +1,24 @@
 """A Hydra launcher that runs a sweep's jobs on this machine with bounded concurrency.
 
 Each job runs its resolved run config, as planned (composed and validated) by
-`python -m src.launch` and saved in the sweep dir's plan (`src.plan.planned_jobs`), in its own process (so a crash or a leak stays in its run):
-`python -m src.launch --run-config <sweep dir>/<job num>/config.json --run-dir <run dir>`,
-with its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and `train.threads`;
-at most `max_workers` (default: CPUs // threads_per_job) run at once, so the cores are never
-oversubscribed. A run the launch found finished starts no process. Each job's output goes to
-`<sweep dir>/<job num>/job.log`.
+`python -m src.launch` and saved in the sweep dir's plan (`src.plan.planned_jobs`), in its own
+process (so a crash or a leak stays in its run), forked from the launcher once it has imported
+torch and the trainer: a run does not pay the interpreter's and torch's start-up again (the
+same child entry as a SLURM pack's runs, `src.pack.run_in_child`). The launcher forks from a
+single-threaded loop (no other thread may hold a lock the child would inherit). Each run takes
+its own session, its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and
+`train.threads` before any parallel op, and writes its output to `<sweep dir>/<job num>/job.log`
+(its resolved config next to it, `config.json`: `python -m src.launch --run-config <config.json>
+--run-dir <run dir>` runs it again by hand). At most `max_workers` (default: CPUs //
+threads_per_job) run at once, so the cores are never oversubscribed. A run the launch found
+finished starts no process.
 
 Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
 jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
 no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
-kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.runner`). A job killed by another
-signal (a segfault, the OOM killer) is recorded as failed, naming the signal (`runstate.record_death`).
+kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.runner.die_with_launcher`). A job
+killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
+(`runstate.record_death`).
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
@@ -23,11 +29,9 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -58,8 +62,7 @@ class LocalPoolLauncher(Launcher):
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: Optional[DictConfig] = None
-        self._children: set = set()
-        self._children_lock = threading.Lock()
+        self._running: dict = {}  # the running jobs' processes (`_run_all`)
         self._stop_signal: Optional[int] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -85,8 +88,7 @@ class LocalPoolLauncher(Launcher):
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            with ThreadPoolExecutor(self.max_workers) as pool:
-                returns = list(pool.map(lambda job: self._run(sweep_dir, *job), jobs))
+            returns = self._run_all(sweep_dir, jobs)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -107,58 +109,91 @@ class LocalPoolLauncher(Launcher):
 
     def _forward(self, signum, frame) -> None:
         """Pass the signal on to the running jobs; start no more."""
-        self._stop_signal = signum
-        with self._children_lock:
-            children = list(self._children)
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        from src.pack import _send
 
-    def _run(self, sweep_dir: Path, idx: int, overrides: List[str]) -> JobReturn:
+        self._stop_signal = signum
+        for proc in list(self._running):  # (no waitpid here: the loop reaps them)
+            _send(proc.pid, signum)
+
+    def _run_all(self, sweep_dir: Path, jobs) -> List[JobReturn]:
+        """Start the jobs `max_workers` at a time, from this single-threaded loop, and collect them."""
+        import multiprocessing
+
+        from src import train  # noqa: F401  (imported once here, inherited by every forked run)
+        from src.pack import run_in_child
+
+        fork = multiprocessing.get_context("fork")
+        returns = {}
+        todo = list(jobs)
+        running = {}  # process -> (job number, its JobReturn, the run, when it started)
+        self._running = running
+        while todo or running:
+            while todo and len(running) < self.max_workers and self._stop_signal is None:
+                idx, overrides = todo.pop(0)
+                ret, run = self._prepare(sweep_dir, idx, overrides)
+                if run is None:
+                    returns[idx] = ret
+                    continue
+                log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+                started, started_at = self.progress.started(), time.time()
+                proc = fork.Process(target=run_in_child, args=(run, str(sweep_dir), self.threads_per_job, os.getpid()))
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # blocked while it forks: a signal that comes meanwhile reaches this job too, once
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+                try:
+                    proc.start()
+                    running[proc] = (idx, ret, run, started, started_at)
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for proc in [p for p in running if p.exitcode is not None]:
+                idx, ret, run, started, started_at = running.pop(proc)
+                proc.join()
+                returns[idx] = self._finish(sweep_dir, idx, ret, run, proc.exitcode, started, started_at)
+            if self._stop_signal is not None:
+                for idx, overrides in todo:  # skipped or not started
+                    returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
+                todo = []
+            if running:
+                time.sleep(0.05)
+        return [returns[idx] for idx, _ in jobs]
+
+    def _prepare(self, sweep_dir: Path, idx: int, overrides: List[str]):
+        """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
+        from src.pack import PackedRun
+
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
         job = self._job(overrides)
-        run_dir = job.run_dir
         if job.finished:  # no process start for a run that is already done
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             self.progress.skipped()
-            return ret
+            return ret, None
         if self._stop_signal is not None:
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
-            return ret
+            return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
-        threads = str(self.threads_per_job)
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               "DST_LAUNCHER_PID": str(os.getpid())}
         config = job.config.to_dict()
         config["train"].update(threads=self.threads_per_job, progress=False)
         (job_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        cmd = [sys.executable, "-m", "src.launch", "--run-config", str(job_dir / "config.json"),
-               "--run-dir", str(run_dir)]
-        log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        started, started_at = self.progress.started(), time.time()
-        # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on once.
-        # (A file, not a pipe: a job that outlives a killed launcher can still write its output.)
-        with open(job_dir / "job.log", "w") as out:
-            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            with self._children_lock:
-                self._children.add(child)
-                if self._stop_signal is not None:  # the signal came while this job was starting
-                    child.send_signal(self._stop_signal)
-            code = child.wait()
-            with self._children_lock:
-                self._children.discard(child)
+        (job_dir / "job.log").write_text("")  # the job's own, from its start
+        return ret, PackedRun(idx, list(overrides), str(job.run_dir), config)
+
+    def _finish(self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float,
+                started_at: float) -> JobReturn:
         from src.runstate import record_death
 
+        run_dir = Path(run.run_dir)
         if self._stop_signal is None:  # (a second Ctrl-C aborts at once: interrupted by the user)
-            record_death(run_dir, config, code, started_at)  # killed by another signal: failed, named
+            record_death(run_dir, run.config, code, started_at)  # killed by another signal: failed, named
         self.progress.finished(run_dir, started)
         if code in (0, 1) or code < 0:  # 1: the run failed and recorded why; the sweep goes on
             ret.status, ret.return_value = JobStatus.COMPLETED, {"exit_code": code}
         else:
             ret.status = JobStatus.FAILED  # the job's process itself failed (not its run)
-            ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {job_dir / 'job.log'}:\n"
-                                            + _tail(job_dir / "job.log"))
+            log_file = sweep_dir / str(idx) / "job.log"
+            ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {log_file}:\n"
+                                            + _tail(log_file))
         return ret
 
 
