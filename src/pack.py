@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import atomic_write_text
+from .records import atomic_write_text, open_run_file
 from .runstate import classify, exit_code, finished_status, record_death
 
 SUBMISSION = "submission.json"
@@ -121,7 +121,7 @@ def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: 
         torch.set_num_threads(threads)
     job_dir = Path(sweep_dir) / str(run.idx)
     job_dir.mkdir(parents=True, exist_ok=True)
-    log = os.open(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log = open_run_file(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     cfg = RunConfig.from_dict(run.config)

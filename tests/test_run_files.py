@@ -48,6 +48,24 @@ def test_the_log_is_never_appended_through_a_link(tmp_path):
     assert victim.read_text() == "keep\n"
 
 
+
+def test_a_forked_runs_job_log_is_never_written_through_a_link(tmp_path):
+    """A local or packed run's output file under the sweep dir (`<sweep>/<idx>/job.log`)."""
+    import multiprocessing
+
+    from src.pack import PackedRun, run_in_child
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "job.log").symlink_to(victim)
+    run = PackedRun(0, [], str(tmp_path / "run"), config(args()).to_dict())
+    child = multiprocessing.get_context("fork").Process(target=run_in_child, args=(run, str(tmp_path / "sweep"), 1))
+    child.start()
+    child.join(120)
+    assert child.exitcode not in (0, None)
+    assert victim.read_text() == "keep\n" and not (tmp_path / "run").exists()
+
 def test_links_planted_mid_run_at_the_temporary_names_are_never_written_through(tmp_path):
     """The old temporary names were `.<name>.tmp-<pid>` (the pid is in heartbeat.json): links
     planted there mid-run made the run overwrite their targets."""

@@ -161,6 +161,7 @@ class LocalPoolLauncher(Launcher):
     def _prepare(self, sweep_dir: Path, idx: int, overrides: List[str]):
         """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
         from src.pack import PackedRun
+        from src.records import atomic_write
 
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
@@ -175,8 +176,8 @@ class LocalPoolLauncher(Launcher):
         job_dir.mkdir(parents=True, exist_ok=True)
         config = job.config.to_dict()
         config["train"].update(threads=self.threads_per_job, progress=False)
-        (job_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        (job_dir / "job.log").write_text("")  # the job's own, from its start
+        # (never through a planted link: `atomic_write`, and the child opens job.log with O_NOFOLLOW)
+        atomic_write(job_dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode(), durable=False)
         return ret, PackedRun(idx, list(overrides), str(job.run_dir), config)
 
     def _finish(self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float,
