@@ -390,3 +390,16 @@ def test_a_watch_refresh_reads_only_the_record_files_that_changed(tmp_path):
     (runs[1] / "result.json").write_text(json.dumps({"status": "completed", "steps": 9}))  # changed: read
     assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "completed"]
     assert rows(sweep)[0][3] == "damaged"  # a fresh reader reads it all (the in-place write cut it short)
+
+
+def test_run_directories_keep_their_names_across_versions():
+    """A run's directory name (its identity hash) is what a resumed or extended sweep finds its
+    finished runs by: these were written by an earlier version of the project and must still
+    be found (a change here makes every existing sweep run again)."""
+    for sweep, overrides, name in (
+            ("fmnist_fig1_dense", ["seed=1"], "lenet5-dense-s1-32e718bef7"),
+            ("fmnist_fig1_static", ["seed=3", "sparsity.density=0.5"], "lenet5-static-d0.5-s3-f5cffaa0e6"),
+            ("fmnist_fig1", ["seed=1", "sparsity.density=0.05", "criterion=set", "growth=random"],
+             "lenet5-dst-d0.05-set-random-s1-4d6a35850b")):
+        (job,) = expand([f"+sweeps={sweep}", *overrides, "runs_root=/nonexistent"], check_data=False)
+        assert job.run_dir.name == name, (sweep, overrides)
