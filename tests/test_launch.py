@@ -32,6 +32,7 @@ PAPER_GRIDS = {
     "efficientnet_tin_dense": 5, "efficientnet_tin_static": 55, "efficientnet_tin_dst": 550,
     "resnet50_imagenet_dense": 1, "resnet50_imagenet_static": 1, "resnet50_imagenet_dst": 6,
     "fmnist_quick": 18, "fmnist_quick_dense": 2, "fmnist_quick_static": 6,
+    "fmnist_fig1": 150, "fmnist_fig1_dense": 3, "fmnist_fig1_static": 15,
 }
 
 
