@@ -727,7 +727,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validate()
     except (ValueError, OmegaConfBaseException) as error:
         key = getattr(error, "full_key", None)  # OmegaConf's errors name the field apart
-        print(f"error: {key + ': ' if key else ''}{str(error).strip().splitlines()[0]}", file=sys.stderr)
+        from omegaconf.errors import ConfigKeyError
+
+        from .checks import unknown_field_message  # the launch's close matches, for a misspelt field
+
+        # (a section's field only: the top level of a run config is not the launch's)
+        hint = unknown_field_message(key) if key and "." in key and isinstance(error, ConfigKeyError) else None
+        print(f"error: {hint or (key + ': ' if key else '') + str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     conflict = None if force else run_dir_conflict(Path(run_dir), cfg.to_dict())
     if conflict:  # before the log is opened: a refused directory is left byte-identical

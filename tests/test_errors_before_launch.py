@@ -222,6 +222,13 @@ def test_a_misspelt_field_gets_a_close_match_not_a_plus_hint(capsys, tmp_path):
     assert err.startswith("error: trian: no such field or config group; did you mean train?")
 
 
+
+def test_the_training_cli_gives_the_same_close_match(capsys, tmp_path):
+    code = train.main(["train.epoch=3", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: train.epoch: no such field; did you mean train.epochs?"), err
+    assert not (tmp_path / "run").exists()
+
 def test_a_misspelt_group_option_or_sweep_gets_close_matches(capsys, tmp_path):
     err = refused(capsys, tmp_path, "criterion=mset", "--dry-run")
     assert err.startswith("error: criterion=mset: no such option of criterion; did you mean ")
