@@ -62,15 +62,31 @@ def throughput(table: pd.DataFrame) -> dict:
     finished = pd.to_datetime(done["finished_at"].map(lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z")))
     started = finished - pd.to_timedelta(done["wall_time_s"], unit="s")
     span_h = (finished.max() - started.min()).total_seconds() / 3600
+    busy_h = _union_hours(sorted(zip(started, finished)))
     return {
         "completed": int(len(done)), "runs": int(len(table)),
         "first_start": started.min().isoformat(), "last_finish": finished.max().isoformat(),
         "span_hours": round(span_h, 3), "runs_per_hour": round(len(done) / span_h, 2),
+        # an interrupted and resumed study has idle gaps: the hours some run was running
+        "busy_hours": round(busy_h, 3), "runs_per_busy_hour": round(len(done) / busy_h, 2),
         "median_run_wall_s": {m: round(float(g["wall_time_s"].median()), 1) for m, g in done.groupby("mode")},
         "median_train_time_s": {m: round(float(g["train_time_s"].median()), 1) for m, g in done.groupby("mode")},
         "threads_per_run": sorted(int(t) for t in done["threads"].dropna().unique()),
         "hosts": sorted(done["host"].dropna().unique()), "cpu_models": sorted(done["cpu_model"].dropna().unique()),
     }
+
+
+def _union_hours(intervals) -> float:
+    """The length of the union of sorted (start, end) intervals, in hours."""
+    total, end = 0.0, None
+    for start, finish in intervals:
+        if end is None or start > end:
+            total += (finish - start).total_seconds()
+            end = finish
+        elif finish > end:
+            total += (finish - end).total_seconds()
+            end = finish
+    return total / 3600
 
 
 def main(argv: list[str] | None = None) -> int:
