@@ -4,8 +4,8 @@ bench/results/sweep_throughput.json).
 
 Two workloads, each a slice small enough for a few minutes on 2 cores:
 * demo: `+sweeps=fmnist_quick` (LeNet-5, Fashion-MNIST, 2 epochs), one seed, two densities, two criteria;
-* study: `+sweeps=fmnist_dst` (the Fig. 1 DST grid, the study's set-up) at 1 epoch with an
-  update every 400 steps, two criteria at one density and seed.
+* study: `+sweeps=fmnist_fig1` (the study, `make study`) at 1 epoch, two criteria at one
+  density and seed.
 
 forked: `python -m src.launch -m <slice>`, as a user launches it (planning, one torch import,
 the runs forked). per-run interpreter: the same launch as it was before, by hand: the plan
@@ -32,8 +32,8 @@ from .common import write_result
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "demo": ["+sweeps=fmnist_quick", "seed=1", "sparsity.density=0.05,0.1", "criterion=magnitude,snip"],
-    "study": ["+sweeps=fmnist_dst", "seed=0", "sparsity.density=0.1", "criterion=magnitude,snip",
-              "growth=random", "train.epochs=1", "sparsity.update_frequency=400"],
+    "study": ["+sweeps=fmnist_fig1", "seed=1", "sparsity.density=0.1", "criterion=magnitude,snip",
+              "growth=random", "train.epochs=1"],
 }
 THREADS = 1  # per run, as `hydra.launcher.threads_per_job` (its default)
 
