@@ -33,40 +33,43 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from . import kernels
+
 BACKENDS = ("masked", "sparse", "auto")
 INDEX_DTYPE = torch.int32
 CROSSOVER_TABLE = Path(__file__).with_name("crossover.json")
 
-# torch marks CSR support as beta; the operations used here are the supported core ones.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
 
 class _SparseLinearFn(torch.autograd.Function):
-    """y = x Wᵀ with W given by CSR values; gradients at the active entries only."""
+    """y = x Wᵀ with W given by CSR values; gradients at the active entries only. Computed
+    transposed (yᵀ = W xᵀ), the batch innermost: the layout in which the sparse kernels read
+    their dense operands fastest. The result is returned as a transposed view, so the next
+    sparse layer (after element-wise ops, which keep the layout) gets its xᵀ without a copy."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, layer: "SparseLinear") -> Tensor:
         ctx.layer = layer
-        ctx.save_for_backward(x, values)
-        return (layer.csr(values) @ x.t()).t()
+        x_t = layer.ops.operand(x.t())
+        ctx.save_for_backward(x_t, values)
+        return layer.ops.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]).t()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
+        x_t, values = ctx.saved_tensors
+        layer, ops = ctx.layer, ctx.layer.ops
+        grad_t = ops.operand(grad_out.t())
         # Kept (not copied) so an update step can form the dense weight gradient once.
-        layer.last = (x, grad_out)
+        layer.last = (x_t, grad_t)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = (layer.csr_t(values) @ grad_out.t()).t()
+            grad_x = ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, layer.weight.shape[1]).t()
         if ctx.needs_input_grad[1]:
-            grad_values = torch.sparse.sampled_addmm(layer.csr(values), grad_out.t(), x, beta=0.0).values()
+            grad_values = ops.sampled(layer.crow, layer.col, grad_t, x_t)
         return grad_x, grad_values, None
 
 
@@ -79,6 +82,7 @@ class _SparseLayer:
     def __init__(self, module: nn.Module, mask: Tensor):
         self.module = module
         self.weight = module.weight
+        self.ops = kernels.ops_for(self.weight)  # compiled or torch's products (`kernels`)
         self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
         self.build(mask)
         self.weight.requires_grad_(False)
@@ -139,14 +143,6 @@ class SparseLinear(_SparseLayer):
         rows, cols = self.index // in_features, self.index % in_features  # row-major: the CSR order
         self.crow, self.col, self.t_crow, self.t_col, self.t_order = _csr_structure(rows, cols, self.weight.shape)
 
-    def csr(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
-
-    def csr_t(self, values: Tensor) -> Tensor:
-        values_t = values.index_select(0, self.t_order)
-        shape = tuple(self.weight.shape[::-1])
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values_t, shape, check_invariants=False)
-
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = _SparseLinearFn.apply(x.reshape(-1, x.shape[-1]), self.values, self)
@@ -158,13 +154,13 @@ class SparseLinear(_SparseLayer):
     def dense_grad(self) -> Tensor | None:
         if self.last is None:
             return None
-        x, grad_out = self.last
-        return grad_out.t() @ x
+        x_t, grad_t = self.last
+        return grad_t @ x_t.t()
 
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
-        x, grad_out = self.last
-        return torch.sparse.sampled_addmm(self.csr(self.values), grad_out.t(), x, beta=0.0).values()
+        x_t, grad_t = self.last
+        return self.ops.sampled(self.crow, self.col, grad_t, x_t)
 
 
 class _ConvMatrix:
@@ -196,18 +192,18 @@ class _ConvMatrix:
         self.crow, self.col, self.t_crow, self.t_col, t_order = _csr_structure(rows, cols, self.shape)
         self.t_value_of = self.value_of[t_order]
 
-    def csr(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values.index_select(0, self.value_of), self.shape,
-                                       check_invariants=False)
+    def product(self, ops, values: Tensor, cols: Tensor) -> Tensor:
+        """The matrix times ``cols`` (input positions x channels, batch)."""
+        return ops.spmm(self.crow, self.col, values, self.value_of, cols, self.shape[0])
 
-    def csr_t(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_value_of),
-                                       self.shape[::-1], check_invariants=False)
+    def product_t(self, ops, values: Tensor, grad_rows: Tensor) -> Tensor:
+        """The transposed matrix times ``grad_rows`` (output positions x channels, batch)."""
+        return ops.spmm(self.t_crow, self.t_col, values, self.t_value_of, grad_rows, self.shape[1])
 
-    def kernel_grad(self, grad_rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+    def kernel_grad(self, ops, grad_rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
         """The weight gradient at the active kernel entries: each matrix entry's gradient
         (sampled at the pattern) summed over the positions that repeat it."""
-        per_entry = torch.sparse.sampled_addmm(self.csr(values), grad_rows, cols.t(), beta=0.0).values()
+        per_entry = ops.sampled(self.crow, self.col, grad_rows, cols)
         return torch.zeros_like(values).index_add_(0, self.value_of, per_entry)
 
 
@@ -220,7 +216,7 @@ class _SparseConvFn(torch.autograd.Function):
         batch, _, h, w = x.shape
         matrix = layer.matrix((h, w))
         cols = x.permute(2, 3, 1, 0).reshape(-1, batch)  # (positions x channels, batch)
-        out = matrix.csr(values) @ cols
+        out = matrix.product(layer.ops, values, cols)
         oh, ow = matrix.out_size
         # Written channels-last: the layout of the dense convolutions around it.
         y = torch.empty(batch, oh, ow, out.shape[0] // (oh * ow), dtype=x.dtype, device=x.device)
@@ -236,16 +232,16 @@ class _SparseConvFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         cols, values = ctx.saved_tensors
-        matrix, (batch, c_in, h, w) = ctx.matrix, ctx.input_shape
-        grad_rows = grad_y.permute(2, 3, 1, 0).reshape(-1, batch)
+        matrix, ops, (batch, c_in, h, w) = ctx.matrix, ctx.layer.ops, ctx.input_shape
+        grad_rows = ops.operand(grad_y.permute(2, 3, 1, 0).reshape(-1, batch))
         # Kept so an update step can form the dense weight gradient once.
         ctx.layer.last = (cols, grad_rows, ctx.input_shape, grad_y.shape)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_cols = matrix.csr_t(values) @ grad_rows
+            grad_cols = matrix.product_t(ops, values, grad_rows)
             grad_x = grad_cols.t().reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            grad_values = matrix.kernel_grad(grad_rows, cols, values)
+            grad_values = matrix.kernel_grad(ops, grad_rows, cols, values)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_rows.view(-1, grad_y.shape[1], batch).sum((0, 2))
         return grad_x, grad_values, grad_bias, None
@@ -282,7 +278,7 @@ class SparseConv2d(_SparseLayer):
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
         cols, grad_rows, (_, _, h, w), _ = self.last
-        return self.matrix((h, w)).kernel_grad(grad_rows, cols, self.values)
+        return self.matrix((h, w)).kernel_grad(self.ops, grad_rows, cols, self.values)
 
 
 def sparse_layer(module: nn.Module, mask: Tensor) -> _SparseLayer:
