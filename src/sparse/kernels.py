@@ -121,14 +121,20 @@ class CompiledOps:
 _forced_torch = os.environ.get("DST_NO_EXT", "") not in ("", "0")
 
 
-def ops_for(weight: Tensor):
+TORCH_OPS = TorchOps()
+
+
+def ops_for(weight: Tensor) -> TorchOps | CompiledOps:
     """The products a sparse layer with this weight runs on: compiled for float32 / float64
     CPU tensors when the library is available, torch's otherwise."""
     if weight.device.type == "cpu" and weight.dtype in DTYPES and not _forced_torch:
-        lib = library()
-        if lib is not None:
-            return CompiledOps(lib)
-    return TorchOps
+        return compiled_ops() or TORCH_OPS
+    return TORCH_OPS
+
+
+def compiled_ops() -> CompiledOps | None:
+    lib = library()
+    return None if lib is None else CompiledOps(lib)
 
 
 @contextlib.contextmanager
