@@ -67,13 +67,23 @@ void spmm(int64_t rows, const int32_t* crow, const int32_t* col, const T* values
     }
 }
 
-template <typename T>
-inline T reduce(typename Vec<T>::type v) {
-    T lanes[Vec<T>::lanes];
-    std::memcpy(lanes, &v, sizeof(v));
-    T s = 0;
-    for (int i = 0; i < Vec<T>::lanes; ++i) s += lanes[i];
-    return s;
+// The sum of a register's lanes by halving (512 -> 256 -> 128 bits), not lane by lane.
+typedef float f8 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+typedef double d4 __attribute__((vector_size(32)));
+typedef double d2 __attribute__((vector_size(16)));
+
+inline float reduce(Vec<float>::type v) {
+    f8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    f4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+inline double reduce(Vec<double>::type v) {
+    d4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    d2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+    return b[0] + b[1];
 }
 
 template <typename T>
@@ -94,7 +104,7 @@ void sampled(int64_t rows, const int32_t* crow, const int32_t* col, const T* lef
                 // a tree, not a chain: the additions of one entry do not wait on each other
                 V s01 = gv[0] * x[0] + gv[1] * x[1], s23 = gv[2] * x[2] + gv[3] * x[3];
                 V s45 = gv[4] * x[4] + gv[5] * x[5], s67 = gv[6] * x[6] + gv[7] * x[7];
-                out[j] += reduce<T>((s01 + s23) + (s45 + s67));
+                out[j] += reduce((s01 + s23) + (s45 + s67));
             }
         }
         if (full < batch) {
