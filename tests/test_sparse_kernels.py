@@ -136,3 +136,14 @@ def test_the_library_builds_into_a_fresh_cache_keyed_by_source_and_cpu(tmp_path)
     path = tmp_path / "fantastic-dst" / os.path.basename(out.stdout.strip())
     assert path.exists() and path.name.startswith("sparse_kernels_")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+@needs_library
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (37, 70), (128, 3072)])  # odd tiles; the last parallel
+def test_compiled_layout_moves_are_exact_transpositions(dtype, shape):
+    compiled = kernels.CompiledOps(kernels.library())
+    x = torch.randn(*shape, dtype=dtype)
+    for moved in (compiled.operand(x.t()), compiled.result(x)):
+        assert moved.is_contiguous() and torch.equal(moved, x.t())
+    assert compiled.operand(x) is x

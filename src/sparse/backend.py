@@ -48,15 +48,15 @@ CROSSOVER_TABLE = Path(__file__).with_name("crossover.json")
 class _SparseLinearFn(torch.autograd.Function):
     """y = x Wᵀ with W given by CSR values; gradients at the active entries only. Computed
     transposed (yᵀ = W xᵀ), the batch innermost: the layout in which the sparse kernels read
-    their dense operands fastest. The result is returned as a transposed view, so the next
-    sparse layer (after element-wise ops, which keep the layout) gets its xᵀ without a copy."""
+    their dense operands fastest (`kernels` says how each implementation moves between it and
+    the (batch, features) layout of the layers around)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, layer: "SparseLinear") -> Tensor:
         ctx.layer = layer
         x_t = layer.ops.operand(x.t())
         ctx.save_for_backward(x_t, values)
-        return layer.ops.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]).t()
+        return layer.ops.result(layer.ops.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]))
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -67,7 +67,8 @@ class _SparseLinearFn(torch.autograd.Function):
         layer.last = (x_t, grad_t)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, layer.weight.shape[1]).t()
+            grad_x = ops.result(ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t,
+                                         layer.weight.shape[1]))
         if ctx.needs_input_grad[1]:
             grad_values = ops.sampled(layer.crow, layer.col, grad_t, x_t)
         return grad_x, grad_values, None

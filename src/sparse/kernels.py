@@ -6,7 +6,9 @@ with dense operands stored batch innermost, i.e. row-major ``(rows, batch)``:
 - ``spmm(crow, col, values, value_index, dense, rows)``: the CSR matrix (its entry j holding
   ``values[value_index[j]]``, or ``values[j]`` without an index) times ``dense``;
 - ``sampled(crow, col, left, right)``: ``left @ right.T`` at the matrix's entries only, in CSR
-  order (a weight gradient at the pattern).
+  order (a weight gradient at the pattern);
+- ``operand(t)`` / ``result(t)``: a (features, batch) operand from a transposed (batch,
+  features) view, and a (features, batch) product as the layer's (batch, features) output.
 
 `TorchOps` runs them with torch's CSR kernels (any device and dtype). `CompiledOps` runs them
 with sparse_kernels.cpp, a C++/OpenMP library compiled on first use with the machine's own
@@ -70,6 +72,10 @@ class TorchOps:
         return dense  # torch's kernels take strided operands as they are
 
     @staticmethod
+    def result(product: Tensor) -> Tensor:
+        return product.t()
+
+    @staticmethod
     def spmm(crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor,
              rows: int) -> Tensor:
         if value_index is not None:
@@ -94,11 +100,25 @@ class CompiledOps:
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
 
-    @staticmethod
-    def operand(dense: Tensor) -> Tensor:
-        """A dense operand as the kernels read it: contiguous (free when it already is, as the
-        transposed output of the sparse layer before is)."""
+    def operand(self, dense: Tensor) -> Tensor:
+        """A dense operand as the kernels read it: contiguous, transposed by the library's
+        tiled transposition when it is the transposed view of a (batch, features) tensor."""
+        if dense.is_contiguous():
+            return dense
+        if dense.dim() == 2 and dense.t().is_contiguous():
+            return self.transposed(dense.t())
         return dense.contiguous()
+
+    def result(self, product: Tensor) -> Tensor:
+        """A product (features, batch) as torch's usual contiguous (batch, features), which
+        any next layer (dense GEMMs included) reads at full speed."""
+        return self.transposed(product)
+
+    def transposed(self, matrix: Tensor) -> Tensor:
+        """A contiguous copy of ``matrix.t()`` (``matrix`` contiguous)."""
+        out = torch.empty(matrix.shape[1], matrix.shape[0], dtype=matrix.dtype)
+        getattr(self.lib, f"dst_transpose_{DTYPES[matrix.dtype]}")(*matrix.shape, matrix.data_ptr(), out.data_ptr())
+        return out
 
     def spmm(self, crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor,
              rows: int) -> Tensor:
@@ -214,6 +234,7 @@ def _load(path: Path) -> ctypes.CDLL:
     for dtype in DTYPES.values():
         getattr(lib, f"dst_spmm_{dtype}").argtypes = [i64, p, p, p, p, p, i64, p]
         getattr(lib, f"dst_sampled_{dtype}").argtypes = [i64, p, p, p, p, i64, p]
+        getattr(lib, f"dst_transpose_{dtype}").argtypes = [i64, i64, p, p]
     return lib
 
 
