@@ -492,3 +492,21 @@ def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launch
     # An execution choice, not a different experiment: same run directory.
     auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))
     assert auto.run_dir == masked.run_dir
+
+
+def test_crossover_table_is_read_for_this_cpu_and_the_products_a_layer_runs_on(tmp_path):
+    from src.sparse import kernels
+
+    here, elsewhere = kernels.cpu_info(), {**kernels.cpu_info(), "model": "another CPU"}
+
+    def table(ops, cpu, density):
+        return {"kernels": ops, "cpu": cpu, "layers": [{"out_features": 8, "in_features": 8,
+                                                        "crossover_density": density}]}
+
+    path = tmp_path / "crossover.json"
+    path.write_text(json.dumps({"tables": [table("compiled", elsewhere, 0.1), table("torch", elsewhere, 0.2),
+                                           table("compiled", here, 0.3)]}))
+    assert load_crossover(path, ops="compiled")[0]["crossover_density"] == 0.3
+    assert load_crossover(path, ops="torch")[0]["crossover_density"] == 0.2  # measured elsewhere: the best there is
+    path.write_text(json.dumps({"tables": [table("torch", None, 0.4)]}))
+    assert load_crossover(path, ops="compiled")[0]["crossover_density"] == 0.4  # nothing closer

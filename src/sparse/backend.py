@@ -26,7 +26,9 @@ it, and the layer is rebuilt from the new mask.
 ``auto`` runs a layer sparse when its density is below the crossover density measured for the
 nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
 bench.crossover``), a convolution's shape including the size of the input it really sees
-(`conv_input_sizes`), on the CPU; on CUDA everything runs masked.
+(`conv_input_sizes`), on the CPU; on CUDA everything runs masked. The crossovers are measured
+per CPU and per implementation of the products (`kernels`: our compiled kernels, or torch's
+where they are unavailable), and `auto` reads the table of the ones the layer will run on.
 """
 
 from __future__ import annotations
@@ -392,12 +394,25 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
 
 
 # ---------------------------------------------------------------------------- auto
-def load_crossover(path: Path | None = None) -> list[dict]:
-    """The measured crossovers (`CROSSOVER_TABLE`, or the table at `path`)."""
+def load_crossover(path: Path | None = None, ops: str | None = None) -> list[dict]:
+    """The measured crossovers (`CROSSOVER_TABLE`, or the file at `path`) for the sparse
+    products ``ops`` ('compiled' or 'torch', `kernels`; by default what this process runs) on
+    this CPU. The file holds one table per CPU and products (`bench.crossover` adds them):
+    the one measured on this CPU model with these products, else the one with these products
+    measured elsewhere, else the first. A file with one table ({"layers": ...}) is that table."""
     path = Path(path or CROSSOVER_TABLE)
     if not path.exists():
         return []
-    return json.loads(path.read_text())["layers"]
+    content = json.loads(path.read_text())
+    tables = content.get("tables", [content])
+    ops = ops or kernels.ops_for(torch.zeros(1)).name
+    same_ops = [t for t in tables if t.get("kernels", "torch") == ops]
+    here = [t for t in same_ops if _same_cpu(t.get("cpu"), kernels.cpu_info())]
+    return (here or same_ops or tables)[0]["layers"]
+
+
+def _same_cpu(measured: dict | None, cpu: dict) -> bool:
+    return bool(measured) and measured["model"] == cpu["model"] and measured["flags"] == cpu["flags"]
 
 
 def crossover_density(shape: tuple[int, ...], table: list[dict], input_size: tuple[int, int] | None = None) -> float:
@@ -474,7 +489,7 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
     convolution's input (height, width), which its crossover depends on (`conv_input_sizes`)."""
     if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
-    table = load_crossover() if backend == "auto" else []
+    tables = {}  # per kind of products: a layer's crossover is measured on the kernels it runs
     input_sizes = input_sizes or [None] * len(params)
     choices = []
     for p, module, mask, size in zip(params, modules, masks, input_sizes):
@@ -485,6 +500,9 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
             choices.append("sparse")
             continue
         density = float(mask.float().mean())
-        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), table, size)
+        ops = kernels.ops_for(p).name
+        if ops not in tables:
+            tables[ops] = load_crossover(ops=ops)
+        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), tables[ops], size)
         choices.append("sparse" if use else "masked")
     return choices
