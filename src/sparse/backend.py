@@ -218,12 +218,13 @@ class _SparseConvFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: "SparseConv2d") -> Tensor:
         batch, _, h, w = x.shape
         matrix = layer.matrix((h, w))
-        cols = x.permute(2, 3, 1, 0).reshape(-1, batch)  # (positions x channels, batch)
+        # (positions x channels, batch): of a channels-last input, a transposed view
+        cols = layer.ops.operand(x.permute(2, 3, 1, 0).reshape(-1, batch))
         out = matrix.product(layer.ops, values, cols)
         oh, ow = matrix.out_size
         # Written channels-last: the layout of the dense convolutions around it.
         y = torch.empty(batch, oh, ow, out.shape[0] // (oh * ow), dtype=x.dtype, device=x.device)
-        rows = out.view(oh, ow, -1, batch).permute(3, 0, 1, 2)
+        rows = layer.ops.result(out).view(batch, oh, ow, -1)
         if bias is None:
             y.copy_(rows)
         else:
@@ -242,7 +243,7 @@ class _SparseConvFn(torch.autograd.Function):
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_cols = matrix.product_t(ops, values, grad_rows)
-            grad_x = grad_cols.t().reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
+            grad_x = ops.result(grad_cols).reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             grad_values = matrix.kernel_grad(ops, grad_rows, cols, values)
         if ctx.needs_input_grad[2]:

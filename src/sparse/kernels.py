@@ -240,4 +240,6 @@ def _load(path: Path) -> ctypes.CDLL:
 
 if __name__ == "__main__":
     built = library()
-    print(f"compiled sparse kernels: {built._name if built is not None else 'unavailable, torch kernels used'}")
+    where = built._name if built is not None else "unavailable: the sparse backend uses torch's kernels"
+    off = " (not used: DST_NO_EXT is set)" if built is not None and _forced_torch else ""
+    print(f"compiled sparse kernels: {where}{off}")
