@@ -10,7 +10,8 @@ MLP-CIFAR 3072-1024-512-10, batch 128, 2 threads, SGD Nesterov momentum, ERK den
     medians of per-round dense / other ratios.
     Targets: ours >= 4x dense at ERK 0.05, >= 7x at ERK 0.02. Each peer's step is checked to
     be a training step at those densities (`check_peer`); a peer that is not installed or
-    fails is named with the reason. `python -m bench.sparse_backend step` runs (a) alone.
+    fails is named with the reason. `python -m bench.sparse_backend step` runs (a) alone,
+    `python -m bench.sparse_backend epoch` (c) alone.
 (b) one topology update (ms, and as a multiple of our step) for magnitude / random and
     SNIP / gradient growth (the latter needs the dense gradient).
 (c) whole epochs end to end with `src.train.train` (synthetic CIFAR-shaped data, 45 000 train
@@ -301,6 +302,13 @@ def _print_steps(steps: dict, updates: dict | None = None) -> None:
             print(f"  update {k}: {u['update_ms']:.1f} ms = {u['in_steps']:.1f} steps")
 
 
+def _print_epochs(epochs: dict) -> None:
+    print(f"{len(epochs['ours']['epoch_s'])} epochs end to end: dense {sum(epochs['dense']['epoch_s']):.1f} s, "
+          f"ours {sum(epochs['ours']['epoch_s']):.1f} s (x{epochs['speedup_vs_dense']:.2f}, target x{EPOCH_TARGET}), "
+          f"ours on torch's kernels {sum(epochs['ours_torch']['epoch_s']):.1f} s "
+          f"(x{epochs['speedup_vs_dense_torch_kernels']:.2f})")
+
+
 def _step_comparison() -> tuple[dict, dict]:
     """The training step at ERK 0.05 and 0.02, on 2 threads and on 1 (a shared machine's load
     distorts two-thread timings far more); leaves the benchmark on 2 threads."""
@@ -331,12 +339,20 @@ def main() -> None:
                                            "step_1_thread": steps_1thread, "update": updates, "epoch": epochs,
                                            "load_average_after": _load()})
     _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}}, updates)
-    print(f"{len(epochs['ours']['epoch_s'])} epochs end to end: dense {sum(epochs['dense']['epoch_s']):.1f} s, "
-          f"ours {sum(epochs['ours']['epoch_s']):.1f} s (x{epochs['speedup_vs_dense']:.2f}, target x{EPOCH_TARGET}), "
-          f"ours on torch's kernels {sum(epochs['ours_torch']['epoch_s']):.1f} s "
-          f"(x{epochs['speedup_vs_dense_torch_kernels']:.2f})")
+    _print_epochs(epochs)
+    print(f"wrote {path}")
+
+
+def epoch_main() -> None:
+    """Only the epochs end to end, dense against ours (on the compiled and on torch's kernels)."""
+    setup_threads(2)
+    load = _load()
+    epochs = epoch_speed()
+    path = write_result("sparse_backend_epoch", {"load_average_before": load, "epoch": epochs,
+                                                 "load_average_after": _load()})
+    _print_epochs(epochs)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    step_main() if sys.argv[1:] == ["step"] else main()
+    {"step": step_main, "epoch": epoch_main}.get(sys.argv[1] if sys.argv[1:] else "", main)()
