@@ -110,8 +110,8 @@ class CompiledOps:
         return dense.contiguous()
 
     def result(self, product: Tensor) -> Tensor:
-        """A product (features, batch) as torch's usual contiguous (batch, features), which
-        any next layer (dense GEMMs included) reads at full speed."""
+        """A product (features, batch) as torch's usual contiguous (batch, features) (a
+        convolution's output is written channels-last from it)."""
         return self.transposed(product)
 
     def transposed(self, matrix: Tensor) -> Tensor:
