@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data browser test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
+.PHONY: install kernels data browser test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) data
+install: $(STAMP) kernels data
+
+# The sparse backend's compiled kernels (src/sparse/sparse_kernels.cpp), built with the C++
+# compiler here into ~/.cache/fantastic-dst (keyed by source, flags and CPU). Without a compiler
+# this prints why and the backend runs torch's kernels; DST_NO_EXT=1 chooses those anyway.
+kernels: $(STAMP)
+	@$(PY) -m src.sparse.kernels
 
 # The embedded default dataset: Debian's Fashion-MNIST package, when we may install it.
 data:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from src.sparse import kernels
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -30,7 +32,9 @@ def median_time(fn, repeats: int) -> float:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>.json`` atomically, with the machine it ran on."""
+    """Write ``bench/results/<name>.json`` atomically, with the machine it ran on: figures from
+    different CPUs differ (vector width, cores), so each result names its CPU and the sparse
+    kernels the process had."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
@@ -38,6 +42,9 @@ def write_result(name: str, payload: dict) -> Path:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "cpu": kernels.cpu_info(),
+        "sparse_kernels": kernels.ops_for(torch.zeros(1)).name,
+        "load_average": list(os.getloadavg()),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **payload,
     }

@@ -3,6 +3,10 @@ masked one. Writes the table that `sparsity.backend=auto` reads (src/sparse/cros
 and a copy under bench/results/.
 
     python -m bench.crossover            # re-measure on this machine (2 threads, batch 128)
+    python -m bench.crossover --torch    # the same with torch's sparse kernels
+
+The table is one per CPU and implementation of the sparse products (`src.sparse.kernels`):
+the measurement replaces the table of this CPU model and these products and keeps the others.
 
 For each Linear and convolution shape of the registered models and each density (uniform),
 one layer's training step — forward, backward with the input gradient (none for a model's
@@ -18,16 +22,19 @@ weight crosses over at different densities on small and large maps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 from torch import nn
 
-from src.sparse import Sparsifier, SparsityConfig
-from src.sparse.backend import CROSSOVER_TABLE
+from src.sparse import Sparsifier, SparsityConfig, kernels
+from src.sparse.backend import CROSSOVER_TABLE, _same_cpu
 
 from .common import median_time, setup_threads, write_result
 
@@ -120,20 +127,26 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=(*SHAPES, *C
     return rows
 
 
-def main(update_table: bool = True) -> None:
-    """Measure; with ``update_table`` also replace the table `backend=auto` reads."""
+def main(update_table: bool = True, torch_kernels: bool = False) -> None:
+    """Measure; with ``update_table`` also replace this CPU's table in the file `backend=auto` reads."""
     start = time.perf_counter()
-    rows = run()
-    path = write_result("crossover", {"layers": rows, "seconds": time.perf_counter() - start})
+    with kernels.torch_only() if torch_kernels else contextlib.nullcontext():
+        ops = kernels.ops_for(torch.zeros(1)).name
+        rows = run()
+    path = write_result(f"crossover_{ops}", {"kernels": ops, "layers": rows, "seconds": time.perf_counter() - start})
     print(f"wrote {path}")
     if update_table:
+        cpu = kernels.cpu_info()
         table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,
-                 "command": "python -m bench.crossover", "layers": rows}
+                 "command": "python -m bench.crossover" + " --torch" * torch_kernels, "kernels": ops, "cpu": cpu,
+                 "load_average": list(os.getloadavg()), "layers": rows}
+        tables = json.loads(CROSSOVER_TABLE.read_text()).get("tables", []) if CROSSOVER_TABLE.exists() else []
+        tables = [t for t in tables if not (t.get("kernels") == ops and _same_cpu(t.get("cpu"), cpu))]
         tmp = CROSSOVER_TABLE.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
+        tmp.write_text(json.dumps({"tables": [table, *tables]}, indent=1))
         tmp.replace(CROSSOVER_TABLE)
         print(f"wrote {CROSSOVER_TABLE}")
 
 
 if __name__ == "__main__":
-    main()
+    main(torch_kernels="--torch" in sys.argv[1:])

@@ -12,11 +12,14 @@ from torch import nn
 
 from src.config import RunConfig
 from src.models import build_model
-from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig
+from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig, kernels
 from src.sparse.backend import (SparseConv2d, SparseLinear, choose_backends, conv_input_sizes, crossover_density,
                                 load_crossover)
 
 CL = torch.channels_last
+# The products the sparse layers run on here: the compiled kernels wherever they build (every
+# equivalence test below then checks them), torch's under DST_NO_EXT=1 or without a compiler.
+OPS = kernels.ops_for(torch.zeros(1)).name
 
 
 def mlp(dtype=torch.float64):
@@ -35,9 +38,9 @@ def cnn(dtype=torch.float64):
 MODELS = {"mlp": (mlp, (40,)), "cnn": (cnn, (2, 7, 7))}
 
 
-def data(n, seed=1, dtype=torch.float64, shape=(40,)):
+def data(n, seed=1, dtype=torch.float64, shape=(40,), batch=12):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(12, *shape, generator=g, dtype=dtype), torch.randint(0, 5, (12,), generator=g))
+    return [(torch.randn(batch, *shape, generator=g, dtype=dtype), torch.randint(0, 5, (batch,), generator=g))
             for _ in range(n)]
 
 
@@ -50,11 +53,13 @@ def make(backend, adam=False, total=40, model="mlp", **sparsity):
 
 
 def run_both(steps=8, adam=False, model="mlp", **sparsity):
-    """Train the masked and the sparse backend side by side; compare after every step."""
+    """Train the masked and the sparse backend side by side; compare after every step. A batch
+    of 70 reaches both paths of the compiled kernels in float64 (64-wide chunks, then the rest)."""
     runs = [make(b, adam, model=model, **sparsity) for b in ("masked", "sparse")]
     assert runs[0][2].backends == ["masked"] * 3 and runs[1][2].backends == ["sparse"] * 3
+    assert {layer.ops.name for layer in runs[1][2]._execution.layers.values()} == {OPS}
     updates = 0
-    for x, y in data(steps, shape=MODELS[model][1]):
+    for x, y in data(steps, shape=MODELS[model][1], batch=70):
         losses, grads = [], []
         for model, opt, sp in runs:
             loss = nn.functional.cross_entropy(model(x), y)
@@ -487,3 +492,21 @@ def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launch
     # An execution choice, not a different experiment: same run directory.
     auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))
     assert auto.run_dir == masked.run_dir
+
+
+def test_crossover_table_is_read_for_this_cpu_and_the_products_a_layer_runs_on(tmp_path):
+    from src.sparse import kernels
+
+    here, elsewhere = kernels.cpu_info(), {**kernels.cpu_info(), "model": "another CPU"}
+
+    def table(ops, cpu, density):
+        return {"kernels": ops, "cpu": cpu, "layers": [{"out_features": 8, "in_features": 8,
+                                                        "crossover_density": density}]}
+
+    path = tmp_path / "crossover.json"
+    path.write_text(json.dumps({"tables": [table("compiled", elsewhere, 0.1), table("torch", elsewhere, 0.2),
+                                           table("compiled", here, 0.3)]}))
+    assert load_crossover(path, ops="compiled")[0]["crossover_density"] == 0.3
+    assert load_crossover(path, ops="torch")[0]["crossover_density"] == 0.2  # measured elsewhere: the best there is
+    path.write_text(json.dumps({"tables": [table("torch", None, 0.4)]}))
+    assert load_crossover(path, ops="compiled")[0]["crossover_density"] == 0.4  # nothing closer

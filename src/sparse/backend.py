@@ -26,47 +26,54 @@ it, and the layer is rebuilt from the new mask.
 ``auto`` runs a layer sparse when its density is below the crossover density measured for the
 nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
 bench.crossover``), a convolution's shape including the size of the input it really sees
-(`conv_input_sizes`), on the CPU; on CUDA everything runs masked.
+(`conv_input_sizes`), on the CPU; on CUDA everything runs masked. The crossovers are measured
+per CPU and per implementation of the products (`kernels`: our compiled kernels, or torch's
+where they are unavailable), and `auto` reads the table of the ones the layer will run on.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from . import kernels
+
 BACKENDS = ("masked", "sparse", "auto")
 INDEX_DTYPE = torch.int32
 CROSSOVER_TABLE = Path(__file__).with_name("crossover.json")
 
-# torch marks CSR support as beta; the operations used here are the supported core ones.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
 
 class _SparseLinearFn(torch.autograd.Function):
-    """y = x Wᵀ with W given by CSR values; gradients at the active entries only."""
+    """y = x Wᵀ with W given by CSR values; gradients at the active entries only. Computed
+    transposed (yᵀ = W xᵀ), the batch innermost: the layout in which the sparse kernels read
+    their dense operands fastest. The results are returned as transposed views: the next
+    sparse layer (after element-wise ops, which keep the layout) reads them without a copy,
+    which costs less than the slower dense GEMM a dense layer after it runs on such a view
+    (measured on the MLP: ~20 % of the step at ERK 0.02)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, layer: "SparseLinear") -> Tensor:
         ctx.layer = layer
-        ctx.save_for_backward(x, values)
-        return (layer.csr(values) @ x.t()).t()
+        x_t = layer.ops.operand(x.t())
+        ctx.save_for_backward(x_t, values)
+        return layer.ops.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]).t()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, values = ctx.saved_tensors
-        layer = ctx.layer
+        x_t, values = ctx.saved_tensors
+        layer, ops = ctx.layer, ctx.layer.ops
+        grad_t = ops.operand(grad_out.t())
         # Kept (not copied) so an update step can form the dense weight gradient once.
-        layer.last = (x, grad_out)
+        layer.last = (x_t, grad_t)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = (layer.csr_t(values) @ grad_out.t()).t()
+            grad_x = ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, layer.weight.shape[1]).t()
         if ctx.needs_input_grad[1]:
-            grad_values = torch.sparse.sampled_addmm(layer.csr(values), grad_out.t(), x, beta=0.0).values()
+            grad_values = ops.sampled(layer.crow, layer.col, grad_t, x_t)
         return grad_x, grad_values, None
 
 
@@ -79,6 +86,7 @@ class _SparseLayer:
     def __init__(self, module: nn.Module, mask: Tensor):
         self.module = module
         self.weight = module.weight
+        self.ops = kernels.ops_for(self.weight)  # compiled or torch's products (`kernels`)
         self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
         self.build(mask)
         self.weight.requires_grad_(False)
@@ -139,14 +147,6 @@ class SparseLinear(_SparseLayer):
         rows, cols = self.index // in_features, self.index % in_features  # row-major: the CSR order
         self.crow, self.col, self.t_crow, self.t_col, self.t_order = _csr_structure(rows, cols, self.weight.shape)
 
-    def csr(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, tuple(self.weight.shape), check_invariants=False)
-
-    def csr_t(self, values: Tensor) -> Tensor:
-        values_t = values.index_select(0, self.t_order)
-        shape = tuple(self.weight.shape[::-1])
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values_t, shape, check_invariants=False)
-
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         y = _SparseLinearFn.apply(x.reshape(-1, x.shape[-1]), self.values, self)
@@ -158,13 +158,13 @@ class SparseLinear(_SparseLayer):
     def dense_grad(self) -> Tensor | None:
         if self.last is None:
             return None
-        x, grad_out = self.last
-        return grad_out.t() @ x
+        x_t, grad_t = self.last
+        return grad_t @ x_t.t()
 
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
-        x, grad_out = self.last
-        return torch.sparse.sampled_addmm(self.csr(self.values), grad_out.t(), x, beta=0.0).values()
+        x_t, grad_t = self.last
+        return self.ops.sampled(self.crow, self.col, grad_t, x_t)
 
 
 class _ConvMatrix:
@@ -196,18 +196,18 @@ class _ConvMatrix:
         self.crow, self.col, self.t_crow, self.t_col, t_order = _csr_structure(rows, cols, self.shape)
         self.t_value_of = self.value_of[t_order]
 
-    def csr(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values.index_select(0, self.value_of), self.shape,
-                                       check_invariants=False)
+    def product(self, ops, values: Tensor, cols: Tensor) -> Tensor:
+        """The matrix times ``cols`` (input positions x channels, batch)."""
+        return ops.spmm(self.crow, self.col, values, self.value_of, cols, self.shape[0])
 
-    def csr_t(self, values: Tensor) -> Tensor:
-        return torch.sparse_csr_tensor(self.t_crow, self.t_col, values.index_select(0, self.t_value_of),
-                                       self.shape[::-1], check_invariants=False)
+    def product_t(self, ops, values: Tensor, grad_rows: Tensor) -> Tensor:
+        """The transposed matrix times ``grad_rows`` (output positions x channels, batch)."""
+        return ops.spmm(self.t_crow, self.t_col, values, self.t_value_of, grad_rows, self.shape[1])
 
-    def kernel_grad(self, grad_rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+    def kernel_grad(self, ops, grad_rows: Tensor, cols: Tensor, values: Tensor) -> Tensor:
         """The weight gradient at the active kernel entries: each matrix entry's gradient
         (sampled at the pattern) summed over the positions that repeat it."""
-        per_entry = torch.sparse.sampled_addmm(self.csr(values), grad_rows, cols.t(), beta=0.0).values()
+        per_entry = ops.sampled(self.crow, self.col, grad_rows, cols)
         return torch.zeros_like(values).index_add_(0, self.value_of, per_entry)
 
 
@@ -219,12 +219,13 @@ class _SparseConvFn(torch.autograd.Function):
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: "SparseConv2d") -> Tensor:
         batch, _, h, w = x.shape
         matrix = layer.matrix((h, w))
-        cols = x.permute(2, 3, 1, 0).reshape(-1, batch)  # (positions x channels, batch)
-        out = matrix.csr(values) @ cols
+        # (positions x channels, batch): of a channels-last input, a transposed view
+        cols = layer.ops.operand(x.permute(2, 3, 1, 0).reshape(-1, batch))
+        out = matrix.product(layer.ops, values, cols)
         oh, ow = matrix.out_size
         # Written channels-last: the layout of the dense convolutions around it.
         y = torch.empty(batch, oh, ow, out.shape[0] // (oh * ow), dtype=x.dtype, device=x.device)
-        rows = out.view(oh, ow, -1, batch).permute(3, 0, 1, 2)
+        rows = layer.ops.result(out).view(batch, oh, ow, -1)
         if bias is None:
             y.copy_(rows)
         else:
@@ -236,16 +237,16 @@ class _SparseConvFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y: Tensor):
         cols, values = ctx.saved_tensors
-        matrix, (batch, c_in, h, w) = ctx.matrix, ctx.input_shape
-        grad_rows = grad_y.permute(2, 3, 1, 0).reshape(-1, batch)
+        matrix, ops, (batch, c_in, h, w) = ctx.matrix, ctx.layer.ops, ctx.input_shape
+        grad_rows = ops.operand(grad_y.permute(2, 3, 1, 0).reshape(-1, batch))
         # Kept so an update step can form the dense weight gradient once.
         ctx.layer.last = (cols, grad_rows, ctx.input_shape, grad_y.shape)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_cols = matrix.csr_t(values) @ grad_rows
-            grad_x = grad_cols.t().reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
+            grad_cols = matrix.product_t(ops, values, grad_rows)
+            grad_x = ops.result(grad_cols).reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            grad_values = matrix.kernel_grad(grad_rows, cols, values)
+            grad_values = matrix.kernel_grad(ops, grad_rows, cols, values)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_rows.view(-1, grad_y.shape[1], batch).sum((0, 2))
         return grad_x, grad_values, grad_bias, None
@@ -282,7 +283,7 @@ class SparseConv2d(_SparseLayer):
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
         cols, grad_rows, (_, _, h, w), _ = self.last
-        return self.matrix((h, w)).kernel_grad(grad_rows, cols, self.values)
+        return self.matrix((h, w)).kernel_grad(self.ops, grad_rows, cols, self.values)
 
 
 def sparse_layer(module: nn.Module, mask: Tensor) -> _SparseLayer:
@@ -395,12 +396,25 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
 
 
 # ---------------------------------------------------------------------------- auto
-def load_crossover(path: Path | None = None) -> list[dict]:
-    """The measured crossovers (`CROSSOVER_TABLE`, or the table at `path`)."""
+def load_crossover(path: Path | None = None, ops: str | None = None) -> list[dict]:
+    """The measured crossovers (`CROSSOVER_TABLE`, or the file at `path`) for the sparse
+    products ``ops`` ('compiled' or 'torch', `kernels`; by default what this process runs) on
+    this CPU. The file holds one table per CPU and products (`bench.crossover` adds them):
+    the one measured on this CPU model with these products, else the one with these products
+    measured elsewhere, else the first. A file with one table ({"layers": ...}) is that table."""
     path = Path(path or CROSSOVER_TABLE)
     if not path.exists():
         return []
-    return json.loads(path.read_text())["layers"]
+    content = json.loads(path.read_text())
+    tables = content.get("tables", [content])
+    ops = ops or kernels.ops_for(torch.zeros(1)).name
+    same_ops = [t for t in tables if t.get("kernels", "torch") == ops]
+    here = [t for t in same_ops if _same_cpu(t.get("cpu"), kernels.cpu_info())]
+    return (here or same_ops or tables)[0]["layers"]
+
+
+def _same_cpu(measured: dict | None, cpu: dict) -> bool:
+    return bool(measured) and measured["model"] == cpu["model"] and measured["flags"] == cpu["flags"]
 
 
 def crossover_density(shape: tuple[int, ...], table: list[dict], input_size: tuple[int, int] | None = None) -> float:
@@ -477,7 +491,7 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
     convolution's input (height, width), which its crossover depends on (`conv_input_sizes`)."""
     if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
-    table = load_crossover() if backend == "auto" else []
+    tables = {}  # per kind of products: a layer's crossover is measured on the kernels it runs
     input_sizes = input_sizes or [None] * len(params)
     choices = []
     for p, module, mask, size in zip(params, modules, masks, input_sizes):
@@ -488,6 +502,9 @@ def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module 
             choices.append("sparse")
             continue
         density = float(mask.float().mean())
-        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), table, size)
+        ops = kernels.ops_for(p).name
+        if ops not in tables:
+            tables[ops] = load_crossover(ops=ops)
+        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), tables[ops], size)
         choices.append("sparse" if use else "masked")
     return choices
