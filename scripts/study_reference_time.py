@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import fidelity_stats  # noqa: E402
 
+from src.sparse.kernels import cpu_info  # noqa: E402
+
 EPOCHS, UPDATE_FREQUENCY, SEED = 10, 400, 1  # sweeps/fmnist_fig1.yaml
 CELLS = {  # label -> the reference's settings (the project's run takes the same from the sweep file)
     "dense": {"mode": "dense"},
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     reference_total = float(sum(runs.loc[runs["mode"] == mode, "wall_time_s"].sum() * ratio
                                 for mode, ratio in by_mode.items()))
     summary = {"epochs": EPOCHS, "update_frequency": UPDATE_FREQUENCY, "threads_per_run": args.threads,
-               "runs_at_a_time": 2, "cpu_model": _cpu_model(), "load_after": os.getloadavg()[0],
+               "runs_at_a_time": 2, "cpu_model": cpu_info()["model"], "load_after": os.getloadavg()[0],
                "reference_over_ours_by_mode": by_mode, "study_runs": len(runs),
                "study_run_hours_ours": ours_total / 3600, "study_run_hours_reference_projected": reference_total / 3600}
     out = args.results / "reference_time.json"
@@ -108,12 +110,6 @@ def main(argv=None) -> int:
     print(f"the study's {len(runs)} runs: {ours_total / 3600:.1f} run-hours here; the reference, projected: "
           f"{reference_total / 3600:.1f} run-hours; wrote {out}")
     return 0
-
-
-def _cpu_model() -> str:
-    from src.runinfo import _cpu_model
-
-    return _cpu_model()
 
 
 if __name__ == "__main__":

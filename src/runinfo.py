@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import socket
 import sys
 import time
@@ -122,22 +121,14 @@ def process_alive(host: str | None, pid: int | None) -> bool | None:
     return True
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance(run_dir: Path) -> dict:
     """Host, SLURM job, hardware, torch and thread count of this process, and the run's log."""
     import torch
 
+    from .sparse.kernels import cpu_info  # (the one reader of /proc/cpuinfo)
+
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"host": socket.gethostname(), **slurm_ids(), "cpu_model": _cpu_model(), "gpu_model": gpu,
+    return {"host": socket.gethostname(), **slurm_ids(), "cpu_model": cpu_info()["model"], "gpu_model": gpu,
             "torch_version": torch.__version__, "threads": torch.get_num_threads(),
             "log": str(Path(run_dir).resolve() / LOG)}
 
