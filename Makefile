@@ -76,16 +76,22 @@ demo: install
 # 10 epochs, 168 LeNet-5 runs. Through SLURM in packed jobs when a cluster answers (`make
 # slurm-up` as root starts the local one), on this machine otherwise. Resumable: run it again
 # after an interruption and it finishes what is missing; then the record is rewritten.
-# make study [STUDY=fmnist_fig1] [STUDY_OUT=results/fmnist_fig1] [ARGS="extra overrides"]
+# STUDY_LAUNCHER=local keeps it on this machine even when a cluster answers.
+# make study [STUDY=fmnist_fig1] [STUDY_OUT=results/fmnist_fig1] [STUDY_LAUNCHER=auto|local|slurm] [ARGS="extra overrides"]
 STUDY ?= fmnist_fig1
 STUDY_OUT ?= results/$(STUDY)
+STUDY_LAUNCHER ?= auto
 LOCAL_SLURM_CONF := /tmp/dst-slurm/etc/slurm.conf
 study: install
-	@export SLURM_CONF=$${SLURM_CONF:-$$(test -f $(LOCAL_SLURM_CONF) && echo $(LOCAL_SLURM_CONF))}; \
-	if partition=$$(sinfo -h -o %P 2>/dev/null | tr -d '*' | head -1) && [ -n "$$partition" ]; then \
+	@case "$(STUDY_LAUNCHER)" in auto|local|slurm) ;; \
+		*) echo "STUDY_LAUNCHER=$(STUDY_LAUNCHER): allowed values are auto, local, slurm" >&2; exit 2;; esac; \
+	export SLURM_CONF=$${SLURM_CONF:-$$(test -f $(LOCAL_SLURM_CONF) && echo $(LOCAL_SLURM_CONF))}; \
+	if [ "$(STUDY_LAUNCHER)" != local ] && partition=$$(sinfo -h -o %P 2>/dev/null | tr -d '*' | head -1) \
+		&& [ -n "$$partition" ]; then \
 		cpus=$$(sinfo -h -o %c | head -1); \
 		launcher="launcher=slurm hydra.launcher.partition=$$partition hydra.launcher.cpus_per_task=$$cpus \
 			hydra.launcher.concurrent_runs=$$cpus hydra.launcher.runs_per_job=12 hydra.launcher.timeout_min=120"; \
+	elif [ "$(STUDY_LAUNCHER)" = slurm ]; then echo "STUDY_LAUNCHER=slurm: no SLURM partition answers (sinfo)" >&2; exit 2; \
 	else launcher="launcher=local"; fi; \
 	echo "study $(STUDY): $$launcher"; status=0; \
 	for sweep in $(STUDY)_dense $(STUDY)_static $(STUDY); do \

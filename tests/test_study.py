@@ -17,12 +17,21 @@ SLICE = ("setup=smoke sparsity.density=0.5 criterion=magnitude growth=random see
          "sparsity.update_frequency=5")
 
 
-def make_study(tmp_path: Path, args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "MAKEFLAGS", "MFLAGS")}
-    env["PATH"] = "/usr/bin:/bin"  # no sinfo: the local launcher, whatever this machine has running
+def make_study(tmp_path: Path, args: str, launcher: str = "local") -> subprocess.CompletedProcess:
+    # STUDY_LAUNCHER=local: on this machine even when a SLURM cluster answers (the suite's own
+    # SLURM tests may have left one running).
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
     return subprocess.run(["make", "--no-print-directory", "study", f"RUNS={tmp_path / 'runs'}",
-                           f"STUDY_OUT={tmp_path / 'record'}", f"ARGS={args}"],
+                           f"STUDY_OUT={tmp_path / 'record'}", f"STUDY_LAUNCHER={launcher}",
+                           f"ARGS={args}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_make_study_refuses_an_unknown_launcher_before_running_anything(tmp_path):
+    out = make_study(tmp_path, SLICE, launcher="slurmm")
+    assert out.returncode == 2
+    assert "STUDY_LAUNCHER=slurmm: allowed values are auto, local, slurm" in out.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "record").exists()
 
 
 @pytest.mark.slow
