@@ -43,9 +43,12 @@ CELLS = {  # label -> the reference's settings (the project's run takes the same
 
 def ours_overrides(cell: dict) -> list[str]:
     sweep = {"dense": "fmnist_fig1_dense", "static": "fmnist_fig1_static", "dst": "fmnist_fig1"}[cell["mode"]]
-    fixed = [f"seed={SEED}"] + [f"sparsity.density={cell['density']}"] * ("density" in cell)
-    fixed += [f"criterion={cell['criterion']}", f"growth={cell['growth']}"] * (cell["mode"] == "dst")
-    return [f"+sweeps={sweep}", *fixed]
+    fixed = [f"+sweeps={sweep}", f"seed={SEED}"]
+    if "density" in cell:
+        fixed.append(f"sparsity.density={cell['density']}")
+    if cell["mode"] == "dst":
+        fixed += [f"criterion={cell['criterion']}", f"growth={cell['growth']}"]
+    return fixed
 
 
 def run_ours(cell: dict, threads: int) -> dict:
