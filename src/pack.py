@@ -43,8 +43,9 @@ class Pack:
     threads: int | None = None  # per run; None: the whole allocation (one run at a time)
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
-        from . import train  # noqa: F401  (imported once here, inherited by every forked run)
-        from .runner import PreemptionFlag
+        from .runner import PreemptionFlag, preload
+
+        preload()  # once here, inherited by every forked run
 
         stop = PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
         # decided again at each start: a requeued job finds the runs its last attempt finished

@@ -57,3 +57,24 @@ def test_runs_are_forked_from_the_launcher_and_die_with_it(tmp_path):
         assert (job.run_dir / "checkpoint.pt").exists()
     job_logs = sorted(Path(tmp_path, ".hydra", "s").glob("*/*/job.log"))
     assert len(job_logs) == 2 and all("received SIGTERM" in p.read_text() for p in job_logs)
+
+
+def test_a_forked_run_imports_nothing_from_torch_that_its_parent_did_not(tmp_path):
+    """`runner.preload` is what the local launcher and a SLURM pack import before they fork: a run
+    started after it imports no more of torch (torch builds its first optimizer through
+    `torch._dynamo`, ~1.5 s, which every forked run paid again before)."""
+    script = f"""
+import sys
+from src.runner import preload
+preload()
+before = set(sys.modules)
+from src.train import train
+from tests.test_train import tiny
+cfg = tiny(); cfg.train.epochs = 1
+assert train(cfg, {str(tmp_path / 'run')!r})["status"] == "completed"
+late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("torch", "numpy", "sympy"))
+print("LATE", late)
+"""
+    out = subprocess.run([PY, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LATE []" in out.stdout, out.stdout[-2000:]

@@ -119,8 +119,10 @@ class LocalPoolLauncher(Launcher):
         """Start the jobs `max_workers` at a time, from this single-threaded loop, and collect them."""
         import multiprocessing
 
-        from src import train  # noqa: F401  (imported once here, inherited by every forked run)
         from src.pack import run_in_child
+        from src.runner import preload
+
+        preload()  # once here, inherited by every forked run
 
         fork = multiprocessing.get_context("fork")
         returns = {}
