@@ -98,7 +98,8 @@ def preload() -> None:
     """What every run imports, imported once by a process that forks runs (a SLURM pack, the
     local launcher) so that no forked run pays for it again: the trainer, and `torch._dynamo`,
     which torch imports lazily when a run builds its first optimizer (~1.5 s on a 2-core
-    machine, as long again as the interpreter's start-up; it starts no thread, so it forks) and
+    machine, as long again as the interpreter's start-up; it starts no thread and does not
+    initialise CUDA, so the process still forks safely) and
     `torch.utils.serialization` (the first checkpoint's `torch.save`)."""
     import torch._dynamo  # noqa: F401
     import torch.utils.serialization  # noqa: F401

@@ -67,6 +67,8 @@ def test_a_forked_run_imports_nothing_from_torch_that_its_parent_did_not(tmp_pat
 import sys
 from src.runner import preload
 preload()
+import threading, torch
+assert threading.active_count() == 1 and not torch.cuda.is_initialized()  # still safe to fork
 before = set(sys.modules)
 from src.train import train
 from tests.test_train import tiny
