@@ -96,11 +96,11 @@ def run_config_file(config_file: Path, run_dir: Path) -> int:
 
 def preload() -> None:
     """What every run imports, imported once by a process that forks runs (a SLURM pack, the
-    local launcher) so that no forked run pays for it again: the trainer, and `torch._dynamo`,
+    local launcher) so that no forked run pays for it again: the trainer; `torch._dynamo`,
     which torch imports lazily when a run builds its first optimizer (~1.5 s on a 2-core
-    machine, as long again as the interpreter's start-up; it starts no thread and does not
-    initialise CUDA, so the process still forks safely) and
-    `torch.utils.serialization` (the first checkpoint's `torch.save`)."""
+    machine, as long again as the interpreter's start-up); and `torch.utils.serialization`
+    (the first checkpoint's `torch.save`). None of it starts a thread or initialises CUDA, so
+    the process still forks safely."""
     import torch._dynamo  # noqa: F401
     import torch.utils.serialization  # noqa: F401
 
