@@ -20,8 +20,19 @@ from . import style
 from .cells import axis_tests, cell_table, sweep_axes, topology_warnings, verdict_readiness
 from .claims import check_claims
 from .completeness import Completeness, completeness
-from .grid import (Selection, completed, density_grids, density_one_grids, gamma_grids, global_pruning_grids,
-                   main_grid, sensitivity_grids, setups, split_variants, update_frequency_grids)
+from .grid import (
+    Selection,
+    completed,
+    density_grids,
+    density_one_grids,
+    gamma_grids,
+    global_pruning_grids,
+    main_grid,
+    sensitivity_grids,
+    setups,
+    split_variants,
+    update_frequency_grids,
+)
 from .load import find_run_dirs, load_metrics, load_runs
 from .overlap import jaccard_matrix, jaccard_pairs, overlap_at_init, overlap_trajectories, random_expectation
 from .report import Options, build_report
@@ -29,8 +40,17 @@ from .stats import compare_to_best, holm, rank_criteria, rank_summary, summarize
 from .tables import Table, accuracy_table, ranking_tables
 
 # The figures (matplotlib) are imported on first use: reading and tabulating runs does not need them.
-_FIGURES = ("accuracy_vs_density", "accuracy_vs_gamma", "accuracy_vs_update_frequency", "axis_figure", "density_one",
-            "global_vs_layerwise", "overlap_heatmaps", "overlap_trajectory_curves", "save_figure")
+_FIGURES = (
+    "accuracy_vs_density",
+    "accuracy_vs_gamma",
+    "accuracy_vs_update_frequency",
+    "axis_figure",
+    "density_one",
+    "global_vs_layerwise",
+    "overlap_heatmaps",
+    "overlap_trajectory_curves",
+    "save_figure",
+)
 
 
 def __getattr__(name: str):
@@ -41,13 +61,52 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Completeness", "Options", "Selection", "Table", "accuracy_table", "accuracy_vs_density", "accuracy_vs_gamma",
-    "accuracy_vs_update_frequency", "axis_figure", "axis_tests", "build_report", "cell_table", "check_claims",
-    "compare_to_best", "completed", "completeness",
-    "density_grids", "density_one", "density_one_grids", "find_run_dirs", "gamma_grids", "global_pruning_grids",
-    "global_vs_layerwise", "holm", "jaccard_matrix", "jaccard_pairs", "load_metrics", "load_runs", "main_grid",
-    "overlap_at_init", "overlap_heatmaps", "overlap_trajectories", "overlap_trajectory_curves", "random_expectation",
-    "rank_criteria", "rank_summary", "ranking_tables", "save_figure", "sensitivity_grids", "setups",
-    "split_variants", "style", "summarize", "sweep_axes", "topology_warnings", "update_frequency_grids",
-    "verdict_readiness", "welch_pvalue",
+    "Completeness",
+    "Options",
+    "Selection",
+    "Table",
+    "accuracy_table",
+    "accuracy_vs_density",
+    "accuracy_vs_gamma",
+    "accuracy_vs_update_frequency",
+    "axis_figure",
+    "axis_tests",
+    "build_report",
+    "cell_table",
+    "check_claims",
+    "compare_to_best",
+    "completed",
+    "completeness",
+    "density_grids",
+    "density_one",
+    "density_one_grids",
+    "find_run_dirs",
+    "gamma_grids",
+    "global_pruning_grids",
+    "global_vs_layerwise",
+    "holm",
+    "jaccard_matrix",
+    "jaccard_pairs",
+    "load_metrics",
+    "load_runs",
+    "main_grid",
+    "overlap_at_init",
+    "overlap_heatmaps",
+    "overlap_trajectories",
+    "overlap_trajectory_curves",
+    "random_expectation",
+    "rank_criteria",
+    "rank_summary",
+    "ranking_tables",
+    "save_figure",
+    "sensitivity_grids",
+    "setups",
+    "split_variants",
+    "style",
+    "summarize",
+    "sweep_axes",
+    "topology_warnings",
+    "update_frequency_grids",
+    "verdict_readiness",
+    "welch_pvalue",
 ]

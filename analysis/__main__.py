@@ -24,23 +24,46 @@ def parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write every table and figure the runs support, with an index page")
     report.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
     report.add_argument("--out", type=Path, help="output directory (default: <first sweep dir>/report)")
-    report.add_argument("--metric", default=C.DEFAULT_METRIC,
-                        help="runs-table column compared, e.g. final.test_acc (default) or best_val.test_acc")
+    report.add_argument(
+        "--metric",
+        default=C.DEFAULT_METRIC,
+        help="runs-table column compared, e.g. final.test_acc (default) or best_val.test_acc",
+    )
     report.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    report.add_argument("--alternative", choices=ALTERNATIVES, default="greater",
-                        help="Welch's t-test against the best: one-sided 'greater' (default) or 'two-sided'")
-    report.add_argument("--low-density", type=float, default=0.1,
-                        help="densities up to this are 'low' in the ranking summary (default 0.1)")
-    report.add_argument("--high-density", type=float, default=0.3,
-                        help="densities from this up are 'high' in the paper's claims (default 0.3)")
-    report.add_argument("--expected-seeds", type=int,
-                        help="seeds every cell should have (default: as many as the best-covered cell with the same "
-                             "setup, kind and variant)")
-    report.add_argument("--min-seeds", type=int, default=MIN_SEEDS,
-                        help=f"completed seeds per cell a verdict needs (default {MIN_SEEDS})")
+    report.add_argument(
+        "--alternative",
+        choices=ALTERNATIVES,
+        default="greater",
+        help="Welch's t-test against the best: one-sided 'greater' (default) or 'two-sided'",
+    )
+    report.add_argument(
+        "--low-density",
+        type=float,
+        default=0.1,
+        help="densities up to this are 'low' in the ranking summary (default 0.1)",
+    )
+    report.add_argument(
+        "--high-density",
+        type=float,
+        default=0.3,
+        help="densities from this up are 'high' in the paper's claims (default 0.3)",
+    )
+    report.add_argument(
+        "--expected-seeds",
+        type=int,
+        help="seeds every cell should have (default: as many as the best-covered cell with the same "
+        "setup, kind and variant)",
+    )
+    report.add_argument(
+        "--min-seeds",
+        type=int,
+        default=MIN_SEEDS,
+        help=f"completed seeds per cell a verdict needs (default {MIN_SEEDS})",
+    )
     report.add_argument("--no-cache", action="store_true", help="do not read or write the sweep's parquet cache")
-    notebook = commands.add_parser("notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs "
-                                                     "and save it with its outputs")
+    notebook = commands.add_parser(
+        "notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs and save it with its outputs"
+    )
     notebook.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
     notebook.add_argument("--out", type=Path, help="the executed notebook (default: <first sweep dir>/aggregate.ipynb)")
     notebook.add_argument("--metric", default=C.DEFAULT_METRIC, help="runs-table column compared")
@@ -62,8 +85,9 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                                resources={"metadata": {"path": str(sweep_dirs[0])}}).execute()
+        nbclient.NotebookClient(
+            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(sweep_dirs[0])}}
+        ).execute()
     finally:
         for k, v in saved.items():
             if v is None:
@@ -84,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
         return 1
     if args.command == "notebook":
-        out = run_notebook(args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric,
-                           args.timeout)
+        out = run_notebook(
+            args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric, args.timeout
+        )
         print(f"notebook: {out}")
         return 0
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
@@ -100,9 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no column {args.metric!r} in the runs table", file=sys.stderr)
         return 2
     out = args.out or args.sweep_dirs[0] / "report"
-    options = Options(metric=args.metric, alpha=args.alpha, alternative=args.alternative,
-                      low_density=args.low_density, high_density=args.high_density,
-                      expected_seeds=args.expected_seeds, min_seeds=args.min_seeds)
+    options = Options(
+        metric=args.metric,
+        alpha=args.alpha,
+        alternative=args.alternative,
+        low_density=args.low_density,
+        high_density=args.high_density,
+        expected_seeds=args.expected_seeds,
+        min_seeds=args.min_seeds,
+    )
     index = build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
     print(results_text(out))
@@ -119,8 +150,10 @@ def not_finished(runs) -> str:
     expected = readable.groupby(family, dropna=False).agg(cells=(C.CELL, "nunique"), seeds=(C.SEED, "nunique"))
     present = len(readable.drop_duplicates([C.CELL, C.SEED]))
     counts = runs[C.STATUS].fillna(C.UNREADABLE).value_counts()
-    parts = [f"{int(counts.get(C.INCOMPLETE, 0))} running",
-             f"{int((expected['cells'] * expected['seeds']).sum()) - present} missing"]
+    parts = [
+        f"{int(counts.get(C.INCOMPLETE, 0))} running",
+        f"{int((expected['cells'] * expected['seeds']).sum()) - present} missing",
+    ]
     parts += [f"{int(n)} {s}" for s, n in counts.items() if s not in (C.INCOMPLETE, C.COMPLETED)]
     return ", ".join(parts)
 
@@ -135,14 +168,16 @@ def results_text(report_dir: Path, max_rows: int = 40) -> str:
             continue
         caption, _, table = path.read_text().partition("\n\n")
         rows = table.rstrip().splitlines()
-        lines += ["", caption, *rows[:max_rows + 2]]
+        lines += ["", caption, *rows[: max_rows + 2]]
         if len(rows) > max_rows + 2:
             lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
     warnings = report_dir / "tables" / "topology_warnings.csv"
     if warnings.exists():
         found = pd.read_csv(warnings)
-        lines += [f"warning: {setup_label(setup)}, {where}: {advice}"
-                  for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])]
+        lines += [
+            f"warning: {setup_label(setup)}, {where}: {advice}"
+            for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])
+        ]
     return "\n".join(lines)
 
 

@@ -20,17 +20,17 @@ run (dense, static, DST) is an axis when a setup mixes them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
+
+from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
 
 from . import columns as C
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
-
-from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
 
 FEW_UPDATES = 5  # DST runs with fewer topology updates than this are warned about
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"
@@ -109,8 +109,20 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
         stats["seeds"] = grouped[C.SEED].agg(seed_list)
         first = grouped[[C.SETUP, C.KIND, *values.columns]].first()
         parts.append(first.join(stats).reset_index())
-    columns = [C.SETUP, C.KIND, C.CELL, "n", "mean", "std", "min", "max", "best_epoch", "final_epoch",
-               C.TOPOLOGY_UPDATES, "seeds"]
+    columns = [
+        C.SETUP,
+        C.KIND,
+        C.CELL,
+        "n",
+        "mean",
+        "std",
+        "min",
+        "max",
+        "best_epoch",
+        "final_epoch",
+        C.TOPOLOGY_UPDATES,
+        "seeds",
+    ]
     if not parts:
         return pd.DataFrame(columns=columns)
     table = pd.concat(parts, ignore_index=True)
@@ -121,11 +133,28 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
 
 def cell_display(cells: pd.DataFrame) -> pd.DataFrame:
     """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``."""
-    axis_columns = [c for c in cells.columns if c not in (
-        C.SETUP, C.KIND, C.CELL, "n", "mean", "std", "min", "max", "best_epoch", "final_epoch",
-        C.TOPOLOGY_UPDATES, "seeds")]
-    out = pd.DataFrame({"setup": cells[C.SETUP].map(setup_label), "kind": cells[C.KIND].map(
-        lambda k: label(C.KIND, k))})
+    axis_columns = [
+        c
+        for c in cells.columns
+        if c
+        not in (
+            C.SETUP,
+            C.KIND,
+            C.CELL,
+            "n",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "best_epoch",
+            "final_epoch",
+            C.TOPOLOGY_UPDATES,
+            "seeds",
+        )
+    ]
+    out = pd.DataFrame(
+        {"setup": cells[C.SETUP].map(setup_label), "kind": cells[C.KIND].map(lambda k: label(C.KIND, k))}
+    )
     for name in axis_columns:
         out[field_label(name)] = cells[name].map(lambda v, n=name: "" if _blank(v) else label(n, v))
     out["mean ± std (n)"] = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
@@ -155,14 +184,31 @@ def _mean_std_n(mean: float, std: float, n: int) -> str:
 
 
 # ------------------------------------------------------------------------ along each axis
-def axis_tests(cells: pd.DataFrame, *, alpha: float = 0.05, alternative: str = "greater",
-               min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
+def axis_tests(
+    cells: pd.DataFrame, *, alpha: float = 0.05, alternative: str = "greater", min_seeds: int = MIN_SEEDS
+) -> pd.DataFrame:
     """Along each axis of each setup (``cells``: a `cell_table`), every level against the
     best level of its context (module docstring). One row per (setup, axis, context, level):
     n, mean, std, diff (to the best's mean), p_value, p_holm and the verdict."""
     columns = [C.SETUP, "axis", "context", "level", "n", "mean", "std", "diff", "p_value", "p_holm", "verdict"]
-    axis_columns = [c for c in cells.columns if c not in (
-        C.SETUP, C.CELL, "n", "mean", "std", "min", "max", "best_epoch", "final_epoch", C.TOPOLOGY_UPDATES, "seeds")]
+    axis_columns = [
+        c
+        for c in cells.columns
+        if c
+        not in (
+            C.SETUP,
+            C.CELL,
+            "n",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "best_epoch",
+            "final_epoch",
+            C.TOPOLOGY_UPDATES,
+            "seeds",
+        )
+    ]
     parts = []
     for setup, of_setup in cells.groupby(C.SETUP, sort=True):
         present = [c for c in axis_columns if c != C.KIND and of_setup[c].notna().any()]
@@ -172,7 +218,8 @@ def axis_tests(cells: pd.DataFrame, *, alpha: float = 0.05, alternative: str = "
             rows = of_setup[of_setup[axis].notna()]
             context = _context(rows, others)
             part = rows[["n", "mean", "std", C.KIND, C.TOPOLOGY_UPDATES]].assign(
-                **{C.SETUP: setup, "axis": axis, "context": context, "level": rows[axis]})
+                **{C.SETUP: setup, "axis": axis, "context": context, "level": rows[axis]}
+            )
             parts.append(part[part.groupby("context")["level"].transform("nunique") >= 2])
     if not parts:
         return pd.DataFrame(columns=columns)
@@ -182,8 +229,9 @@ def axis_tests(cells: pd.DataFrame, *, alpha: float = 0.05, alternative: str = "
     best = rows.loc[best_index.reindex(key).to_numpy()].reset_index(drop=True)
     rows["diff"] = rows["mean"] - best["mean"].to_numpy()
     is_best = rows.index.isin(best_index.to_numpy())
-    p = welch_from_moments(best["mean"], best["std"] ** 2, best["n"], rows["mean"], rows["std"] ** 2, rows["n"],
-                           alternative=alternative)
+    p = welch_from_moments(
+        best["mean"], best["std"] ** 2, best["n"], rows["mean"], rows["std"] ** 2, rows["n"], alternative=alternative
+    )
     no_updates = (rows[C.KIND] == "dst") & (rows[C.TOPOLOGY_UPDATES].fillna(0) < 1)
     best_no_updates = no_updates.to_numpy()[best_index.reindex(key).to_numpy()]
     few = (rows["n"] < min_seeds).to_numpy() | (best["n"] < min_seeds).to_numpy()
@@ -196,8 +244,9 @@ def axis_tests(cells: pd.DataFrame, *, alpha: float = 0.05, alternative: str = "
     verdict[few] = [_not_enough(n, min_seeds) for n in smallest[few]]
     verdict[no_updates.to_numpy() | best_no_updates] = NO_UPDATES
     rows["verdict"] = verdict
-    return rows[columns].sort_values([C.SETUP, "axis", "context", "mean"], ascending=[True, True, True, False],
-                                     ignore_index=True)
+    return rows[columns].sort_values(
+        [C.SETUP, "axis", "context", "mean"], ascending=[True, True, True, False], ignore_index=True
+    )
 
 
 def _context(rows: pd.DataFrame, others: list[str]) -> pd.Series:
@@ -212,16 +261,18 @@ def _context(rows: pd.DataFrame, others: list[str]) -> pd.Series:
 
 
 def axis_tests_display(tests: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "setup": tests[C.SETUP].map(setup_label),
-        "axis": tests["axis"].map(field_label),
-        "with": tests["context"],
-        "level": [label(a, v) for a, v in zip(tests["axis"], tests["level"])],
-        "mean ± std (n)": [_mean_std_n(m, s, n) for m, s, n in zip(tests["mean"], tests["std"], tests["n"])],
-        "diff to best": tests["diff"].map(lambda d: f"{d:+.2f}"),
-        "p (Holm)": tests["p_holm"].map(lambda p: "" if _blank(p) else f"{p:.3g}"),
-        "verdict": tests["verdict"],
-    })
+    return pd.DataFrame(
+        {
+            "setup": tests[C.SETUP].map(setup_label),
+            "axis": tests["axis"].map(field_label),
+            "with": tests["context"],
+            "level": [label(a, v) for a, v in zip(tests["axis"], tests["level"])],
+            "mean ± std (n)": [_mean_std_n(m, s, n) for m, s, n in zip(tests["mean"], tests["std"], tests["n"])],
+            "diff to best": tests["diff"].map(lambda d: f"{d:+.2f}"),
+            "p (Holm)": tests["p_holm"].map(lambda p: "" if _blank(p) else f"{p:.3g}"),
+            "verdict": tests["verdict"],
+        }
+    )
 
 
 # ------------------------------------------------------------------------ topology updates
@@ -230,26 +281,48 @@ def topology_warnings(runs: pd.DataFrame, few: int = FEW_UPDATES) -> pd.DataFram
     of their runs), with the steps available and the setting that would give ``few``."""
     done = completed(runs)
     dst = done[(done[C.KIND] == "dst")]
-    columns = [C.SETUP, C.CELL, "description", C.TOPOLOGY_UPDATES, C.UPDATE_FREQUENCY, C.STEPS_PER_EPOCH,
-               "train.epochs", "advice"]
+    columns = [
+        C.SETUP,
+        C.CELL,
+        "description",
+        C.TOPOLOGY_UPDATES,
+        C.UPDATE_FREQUENCY,
+        C.STEPS_PER_EPOCH,
+        "train.epochs",
+        "advice",
+    ]
     if dst.empty or C.TOPOLOGY_UPDATES not in dst:
         return pd.DataFrame(columns=columns)
     dst = dst.dropna(subset=[C.TOPOLOGY_UPDATES])
     grouped = dst.groupby(C.CELL, sort=False)
-    cells = grouped.agg(**{C.SETUP: (C.SETUP, "first"), C.TOPOLOGY_UPDATES: (C.TOPOLOGY_UPDATES, "min"),
-                           C.UPDATE_FREQUENCY: (C.UPDATE_FREQUENCY, "first"),
-                           C.STEPS_PER_EPOCH: (C.STEPS_PER_EPOCH, "first"), "train.epochs": ("train.epochs", "first"),
-                           "end_fraction": ("sparsity.end_fraction", "first")}).reset_index()
+    cells = grouped.agg(
+        **{
+            C.SETUP: (C.SETUP, "first"),
+            C.TOPOLOGY_UPDATES: (C.TOPOLOGY_UPDATES, "min"),
+            C.UPDATE_FREQUENCY: (C.UPDATE_FREQUENCY, "first"),
+            C.STEPS_PER_EPOCH: (C.STEPS_PER_EPOCH, "first"),
+            "train.epochs": ("train.epochs", "first"),
+            "end_fraction": ("sparsity.end_fraction", "first"),
+        }
+    ).reset_index()
     cells = cells[cells[C.TOPOLOGY_UPDATES] < few]
     if cells.empty:
         return pd.DataFrame(columns=columns)
     axes = sweep_axes(runs)
     first = grouped.head(1).set_index(C.CELL)
-    cells["description"] = [_describe(first.loc[cell], axes.get(setup, [])) for cell, setup in
-                            zip(cells[C.CELL], cells[C.SETUP])]
-    cells["advice"] = [_advice(u, f, s, e, end, few) for u, f, s, e, end in
-                       zip(cells[C.TOPOLOGY_UPDATES], cells[C.UPDATE_FREQUENCY], cells[C.STEPS_PER_EPOCH],
-                           cells["train.epochs"], cells["end_fraction"])]
+    cells["description"] = [
+        _describe(first.loc[cell], axes.get(setup, [])) for cell, setup in zip(cells[C.CELL], cells[C.SETUP])
+    ]
+    cells["advice"] = [
+        _advice(u, f, s, e, end, few)
+        for u, f, s, e, end in zip(
+            cells[C.TOPOLOGY_UPDATES],
+            cells[C.UPDATE_FREQUENCY],
+            cells[C.STEPS_PER_EPOCH],
+            cells["train.epochs"],
+            cells["end_fraction"],
+        )
+    ]
     return cells[columns].reset_index(drop=True)
 
 
@@ -267,6 +340,8 @@ def _advice(updates, frequency, steps_per_epoch, epochs, end_fraction, few: int)
     steps = steps_per_epoch * epochs * end_fraction
     fix_frequency = max(int(steps // few), 1)
     fix_epochs = math.ceil(few * frequency / (steps_per_epoch * end_fraction))
-    return (f"{what}: sparsity.update_frequency={frequency} steps against {steps_per_epoch:g} steps per epoch × "
-            f"train.epochs={epochs} = {steps:g} steps; for {few} updates set sparsity.update_frequency ≤ "
-            f"{fix_frequency} or train.epochs ≥ {fix_epochs}")
+    return (
+        f"{what}: sparsity.update_frequency={frequency} steps against {steps_per_epoch:g} steps per epoch × "
+        f"train.epochs={epochs} = {steps:g} steps; for {few} updates set sparsity.update_frequency ≤ "
+        f"{fix_frequency} or train.epochs ≥ {fix_epochs}"
+    )

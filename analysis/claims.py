@@ -29,14 +29,19 @@ import numpy as np
 import pandas as pd
 
 from . import columns as C
-from .grid import Selection
 from .cells import MIN_SEEDS, NOT_ENOUGH_SEEDS
+from .grid import Selection
 from .stats import compare_to_best, holm, welch_pvalue
 from .style import setup_label
 from .tables import Table
 
 HOLDS, PARTLY, FAILS, NOT_SIGNIFICANT, NOT_ENOUGH = (
-    "holds", "partly", "does not hold", "not significant", "not enough runs")
+    "holds",
+    "partly",
+    "does not hold",
+    "not significant",
+    "not enough runs",
+)
 CLAIMS = {
     "magnitude_best_at_low_density": "At low density, magnitude is the best criterion or not significantly worse",
     "differences_shrink_at_high_density": "Differences between criteria shrink at higher density",
@@ -45,9 +50,17 @@ CLAIMS = {
 BOOTSTRAP_RESAMPLES = 2000
 
 
-def check_claims(selections: Sequence[Selection], *, metric: str = C.DEFAULT_METRIC, alpha: float = 0.05,
-                 alternative: str = "greater", low_density: float = 0.1, high_density: float = 0.3,
-                 seed: int = 0, min_seeds: int = MIN_SEEDS) -> pd.DataFrame:
+def check_claims(
+    selections: Sequence[Selection],
+    *,
+    metric: str = C.DEFAULT_METRIC,
+    alpha: float = 0.05,
+    alternative: str = "greater",
+    low_density: float = 0.1,
+    high_density: float = 0.3,
+    seed: int = 0,
+    min_seeds: int = MIN_SEEDS,
+) -> pd.DataFrame:
     """One row per (setup, variant, growth, claim): verdict, evidence (numbers) and test.
 
     Only cells with ``min_seeds`` completed seeds enter a test, and only DST runs that made
@@ -56,8 +69,13 @@ def check_claims(selections: Sequence[Selection], *, metric: str = C.DEFAULT_MET
     for selection in selections:
         static = selection.baselines.get("static")
         static_runs = None if static is None else static.runs.dropna(subset=[metric])
-        columns = [C.CRITERION, C.GROWTH, C.DENSITY, metric, *([C.TOPOLOGY_UPDATES] * (C.TOPOLOGY_UPDATES in
-                                                                                      selection.runs))]
+        columns = [
+            C.CRITERION,
+            C.GROWTH,
+            C.DENSITY,
+            metric,
+            *([C.TOPOLOGY_UPDATES] * (C.TOPOLOGY_UPDATES in selection.runs)),
+        ]
         dst = selection.runs[columns].dropna(subset=[metric])  # narrow: the cells below are slices of it
         if C.TOPOLOGY_UPDATES in dst:
             dst = dst[~(dst[C.TOPOLOGY_UPDATES] < 1)]  # unknown (older records) counts as updated
@@ -75,8 +93,17 @@ def check_claims(selections: Sequence[Selection], *, metric: str = C.DEFAULT_MET
             for claim, (verdict, evidence, test) in zip(CLAIMS, found):
                 if dropped:
                     evidence += f" ({dropped} DST runs without topology updates left out)"
-                rows.append({C.SETUP: selection.setup, "variant": selection.label, C.GROWTH: growth,
-                             "claim": claim, "verdict": verdict, "evidence": evidence, "test": test})
+                rows.append(
+                    {
+                        C.SETUP: selection.setup,
+                        "variant": selection.label,
+                        C.GROWTH: growth,
+                        "claim": claim,
+                        "verdict": verdict,
+                        "evidence": evidence,
+                        "test": test,
+                    }
+                )
     return pd.DataFrame(rows, columns=[C.SETUP, "variant", C.GROWTH, "claim", "verdict", "evidence", "test"])
 
 
@@ -94,10 +121,13 @@ def _densities(cells: dict) -> list[float]:
     return sorted({d for _, d in cells})
 
 
-def magnitude_at_low_density(cells: dict, low_density: float, alpha: float, alternative: str,
-                             min_seeds: int = MIN_SEEDS):
-    test = (f"per density <= {low_density:g}: Welch's t-test ({'one' if alternative == 'greater' else 'two'}-sided) "
-            f"of magnitude against the best criterion, Holm-corrected over the criteria, alpha {alpha:g}")
+def magnitude_at_low_density(
+    cells: dict, low_density: float, alpha: float, alternative: str, min_seeds: int = MIN_SEEDS
+):
+    test = (
+        f"per density <= {low_density:g}: Welch's t-test ({'one' if alternative == 'greater' else 'two'}-sided) "
+        f"of magnitude against the best criterion, Holm-corrected over the criteria, alpha {alpha:g}"
+    )
     parts, passed, tested = [], 0, 0
     for density in (d for d in _densities(cells) if d <= low_density):
         ran = {c: v for (c, d), v in cells.items() if d == density}
@@ -115,8 +145,10 @@ def magnitude_at_low_density(cells: dict, low_density: float, alpha: float, alte
         if best == "magnitude":
             parts.append(f"d={density:g}: magnitude best ({row['mean']:.2f}, {len(samples)} criteria)")
         else:
-            parts.append(f"d={density:g}: magnitude {row['mean']:.2f} vs best {best} {table.loc[best, 'mean']:.2f}, "
-                         f"p_holm={row['p_holm']:.3g} ({'worse' if row['worse'] else 'not significantly worse'})")
+            parts.append(
+                f"d={density:g}: magnitude {row['mean']:.2f} vs best {best} {table.loc[best, 'mean']:.2f}, "
+                f"p_holm={row['p_holm']:.3g} ({'worse' if row['worse'] else 'not significantly worse'})"
+            )
     if tested == 0:
         why = "; ".join(parts) or f"no density <= {low_density:g} with magnitude and another criterion"
         return _not_enough(why), why, test
@@ -126,17 +158,20 @@ def magnitude_at_low_density(cells: dict, low_density: float, alpha: float, alte
 def _not_enough(why: str) -> str:
     """The verdict when nothing could be tested: says so when seeds were what was missing."""
     start = why.find(NOT_ENOUGH_SEEDS)
-    return why[start:why.index(")", start) + 1] if start >= 0 else NOT_ENOUGH
+    return why[start : why.index(")", start) + 1] if start >= 0 else NOT_ENOUGH
 
 
 def _spread(means: dict) -> float:
     return max(means.values()) - min(means.values())
 
 
-def differences_shrink(cells: dict, low_density: float, high_density: float, alpha: float, seed: int,
-                       min_seeds: int = MIN_SEEDS):
-    test = (f"mean over densities of the spread (max - min) of criterion means, d <= {low_density:g} vs "
-            f"d >= {high_density:g}; one-sided seed bootstrap ({BOOTSTRAP_RESAMPLES} resamples), alpha {alpha:g}")
+def differences_shrink(
+    cells: dict, low_density: float, high_density: float, alpha: float, seed: int, min_seeds: int = MIN_SEEDS
+):
+    test = (
+        f"mean over densities of the spread (max - min) of criterion means, d <= {low_density:g} vs "
+        f"d >= {high_density:g}; one-sided seed bootstrap ({BOOTSTRAP_RESAMPLES} resamples), alpha {alpha:g}"
+    )
     groups, short = {}, []
     for name, keep in (("low", lambda d: d <= low_density), ("high", lambda d: d >= high_density)):
         by_density = {}
@@ -148,8 +183,11 @@ def differences_shrink(cells: dict, low_density: float, high_density: float, alp
             elif len(ran) >= 2:
                 short.append(min(len(v) for v in ran.values()))
         groups[name] = by_density
-    missing = [f"no density {'<=' if n == 'low' else '>='} {t:g} with two or more criteria of {min_seeds}+ seeds"
-               for n, t in (("low", low_density), ("high", high_density)) if not groups[n]]
+    missing = [
+        f"no density {'<=' if n == 'low' else '>='} {t:g} with two or more criteria of {min_seeds}+ seeds"
+        for n, t in (("low", low_density), ("high", high_density))
+        if not groups[n]
+    ]
     if missing:
         why = "; ".join(missing)
         return (_too_few(short, min_seeds) if short else NOT_ENOUGH), why, test
@@ -161,8 +199,9 @@ def differences_shrink(cells: dict, low_density: float, high_density: float, alp
         cell's seeds resampled with replacement, all resamples at once."""
         observed, resampled = [], []
         for samples in group.values():
-            means = np.stack([v[rng.integers(0, len(v), (BOOTSTRAP_RESAMPLES, len(v)))].mean(axis=1)
-                              for v in samples.values()])
+            means = np.stack(
+                [v[rng.integers(0, len(v), (BOOTSTRAP_RESAMPLES, len(v)))].mean(axis=1) for v in samples.values()]
+            )
             resampled.append(means.max(axis=0) - means.min(axis=0))
             observed.append(_spread({c: v.mean() for c, v in samples.items()}))
         return float(np.mean(observed)), np.mean(resampled, axis=0)
@@ -170,17 +209,21 @@ def differences_shrink(cells: dict, low_density: float, high_density: float, alp
     (low, low_draws), (high, high_draws) = spreads(groups["low"]), spreads(groups["high"])
     not_smaller = int((high_draws >= low_draws).sum())
     p = (not_smaller + 1) / (BOOTSTRAP_RESAMPLES + 1)
-    per_density = ", ".join(f"d={d:g}: {_spread({c: v.mean() for c, v in s.items()}):.2f}"
-                            for g in ("low", "high") for d, s in groups[g].items())
+    per_density = ", ".join(
+        f"d={d:g}: {_spread({c: v.mean() for c, v in s.items()}):.2f}"
+        for g in ("low", "high")
+        for d, s in groups[g].items()
+    )
     evidence = f"mean spread {low:.2f} (low) vs {high:.2f} (high), p={p:.3g} [{per_density}]"
     if high >= low:
         return FAILS, evidence, test
     return (HOLDS if p < alpha else NOT_SIGNIFICANT), evidence, test
 
 
-def dst_beats_static(cells: dict, static: pd.DataFrame | None, metric: str, alpha: float,
-                     min_seeds: int = MIN_SEEDS):
-    test = f"per density: Welch's t-test (one-sided) of each criterion against static, Holm over criteria, alpha {alpha:g}"
+def dst_beats_static(cells: dict, static: pd.DataFrame | None, metric: str, alpha: float, min_seeds: int = MIN_SEEDS):
+    test = (
+        f"per density: Welch's t-test (one-sided) of each criterion against static, Holm over criteria, alpha {alpha:g}"
+    )
     if static is None or static.empty:
         return NOT_ENOUGH, "no static runs", test
     static_by_density = {d: g[metric].to_numpy(float) for d, g in static.groupby(C.DENSITY)}
@@ -191,8 +234,10 @@ def dst_beats_static(cells: dict, static: pd.DataFrame | None, metric: str, alph
             continue
         criteria = sorted(c for c, d in cells if d == density)
         enough = len(base) >= min_seeds
-        pvalues = [welch_pvalue(cells[c, density], base) if enough and len(cells[c, density]) >= min_seeds
-                   else np.nan for c in criteria]
+        pvalues = [
+            welch_pvalue(cells[c, density], base) if enough and len(cells[c, density]) >= min_seeds else np.nan
+            for c in criteria
+        ]
         adjusted = holm(pvalues)
         better = [c for c, p in zip(criteria, adjusted) if p < alpha]
         testable = [c for c, p in zip(criteria, adjusted) if not np.isnan(p)]
@@ -203,8 +248,10 @@ def dst_beats_static(cells: dict, static: pd.DataFrame | None, metric: str, alph
         tested += len(testable)
         passed += len(better)
         gains = ", ".join(f"{c} {cells[c, density].mean() - base.mean():+.2f}" for c in criteria)
-        parts.append(f"d={density:g}: static {base.mean():.2f}; DST - static: {gains}; "
-                     f"significantly better: {len(better)} of {len(testable)}")
+        parts.append(
+            f"d={density:g}: static {base.mean():.2f}; DST - static: {gains}; "
+            f"significantly better: {len(better)} of {len(testable)}"
+        )
     if tested == 0:
         why = "; ".join(parts) or "no static runs at the DST densities"
         return _not_enough(why), why, test
@@ -218,8 +265,9 @@ def claims_table(claims: pd.DataFrame) -> Table | None:
     display = claims.assign(claim=claims["claim"].map(CLAIMS))
     if (display["variant"] == "").all():
         display = display.drop(columns="variant")
-    return Table("claims", "The paper's findings on these runs: verdict, the numbers behind it, and the test.",
-                 claims, display)
+    return Table(
+        "claims", "The paper's findings on these runs: verdict, the numbers behind it, and the test.", claims, display
+    )
 
 
 def claims_summary(claims: pd.DataFrame) -> str:

@@ -44,5 +44,6 @@ METRIC_LABELS = {
     "final.test_loss": "test loss",
 }
 
+
 def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)

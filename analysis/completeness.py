@@ -50,13 +50,23 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
     ``missing_seeds`` lists the seeds that runs of the family have and this cell lacks.
     """
     runs = runs.assign(**{C.STATUS: runs[C.STATUS].fillna(C.UNREADABLE)})
-    status = (runs.groupby([C.SETUP, C.KIND, C.STATUS], dropna=False).size()
-              .unstack(C.STATUS, fill_value=0).reindex(columns=list(_STATUSES), fill_value=0)
-              .rename_axis(columns=None).reset_index())
+    status = (
+        runs.groupby([C.SETUP, C.KIND, C.STATUS], dropna=False)
+        .size()
+        .unstack(C.STATUS, fill_value=0)
+        .reindex(columns=list(_STATUSES), fill_value=0)
+        .rename_axis(columns=None)
+        .reset_index()
+    )
     readable = runs[runs[C.CELL].notna()]
     cells = _cells(readable, expected_seeds)
-    problem_columns = [C.RUN_DIR, *_DESCRIPTION, C.SEED, C.STATUS,
-                       *(c for c in ("epochs_completed", "diverged.reason", "error", C.DAMAGE) if c in runs)]
+    problem_columns = [
+        C.RUN_DIR,
+        *_DESCRIPTION,
+        C.SEED,
+        C.STATUS,
+        *(c for c in ("epochs_completed", "diverged.reason", "error", C.DAMAGE) if c in runs),
+    ]
     not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
     problems = not_completed[[c for c in problem_columns if c in not_completed]]
     # what `status` says of each (src.runstate: running / stale / failed / damaged ...)
@@ -72,31 +82,40 @@ def _described(runs: pd.DataFrame) -> pd.DataFrame:
     """Criterion and growth blanked for dense and static runs, density for dense ones: their
     configs hold defaults that mean nothing for them."""
     updates_topology = runs[C.KIND].isin(["dst", "overlap_init"])
-    return runs.assign(**{
-        C.CRITERION: runs[C.CRITERION].where(updates_topology),
-        C.GROWTH: runs[C.GROWTH].where(updates_topology),
-        C.DENSITY: runs[C.DENSITY].where(runs[C.KIND] != "dense"),
-    })
+    return runs.assign(
+        **{
+            C.CRITERION: runs[C.CRITERION].where(updates_topology),
+            C.GROWTH: runs[C.GROWTH].where(updates_topology),
+            C.DENSITY: runs[C.DENSITY].where(runs[C.KIND] != "dense"),
+        }
+    )
 
 
 def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     described = _described(runs)
     grouped = described.groupby(C.CELL, sort=False)
     cells = grouped[_DESCRIPTION].first()
-    cells = cells.join(grouped[C.STATUS].value_counts().unstack(fill_value=0)
-                       .reindex(columns=list(_STATUSES), fill_value=0))
+    cells = cells.join(
+        grouped[C.STATUS].value_counts().unstack(fill_value=0).reindex(columns=list(_STATUSES), fill_value=0)
+    )
     seeds = described[described[C.STATUS] == C.COMPLETED].groupby(C.CELL)[C.SEED].agg(lambda s: sorted(set(s)))
     cells["seeds"] = seeds.reindex(cells.index).map(lambda s: s if isinstance(s, list) else [])
     cells["n_seeds"] = cells["seeds"].map(len)
     family = [C.SETUP, C.KIND, C.VARIANT]
     # (dropna=False and .get: a cell whose kind or variant is unknown is its own family, not a KeyError)
     family_seeds = described.groupby(family, dropna=False)[C.SEED].agg(lambda s: set(s.dropna()))
-    cells["missing_seeds"] = [sorted(family_seeds.get(tuple(key), set()) - set(seeds))
-                              for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])]
-    cells["expected"] = (expected_seeds if expected_seeds is not None
-                         else cells.groupby(family, dropna=False)["n_seeds"].transform("max"))
+    cells["missing_seeds"] = [
+        sorted(family_seeds.get(tuple(key), set()) - set(seeds))
+        for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])
+    ]
+    cells["expected"] = (
+        expected_seeds
+        if expected_seeds is not None
+        else cells.groupby(family, dropna=False)["n_seeds"].transform("max")
+    )
     cells["short"] = cells["n_seeds"] < cells["expected"]
     for name in ("seeds", "missing_seeds"):  # text, so that the table writes to CSV and parquet alike
         cells[name] = cells[name].map(lambda s: ",".join(str(x) for x in s))
-    return cells.reset_index().sort_values([C.SETUP, C.KIND, C.VARIANT, C.CRITERION, C.GROWTH, C.DENSITY],
-                                           na_position="first", ignore_index=True)
+    return cells.reset_index().sort_values(
+        [C.SETUP, C.KIND, C.VARIANT, C.CRITERION, C.GROWTH, C.DENSITY], na_position="first", ignore_index=True
+    )

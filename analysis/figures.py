@@ -84,8 +84,9 @@ def _hline(ax: Axes, baseline: Baseline, metric: str, label: str, line: dict) ->
         label = f"{label} ({baseline.note()})"
     ax.axhline(values.mean(), label=label, **line)
     if len(values) > 1:
-        ax.axhspan(values.mean() - values.std(), values.mean() + values.std(), color=line["color"], alpha=0.07,
-                   linewidth=0)
+        ax.axhspan(
+            values.mean() - values.std(), values.mean() + values.std(), color=line["color"], alpha=0.07, linewidth=0
+        )
     return len(values)
 
 
@@ -113,11 +114,18 @@ def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
     titled with how many seeds the points average."""
     entries = {}
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            entries.setdefault(label, handle)
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(text, handle)
     if entries:
-        fig.legend(entries.values(), entries.keys(), loc="outside right center", frameon=False, fontsize=8,
-                   title=_seeds_text(counts), title_fontsize=8)
+        fig.legend(
+            entries.values(),
+            entries.keys(),
+            loc="outside right center",
+            frameon=False,
+            fontsize=8,
+            title=_seeds_text(counts),
+            title_fontsize=8,
+        )
 
 
 def _growth_order(growths: Iterable[str]) -> list[str]:
@@ -155,8 +163,9 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
     runs = selection.runs
     growths = _growth_order(runs[C.GROWTH])
     fig = Figure(figsize=(_PANEL[0] * len(growths) + 1.9, _PANEL[1] * 1.45), layout="constrained")
-    axes = fig.subplots(2, len(growths), sharex="col", sharey="row", squeeze=False,
-                        gridspec_kw={"height_ratios": [2.4, 1]})
+    axes = fig.subplots(
+        2, len(growths), sharex="col", sharey="row", squeeze=False, gridspec_kw={"height_ratios": [2.4, 1]}
+    )
     static, dense = selection.baselines.get("static"), selection.baselines.get("dense")
     densities, counts = set(runs[C.DENSITY]), []
     for ax, diff_ax, growth in zip(axes[0], axes[1], growths):
@@ -167,8 +176,13 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
         for criterion in criterion_order(stats[C.CRITERION]):
             curve = stats[stats[C.CRITERION] == criterion].sort_values(C.DENSITY)
             look = style(C.CRITERION, criterion)
-            diff_ax.plot(curve[C.DENSITY], curve["mean"] - best.reindex(curve[C.DENSITY]).to_numpy(),
-                         marker=look.marker, markersize=3.5, color=look.color)
+            diff_ax.plot(
+                curve[C.DENSITY],
+                curve["mean"] - best.reindex(curve[C.DENSITY]).to_numpy(),
+                marker=look.marker,
+                markersize=3.5,
+                color=look.color,
+            )
         if static is not None:
             static_stats = summarize(static.runs, [C.DENSITY], metric)
             label_ = "static" + (f" ({static.note()})" if static.differences else "")
@@ -176,8 +190,14 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
             densities |= set(static_stats[C.DENSITY])
             counts += list(static_stats["n"])
             shared = static_stats[static_stats[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
-            diff_ax.plot(shared[C.DENSITY], shared["mean"] - best.reindex(shared[C.DENSITY]).to_numpy(),
-                         color=STATIC_COLOR, linewidth=2, marker="s", markersize=3.5)
+            diff_ax.plot(
+                shared[C.DENSITY],
+                shared["mean"] - best.reindex(shared[C.DENSITY]).to_numpy(),
+                color=STATIC_COLOR,
+                linewidth=2,
+                marker="s",
+                markersize=3.5,
+            )
         if dense is not None:
             counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
         diff_ax.axhline(0, color="0.3", linewidth=0.8)
@@ -208,8 +228,9 @@ def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_M
             if dense is not None:
                 counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
             _log_axis(ax, runs[C.UPDATE_FREQUENCY], base=2)
-            ax.set_title(f"{setup_label(selection.setup)} — density {density:g}, {growth_label(growth)} growth",
-                         fontsize=10)
+            ax.set_title(
+                f"{setup_label(selection.setup)} — density {density:g}, {growth_label(growth)} growth", fontsize=10
+            )
             ax.set_xlabel("update frequency (steps between updates)")
             ax.set_ylabel(C.metric_label(metric))
             ax.grid(alpha=0.3)
@@ -263,14 +284,19 @@ def global_vs_layerwise(selection: Selection, metric: str = C.DEFAULT_METRIC) ->
             counts += list(stats["n"])
             if layerwise is not None:
                 other = layerwise.runs
-                other = other[(other[C.GROWTH] == growth) & (other[C.CRITERION] == criterion)
-                              & other[C.DENSITY].isin(stats[C.DENSITY])]
+                other = other[
+                    (other[C.GROWTH] == growth)
+                    & (other[C.CRITERION] == criterion)
+                    & other[C.DENSITY].isin(stats[C.DENSITY])
+                ]
                 other_stats = summarize(other, [C.DENSITY], metric)
                 _curve(ax, other_stats, C.DENSITY, label, "0.55", linestyle="--")
                 counts += list(other_stats["n"])
             _log_axis(ax, stats[C.DENSITY])
-            ax.set_title(f"{setup_label(selection.setup)} — {criterion_label(criterion)}, "
-                         f"{growth_label(growth)} growth", fontsize=10)
+            ax.set_title(
+                f"{setup_label(selection.setup)} — {criterion_label(criterion)}, {growth_label(growth)} growth",
+                fontsize=10,
+            )
             ax.set_xlabel("density")
             ax.grid(alpha=0.3)
         row[0].set_ylabel(C.metric_label(metric))
@@ -290,10 +316,18 @@ def density_one(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
     ax = axes[0, 0]
     x = np.arange(len(stats))
     for i, (_, row) in enumerate(stats.iterrows()):
-        ax.errorbar(i, row["mean"], yerr=0 if pd.isna(row["std"]) else row["std"], fmt="o", capsize=4,
-                    color=criterion_color(row[C.CRITERION]))
-    labels = [criterion_label(c) + (f"\n{growth_label(g)}" if several_growths else "")
-              for c, g in zip(stats[C.CRITERION], stats[C.GROWTH])]
+        ax.errorbar(
+            i,
+            row["mean"],
+            yerr=0 if pd.isna(row["std"]) else row["std"],
+            fmt="o",
+            capsize=4,
+            color=criterion_color(row[C.CRITERION]),
+        )
+    labels = [
+        criterion_label(c) + (f"\n{growth_label(g)}" if several_growths else "")
+        for c, g in zip(stats[C.CRITERION], stats[C.GROWTH])
+    ]
     ax.set_xticks(x, labels, rotation=30, ha="right")
     counts = list(stats["n"])
     for kind, line in (("dense", DENSE_STYLE), ("dense + dropout", DROPOUT_STYLE)):
@@ -332,14 +366,24 @@ def overlap_heatmaps(at_init: pd.DataFrame, setup: str) -> Figure:
             image = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
             for (i, j), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
                 if not math.isnan(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="black" if value > 0.6 else "white")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="black" if value > 0.6 else "white",
+                    )
             names = [criterion_label(c) for c in order]
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(names)), names, fontsize=8)
             seeds = int(cell["n"].max())
-            ax.set_title(f"density {density:g}, r = {rate:g} (random: {random_expectation(rate):.2f}); "
-                         f"{seeds} seed{'s' if seeds > 1 else ''}", fontsize=8)
+            ax.set_title(
+                f"density {density:g}, r = {rate:g} (random: {random_expectation(rate):.2f}); "
+                f"{seeds} seed{'s' if seeds > 1 else ''}",
+                fontsize=8,
+            )
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.6, label="Jaccard similarity")
     fig.suptitle(f"{setup_label(setup)} — overlap of pruned sets at initialisation", fontsize=10)
@@ -361,16 +405,19 @@ def overlap_trajectory_curves(trajectories: pd.DataFrame) -> Figure:
     for ax, criterion in zip(axes.flat, criteria):
         runs = trajectories[trajectories[C.CRITERION] == criterion]
         for reference in criterion_order(runs["reference"]):
-            _curve(ax, runs[runs["reference"] == reference], "step", criterion_label(reference),
-                   criterion_color(reference))
+            _curve(
+                ax, runs[runs["reference"] == reference], "step", criterion_label(reference), criterion_color(reference)
+            )
         rate = runs.groupby("step")["prune_rate"].mean()
         ax.plot(rate.index, random_expectation(rate), label="random expectation r/(2−r)", **RANDOM_STYLE)
-        ax.set_title(f"{setup_label(first[C.SETUP])}, density {first[C.DENSITY]:g} — run: {criterion_label(criterion)}",
-                     fontsize=10)
+        ax.set_title(
+            f"{setup_label(first[C.SETUP])}, density {first[C.DENSITY]:g} — run: {criterion_label(criterion)}",
+            fontsize=10,
+        )
         ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(criteria):]:
+    for ax in axes.flat[len(criteria) :]:
         ax.set_axis_off()
     for row in axes:
         row[0].set_ylabel("Jaccard similarity with the run's pruned set")
@@ -380,8 +427,9 @@ def overlap_trajectory_curves(trajectories: pd.DataFrame) -> Figure:
 
 
 # ------------------------------------------------------------------------ any sweep's axes
-def axis_figure(runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAULT_METRIC,
-                max_series: int = 8) -> Figure | None:
+def axis_figure(
+    runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAULT_METRIC, max_series: int = 8
+) -> Figure | None:
     """The metric along one axis of a sweep (`analysis.cells.sweep_axes`), one series per
     combination of the other axes: a point plot with every seed for a categorical axis
     (criterion, growth, kind, ...), a curve with a ±1 std band for a numeric one (density,
@@ -399,8 +447,11 @@ def axis_figure(runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAU
     frame = frame.dropna(subset=["level"])
     if frame["level"].nunique() < 2 or frame["series"].nunique() > max_series:
         return None
-    numeric = axis != C.KIND and pd.api.types.is_numeric_dtype(frame["level"].infer_objects()) \
+    numeric = (
+        axis != C.KIND
+        and pd.api.types.is_numeric_dtype(frame["level"].infer_objects())
         and not pd.api.types.is_bool_dtype(frame["level"].infer_objects())
+    )
     fig, axs = _panels(1, 1, legend_space=2.6 if frame["series"].nunique() > 1 else 0.4)
     ax = axs[0, 0]
     series = sorted(frame["series"].unique())
@@ -429,14 +480,25 @@ def axis_figure(runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAU
                     continue
                 color = colors.get(name) or _level_color(axis, level)
                 look = style(axis, level) if axis in STYLES else None
-                ax.errorbar(i + offset, seeds.mean(), yerr=seeds.std(ddof=1) if len(seeds) > 1 else 0, capsize=4,
-                            fmt=look.marker if look else "o", color=color, markersize=6,
-                            label=name if (colors and i == 0) else None)
+                ax.errorbar(
+                    i + offset,
+                    seeds.mean(),
+                    yerr=seeds.std(ddof=1) if len(seeds) > 1 else 0,
+                    capsize=4,
+                    fmt=look.marker if look else "o",
+                    color=color,
+                    markersize=6,
+                    label=name if (colors and i == 0) else None,
+                )
                 jitter = np.linspace(-width / 4, width / 4, len(seeds)) if len(seeds) > 1 else np.zeros(1)
                 ax.scatter(i + offset + jitter, seeds, s=10, color=color, alpha=0.5, linewidth=0, zorder=3)
                 counts.append(len(seeds))
-        ax.set_xticks(range(len(levels)), [label(axis, v) for v in levels], rotation=30 if len(levels) > 4 else 0,
-                      ha="right" if len(levels) > 4 else "center")
+        ax.set_xticks(
+            range(len(levels)),
+            [label(axis, v) for v in levels],
+            rotation=30 if len(levels) > 4 else 0,
+            ha="right" if len(levels) > 4 else "center",
+        )
         ax.set_xlim(-0.6, len(levels) - 0.4)
     ax.set_xlabel(field_label(axis))
     ax.set_ylabel(C.metric_label(metric))
@@ -445,8 +507,16 @@ def axis_figure(runs: pd.DataFrame, setup: str, axis: str, metric: str = C.DEFAU
     if colors:
         _legend(fig, axs, counts)
     else:
-        ax.text(0.99, 0.01, _seeds_text(counts) + " (dots: seeds; bars: ±1 std)", transform=ax.transAxes,
-                ha="right", va="bottom", fontsize=7, color="0.35")
+        ax.text(
+            0.99,
+            0.01,
+            _seeds_text(counts) + " (dots: seeds; bars: ±1 std)",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.35",
+        )
     return fig
 
 

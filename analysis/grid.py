@@ -102,8 +102,10 @@ def _labels(runs: pd.DataFrame, axes: tuple[str, ...]) -> pd.Series:
     varying = [c for c in frame.columns if c not in axes and frame[c].nunique(dropna=False) > 1]
     if not varying:
         return pd.Series("", index=runs.index, dtype=object)
-    labels = {text: describe({k: v for k, v in zip(varying, row) if v is not None and v == v})
-              for text, row in zip(frame.index, frame[varying].itertuples(index=False))}
+    labels = {
+        text: describe({k: v for k, v in zip(varying, row) if v is not None and v == v})
+        for text, row in zip(frame.index, frame[varying].itertuples(index=False))
+    }
     return runs[C.IDENTITY].map(labels).astype(object)
 
 
@@ -144,8 +146,10 @@ def nearest(candidates: pd.DataFrame, reference: dict, ignore: Iterable[str] = (
     when it matches exactly), or None without candidates.
     """
     ignore = set(ignore) | {C.MODE}
-    keys = {text: json.dumps({k: v for k, v in identity(text).items() if k not in ignore}, sort_keys=True)
-            for text in pd.unique(candidates[C.IDENTITY])}  # parsed once per cell
+    keys = {
+        text: json.dumps({k: v for k, v in identity(text).items() if k not in ignore}, sort_keys=True)
+        for text in pd.unique(candidates[C.IDENTITY])
+    }  # parsed once per cell
     groups: dict[str, list] = defaultdict(list)
     for index, text in zip(candidates.index, candidates[C.IDENTITY]):
         groups[keys[text]].append(index)
@@ -163,9 +167,14 @@ def _of(runs: pd.DataFrame, setup: str, kind: str) -> pd.DataFrame:
     return runs[(runs[C.SETUP] == setup) & (runs[C.KIND] == kind)]
 
 
-def _selections(done: pd.DataFrame, setup: str, dst: pd.DataFrame, axes: tuple[str, ...],
-                narrow: Callable[[pd.DataFrame], pd.DataFrame] = lambda runs: runs,
-                baselines: tuple[str, ...] = ("dense",)) -> list[Selection]:
+def _selections(
+    done: pd.DataFrame,
+    setup: str,
+    dst: pd.DataFrame,
+    axes: tuple[str, ...],
+    narrow: Callable[[pd.DataFrame], pd.DataFrame] = lambda runs: runs,
+    baselines: tuple[str, ...] = ("dense",),
+) -> list[Selection]:
     """``dst`` split into variants over ``axes``, each narrowed to the runs the study can use
     (variants left empty are dropped) and given its nearest ``baselines`` from ``done``."""
     out = []
@@ -181,6 +190,7 @@ def _selections(done: pd.DataFrame, setup: str, dst: pd.DataFrame, axes: tuple[s
 
 def _swept(x: str, over: tuple[str, ...] = AXES) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """Keeps the runs of the ``over`` groups in which ``x`` takes at least two values."""
+
     def narrow(runs: pd.DataFrame) -> pd.DataFrame:
         return runs[runs.groupby(list(over))[x].transform("nunique") >= 2]
 
@@ -224,8 +234,14 @@ def _density_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
     """
     done = completed(runs)
     dst = _of(done, setup, "dst")
-    grids = _selections(done, setup, dst[dst[C.DENSITY] < 1], AXES,
-                        lambda r: r if r[C.DENSITY].nunique() >= 2 else r.iloc[:0], baselines=("dense", "static"))
+    grids = _selections(
+        done,
+        setup,
+        dst[dst[C.DENSITY] < 1],
+        AXES,
+        lambda r: r if r[C.DENSITY].nunique() >= 2 else r.iloc[:0],
+        baselines=("dense", "static"),
+    )
 
     def coverage(s: Selection):
         return len(s.runs.groupby(list(AXES))), len(s.runs)
@@ -242,8 +258,7 @@ def update_frequency_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:
     """Variants of a setup's DST runs in which (criterion, growth, density) combinations were
     run at two or more update frequencies (Fig. 4); only those combinations are kept."""
     done = completed(runs)
-    return _selections(done, setup, _of(done, setup, "dst"), AXES + (C.UPDATE_FREQUENCY,),
-                       _swept(C.UPDATE_FREQUENCY))
+    return _selections(done, setup, _of(done, setup, "dst"), AXES + (C.UPDATE_FREQUENCY,), _swept(C.UPDATE_FREQUENCY))
 
 
 def gamma_grids(runs: pd.DataFrame, setup: str) -> list[Selection]:

@@ -36,8 +36,22 @@ CACHE_VERSION = "3"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
 # Present in every runs table, even one of unreadable or no records, so analyses need no guards.
-_BASE_COLUMNS = [C.RUN_DIR, C.STATUS, C.SETUP, C.KIND, C.IDENTITY, C.CELL, C.RESULT_MTIME,
-                 C.MODEL, C.DATA, C.MODE, C.CRITERION, C.GROWTH, C.DENSITY, C.SEED]
+_BASE_COLUMNS = [
+    C.RUN_DIR,
+    C.STATUS,
+    C.SETUP,
+    C.KIND,
+    C.IDENTITY,
+    C.CELL,
+    C.RESULT_MTIME,
+    C.MODEL,
+    C.DATA,
+    C.MODE,
+    C.CRITERION,
+    C.GROWTH,
+    C.DENSITY,
+    C.SEED,
+]
 
 
 def find_run_dirs(root: str | Path) -> list[Path]:
@@ -116,8 +130,12 @@ def read_run(run_dir: Path) -> dict:
     try:
         return _read_run(run_dir)
     except Exception as e:  # noqa: BLE001 (one bad run dir must not stop the loading of the others)
-        return {C.RUN_DIR: str(run_dir), C.RESULT_MTIME: None, C.STATUS: C.UNREADABLE,
-                "error": f"{type(e).__name__}: {e}"}
+        return {
+            C.RUN_DIR: str(run_dir),
+            C.RESULT_MTIME: None,
+            C.STATUS: C.UNREADABLE,
+            "error": f"{type(e).__name__}: {e}",
+        }
 
 
 def _read_run(run_dir: Path) -> dict:
@@ -176,15 +194,26 @@ def _is_config(content) -> bool:
 
 
 # The fields every analysis groups or compares by, and the types they must have.
-_TYPES = {C.MODE: (str,), C.MODEL: (str,), C.DATA: (str,), C.CRITERION: (str,), C.GROWTH: (str,),
-          C.DENSITY: (int, float), C.SEED: (int,), C.UPDATE_FREQUENCY: (int,), "train.epochs": (int,)}
+_TYPES = {
+    C.MODE: (str,),
+    C.MODEL: (str,),
+    C.DATA: (str,),
+    C.CRITERION: (str,),
+    C.GROWTH: (str,),
+    C.DENSITY: (int, float),
+    C.SEED: (int,),
+    C.UPDATE_FREQUENCY: (int,),
+    "train.epochs": (int,),
+}
 
 
 def _wrong_types(flat: dict) -> str:
     """What is wrong with the types of the fields the analyses rely on ("" if nothing)."""
-    wrong = [f"{name} is {flat[name]!r} ({' or '.join(t.__name__ for t in types)} expected)"
-             for name, types in _TYPES.items()
-             if name in flat and (not isinstance(flat[name], types) or isinstance(flat[name], bool))]
+    wrong = [
+        f"{name} is {flat[name]!r} ({' or '.join(t.__name__ for t in types)} expected)"
+        for name, types in _TYPES.items()
+        if name in flat and (not isinstance(flat[name], types) or isinstance(flat[name], bool))
+    ]
     if flat.get(C.MODE) not in (None, "dense", "static", "dst"):
         wrong.append(f"{C.MODE} is {flat[C.MODE]!r} (dense, static or dst expected)")
     return "; ".join(wrong)
@@ -300,8 +329,9 @@ def _read_cache(path: Path, fingerprint: str) -> pd.DataFrame | None:
             raise ValueError("its content does not match its checksum")
         table = pq.read_table(pa.BufferReader(data))
     except Exception as e:  # noqa: BLE001 (any damage: rebuilt from the run records)
-        warnings.warn(f"analysis cache {path} is damaged ({type(e).__name__}: {e}); rebuilt from the run records",
-                      stacklevel=4)
+        warnings.warn(
+            f"analysis cache {path} is damaged ({type(e).__name__}: {e}); rebuilt from the run records", stacklevel=4
+        )
         return None
     if (table.schema.metadata or {}).get(_FINGERPRINT_KEY) != fingerprint.encode():
         return None
@@ -334,7 +364,7 @@ def _write_cache(path: Path, table: pa.Table, fingerprint: str) -> None:
 def _arrow_safe(runs: pd.DataFrame) -> pd.DataFrame:
     """Columns whose values mix Python types (a field that changed type between code
     versions) become text, so that the table can be stored as parquet."""
-    for name in runs.columns[runs.dtypes == object]:
+    for name in runs.columns[runs.dtypes == object]:  # noqa: E721 (a dtype, not a type)
         values = runs[name].dropna()
         types = {type(v) for v in values if not (isinstance(v, float) and math.isnan(v))}
         if len(types) > 1:

@@ -45,8 +45,11 @@ def jaccard_pairs(updates: pd.DataFrame, layer: str | None = None) -> pd.DataFra
         if matrix is None:
             continue
         names = overlap["criteria"]
-        rows += [(update[C.RUN_DIR], update["step"], update["prune_rate"], a, b, matrix[i][j])
-                 for i, a in enumerate(names) for j, b in enumerate(names)]
+        rows += [
+            (update[C.RUN_DIR], update["step"], update["prune_rate"], a, b, matrix[i][j])
+            for i, a in enumerate(names)
+            for j, b in enumerate(names)
+        ]
     return pd.DataFrame(rows, columns=_PAIR_COLUMNS)
 
 
@@ -80,8 +83,9 @@ def overlap_at_init(runs: pd.DataFrame, updates: pd.DataFrame | None = None, lay
     return _mean_std_n(per_seed.groupby(keys))
 
 
-def overlap_trajectories(runs: pd.DataFrame, updates: pd.DataFrame | None = None,
-                         layer: str | None = None) -> pd.DataFrame:
+def overlap_trajectories(
+    runs: pd.DataFrame, updates: pd.DataFrame | None = None, layer: str | None = None
+) -> pd.DataFrame:
     """Jaccard of DST runs' pruned sets with each reference criterion along training:
     per (setup, variant, density, trajectory criterion, reference, step) the mean, std and n
     over seeds, and the mean prune fraction at that step."""

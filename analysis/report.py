@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import columns as C
 from . import cells, claims, grid, overlap, tables
+from . import columns as C
 from .completeness import completeness
 from .style import field_label, setup_label
 from .tables import Table
@@ -98,8 +98,11 @@ class _Output:
         """``draw()`` saved as ``figures/<name>.{png,pdf}`` (or reused); None draws nothing."""
         stem = self.out / "figures" / name
         key = hashlib.sha256(f"{self.key}\0{name}\0{caption}".encode()).hexdigest() if self.key else ""
-        reusable = key and self.old_keys.get(name) == key and all(
-            (stem.parent / f"{stem.name}.{ext}").exists() for ext in ("png", "pdf"))
+        reusable = (
+            key
+            and self.old_keys.get(name) == key
+            and all((stem.parent / f"{stem.name}.{ext}").exists() for ext in ("png", "pdf"))
+        )
         if not reusable:
             fig = draw()
             if fig is None:
@@ -146,20 +149,29 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
             continue
         main = grids[0]
         mains.append(main)
-        out.figure(section, lambda main=main: figures.accuracy_vs_density(main, opt.metric),
-                   _name("fig1_accuracy_vs_density", setup),
-                   f"{main.title}: {C.metric_label(opt.metric)} vs density")
-        notes += [f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
-                  for kind, b in main.baselines.items() if b.differences]
+        out.figure(
+            section,
+            lambda main=main: figures.accuracy_vs_density(main, opt.metric),
+            _name("fig1_accuracy_vs_density", setup),
+            f"{main.title}: {C.metric_label(opt.metric)} vs density",
+        )
+        notes += [
+            f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
+            for kind, b in main.baselines.items()
+            if b.differences
+        ]
         if len(grids) > 1:
-            notes.append(f"{setup}: main grid '{main.label or 'all'}'; other DST variants (in their own studies "
-                         f"below, or not plotted): " + "; ".join(g.label for g in grids[1:]))
+            notes.append(
+                f"{setup}: main grid '{main.label or 'all'}'; other DST variants (in their own studies "
+                f"below, or not plotted): " + "; ".join(g.label for g in grids[1:])
+            )
     if not mains:
         return None
     section.text = "\n".join(notes)
     out.table(section, tables.accuracy_table(mains, opt.metric))
-    ranked = tables.ranking_tables(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
-                                   low_density=opt.low_density)
+    ranked = tables.ranking_tables(
+        mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative, low_density=opt.low_density
+    )
     for table in ranked or ():
         out.table(section, table)
     return section
@@ -169,8 +181,15 @@ def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     mains = [grids[0] for grids in (grid.density_grids(runs, setup) for setup in grid.setups(runs)) if grids]
     if not mains:
         return None
-    found = claims.check_claims(mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative,
-                                low_density=opt.low_density, high_density=opt.high_density, min_seeds=opt.min_seeds)
+    found = claims.check_claims(
+        mains,
+        metric=opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        low_density=opt.low_density,
+        high_density=opt.high_density,
+        min_seeds=opt.min_seeds,
+    )
     section = Section("The paper's claims, checked on these runs", summary=claims.claims_summary(found))
     out.table(section, claims.claims_table(found))
     return section
@@ -183,46 +202,81 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     if table.empty:
         return None
     section = Section("Results per cell and along each axis")
-    out.table(section, Table("cell_results", f"{C.metric_label(opt.metric)} per cell (completed runs): mean ± std "
-                             f"over seeds (number of seeds), min–max, the median epoch of the best validation "
-                             f"accuracy and the last epoch, and the fewest topology updates of its DST runs.",
-                             table, cells.cell_display(table)))
+    out.table(
+        section,
+        Table(
+            "cell_results",
+            f"{C.metric_label(opt.metric)} per cell (completed runs): mean ± std "
+            f"over seeds (number of seeds), min–max, the median epoch of the best validation "
+            f"accuracy and the last epoch, and the fewest topology updates of its DST runs.",
+            table,
+            cells.cell_display(table),
+        ),
+    )
     tests = cells.axis_tests(table, alpha=opt.alpha, alternative=opt.alternative, min_seeds=opt.min_seeds)
     if len(tests):
         side = "one" if opt.alternative == "greater" else "two"
-        out.table(section, Table("axis_tests", f"Along each axis, with the other axes fixed ('with'): every level "
-                                 f"against the best level (highest mean) by Welch's t-test ({side}-sided), "
-                                 f"Holm-corrected over the levels compared, alpha = {opt.alpha:g}; a verdict needs "
-                                 f"≥ {opt.min_seeds} seeds on both sides and DST runs that made topology updates.",
-                                 tests, cells.axis_tests_display(tests)))
+        out.table(
+            section,
+            Table(
+                "axis_tests",
+                f"Along each axis, with the other axes fixed ('with'): every level "
+                f"against the best level (highest mean) by Welch's t-test ({side}-sided), "
+                f"Holm-corrected over the levels compared, alpha = {opt.alpha:g}; a verdict needs "
+                f"≥ {opt.min_seeds} seeds on both sides and DST runs that made topology updates.",
+                tests,
+                cells.axis_tests_display(tests),
+            ),
+        )
     warnings = cells.topology_warnings(runs)
     if len(warnings):
-        section.text = "\n".join(f"Warning — {setup_label(setup)}, {where}: {advice}" for setup, where, advice
-                                  in zip(warnings[C.SETUP], warnings["description"], warnings["advice"]))
-        out.table(section, Table("topology_warnings", "DST cells whose runs made no or very few topology updates "
-                                 "(they are then little more than static sparse training).", warnings))
+        section.text = "\n".join(
+            f"Warning — {setup_label(setup)}, {where}: {advice}"
+            for setup, where, advice in zip(warnings[C.SETUP], warnings["description"], warnings["advice"])
+        )
+        out.table(
+            section,
+            Table(
+                "topology_warnings",
+                "DST cells whose runs made no or very few topology updates "
+                "(they are then little more than static sparse training).",
+                warnings,
+            ),
+        )
     for setup, axes in cells.sweep_axes(runs).items():
         if grid.density_grids(runs, setup):
             continue
         for axis in axes:
-            out.figure(section, lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
-                       _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
-                       f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}")
+            out.figure(
+                section,
+                lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
+                _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
+                f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}",
+            )
     return section
 
 
-
-def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
-                  table: Callable[[list[grid.Selection], Options], Table | None]):
+def _figure_study(
+    title: str,
+    prefix: str,
+    select: Callable,
+    draw: Callable,
+    table: Callable[[list[grid.Selection], Options], Table | None],
+):
     """A study drawn as one figure per selection, with one table over all selections."""
+
     def study(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         section = Section(title)
         selections = []
         for setup in grid.setups(runs):
             found = select(runs, setup)
             for number, selection in enumerate(found, 1):
-                out.figure(section, lambda selection=selection: draw(selection, opt.metric),
-                           _name(prefix, setup, number if len(found) > 1 else None), selection.title)
+                out.figure(
+                    section,
+                    lambda selection=selection: draw(selection, opt.metric),
+                    _name(prefix, setup, number if len(found) > 1 else None),
+                    selection.title,
+                )
             selections += found
         if not selections:
             return None
@@ -233,18 +287,31 @@ def _figure_study(title: str, prefix: str, select: Callable, draw: Callable,
 
 
 def _update_frequency_table(selections: list[grid.Selection], opt: Options) -> Table | None:
-    return tables.study_table("update_frequency", "Accuracy by update frequency (columns).", selections,
-                              [C.GROWTH, C.DENSITY, C.CRITERION], C.UPDATE_FREQUENCY, opt.metric)
+    return tables.study_table(
+        "update_frequency",
+        "Accuracy by update frequency (columns).",
+        selections,
+        [C.GROWTH, C.DENSITY, C.CRITERION],
+        C.UPDATE_FREQUENCY,
+        opt.metric,
+    )
 
 
 def _gamma_table(selections: list[grid.Selection], opt: Options) -> Table | None:
-    return tables.study_table("mest_gamma", "MEST accuracy by gamma (columns).", selections,
-                              [C.GROWTH, C.DENSITY], C.GAMMA, opt.metric)
+    return tables.study_table(
+        "mest_gamma", "MEST accuracy by gamma (columns).", selections, [C.GROWTH, C.DENSITY], C.GAMMA, opt.metric
+    )
 
 
 def _sensitivity_table(selections: list[grid.Selection], opt: Options) -> Table | None:
-    return tables.study_table("sensitivity", "Sensitivity and the criteria run with the same settings.", selections,
-                              [C.GROWTH, C.CRITERION], C.DENSITY, opt.metric)
+    return tables.study_table(
+        "sensitivity",
+        "Sensitivity and the criteria run with the same settings.",
+        selections,
+        [C.GROWTH, C.CRITERION],
+        C.DENSITY,
+        opt.metric,
+    )
 
 
 def _global_table(selections: list[grid.Selection], opt: Options) -> Table | None:
@@ -253,17 +320,31 @@ def _global_table(selections: list[grid.Selection], opt: Options) -> Table | Non
         runs = s.runs.assign(pruning="global")
         if "layer-wise" in s.baselines:
             other = s.baselines["layer-wise"].runs
-            other = other[other[C.CRITERION].isin(runs[C.CRITERION]) & other[C.GROWTH].isin(runs[C.GROWTH])
-                          & other[C.DENSITY].isin(runs[C.DENSITY])]
+            other = other[
+                other[C.CRITERION].isin(runs[C.CRITERION])
+                & other[C.GROWTH].isin(runs[C.GROWTH])
+                & other[C.DENSITY].isin(runs[C.DENSITY])
+            ]
             runs = pd.concat([runs, other.assign(pruning="layer-wise")])
         combined.append(grid.Selection(s.setup, s.label, runs))
-    return tables.study_table("global_pruning", "Global vs layer-wise pruning.", combined,
-                              [C.GROWTH, C.CRITERION, "pruning"], C.DENSITY, opt.metric)
+    return tables.study_table(
+        "global_pruning",
+        "Global vs layer-wise pruning.",
+        combined,
+        [C.GROWTH, C.CRITERION, "pruning"],
+        C.DENSITY,
+        opt.metric,
+    )
 
 
 def _density_one_table(selections: list[grid.Selection], opt: Options) -> Table | None:
-    return tables.baselines_table("density_one", "DST at density 1.0 by criterion / growth, the dense model, and "
-                                  "the dense model with dropout.", selections, [C.CRITERION, C.GROWTH], opt.metric)
+    return tables.baselines_table(
+        "density_one",
+        "DST at density 1.0 by criterion / growth, the dense model, and the dense model with dropout.",
+        selections,
+        [C.CRITERION, C.GROWTH],
+        opt.metric,
+    )
 
 
 def _sensitivity_figure(selection: grid.Selection, metric: str) -> Figure:
@@ -276,9 +357,12 @@ def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | N
         return None
     section = Section("Overlap of pruned sets at initialisation (Fig. 6a)")
     for setup in sorted(at_init[C.SETUP].unique()):
-        out.figure(section, lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
-                   _name("fig6a_overlap_init", setup),
-                   f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation")
+        out.figure(
+            section,
+            lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
+            _name("fig6a_overlap_init", setup),
+            f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation",
+        )
     out.table(section, tables.overlap_init_table(at_init))
     return section
 
@@ -291,9 +375,12 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
     for setup, of_setup in trajectories.groupby(C.SETUP):
         parts = list(of_setup.groupby([C.VARIANT, C.DENSITY]))
         for number, ((variant, density), part) in enumerate(parts, 1):
-            out.figure(section, lambda part=part: figures.overlap_trajectory_curves(part),
-                       _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
-                       f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training")
+            out.figure(
+                section,
+                lambda part=part: figures.overlap_trajectory_curves(part),
+                _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
+                f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training",
+            )
     out.table(section, tables.overlap_trajectory_table(trajectories))
     return section
 
@@ -303,29 +390,65 @@ STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | No
     ("Results per cell: no completed runs with the metric", _per_cell),
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
-    ("Fig. 4 (update frequency): no DST runs at two or more update frequencies",
-     _figure_study("Update frequency (Fig. 4)", "fig4_update_frequency", grid.update_frequency_grids,
-                   lambda s, m: figures.accuracy_vs_update_frequency(s, m), _update_frequency_table)),
-    ("Fig. 7 (MEST gamma): no MEST runs with two or more values of gamma",
-     _figure_study("MEST γ (Fig. 7)", "fig7_mest_gamma", grid.gamma_grids,
-                   lambda s, m: figures.accuracy_vs_gamma(s, m), _gamma_table)),
-    ("Fig. 8 (sensitivity): no runs of the sensitivity criterion at two or more densities",
-     _figure_study("Sensitivity criterion (Fig. 8)", "fig8_sensitivity", grid.sensitivity_grids, _sensitivity_figure,
-                   _sensitivity_table)),
-    ("Fig. 13 (global pruning): no global-pruning runs at two or more densities",
-     _figure_study("Global vs layer-wise pruning (Fig. 13)", "fig13_global_pruning", grid.global_pruning_grids,
-                   lambda s, m: figures.global_vs_layerwise(s, m), _global_table)),
-    ("Fig. 5 (density 1.0 and dropout): no DST runs at density 1.0",
-     _figure_study("DST at density 1.0 as a regulariser, and dropout (Fig. 5)", "fig5_density_one",
-                   grid.density_one_grids, lambda s, m: figures.density_one(s, m), _density_one_table)),
+    (
+        "Fig. 4 (update frequency): no DST runs at two or more update frequencies",
+        _figure_study(
+            "Update frequency (Fig. 4)",
+            "fig4_update_frequency",
+            grid.update_frequency_grids,
+            lambda s, m: figures.accuracy_vs_update_frequency(s, m),
+            _update_frequency_table,
+        ),
+    ),
+    (
+        "Fig. 7 (MEST gamma): no MEST runs with two or more values of gamma",
+        _figure_study(
+            "MEST γ (Fig. 7)",
+            "fig7_mest_gamma",
+            grid.gamma_grids,
+            lambda s, m: figures.accuracy_vs_gamma(s, m),
+            _gamma_table,
+        ),
+    ),
+    (
+        "Fig. 8 (sensitivity): no runs of the sensitivity criterion at two or more densities",
+        _figure_study(
+            "Sensitivity criterion (Fig. 8)",
+            "fig8_sensitivity",
+            grid.sensitivity_grids,
+            _sensitivity_figure,
+            _sensitivity_table,
+        ),
+    ),
+    (
+        "Fig. 13 (global pruning): no global-pruning runs at two or more densities",
+        _figure_study(
+            "Global vs layer-wise pruning (Fig. 13)",
+            "fig13_global_pruning",
+            grid.global_pruning_grids,
+            lambda s, m: figures.global_vs_layerwise(s, m),
+            _global_table,
+        ),
+    ),
+    (
+        "Fig. 5 (density 1.0 and dropout): no DST runs at density 1.0",
+        _figure_study(
+            "DST at density 1.0 as a regulariser, and dropout (Fig. 5)",
+            "fig5_density_one",
+            grid.density_one_grids,
+            lambda s, m: figures.density_one(s, m),
+            _density_one_table,
+        ),
+    ),
     ("Fig. 6a (overlap at initialisation): no completed overlap_init runs", _overlap_init),
     ("Fig. 6b (overlap along training): no completed DST runs with overlap_with", _overlap_trajectories),
 ]
 
 
 # ------------------------------------------------------------------------ entry point
-def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = None,
-                 sources: Sequence[str | Path] = ()) -> Path:
+def build_report(
+    runs: pd.DataFrame, out: str | Path, options: Options | None = None, sources: Sequence[str | Path] = ()
+) -> Path:
     """Write every table and figure ``runs`` support under ``out``; returns index.html."""
     opt = options or Options()
     out = Path(out)
@@ -352,9 +475,9 @@ def build_report(runs: pd.DataFrame, out: str | Path, options: Options | None = 
         "sources": ", ".join(str(s) for s in sources) or "(runs table)",
         "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",
         "significance": f"Welch's t-test ({'one' if opt.alternative == 'greater' else 'two'}-sided) against the "
-                        f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
+        f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
         "verdicts": f"need ≥ {opt.min_seeds} completed seeds per cell on both sides of a test, and DST runs that "
-                    f"made topology updates",
+        f"made topology updates",
         "runs used": "completed runs only (one per experiment and seed); see Completeness",
     }
     output.close()
@@ -399,15 +522,20 @@ def _html_index(header: dict, sections: list[Section], missing: list[str]) -> st
     """Tables sit in horizontally scrolling boxes and long cells wrap, so that nothing is
     wider than the window (checked in a real browser by the tests)."""
     e = html.escape
-    parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-             f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1><ul>"]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1><ul>",
+    ]
     parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
     parts.append("</ul>")
     for section in sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
-        parts += [f"<p{' class=note' if line.startswith('Warning') else ''}>{e(line)}</p>"
-                  for line in section.text.splitlines() if line.strip()]
+        parts += [
+            f"<p{' class=note' if line.startswith('Warning') else ''}>{e(line)}</p>"
+            for line in section.text.splitlines()
+            if line.strip()
+        ]
         for table in section.tables:
             links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
             parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
@@ -417,8 +545,10 @@ def _html_index(header: dict, sections: list[Section], missing: list[str]) -> st
             else:
                 parts.append(f"<p>({len(shown)} rows: see the linked files)</p>")
         for caption, stem in section.figures:
-            parts.append(f"<figure><img src='{stem}.png' alt='{e(caption)}'><figcaption>{e(caption)} "
-                         f"(<a href='{stem}.pdf'>PDF</a>)</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{stem}.png' alt='{e(caption)}'><figcaption>{e(caption)} "
+                f"(<a href='{stem}.pdf'>PDF</a>)</figcaption></figure>"
+            )
     if missing:
         parts.append("<h2>Not produced</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in missing) + "</ul>")
     parts.append("</body></html>")

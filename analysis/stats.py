@@ -52,12 +52,13 @@ def welch_from_moments(mean_a, var_a, n_a, mean_b, var_b, n_b, alternative: str 
     arrays of comparisons at once (the report's tests at 10,000 runs are one call)."""
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative: {alternative!r} is not one of {ALTERNATIVES}")
-    mean_a, var_a, n_a, mean_b, var_b, n_b = (np.asarray(x, dtype=float)
-                                              for x in (mean_a, var_a, n_a, mean_b, var_b, n_b))
+    mean_a, var_a, n_a, mean_b, var_b, n_b = (
+        np.asarray(x, dtype=float) for x in (mean_a, var_a, n_a, mean_b, var_b, n_b)
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         sa, sb = var_a / n_a, var_b / n_b
         t = (mean_a - mean_b) / np.sqrt(sa + sb)
-        df = (sa + sb) ** 2 / (sa ** 2 / (n_a - 1) + sb ** 2 / (n_b - 1))
+        df = (sa + sb) ** 2 / (sa**2 / (n_a - 1) + sb**2 / (n_b - 1))
         # Student's t survival function as the plain ufunc (scipy.stats.t.sf costs ~100x more per call)
         p = special.stdtr(df, -t) if alternative == "greater" else 2 * special.stdtr(df, -np.abs(t))
     diff = mean_a - mean_b
@@ -96,8 +97,9 @@ def holm_within(pvalues: pd.Series, groups: pd.Series) -> pd.Series:
     return adjusted.reindex(pvalues.index)
 
 
-def compare_to_best(samples: Mapping[str, Sequence[float]], *, alpha: float = 0.05,
-                    alternative: str = "greater") -> pd.DataFrame:
+def compare_to_best(
+    samples: Mapping[str, Sequence[float]], *, alpha: float = 0.05, alternative: str = "greater"
+) -> pd.DataFrame:
     """Rank the items of one comparison (e.g. the criteria at one density) and test each
     against the best (module docstring).
 
@@ -108,25 +110,34 @@ def compare_to_best(samples: Mapping[str, Sequence[float]], *, alpha: float = 0.
     """
     names = sorted(samples)
     values = [np.asarray(samples[n], dtype=float) for n in names]
-    table = pd.DataFrame({
-        "item": names,
-        "n": [len(v) for v in values],
-        "mean": [v.mean() if len(v) else np.nan for v in values],
-        "std": [v.std(ddof=1) if len(v) > 1 else np.nan for v in values],
-    })
+    table = pd.DataFrame(
+        {
+            "item": names,
+            "n": [len(v) for v in values],
+            "mean": [v.mean() if len(v) else np.nan for v in values],
+            "std": [v.std(ddof=1) if len(v) > 1 else np.nan for v in values],
+        }
+    )
     table["rank"] = table["mean"].rank(ascending=False, method="average")
     best = int(table["mean"].idxmax())  # first name among equal means
-    table["p_value"] = [np.nan if i == best else welch_pvalue(values[best], v, alternative)
-                        for i, v in enumerate(values)]
+    table["p_value"] = [
+        np.nan if i == best else welch_pvalue(values[best], v, alternative) for i, v in enumerate(values)
+    ]
     table["p_holm"] = holm(table["p_value"])
     table["worse"] = table["p_holm"] < alpha
     table["best_group"] = ~table["worse"]
     return table
 
 
-def rank_criteria(runs: pd.DataFrame, *, metric: str = C.DEFAULT_METRIC, alpha: float = 0.05,
-                  alternative: str = "greater", by: Sequence[str] = (C.SETUP, C.GROWTH, C.DENSITY),
-                  item: str = C.CRITERION) -> pd.DataFrame:
+def rank_criteria(
+    runs: pd.DataFrame,
+    *,
+    metric: str = C.DEFAULT_METRIC,
+    alpha: float = 0.05,
+    alternative: str = "greater",
+    by: Sequence[str] = (C.SETUP, C.GROWTH, C.DENSITY),
+    item: str = C.CRITERION,
+) -> pd.DataFrame:
     """`compare_to_best` of the ``item`` values within every ``by`` group of ``runs``
     (one row per run; give completed runs of one variant, e.g. `grid.main_grid(...).runs`),
     all groups at once: the tests from each item's mean, variance and n."""
@@ -135,14 +146,19 @@ def rank_criteria(runs: pd.DataFrame, *, metric: str = C.DEFAULT_METRIC, alpha: 
     values = runs[list(dict.fromkeys([*by, item, metric]))].dropna(subset=[metric])
     if values.empty:
         return pd.DataFrame(columns=columns)
-    table = (values.groupby([*by, item], sort=True)[metric].agg(n="count", mean="mean", std="std")
-             .reset_index())
+    table = values.groupby([*by, item], sort=True)[metric].agg(n="count", mean="mean", std="std").reset_index()
     group = table.groupby(by, sort=False).ngroup()
     table["rank"] = table.groupby(group)["mean"].rank(ascending=False, method="average")
     best = table.groupby(group)["mean"].idxmax().reindex(group).to_numpy()  # first item among equal means
-    p = welch_from_moments(table["mean"].to_numpy()[best], table["std"].to_numpy()[best] ** 2,
-                           table["n"].to_numpy()[best], table["mean"], table["std"] ** 2, table["n"],
-                           alternative=alternative)
+    p = welch_from_moments(
+        table["mean"].to_numpy()[best],
+        table["std"].to_numpy()[best] ** 2,
+        table["n"].to_numpy()[best],
+        table["mean"],
+        table["std"] ** 2,
+        table["n"],
+        alternative=alternative,
+    )
     table["p_value"] = np.where(best == np.arange(len(table)), np.nan, p)
     table["p_holm"] = holm_within(table["p_value"], group)
     table["worse"] = table["p_holm"] < alpha
@@ -150,21 +166,25 @@ def rank_criteria(runs: pd.DataFrame, *, metric: str = C.DEFAULT_METRIC, alpha: 
     return table[columns]
 
 
-def rank_summary(ranking: pd.DataFrame, *, low_density: float = 0.1,
-                 by: Sequence[str] = (C.SETUP, C.GROWTH), item: str = C.CRITERION) -> pd.DataFrame:
+def rank_summary(
+    ranking: pd.DataFrame, *, low_density: float = 0.1, by: Sequence[str] = (C.SETUP, C.GROWTH), item: str = C.CRITERION
+) -> pd.DataFrame:
     """Per item: average rank over densities, how often it was first and how often in the
     best group, overall and split into low (density <= ``low_density``) and high densities.
 
     Averages are over the densities at which the item was ranked (``densities``).
     """
+
     def aggregate(rows: pd.DataFrame, suffix: str) -> pd.DataFrame:
         grouped = rows.groupby([*by, item])
-        return pd.DataFrame({
-            f"densities{suffix}": grouped["rank"].count(),
-            f"avg_rank{suffix}": grouped["rank"].mean(),
-            f"first{suffix}": grouped["rank"].agg(lambda r: int((r == 1).sum())),
-            f"best_group{suffix}": grouped["best_group"].sum().astype(int),
-        })
+        return pd.DataFrame(
+            {
+                f"densities{suffix}": grouped["rank"].count(),
+                f"avg_rank{suffix}": grouped["rank"].mean(),
+                f"first{suffix}": grouped["rank"].agg(lambda r: int((r == 1).sum())),
+                f"best_group{suffix}": grouped["best_group"].sum().astype(int),
+            }
+        )
 
     low = ranking[C.DENSITY] <= low_density
     parts = [aggregate(ranking, ""), aggregate(ranking[low], "_low"), aggregate(ranking[~low], "_high")]

@@ -29,57 +29,67 @@ def _table(rows: dict[str, tuple]) -> dict[str, Style]:
 
 # The paper's names; colours from matplotlib's tab20 so that related criteria share a hue.
 STYLES: dict[str, dict[str, Style]] = {
-    C.CRITERION: _table({
-        "magnitude": ("Magnitude", "#d62728", "o"),
-        "running_magnitude": ("Running magnitude", "#ff9896", "o"),
-        "set": ("SET", "#2ca02c", "s"),
-        "set_legacy": ("SET (legacy)", "#98df8a", "s"),
-        "mest": ("MEST", "#9467bd", "D"),
-        "snip": ("SNIP", "#ff7f0e", "^"),
-        "snip_plus": ("SNIP+", "#ffbb78", "^"),
-        "snip_half": ("SNIP½", "#bcbd22", "v"),
-        "running_snip": ("Running SNIP", "#dbdb8d", "v"),
-        "sensitivity": ("Sensitivity", "#e377c2", "P"),
-        "reciprocal_sensitivity": ("RSensitivity", "#8c564b", "X"),
-        "random": ("Random", "#7f7f7f", "x"),
-        "grad_step": ("GradStep", "#17becf", "*"),
-        "taylor_fo": ("Taylor FO", "#1f3a93", "h"),
-        "grasp": ("GraSP", "#c49c94", "p"),
-        "run": ("run", "black", "o"),  # the run's own pruned set in overlap records
-    }),
-    C.GROWTH: _table({
-        "random": ("random", "#1f77b4", "o"),
-        "random_bernoulli": ("random (Bernoulli)", "#aec7e8", "o"),
-        "gradient": ("gradient", "#ff7f0e", "s"),
-        "momentum": ("momentum", "#2ca02c", "^"),
-        "momentum_neuron": ("momentum (per neuron)", "#98df8a", "^"),
-    }),
-    C.MODEL: _table({
-        "lenet5": ("LeNet-5", "#1f77b4", "o"),
-        "mlp_fashion_mnist": ("MLP (Fashion-MNIST)", "#aec7e8", "o"),
-        "mlp_cifar10": ("MLP (CIFAR-10)", "#ff7f0e", "s"),
-        "mlp_cifar10_dropout": ("MLP with dropout (CIFAR-10)", "#ffbb78", "s"),
-        "mlp_higgs": ("MLP (HIGGS)", "#2ca02c", "^"),
-        "conv_cifar10": ("ConvNet (CIFAR-10)", "#d62728", "D"),
-        "vgg16": ("VGG-16", "#9467bd", "P"),
-        "resnet56": ("ResNet-56", "#8c564b", "X"),
-        "resnet50": ("ResNet-50", "#e377c2", "h"),
-        "efficientnet_b0": ("EfficientNet-B0", "#7f7f7f", "*"),
-    }),
-    C.DATA: _table({
-        "fashion_mnist": ("Fashion-MNIST", "#1f77b4", "o"),
-        "cifar10": ("CIFAR-10", "#ff7f0e", "s"),
-        "cifar100": ("CIFAR-100", "#2ca02c", "^"),
-        "higgs": ("HIGGS", "#d62728", "D"),
-        "imagenet": ("ImageNet", "#9467bd", "P"),
-        "tiny_imagenet": ("Tiny ImageNet", "#8c564b", "X"),
-        "synthetic": ("synthetic data", "#7f7f7f", "x"),
-    }),
-    C.MODE: _table({
-        "dense": ("dense", "black", "_"),
-        "static": ("static sparse", "#8ecae6", "s"),
-        "dst": ("DST", "#d62728", "o"),
-    }),
+    C.CRITERION: _table(
+        {
+            "magnitude": ("Magnitude", "#d62728", "o"),
+            "running_magnitude": ("Running magnitude", "#ff9896", "o"),
+            "set": ("SET", "#2ca02c", "s"),
+            "set_legacy": ("SET (legacy)", "#98df8a", "s"),
+            "mest": ("MEST", "#9467bd", "D"),
+            "snip": ("SNIP", "#ff7f0e", "^"),
+            "snip_plus": ("SNIP+", "#ffbb78", "^"),
+            "snip_half": ("SNIP½", "#bcbd22", "v"),
+            "running_snip": ("Running SNIP", "#dbdb8d", "v"),
+            "sensitivity": ("Sensitivity", "#e377c2", "P"),
+            "reciprocal_sensitivity": ("RSensitivity", "#8c564b", "X"),
+            "random": ("Random", "#7f7f7f", "x"),
+            "grad_step": ("GradStep", "#17becf", "*"),
+            "taylor_fo": ("Taylor FO", "#1f3a93", "h"),
+            "grasp": ("GraSP", "#c49c94", "p"),
+            "run": ("run", "black", "o"),  # the run's own pruned set in overlap records
+        }
+    ),
+    C.GROWTH: _table(
+        {
+            "random": ("random", "#1f77b4", "o"),
+            "random_bernoulli": ("random (Bernoulli)", "#aec7e8", "o"),
+            "gradient": ("gradient", "#ff7f0e", "s"),
+            "momentum": ("momentum", "#2ca02c", "^"),
+            "momentum_neuron": ("momentum (per neuron)", "#98df8a", "^"),
+        }
+    ),
+    C.MODEL: _table(
+        {
+            "lenet5": ("LeNet-5", "#1f77b4", "o"),
+            "mlp_fashion_mnist": ("MLP (Fashion-MNIST)", "#aec7e8", "o"),
+            "mlp_cifar10": ("MLP (CIFAR-10)", "#ff7f0e", "s"),
+            "mlp_cifar10_dropout": ("MLP with dropout (CIFAR-10)", "#ffbb78", "s"),
+            "mlp_higgs": ("MLP (HIGGS)", "#2ca02c", "^"),
+            "conv_cifar10": ("ConvNet (CIFAR-10)", "#d62728", "D"),
+            "vgg16": ("VGG-16", "#9467bd", "P"),
+            "resnet56": ("ResNet-56", "#8c564b", "X"),
+            "resnet50": ("ResNet-50", "#e377c2", "h"),
+            "efficientnet_b0": ("EfficientNet-B0", "#7f7f7f", "*"),
+        }
+    ),
+    C.DATA: _table(
+        {
+            "fashion_mnist": ("Fashion-MNIST", "#1f77b4", "o"),
+            "cifar10": ("CIFAR-10", "#ff7f0e", "s"),
+            "cifar100": ("CIFAR-100", "#2ca02c", "^"),
+            "higgs": ("HIGGS", "#d62728", "D"),
+            "imagenet": ("ImageNet", "#9467bd", "P"),
+            "tiny_imagenet": ("Tiny ImageNet", "#8c564b", "X"),
+            "synthetic": ("synthetic data", "#7f7f7f", "x"),
+        }
+    ),
+    C.MODE: _table(
+        {
+            "dense": ("dense", "black", "_"),
+            "static": ("static sparse", "#8ecae6", "s"),
+            "dst": ("DST", "#d62728", "o"),
+        }
+    ),
 }
 STYLES[C.KIND] = {**STYLES[C.MODE], "overlap_init": Style("overlap at initialisation", "#7f7f7f", "x")}
 
@@ -119,17 +129,38 @@ def field_label(field: str) -> str:
 
 
 FIELD_LABELS = {
-    C.CRITERION: "criterion", C.GROWTH: "growth", C.DENSITY: "density", C.SEED: "seed", C.MODEL: "model",
-    C.DATA: "dataset", C.MODE: "mode", C.KIND: "kind", C.SETUP: "setup", C.UPDATE_FREQUENCY: "update frequency",
-    C.GAMMA: "γ", C.GLOBAL: "global pruning",
+    C.CRITERION: "criterion",
+    C.GROWTH: "growth",
+    C.DENSITY: "density",
+    C.SEED: "seed",
+    C.MODEL: "model",
+    C.DATA: "dataset",
+    C.MODE: "mode",
+    C.KIND: "kind",
+    C.SETUP: "setup",
+    C.UPDATE_FREQUENCY: "update frequency",
+    C.GAMMA: "γ",
+    C.GLOBAL: "global pruning",
 }
 
 
 # Columns of the report's display tables whose values are ids, and the field they name.
 _ID_COLUMNS = {
-    C.SETUP: C.SETUP, "setup": C.SETUP, C.CRITERION: C.CRITERION, "criterion": C.CRITERION, "method": C.CRITERION,
-    "a": C.CRITERION, "b": C.CRITERION, "reference": C.CRITERION, C.GROWTH: C.GROWTH, "growth": C.GROWTH,
-    C.MODEL: C.MODEL, C.DATA: C.DATA, C.MODE: C.MODE, C.KIND: C.KIND, "kind": C.KIND,
+    C.SETUP: C.SETUP,
+    "setup": C.SETUP,
+    C.CRITERION: C.CRITERION,
+    "criterion": C.CRITERION,
+    "method": C.CRITERION,
+    "a": C.CRITERION,
+    "b": C.CRITERION,
+    "reference": C.CRITERION,
+    C.GROWTH: C.GROWTH,
+    "growth": C.GROWTH,
+    C.MODEL: C.MODEL,
+    C.DATA: C.DATA,
+    C.MODE: C.MODE,
+    C.KIND: C.KIND,
+    "kind": C.KIND,
 }
 
 
@@ -142,7 +173,7 @@ def display_names(frame):
         if field is None or out[column].dtype.kind in "fiub":
             continue
         names = {v: _shown(field, v) for v in out[column].dropna().unique()}  # once per distinct id
-        out[column] = out[column].map(lambda v: names.get(v, v))
+        out[column] = out[column].map(lambda v, names=names: names.get(v, v))
     return out
 
 

@@ -66,6 +66,7 @@ def _cells(df: pd.DataFrame) -> list[list[str]]:
 
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub-flavoured markdown table."""
+
     def row(cells) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -85,14 +86,27 @@ def latex_escape(text: str) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     """A booktabs table environment."""
+
     def row(cells) -> str:
         return " & ".join(latex_escape(c) for c in cells) + r" \\"
 
-    return "\n".join([
-        r"\begin{table}", r"\centering", rf"\caption{{{latex_escape(caption)}}}", rf"\label{{{label}}}",
-        rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}", r"\toprule", row(map(_text, df.columns)), r"\midrule",
-        *(row(r) for r in _cells(df)), r"\bottomrule", r"\end{tabular}", r"\end{table}", "",
-    ])
+    return "\n".join(
+        [
+            r"\begin{table}",
+            r"\centering",
+            rf"\caption{{{latex_escape(caption)}}}",
+            rf"\label{{{label}}}",
+            rf"\begin{{tabular}}{{{'l' * len(df.columns)}}}",
+            r"\toprule",
+            row(map(_text, df.columns)),
+            r"\midrule",
+            *(row(r) for r in _cells(df)),
+            r"\bottomrule",
+            r"\end{tabular}",
+            r"\end{table}",
+            "",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------ layout helpers
@@ -136,47 +150,91 @@ def accuracy_table(grids: Sequence[Selection], metric: str = C.DEFAULT_METRIC) -
         for kind, baseline in grid.baselines.items():
             runs = baseline.runs if kind == "static" else baseline.runs.assign(**{C.DENSITY: DENSE_DENSITY})
             stats = summarize(runs, [C.DENSITY], metric)
-            parts.append(_with_selection(grid, stats.assign(method=kind, **{C.GROWTH: _NOT_APPLICABLE},
-                                                            baseline_differs=baseline.note())))
+            parts.append(
+                _with_selection(
+                    grid, stats.assign(method=kind, **{C.GROWTH: _NOT_APPLICABLE}, baseline_differs=baseline.note())
+                )
+            )
     data = _stack(parts)
     if data is None:
         return None
-    data = data[[C.SETUP, C.VARIANT, C.GROWTH, "method", C.DENSITY, "n", "mean", "std", "sem", "seeds",
-                 *(["baseline_differs"] if "baseline_differs" in data else [])]]
+    data = data[
+        [
+            C.SETUP,
+            C.VARIANT,
+            C.GROWTH,
+            "method",
+            C.DENSITY,
+            "n",
+            "mean",
+            "std",
+            "sem",
+            "seeds",
+            *(["baseline_differs"] if "baseline_differs" in data else []),
+        ]
+    ]
     display = pivot(data, [C.SETUP, C.GROWTH, "method"], C.DENSITY, lambda r: mean_std_n(r["mean"], r["std"], r["n"]))
-    return Table("accuracy", f"{C.metric_label(metric)} by density: mean ± std over seeds (number of seeds). "
-                 f"Dense model in the 1.0 column.", data, display)
+    return Table(
+        "accuracy",
+        f"{C.metric_label(metric)} by density: mean ± std over seeds (number of seeds). Dense model in the 1.0 column.",
+        data,
+        display,
+    )
 
 
-def ranking_tables(grids: Sequence[Selection], *, metric: str = C.DEFAULT_METRIC, alpha: float = 0.05,
-                   alternative: str = "greater", low_density: float = 0.1) -> tuple[Table, Table] | None:
+def ranking_tables(
+    grids: Sequence[Selection],
+    *,
+    metric: str = C.DEFAULT_METRIC,
+    alpha: float = 0.05,
+    alternative: str = "greater",
+    low_density: float = 0.1,
+) -> tuple[Table, Table] | None:
     """Criteria ranked by mean accuracy at each density, with the best group marked, and
     the average-rank summary over all, low and high densities."""
-    ranked = _stack([_with_selection(g, rank_criteria(g.runs, metric=metric, alpha=alpha, alternative=alternative,
-                                                      by=(C.GROWTH, C.DENSITY)))
-                     for g in grids])
+    ranked = _stack(
+        [
+            _with_selection(
+                g, rank_criteria(g.runs, metric=metric, alpha=alpha, alternative=alternative, by=(C.GROWTH, C.DENSITY))
+            )
+            for g in grids
+        ]
+    )
     if ranked is None:
         return None
     ranked = ranked[[C.SETUP, C.VARIANT, *(c for c in ranked.columns if c not in (C.SETUP, C.VARIANT))]]
     test = "one-sided" if alternative == "greater" else "two-sided"
-    display = pivot(ranked, [C.SETUP, C.GROWTH, C.CRITERION], C.DENSITY,
-                    lambda r: f"{r['rank']:g}{'*' if r['best_group'] else ''}")
+    display = pivot(
+        ranked, [C.SETUP, C.GROWTH, C.CRITERION], C.DENSITY, lambda r: f"{r['rank']:g}{'*' if r['best_group'] else ''}"
+    )
     summary = rank_summary(ranked, low_density=low_density, by=(C.SETUP, C.VARIANT, C.GROWTH))
-    display["avg rank"] = display.merge(summary, how="left", left_on=[C.SETUP, "growth", "criterion"],
-                                        right_on=[C.SETUP, C.GROWTH, C.CRITERION])["avg_rank"].map("{:.2f}".format)
-    ranking = Table("ranking", f"Rank of each criterion by mean {C.metric_label(metric)} at each density (1 = best). "
-                    f"* = best or not significantly worse than the best (Welch's t-test, {test}, Holm-corrected "
-                    f"over the comparisons at that density, alpha = {alpha:g}).", ranked, display)
+    display["avg rank"] = display.merge(
+        summary, how="left", left_on=[C.SETUP, "growth", "criterion"], right_on=[C.SETUP, C.GROWTH, C.CRITERION]
+    )["avg_rank"].map("{:.2f}".format)
+    ranking = Table(
+        "ranking",
+        f"Rank of each criterion by mean {C.metric_label(metric)} at each density (1 = best). "
+        f"* = best or not significantly worse than the best (Welch's t-test, {test}, Holm-corrected "
+        f"over the comparisons at that density, alpha = {alpha:g}).",
+        ranked,
+        display,
+    )
     summary_display = summary.drop(columns=C.VARIANT).rename(columns=_short_names)  # one main grid per setup
     for name in summary_display.columns[summary_display.columns.str.startswith("avg_rank")]:
         summary_display[name] = summary_display[name].map(lambda x: "" if pd.isna(x) else f"{x:.2f}")
-    summary_table = Table("ranking_summary", f"Average rank over densities, times ranked first and times in the best "
-                          f"group; _low: density <= {low_density:g}, _high: above.", summary, summary_display)
+    summary_table = Table(
+        "ranking_summary",
+        f"Average rank over densities, times ranked first and times in the best "
+        f"group; _low: density <= {low_density:g}, _high: above.",
+        summary,
+        summary_display,
+    )
     return ranking, summary_table
 
 
-def study_table(name: str, caption: str, grids: Sequence[Selection], by: Sequence[str], columns: str,
-                metric: str = C.DEFAULT_METRIC) -> Table | None:
+def study_table(
+    name: str, caption: str, grids: Sequence[Selection], by: Sequence[str], columns: str, metric: str = C.DEFAULT_METRIC
+) -> Table | None:
     """Mean ± std (n) of ``metric`` per ``by`` + ``columns`` in each selection, laid out with
     one column per value of ``columns``."""
     data = _stack([_with_selection(g, summarize(g.runs, [*by, columns], metric)) for g in grids])
@@ -187,8 +245,9 @@ def study_table(name: str, caption: str, grids: Sequence[Selection], by: Sequenc
     return Table(name, f"{caption} {C.metric_label(metric)}: mean ± std over seeds (number of seeds).", data, display)
 
 
-def baselines_table(name: str, caption: str, grids: Sequence[Selection], by: Sequence[str],
-                    metric: str = C.DEFAULT_METRIC) -> Table | None:
+def baselines_table(
+    name: str, caption: str, grids: Sequence[Selection], by: Sequence[str], metric: str = C.DEFAULT_METRIC
+) -> Table | None:
     """One row per ``by`` group of each selection's runs and one per baseline, with mean,
     std and n of ``metric`` (e.g. DST at density 1 per criterion vs dense vs dropout)."""
     parts = []
@@ -201,10 +260,22 @@ def baselines_table(name: str, caption: str, grids: Sequence[Selection], by: Seq
     data = _stack(parts)
     if data is None:
         return None
-    data = data[[C.SETUP, C.VARIANT, "method", "n", "mean", "std", "sem", "seeds",
-                 *(["baseline_differs"] if "baseline_differs" in data else [])]]
+    data = data[
+        [
+            C.SETUP,
+            C.VARIANT,
+            "method",
+            "n",
+            "mean",
+            "std",
+            "sem",
+            "seeds",
+            *(["baseline_differs"] if "baseline_differs" in data else []),
+        ]
+    ]
     display = data[[C.SETUP, C.VARIANT, "method"]].assign(
-        **{C.metric_label(metric): [mean_std_n(m, s, n) for m, s, n in zip(data["mean"], data["std"], data["n"])]})
+        **{C.metric_label(metric): [mean_std_n(m, s, n) for m, s, n in zip(data["mean"], data["std"], data["n"])]}
+    )
     return Table(name, f"{caption} Mean ± std over seeds (number of seeds).", data, display)
 
 
@@ -213,8 +284,13 @@ def overlap_init_table(at_init: pd.DataFrame) -> Table | None:
     if at_init.empty:
         return None
     display = pivot(at_init, [C.SETUP, C.DENSITY, "prune_rate", "a"], "b", lambda r: f"{r['mean']:.2f}")
-    return Table("overlap_init", "Jaccard similarity of the sets pruned by each pair of criteria at "
-                 "initialisation, mean over seeds (random pruning expects r/(2-r)).", at_init, display)
+    return Table(
+        "overlap_init",
+        "Jaccard similarity of the sets pruned by each pair of criteria at "
+        "initialisation, mean over seeds (random pruning expects r/(2-r)).",
+        at_init,
+        display,
+    )
 
 
 def overlap_trajectory_table(trajectories: pd.DataFrame, max_steps_shown: int = 12) -> Table | None:
@@ -227,23 +303,37 @@ def overlap_trajectory_table(trajectories: pd.DataFrame, max_steps_shown: int = 
         last = len(steps) - 1
         steps = [steps[round(i * last / (max_steps_shown - 1))] for i in range(max_steps_shown)]
     shown = trajectories[trajectories["step"].isin(steps)]
-    display = pivot(shown, [C.SETUP, C.VARIANT, C.DENSITY, C.CRITERION, "reference"], "step",
-                    lambda r: f"{r['mean']:.2f}")
-    return Table("overlap_trajectory", "Jaccard similarity of the run's pruned set with each reference criterion's, "
-                 "by update step (columns), mean over seeds.", trajectories, display)
+    display = pivot(
+        shown, [C.SETUP, C.VARIANT, C.DENSITY, C.CRITERION, "reference"], "step", lambda r: f"{r['mean']:.2f}"
+    )
+    return Table(
+        "overlap_trajectory",
+        "Jaccard similarity of the run's pruned set with each reference criterion's, "
+        "by update step (columns), mean over seeds.",
+        trajectories,
+        display,
+    )
 
 
 # ------------------------------------------------------------------------ completeness
 def completeness_tables(report: Completeness) -> list[Table]:
-    tables = [Table("runs_by_status", "Runs by setup, kind and status.", report.status),
-              Table("cells", "Every cell (experiment without the seed): its runs by status, completed seeds and "
-                    "the seeds other cells of the setup have and it lacks.", report.cells)]
+    tables = [
+        Table("runs_by_status", "Runs by setup, kind and status.", report.status),
+        Table(
+            "cells",
+            "Every cell (experiment without the seed): its runs by status, completed seeds and "
+            "the seeds other cells of the setup have and it lacks.",
+            report.cells,
+        ),
+    ]
     if len(report.short):
         tables.append(Table("short_cells", "Cells with fewer completed seeds than expected.", report.short))
     if len(report.problems):
-        tables.append(Table("not_completed", "Runs that did not complete (not used by any table or figure).",
-                            report.problems))
+        tables.append(
+            Table("not_completed", "Runs that did not complete (not used by any table or figure).", report.problems)
+        )
     if len(report.duplicates):
-        tables.append(Table("duplicates", "(cell, seed) pairs completed more than once; the latest is used.",
-                            report.duplicates))
+        tables.append(
+            Table("duplicates", "(cell, seed) pairs completed more than once; the latest is used.", report.duplicates)
+        )
     return tables

@@ -25,22 +25,45 @@ from src.records import RunRecorder, config_hash
 
 from .common import write_result
 
-SETUPS = (("lenet5", "fashion_mnist"), ("mlp_cifar10", "cifar10"), ("conv_cifar10", "cifar10"),
-          ("resnet56", "cifar10"), ("vgg16", "cifar100"))
-CRITERIA = ("magnitude", "set", "mest", "snip", "sensitivity", "reciprocal_sensitivity", "random", "grad_step",
-            "taylor_fo", "snip_plus")
+SETUPS = (
+    ("lenet5", "fashion_mnist"),
+    ("mlp_cifar10", "cifar10"),
+    ("conv_cifar10", "cifar10"),
+    ("resnet56", "cifar10"),
+    ("vgg16", "cifar100"),
+)
+CRITERIA = (
+    "magnitude",
+    "set",
+    "mest",
+    "snip",
+    "sensitivity",
+    "reciprocal_sensitivity",
+    "random",
+    "grad_step",
+    "taylor_fo",
+    "snip_plus",
+)
 GROWTHS = ("random", "gradient", "momentum")
 DENSITIES = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 EPOCHS, STEPS_PER_EPOCH, UPDATE_FREQUENCY = 10, 400, 800
 
 
-def _config(model: str, data: str, mode: str, seed: int, density: float = 1.0, criterion: str = "magnitude",
-            growth: str = "random") -> dict:
+def _config(
+    model: str,
+    data: str,
+    mode: str,
+    seed: int,
+    density: float = 1.0,
+    criterion: str = "magnitude",
+    growth: str = "random",
+) -> dict:
     cfg = RunConfig().to_dict()
     cfg["model"]["name"], cfg["data"]["name"] = model, data
     cfg["train"].update(epochs=EPOCHS, seed=seed)
-    cfg["sparsity"].update(mode=mode, density=density, criterion=criterion, growth=growth,
-                           update_frequency=UPDATE_FREQUENCY)
+    cfg["sparsity"].update(
+        mode=mode, density=density, criterion=criterion, growth=growth, update_frequency=UPDATE_FREQUENCY
+    )
     return cfg
 
 
@@ -48,27 +71,71 @@ def _write(run_dir: Path, cfg: dict, accuracy: float, rng: np.random.Generator) 
     recorder = RunRecorder(run_dir, cfg)
     curve = accuracy - 20 * np.exp(-np.arange(1, EPOCHS + 1) / 2) + rng.normal(0, 0.2, EPOCHS)
     for epoch, acc in enumerate(curve, 1):
-        recorder.log("epoch", epoch=epoch, step=STEPS_PER_EPOCH * epoch, lr=0.1, train_loss=0.4, train_acc=acc,
-                     val_loss=0.4, val_acc=acc, test_loss=0.4, test_acc=acc, prune_rate=0.3,
-                     density=cfg["sparsity"]["density"], layer_density={"fc.weight": cfg["sparsity"]["density"]},
-                     epoch_time=1.0, train_time=0.9)
+        recorder.log(
+            "epoch",
+            epoch=epoch,
+            step=STEPS_PER_EPOCH * epoch,
+            lr=0.1,
+            train_loss=0.4,
+            train_acc=acc,
+            val_loss=0.4,
+            val_acc=acc,
+            test_loss=0.4,
+            test_acc=acc,
+            prune_rate=0.3,
+            density=cfg["sparsity"]["density"],
+            layer_density={"fc.weight": cfg["sparsity"]["density"]},
+            epoch_time=1.0,
+            train_time=0.9,
+        )
     if cfg["sparsity"]["mode"] == "dst":
         for step in range(UPDATE_FREQUENCY, EPOCHS * STEPS_PER_EPOCH + 1, UPDATE_FREQUENCY):
-            recorder.log("update", epoch=step // STEPS_PER_EPOCH, step=step, prune_rate=0.3, removed=10, regrown=10,
-                         regrown_just_pruned_share=0.1, layers=[])
+            recorder.log(
+                "update",
+                epoch=step // STEPS_PER_EPOCH,
+                step=step,
+                prune_rate=0.3,
+                removed=10,
+                regrown=10,
+                regrown_just_pruned_share=0.1,
+                layers=[],
+            )
     best = int(np.argmax(curve))
-    final = {"epoch": EPOCHS, "train_loss": 0.4, "train_acc": curve[-1], "val_loss": 0.4, "val_acc": curve[-1],
-             "test_loss": 0.4, "test_acc": curve[-1]}
-    recorder.write_result({
-        "status": "completed", "config": cfg, "config_hash": config_hash(run_identity(cfg)), "code_version": "bench",
-        "seed": cfg["train"]["seed"], "epochs_completed": EPOCHS, "steps": EPOCHS * STEPS_PER_EPOCH,
-        "total_steps": EPOCHS * STEPS_PER_EPOCH, "final": final,
-        "best_val": {"epoch": best + 1, "val_loss": 0.4, "val_acc": curve[best], "test_loss": 0.4,
-                     "test_acc": curve[best]},
-        "achieved_density": cfg["sparsity"]["density"],
-        "achieved_layer_density": {"fc.weight": cfg["sparsity"]["density"]},
-        "wall_time": 100.0, "train_time": 90.0, "steps_per_s": 40.0, "diverged": None,
-    })
+    final = {
+        "epoch": EPOCHS,
+        "train_loss": 0.4,
+        "train_acc": curve[-1],
+        "val_loss": 0.4,
+        "val_acc": curve[-1],
+        "test_loss": 0.4,
+        "test_acc": curve[-1],
+    }
+    recorder.write_result(
+        {
+            "status": "completed",
+            "config": cfg,
+            "config_hash": config_hash(run_identity(cfg)),
+            "code_version": "bench",
+            "seed": cfg["train"]["seed"],
+            "epochs_completed": EPOCHS,
+            "steps": EPOCHS * STEPS_PER_EPOCH,
+            "total_steps": EPOCHS * STEPS_PER_EPOCH,
+            "final": final,
+            "best_val": {
+                "epoch": best + 1,
+                "val_loss": 0.4,
+                "val_acc": curve[best],
+                "test_loss": 0.4,
+                "test_acc": curve[best],
+            },
+            "achieved_density": cfg["sparsity"]["density"],
+            "achieved_layer_density": {"fc.weight": cfg["sparsity"]["density"]},
+            "wall_time": 100.0,
+            "train_time": 90.0,
+            "steps_per_s": 40.0,
+            "diverged": None,
+        }
+    )
 
 
 def write_sweep(root: Path, runs: int) -> int:
@@ -84,14 +151,21 @@ def write_sweep(root: Path, runs: int) -> int:
             written += 1
             for density in DENSITIES:
                 base = 92.0 - 3 * np.log10(1 / density)
-                _write(root / model / "static" / f"d{density}" / f"s{seed}",
-                       _config(model, data, "static", seed, density), base - 2 + rng.normal(0, 0.3), rng)
+                _write(
+                    root / model / "static" / f"d{density}" / f"s{seed}",
+                    _config(model, data, "static", seed, density),
+                    base - 2 + rng.normal(0, 0.3),
+                    rng,
+                )
                 written += 1
                 for i, criterion in enumerate(CRITERIA):
                     for growth in GROWTHS:
-                        _write(root / model / "dst" / criterion / growth / f"d{density}" / f"s{seed}",
-                               _config(model, data, "dst", seed, density, criterion, growth),
-                               base - 0.1 * i + rng.normal(0, 0.3), rng)
+                        _write(
+                            root / model / "dst" / criterion / growth / f"d{density}" / f"s{seed}",
+                            _config(model, data, "dst", seed, density, criterion, growth),
+                            base - 0.1 * i + rng.normal(0, 0.3),
+                            rng,
+                        )
                         written += 1
     return written
 
@@ -101,8 +175,22 @@ def _report(root: Path, out: Path, cache: bool = True) -> tuple[float, float]:
     it: a fresh process, imports included."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-W", "ignore", "-m", "analysis", "report", str(root), "--out", str(out),
-                    *([] if cache else ["--no-cache"])], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "ignore",
+            "-m",
+            "analysis",
+            "report",
+            str(root),
+            "--out",
+            str(out),
+            *([] if cache else ["--no-cache"]),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -122,8 +210,9 @@ def _parts(root: Path) -> dict[str, float]:
         timings[name] = round(time.process_time() - t0, 3)
         return value
 
-    mains = timed("density_grids", lambda: [g[0] for g in (grid.density_grids(runs, s) for s in grid.setups(runs))
-                                            if g])
+    mains = timed(
+        "density_grids", lambda: [g[0] for g in (grid.density_grids(runs, s) for s in grid.setups(runs)) if g]
+    )
     timed("claims", lambda: claims.check_claims(mains))
     table = timed("cell_table", lambda: cells.cell_table(runs))
     timed("axis_tests", lambda: cells.axis_tests(table))
@@ -154,9 +243,11 @@ def main(runs: int = 10_000) -> dict:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     path = write_result("analysis_report", result)
-    print(f"analysis report at {written} runs: first {result['report_first_s']} s, cached "
-          f"{result['report_cached_s']} s wall / {result['report_cached_cpu_s']} s CPU (target ≤ 5 s); "
-          f"parts (CPU s) {result['parts_cached_cpu_s']} -> {path}")
+    print(
+        f"analysis report at {written} runs: first {result['report_first_s']} s, cached "
+        f"{result['report_cached_s']} s wall / {result['report_cached_cpu_s']} s CPU (target ≤ 5 s); "
+        f"parts (CPU s) {result['parts_cached_cpu_s']} -> {path}"
+    )
     return result
 
 

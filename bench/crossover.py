@@ -39,13 +39,36 @@ from src.sparse.backend import CROSSOVER_TABLE, _same_cpu
 from .common import median_time, setup_threads, write_result
 
 # (out_features, in_features): the Linear layers of the registered models, plus a few more.
-SHAPES = [(1024, 3072), (512, 1024), (10, 512), (1024, 784), (500, 800), (10, 500), (256, 256), (256, 24),
-          (1, 256), (100, 512), (10, 128), (1000, 2048)]
+SHAPES = [
+    (1024, 3072),
+    (512, 1024),
+    (10, 512),
+    (1024, 784),
+    (500, 800),
+    (10, 500),
+    (256, 256),
+    (256, 24),
+    (1, 256),
+    (100, 512),
+    (10, 128),
+    (1000, 2048),
+]
 # (out_channels, in_channels, kernel, input size, padding): the convolutions of LeNet-5, the
 # small CIFAR ConvNet, ResNet-56's first two stages, and the VGG stages on 32x32 inputs.
-CONV_SHAPES = [(20, 1, 5, 28, 0), (50, 20, 5, 12, 0), (32, 3, 3, 32, 0), (64, 32, 3, 15, 0), (128, 64, 3, 6, 0),
-               (16, 16, 3, 32, 1), (32, 32, 3, 16, 1), (64, 3, 3, 32, 1), (64, 64, 3, 32, 1), (128, 128, 3, 16, 1),
-               (256, 256, 3, 8, 1), (512, 512, 3, 4, 1)]
+CONV_SHAPES = [
+    (20, 1, 5, 28, 0),
+    (50, 20, 5, 12, 0),
+    (32, 3, 3, 32, 0),
+    (64, 32, 3, 15, 0),
+    (128, 64, 3, 6, 0),
+    (16, 16, 3, 32, 1),
+    (32, 32, 3, 16, 1),
+    (64, 3, 3, 32, 1),
+    (64, 64, 3, 32, 1),
+    (128, 128, 3, 16, 1),
+    (256, 256, 3, 8, 1),
+    (512, 512, 3, 4, 1),
+]
 DENSITIES = [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5]
 
 
@@ -102,8 +125,9 @@ def crossover(points: list[tuple[float, float]]) -> float:
     return points[-1][0]
 
 
-def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=(*SHAPES, *CONV_SHAPES),
-        densities=DENSITIES) -> list[dict]:
+def run(
+    batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=(*SHAPES, *CONV_SHAPES), densities=DENSITIES
+) -> list[dict]:
     setup_threads(2)
     rows = []
     for shape in shapes:
@@ -118,12 +142,20 @@ def run(batch: int = 128, rounds: int = 5, repeats: int = 5, shapes=(*SHAPES, *C
             row, name = {"out_features": shape[0], "in_features": shape[1]}, f"Linear {shape[1]}->{shape[0]}"
         else:
             c_out, c_in, k, size, padding = shape
-            row = {"out_channels": c_out, "in_channels": c_in, "kernel_size": [k, k], "input_size": [size, size],
-                   "padding": padding}
+            row = {
+                "out_channels": c_out,
+                "in_channels": c_in,
+                "kernel_size": [k, k],
+                "input_size": [size, size],
+                "padding": padding,
+            }
             name = f"Conv2d {c_in}->{c_out} {k}x{k} on {size}x{size}"
         rows.append({**row, "batch": batch, "crossover_density": crossover(points), "points": detail})
-        print(f"{name}: crossover density {rows[-1]['crossover_density']:.3f}  "
-              + " ".join(f"{p['density']}:{p['sparse_over_masked']:.2f}" for p in detail), flush=True)
+        print(
+            f"{name}: crossover density {rows[-1]['crossover_density']:.3f}  "
+            + " ".join(f"{p['density']}:{p['sparse_over_masked']:.2f}" for p in detail),
+            flush=True,
+        )
     return rows
 
 
@@ -137,9 +169,16 @@ def main(update_table: bool = True, torch_kernels: bool = False) -> None:
     print(f"wrote {path}")
     if update_table:
         cpu = kernels.cpu_info()
-        table = {"measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": 2, "torch": torch.__version__,
-                 "command": "python -m bench.crossover" + " --torch" * torch_kernels, "kernels": ops, "cpu": cpu,
-                 "load_average": list(os.getloadavg()), "layers": rows}
+        table = {
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "threads": 2,
+            "torch": torch.__version__,
+            "command": "python -m bench.crossover" + " --torch" * torch_kernels,
+            "kernels": ops,
+            "cpu": cpu,
+            "load_average": list(os.getloadavg()),
+            "layers": rows,
+        }
         tables = json.loads(CROSSOVER_TABLE.read_text()).get("tables", []) if CROSSOVER_TABLE.exists() else []
         tables = [t for t in tables if not (t.get("kernels") == ops and _same_cpu(t.get("cpu"), cpu))]
         tmp = CROSSOVER_TABLE.with_suffix(".json.tmp")

@@ -49,8 +49,13 @@ def dry_runs(root: Path, repeats: int = 3) -> dict:
         one.append(timed([*launch, "setup=smoke", f"runs_root={root}", "--dry-run"]))
         many.append(timed([*launch, *sweep(100, root), "--dry-run"]))
     ratio = statistics.median(many) / statistics.median(one)
-    return {"one_job_s": statistics.median(one), "jobs_2000_s": statistics.median(many), "ratio": ratio,
-            "target_ratio": 2.0, "met": ratio <= 2.0}
+    return {
+        "one_job_s": statistics.median(one),
+        "jobs_2000_s": statistics.median(many),
+        "ratio": ratio,
+        "target_ratio": 2.0,
+        "met": ratio <= 2.0,
+    }
 
 
 def write_sweep(root: Path) -> tuple[float, Path]:
@@ -67,12 +72,14 @@ def write_sweep(root: Path) -> tuple[float, Path]:
     for i, job in enumerate(jobs):  # the records a sweep of 10,000 runs leaves
         if i % 5 in (0, 1, 2):
             job.run_dir.mkdir(parents=True)
-            (job.run_dir / "result.json").write_text(json.dumps(
-                {"status": "completed", "config": job.config_dict(), "final": {"test_acc": 80.0 + i % 7}}))
+            (job.run_dir / "result.json").write_text(
+                json.dumps({"status": "completed", "config": job.config_dict(), "final": {"test_acc": 80.0 + i % 7}})
+            )
         elif i % 5 == 3:
             job.run_dir.mkdir(parents=True)
-            (job.run_dir / "heartbeat.json").write_text(json.dumps(
-                {"host": "node1", "pid": 1000 + i, "step": 10, "epoch": 1, "time": now - 7200}))
+            (job.run_dir / "heartbeat.json").write_text(
+                json.dumps({"host": "node1", "pid": 1000 + i, "step": 10, "epoch": 1, "time": now - 7200})
+            )
     return plan_s, sweep_dir
 
 
@@ -90,36 +97,54 @@ def refresh(sweep_dir: Path) -> dict:
 
 
 def plan_and_status(root: Path) -> dict:
-    code = ("import json, sys; from pathlib import Path; from bench.lifecycle import write_sweep; "
-            f"t, d = write_sweep(Path({str(root)!r})); print(json.dumps([t, str(d)]))")
+    code = (
+        "import json, sys; from pathlib import Path; from bench.lifecycle import write_sweep; "
+        f"t, d = write_sweep(Path({str(root)!r})); print(json.dumps([t, str(d)]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(out.stdout[-2000:] + out.stderr[-2000:])
     plan_s, sweep_dir = json.loads(out.stdout.strip().splitlines()[-1])
     # its peak memory as the kernel counts it for that process alone (VmHWM, after its exec)
-    code = ("import atexit, re, sys; from pathlib import Path; from src.launch import main; "
-            "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
-            "Path('/proc/self/status').read_text()).group(1), file=sys.stderr)); sys.exit(main(sys.argv[1:]))")
+    code = (
+        "import atexit, re, sys; from pathlib import Path; from src.launch import main; "
+        "atexit.register(lambda: print('VmHWM', re.search(r'VmHWM:\\s+(\\d+)', "
+        "Path('/proc/self/status').read_text()).group(1), file=sys.stderr)); sys.exit(main(sys.argv[1:]))"
+    )
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, "status", sweep_dir], cwd=REPO, capture_output=True, text=True)
     status_s = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(out.stdout[-2000:] + out.stderr[-2000:])
     status_mb = int(out.stderr.split("VmHWM")[-1].split()[0]) / 1024
-    return {"jobs": 10_000, "plan_s": plan_s, "plan_target_s": 10.0, "plan_met": plan_s <= 10.0,
-            "status_s": status_s, "status_peak_mb": status_mb, "status_targets": {"s": 3.0, "mb": 300.0},
-            "status_met": status_s <= 3.0 and status_mb <= 300.0, **refresh(Path(sweep_dir))}
+    return {
+        "jobs": 10_000,
+        "plan_s": plan_s,
+        "plan_target_s": 10.0,
+        "plan_met": plan_s <= 10.0,
+        "status_s": status_s,
+        "status_peak_mb": status_mb,
+        "status_targets": {"s": 3.0, "mb": 300.0},
+        "status_met": status_s <= 3.0 and status_mb <= 300.0,
+        **refresh(Path(sweep_dir)),
+    }
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dry = dry_runs(Path(tmp) / "dry")
-        print(f"dry run: 2,000 jobs {dry['jobs_2000_s']:.1f} s, 1 job {dry['one_job_s']:.1f} s: "
-              f"{dry['ratio']:.2f}x (target <= 2x)", flush=True)
+        print(
+            f"dry run: 2,000 jobs {dry['jobs_2000_s']:.1f} s, 1 job {dry['one_job_s']:.1f} s: "
+            f"{dry['ratio']:.2f}x (target <= 2x)",
+            flush=True,
+        )
         scale = plan_and_status(Path(tmp) / "scale")
-    print(f"planning 10,000 jobs: {scale['plan_s']:.1f} s (target <= 10 s); status from the saved plan: "
-          f"{scale['status_s']:.1f} s, {scale['status_peak_mb']:.0f} MB (targets <= 3 s, <= 300 MB); "
-          f"a --watch refresh {scale['watch_refresh_s']:.2f} s", flush=True)
+    print(
+        f"planning 10,000 jobs: {scale['plan_s']:.1f} s (target <= 10 s); status from the saved plan: "
+        f"{scale['status_s']:.1f} s, {scale['status_peak_mb']:.0f} MB (targets <= 3 s, <= 300 MB); "
+        f"a --watch refresh {scale['watch_refresh_s']:.2f} s",
+        flush=True,
+    )
     path = write_result("lifecycle", {"dry_run": dry, "scale": scale, "cpu_load_1min": os.getloadavg()[0]})
     print(path)
 

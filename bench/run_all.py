@@ -1,7 +1,16 @@
 """`make bench`: run every benchmark and write JSON under bench/results/."""
 
-from . import (analysis_report, crossover, lifecycle, run_files, sparse_backend, sparse_profile, sparse_step,
-               sweep_throughput, train_speed)
+from . import (
+    analysis_report,
+    crossover,
+    lifecycle,
+    run_files,
+    sparse_backend,
+    sparse_profile,
+    sparse_step,
+    sweep_throughput,
+    train_speed,
+)
 
 if __name__ == "__main__":
     sparse_step.main()

@@ -38,9 +38,35 @@ MODELS = {  # name: (overrides, the paper's training-set size)
     "lenet5_fmnist": (["model.name=lenet5", "data.kwargs.input_shape=[1,28,28]"], 60_000),
     "mlp_cifar10": (["model.name=mlp_cifar10", "data.kwargs.input_shape=[3,32,32]"], 50_000),
 }
-METADATA = {"openat", "open", "creat", "newfstatat", "stat", "lstat", "statx", "access", "faccessat2", "rename",
-            "renameat", "renameat2", "unlink", "unlinkat", "mkdir", "mkdirat", "rmdir", "ftruncate", "truncate",
-            "fsync", "fdatasync", "readlink", "readlinkat", "symlink", "chmod", "fchmod", "fchmodat"}
+METADATA = {
+    "openat",
+    "open",
+    "creat",
+    "newfstatat",
+    "stat",
+    "lstat",
+    "statx",
+    "access",
+    "faccessat2",
+    "rename",
+    "renameat",
+    "renameat2",
+    "unlink",
+    "unlinkat",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "ftruncate",
+    "truncate",
+    "fsync",
+    "fdatasync",
+    "readlink",
+    "readlinkat",
+    "symlink",
+    "chmod",
+    "fchmod",
+    "fchmodat",
+}
 WRITES = {"write", "pwrite64", "writev", "pwritev", "pwritev2"}
 CALL = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
 
@@ -48,8 +74,16 @@ CALL = re.compile(r"^\d+\s+(\w+)\((.*)\)\s+=\s+(-?\d+)")
 def category(name: str) -> str:
     """The run file a path belongs to (temporary files count as their target's)."""
     name = re.sub(r"^\.(.+)\.tmp-.*$", r"\1", name)
-    for key in ("checkpoint.pt", "heartbeat.json", "metrics.jsonl", "train.log", "result.json", "config.json",
-                "model_final.pt", ".lock"):
+    for key in (
+        "checkpoint.pt",
+        "heartbeat.json",
+        "metrics.jsonl",
+        "train.log",
+        "result.json",
+        "config.json",
+        "model_final.pt",
+        ".lock",
+    ):
         if name.startswith(key):
             return key
     return "other"
@@ -61,9 +95,23 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
     log = run_dir.parent / f"{run_dir.name}.strace"
     log.parent.mkdir(parents=True, exist_ok=True)
     # --seccomp-bpf: only the traced calls stop the process, so the step time stays close to an untraced run's
-    cmd = ["strace", "-f", "-qq", "-y", "--seccomp-bpf", "-o", str(log), "-e",
-           "trace=" + ",".join(sorted(METADATA | WRITES)), sys.executable, "-m", "src.train", *overrides,
-           "--run-dir", str(run_dir)]
+    cmd = [
+        "strace",
+        "-f",
+        "-qq",
+        "-y",
+        "--seccomp-bpf",
+        "-o",
+        str(log),
+        "-e",
+        "trace=" + ",".join(sorted(METADATA | WRITES)),
+        sys.executable,
+        "-m",
+        "src.train",
+        *overrides,
+        "--run-dir",
+        str(run_dir),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(code)}
     done = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -79,8 +127,7 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
         kind = category(where.split("/")[0])
         if kind == "metrics.jsonl" and call in ("fsync", "fdatasync"):
             kind = "checkpoint.pt"  # the metrics are flushed as part of each checkpoint
-        entry = per.setdefault(kind,
-                               {"metadata_ops": 0, "bytes_written": 0, "renames": 0})
+        entry = per.setdefault(kind, {"metadata_ops": 0, "bytes_written": 0, "renames": 0})
         if call in METADATA:
             entry["metadata_ops"] += 1
             entry["renames"] += call.startswith("rename")
@@ -88,16 +135,25 @@ def trace_run(code: Path, run_dir: Path, overrides: list[str]) -> dict:
             entry["bytes_written"] += int(ret)
     log.unlink()
     result = json.loads((run_dir / "result.json").read_text())
-    return {"files": {p.name: p.stat().st_size for p in run_dir.iterdir()}, "per_file": per,
-            "steps": result["steps"], "train_time_s": result["train_time"],
-            "metrics_lines": len((run_dir / "metrics.jsonl").read_text().splitlines())}
+    return {
+        "files": {p.name: p.stat().st_size for p in run_dir.iterdir()},
+        "per_file": per,
+        "steps": result["steps"],
+        "train_time_s": result["train_time"],
+        "metrics_lines": len((run_dir / "metrics.jsonl").read_text().splitlines()),
+    }
 
 
 def step_time(run_dir: Path, overrides: list[str]) -> float:
     """Seconds per training step of the run without strace (which slows every traced call)."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)}
-    subprocess.run([sys.executable, "-m", "src.train", *overrides, "--run-dir", str(run_dir)], cwd=REPO, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "src.train", *overrides, "--run-dir", str(run_dir)],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     result = json.loads((run_dir / "result.json").read_text())
     return result["train_time"] / result["steps"]
 
@@ -143,10 +199,18 @@ def project(version: str, run: dict, real_train: int, step_s: float) -> dict:
     whole = {e: n * run_s / 3600 for e, n in hour.items()}
     whole["checkpoint.pt"] = min(whole["checkpoint.pt"], PAPER_EPOCHS)
     per_run = {k: load(whole, k) + once[k] for k in ("metadata_ops", "bytes_written")}
-    return {"step_s": step_s, "epoch_s": epoch_s, "run_hours": run_s / 3600, "cost_per_event": cost, "cost_once_per_run": once,
-            "events_per_hour": hour, "per_run_hour": per_hour, "events_per_100_epoch_run": whole,
-            "per_100_epoch_run": per_run,
-            f"sweep_of_{SWEEP_RUNS}_runs": {k: v * SWEEP_RUNS for k, v in per_run.items()}}
+    return {
+        "step_s": step_s,
+        "epoch_s": epoch_s,
+        "run_hours": run_s / 3600,
+        "cost_per_event": cost,
+        "cost_once_per_run": once,
+        "events_per_hour": hour,
+        "per_run_hour": per_hour,
+        "events_per_100_epoch_run": whole,
+        "per_100_epoch_run": per_run,
+        f"sweep_of_{SWEEP_RUNS}_runs": {k: v * SWEEP_RUNS for k, v in per_run.items()},
+    }
 
 
 def main() -> dict:
@@ -160,9 +224,18 @@ def main() -> dict:
         archive = subprocess.run(["git", "archive", BASE], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
         for model, (overrides, real_train) in MODELS.items():
-            common = ["data.name=synthetic", "data.kwargs.num_classes=10", f"data.kwargs.num_train={BENCH_TRAIN}",
-                      "data.kwargs.num_test=1000", f"data.batch_size={BATCH}", f"train.epochs={EPOCHS}",
-                      "train.progress=false", "sparsity.density=0.1", "sparsity.update_frequency=5", *overrides]
+            common = [
+                "data.name=synthetic",
+                "data.kwargs.num_classes=10",
+                f"data.kwargs.num_train={BENCH_TRAIN}",
+                "data.kwargs.num_test=1000",
+                f"data.batch_size={BATCH}",
+                f"train.epochs={EPOCHS}",
+                "train.progress=false",
+                "sparsity.density=0.1",
+                "sparsity.update_frequency=5",
+                *overrides,
+            ]
             # Now: a checkpoint every epoch in the traced run too, so that its cost is measured.
             for version, code, extra in (("before", before, []), ("now", REPO, ["train.checkpoint_interval_min=0"])):
                 out.setdefault(model, {})[version] = trace_run(code, tmp / model / version, common + extra)
@@ -173,10 +246,13 @@ def main() -> dict:
                 run = out[model][version]
                 run["projection"] = p = project(version, run, real_train, step_s)
                 run["what_if_step_s"] = {str(t): project(version, run, real_train, t) for t in WHAT_IF_STEP_S}
-                print(f"{model} {version}: {len(run['files'])} files; per run-hour {p['per_run_hour']['metadata_ops']:.0f} "
-                      f"metadata ops, {p['per_run_hour']['bytes_written'] / 1e6:.1f} MB; a {SWEEP_RUNS}-run sweep of "
-                      f"{PAPER_EPOCHS}-epoch runs: {p[f'sweep_of_{SWEEP_RUNS}_runs']['bytes_written'] / 1e12:.3f} TB, "
-                      f"{p[f'sweep_of_{SWEEP_RUNS}_runs']['metadata_ops'] / 1e6:.2f} M metadata ops", flush=True)
+                print(
+                    f"{model} {version}: {len(run['files'])} files; per run-hour {p['per_run_hour']['metadata_ops']:.0f} "
+                    f"metadata ops, {p['per_run_hour']['bytes_written'] / 1e6:.1f} MB; a {SWEEP_RUNS}-run sweep of "
+                    f"{PAPER_EPOCHS}-epoch runs: {p[f'sweep_of_{SWEEP_RUNS}_runs']['bytes_written'] / 1e12:.3f} TB, "
+                    f"{p[f'sweep_of_{SWEEP_RUNS}_runs']['metadata_ops'] / 1e6:.2f} M metadata ops",
+                    flush=True,
+                )
     write_result("run_files", out)
     return out
 

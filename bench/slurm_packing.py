@@ -36,8 +36,15 @@ def partition() -> str:
 
 def time_sweep(params: dict, root: Path) -> float:
     launcher = {"partition": partition(), "timeout_min": 30, "mem_gb": 1, **params}
-    cmd = [sys.executable, "-m", "src.launch", *SWEEP, f"runs_root={root}", "launcher=slurm",
-           *[f"hydra.launcher.{k}={v}" for k, v in launcher.items()]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "src.launch",
+        *SWEEP,
+        f"runs_root={root}",
+        "launcher=slurm",
+        *[f"hydra.launcher.{k}={v}" for k, v in launcher.items()],
+    ]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     took = time.perf_counter() - start
@@ -54,11 +61,16 @@ def main() -> None:
         for name, params in VARIANTS.items():
             seconds[name] = time_sweep(params, Path(tmp) / name)
             print(f"{name}: {RUNS} runs in {seconds[name]:.1f} s", flush=True)
-    path = write_result("slurm_packing", {
-        "runs": RUNS, "variants": VARIANTS, "wall_s": seconds,
-        "speedup_K8_C2_over_K1": seconds["K1"] / seconds["K8_C2"],
-        "note": "one measurement each, launch to last result, on the local single-node cluster",
-    })
+    path = write_result(
+        "slurm_packing",
+        {
+            "runs": RUNS,
+            "variants": VARIANTS,
+            "wall_s": seconds,
+            "speedup_K8_C2_over_K1": seconds["K1"] / seconds["K8_C2"],
+            "note": "one measurement each, launch to last result, on the local single-node cluster",
+        },
+    )
     print(f"K=8, C=2 is {seconds['K1'] / seconds['K8_C2']:.2f}x faster than K=1; {path}")
 
 

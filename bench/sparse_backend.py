@@ -31,9 +31,9 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -99,8 +99,9 @@ def _sparselab_linear(linear: nn.Linear, density: float) -> nn.Module:
 
 
 PEERS = {
-    "sparseprop": Peer("sparseprop.modules", _sparseprop_linear, lambda m: m.W_val.numel(),
-                       lambda m: m.to_dense().weight.detach()),
+    "sparseprop": Peer(
+        "sparseprop.modules", _sparseprop_linear, lambda m: m.W_val.numel(), lambda m: m.to_dense().weight.detach()
+    ),
     "sparselab": Peer("sparselab", _sparselab_linear, lambda m: m.nnz, lambda m: m._csr.to_dense()),
 }
 PEER_LAYERS = ("fc1", "fc2")  # fc3 is dense at these ERK densities, as in ours
@@ -172,8 +173,12 @@ def check_peer(peer: Peer, model: nn.Module, densities: dict[str, float], x, y, 
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     ok_density = all(abs(density[n] / densities[f"{n}.weight"] - 1) < 0.02 for n in layers)
-    return {"density": density, "sgd_step_error": error / moved, "loss": losses,
-            "ok": ok_density and error <= 1e-3 * moved and losses[-1] < losses[0]}
+    return {
+        "density": density,
+        "sgd_step_error": error / moved,
+        "loss": losses,
+        "ok": ok_density and error <= 1e-3 * moved and losses[-1] < losses[0],
+    }
 
 
 def peer_steps(densities: dict[str, float]) -> tuple[dict, dict, dict]:
@@ -219,18 +224,22 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
     times = {k: [] for k in runners}
     names = list(runners)
     for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+        for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             times[k].append(median_time(runners[k], repeats))
-    out = {"layer_density": ours_sp.densities(), "layer_backend": dict(zip(ours_sp.names, ours_sp.backends)),
-           "kernels": {name: layer.ops.name for name, layer in zip(ours_sp.names, ours_sp._execution.layers.values())},
-           "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
-           "speedup_vs_dense": {k: statistics.median(d / t for d, t in zip(times["dense"], v))
-                                for k, v in times.items()},
-           # > 1: that step takes longer than ours (median of per-round ratios, like the speed-ups)
-           "time_vs_ours": {k: statistics.median(t / o for t, o in zip(v, times["ours"])) for k, v in times.items()},
-           "round_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
-           "target_speedup": TARGETS.get(density), "threads": threads,
-           "peer_check": checks, "peers_absent": absent}
+    out = {
+        "layer_density": ours_sp.densities(),
+        "layer_backend": dict(zip(ours_sp.names, ours_sp.backends)),
+        "kernels": {name: layer.ops.name for name, layer in zip(ours_sp.names, ours_sp._execution.layers.values())},
+        "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        "speedup_vs_dense": {k: statistics.median(d / t for d, t in zip(times["dense"], v)) for k, v in times.items()},
+        # > 1: that step takes longer than ours (median of per-round ratios, like the speed-ups)
+        "time_vs_ours": {k: statistics.median(t / o for t, o in zip(v, times["ours"])) for k, v in times.items()},
+        "round_ms": {k: [t * 1e3 for t in v] for k, v in times.items()},
+        "target_speedup": TARGETS.get(density),
+        "threads": threads,
+        "peer_check": checks,
+        "peers_absent": absent,
+    }
     out["met"] = out["speedup_vs_dense"]["ours"] >= TARGETS.get(density, 0)
     return out
 
@@ -238,8 +247,9 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
 def update_cost(density: float, step_ms: float) -> dict:
     out = {}
     for criterion, growth in (("magnitude", "random"), ("snip", "gradient")):
-        sp, step = our_step(SparsityConfig(density=density, update_frequency=10**8, criterion=criterion,
-                                           growth=growth, backend="auto"))
+        sp, step = our_step(
+            SparsityConfig(density=density, update_frequency=10**8, criterion=criterion, growth=growth, backend="auto")
+        )
         x, y = _batch()
         times = []
         for _ in range(7):  # an update reads the gradients of the step's backward pass
@@ -260,8 +270,13 @@ def epoch_speed(epochs: int = 3, threads: int = 2) -> dict:
         cfg = RunConfig()
         cfg.model.name = "mlp_cifar10"
         cfg.data.name = "synthetic"
-        cfg.data.kwargs = {"input_shape": [3, 32, 32], "num_classes": 10, "num_train": 45000, "num_test": 10000,
-                           "class_separation": 6.0}
+        cfg.data.kwargs = {
+            "input_shape": [3, 32, 32],
+            "num_classes": 10,
+            "num_train": 45000,
+            "num_test": 10000,
+            "class_separation": 6.0,
+        }
         cfg.data.val_fraction = 0.1
         cfg.train.epochs, cfg.train.threads, cfg.train.progress = epochs, threads, False
         cfg.optim.lr, cfg.optim.lr_schedule = 0.05, "cosine"
@@ -270,15 +285,27 @@ def epoch_speed(epochs: int = 3, threads: int = 2) -> dict:
             result = train(cfg, Path(tmp))
             rows = read_metrics(Path(tmp), "epoch")
             updates = read_metrics(Path(tmp), "update")
-        return {"epoch_s": [r["epoch_time"] for r in rows], "train_s": [r["train_time"] for r in rows],
-                "steps": result["steps"], "updates": len(updates), "test_acc": result["final"]["test_acc"],
-                "layer_backend": result["layer_backend"]}
+        return {
+            "epoch_s": [r["epoch_time"] for r in rows],
+            "train_s": [r["train_time"] for r in rows],
+            "steps": result["steps"],
+            "updates": len(updates),
+            "test_acc": result["final"]["test_acc"],
+            "layer_backend": result["layer_backend"],
+        }
 
     dense, ours, ours_torch = run("dense"), run("dst"), run("dst", torch_kernels=True)
     ratio = sum(dense["epoch_s"]) / sum(ours["epoch_s"])
-    return {"dense": dense, "ours": ours, "ours_torch": ours_torch, "speedup_vs_dense": ratio,
-            "speedup_vs_dense_torch_kernels": sum(dense["epoch_s"]) / sum(ours_torch["epoch_s"]),
-            "target_speedup": EPOCH_TARGET, "met": ratio >= EPOCH_TARGET, "threads": threads}
+    return {
+        "dense": dense,
+        "ours": ours,
+        "ours_torch": ours_torch,
+        "speedup_vs_dense": ratio,
+        "speedup_vs_dense_torch_kernels": sum(dense["epoch_s"]) / sum(ours_torch["epoch_s"]),
+        "target_speedup": EPOCH_TARGET,
+        "met": ratio >= EPOCH_TARGET,
+        "threads": threads,
+    }
 
 
 def _load() -> list[str] | None:
@@ -294,8 +321,10 @@ def _print_steps(steps: dict, updates: dict | None = None) -> None:
             print("  time / ours: " + ", ".join(f"{k} x{v:.2f}" for k, v in r["time_vs_ours"].items() if k != "ours"))
         for k, c in r["peer_check"].items():
             dens = " / ".join(f"{v:.4f}" for v in c["density"].values())
-            print(f"  {k}: {'ok' if c['ok'] else 'CHECK FAILED'} (density {dens}, one SGD step off masked "
-                  f"dense by {c['sgd_step_error']:.1e} of the move, loss {c['loss'][0]:.4f} -> {c['loss'][-1]:.4f})")
+            print(
+                f"  {k}: {'ok' if c['ok'] else 'CHECK FAILED'} (density {dens}, one SGD step off masked "
+                f"dense by {c['sgd_step_error']:.1e} of the move, loss {c['loss'][0]:.4f} -> {c['loss'][-1]:.4f})"
+            )
         for k, why in r["peers_absent"].items():
             print(f"  {k}: not measured: {why}")
         for k, u in (updates or {}).get(d, {}).items():
@@ -303,10 +332,12 @@ def _print_steps(steps: dict, updates: dict | None = None) -> None:
 
 
 def _print_epochs(epochs: dict) -> None:
-    print(f"{len(epochs['ours']['epoch_s'])} epochs end to end: dense {sum(epochs['dense']['epoch_s']):.1f} s, "
-          f"ours {sum(epochs['ours']['epoch_s']):.1f} s (x{epochs['speedup_vs_dense']:.2f}, target x{EPOCH_TARGET}), "
-          f"ours on torch's kernels {sum(epochs['ours_torch']['epoch_s']):.1f} s "
-          f"(x{epochs['speedup_vs_dense_torch_kernels']:.2f})")
+    print(
+        f"{len(epochs['ours']['epoch_s'])} epochs end to end: dense {sum(epochs['dense']['epoch_s']):.1f} s, "
+        f"ours {sum(epochs['ours']['epoch_s']):.1f} s (x{epochs['speedup_vs_dense']:.2f}, target x{EPOCH_TARGET}), "
+        f"ours on torch's kernels {sum(epochs['ours_torch']['epoch_s']):.1f} s "
+        f"(x{epochs['speedup_vs_dense_torch_kernels']:.2f})"
+    )
 
 
 def _step_comparison() -> tuple[dict, dict]:
@@ -323,8 +354,16 @@ def step_main() -> None:
     setup_threads(2)
     load = _load()
     steps, steps_1thread = _step_comparison()
-    path = write_result("sparse_backend_step", {"batch": BATCH, "load_average_before": load, "step": steps,
-                                                "step_1_thread": steps_1thread, "load_average_after": _load()})
+    path = write_result(
+        "sparse_backend_step",
+        {
+            "batch": BATCH,
+            "load_average_before": load,
+            "step": steps,
+            "step_1_thread": steps_1thread,
+            "load_average_after": _load(),
+        },
+    )
     _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}})
     print(f"wrote {path}")
 
@@ -335,9 +374,18 @@ def main() -> None:
     steps, steps_1thread = _step_comparison()
     updates = {d: update_cost(float(d), steps[d]["step_ms"]["ours"]) for d in steps}
     epochs = epoch_speed()
-    path = write_result("sparse_backend", {"batch": BATCH, "load_average_before": load, "step": steps,
-                                           "step_1_thread": steps_1thread, "update": updates, "epoch": epochs,
-                                           "load_average_after": _load()})
+    path = write_result(
+        "sparse_backend",
+        {
+            "batch": BATCH,
+            "load_average_before": load,
+            "step": steps,
+            "step_1_thread": steps_1thread,
+            "update": updates,
+            "epoch": epochs,
+            "load_average_after": _load(),
+        },
+    )
     _print_steps({**steps, **{f"{d} (1 thread)": r for d, r in steps_1thread.items()}}, updates)
     _print_epochs(epochs)
     print(f"wrote {path}")
@@ -348,8 +396,9 @@ def epoch_main() -> None:
     setup_threads(2)
     load = _load()
     epochs = epoch_speed()
-    path = write_result("sparse_backend_epoch", {"load_average_before": load, "epoch": epochs,
-                                                 "load_average_after": _load()})
+    path = write_result(
+        "sparse_backend_epoch", {"load_average_before": load, "epoch": epochs, "load_average_after": _load()}
+    )
     _print_epochs(epochs)
     print(f"wrote {path}")
 

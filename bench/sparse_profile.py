@@ -32,8 +32,9 @@ def layer_ops(layer, ops, x: torch.Tensor, first: bool) -> dict:
     opt = _sgd([torch.nn.Parameter(values.clone())])
     opt.param_groups[0]["params"][0].grad = torch.randn_like(values)
     pieces = {
-        "forward": (lambda: ops.spmm(layer.crow, layer.col, values, None, ops.operand(x.t()), out_f)) if first else
-        (lambda: ops.spmm(layer.crow, layer.col, values, None, x_t, out_f)),
+        "forward": (lambda: ops.spmm(layer.crow, layer.col, values, None, ops.operand(x.t()), out_f))
+        if first
+        else (lambda: ops.spmm(layer.crow, layer.col, values, None, x_t, out_f)),
         "input_grad": lambda: ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, in_f),
         "weight_grad": lambda: ops.sampled(layer.crow, layer.col, grad_t, x_t),
         "optimizer": opt.step,
@@ -55,7 +56,7 @@ def timed(pieces: dict, rounds: int, repeats: int) -> dict:
     times = {k: [] for k in pieces}
     names = list(pieces)
     for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             times[k].append(median_time(pieces[k], repeats))
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
@@ -94,8 +95,10 @@ def main() -> None:
         print(f"ERK {name}: nnz {r['nnz']}")
         for piece in r["torch"]:
             dense = r["dense_gemm"].get(piece)
-            print(f"  {piece:18s} torch {r['torch'][piece]:7.3f} ms  compiled {r['compiled'][piece]:7.3f} ms"
-                  + (f"  dense GEMM {dense:6.3f} ms" if dense else ""))
+            print(
+                f"  {piece:18s} torch {r['torch'][piece]:7.3f} ms  compiled {r['compiled'][piece]:7.3f} ms"
+                + (f"  dense GEMM {dense:6.3f} ms" if dense else "")
+            )
     print(f"wrote {path}")
 
 

@@ -29,8 +29,11 @@ def _trainer(name: str, cfg: SparsityConfig, batch: int = 128):
     model = build_model(name).to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sp = Sparsifier(model, opt, cfg, total_steps=10**9).prepare(info.input_shape)
-    x = torch.randn(batch, *info.input_shape).contiguous(memory_format=fmt) if info.is_conv else torch.randn(
-        batch, *info.input_shape)
+    x = (
+        torch.randn(batch, *info.input_shape).contiguous(memory_format=fmt)
+        if info.is_conv
+        else torch.randn(batch, *info.input_shape)
+    )
     y = torch.randint(0, info.default_num_classes, (batch,))
 
     def step():
@@ -81,9 +84,11 @@ def main() -> None:
     result = run()
     path = write_result("sparse_step", {"setups": result})
     for name, r in result.items():
-        print(f"{name}: dense {r['dense_step_ms']:.2f} ms, DST {r['dst_step_ms']:.2f} ms "
-              f"(x{r['step_ratio']:.3f}), mask apply {r['mask_apply_ms']:.3f} ms, "
-              f"update {r['update_ms']:.2f} ms (= {r['update_ratio']:.2f} steps)")
+        print(
+            f"{name}: dense {r['dense_step_ms']:.2f} ms, DST {r['dst_step_ms']:.2f} ms "
+            f"(x{r['step_ratio']:.3f}), mask apply {r['mask_apply_ms']:.3f} ms, "
+            f"update {r['update_ms']:.2f} ms (= {r['update_ratio']:.2f} steps)"
+        )
     print(f"wrote {path}")
 
 

@@ -32,8 +32,14 @@ from .common import write_result
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = {
     "demo": ["+sweeps=fmnist_quick", "seed=1", "sparsity.density=0.05,0.1", "criterion=magnitude,snip"],
-    "study": ["+sweeps=fmnist_fig1", "seed=1", "sparsity.density=0.1", "criterion=magnitude,snip",
-              "growth=random", "train.epochs=1"],
+    "study": [
+        "+sweeps=fmnist_fig1",
+        "seed=1",
+        "sparsity.density=0.1",
+        "criterion=magnitude,snip",
+        "growth=random",
+        "train.epochs=1",
+    ],
 }
 THREADS = 1  # per run, as `hydra.launcher.threads_per_job` (its default)
 
@@ -47,8 +53,18 @@ def _run(cmd: list[str], log: Path, env: dict | None = None) -> None:
 
 def forked(slice_: list[str], root: Path) -> float:
     start = time.perf_counter()
-    _run([sys.executable, "-m", "src.launch", "-m", *slice_, f"runs_root={root}",
-          f"hydra.launcher.threads_per_job={THREADS}"], root / "launch.log")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "src.launch",
+            "-m",
+            *slice_,
+            f"runs_root={root}",
+            f"hydra.launcher.threads_per_job={THREADS}",
+        ],
+        root / "launch.log",
+    )
     return time.perf_counter() - start
 
 
@@ -67,8 +83,20 @@ def per_run_interpreter(slice_: list[str], root: Path) -> float:
         job_dir = root / "jobs" / str(i)
         job_dir.mkdir(parents=True)
         (job_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        commands.append(([sys.executable, "-m", "src.launch", "--run-config", str(job_dir / "config.json"),
-                          "--run-dir", str(job.run_dir)], job_dir / "job.log"))
+        commands.append(
+            (
+                [
+                    sys.executable,
+                    "-m",
+                    "src.launch",
+                    "--run-config",
+                    str(job_dir / "config.json"),
+                    "--run-dir",
+                    str(job.run_dir),
+                ],
+                job_dir / "job.log",
+            )
+        )
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}  # as the launcher set
     resumed = time.perf_counter()
     with ThreadPoolExecutor(max(1, available_cpus() // THREADS)) as pool:
@@ -92,26 +120,41 @@ def measure(name: str, slice_: list[str], repeats: int) -> dict:
                 results = [read_result(d) for d in Path(tmp).glob("*/*") if (d / "result.json").exists()]
                 assert len(results) == runs and all(x["status"] == "completed" for x in results)
                 in_run[variant].append(statistics.mean(x["wall_time"] for x in results))
-            print(f"{name} #{r} {variant}: {times[variant][-1]:.1f} s for {runs} runs "
-                  f"(each run's own time: {in_run[variant][-1]:.1f} s)", flush=True)
+            print(
+                f"{name} #{r} {variant}: {times[variant][-1]:.1f} s for {runs} runs "
+                f"(each run's own time: {in_run[variant][-1]:.1f} s)",
+                flush=True,
+            )
     wall = {v: statistics.median(t) for v, t in times.items()}
     per_hour = {v: runs * 3600 / w for v, w in wall.items()}
-    return {"overrides": slice_, "runs": runs, "wall_s": wall, "all_wall_s": times, "runs_per_hour": per_hour,
-            "mean_run_own_wall_s": in_run,
-            "ratio": per_hour["forked"] / per_hour["per_run_interpreter"]}
+    return {
+        "overrides": slice_,
+        "runs": runs,
+        "wall_s": wall,
+        "all_wall_s": times,
+        "runs_per_hour": per_hour,
+        "mean_run_own_wall_s": in_run,
+        "ratio": per_hour["forked"] / per_hour["per_run_interpreter"],
+    }
 
 
 def main(repeats: int = 2) -> dict:
-    payload = {"threads_per_run": THREADS, "repeats": repeats, "load_avg_at_start": os.getloadavg(),
-               **{name: measure(name, slice_, repeats) for name, slice_ in WORKLOADS.items()}}
+    payload = {
+        "threads_per_run": THREADS,
+        "repeats": repeats,
+        "load_avg_at_start": os.getloadavg(),
+        **{name: measure(name, slice_, repeats) for name, slice_ in WORKLOADS.items()},
+    }
     payload["load_avg_at_end"] = os.getloadavg()
     payload["target_demo_ratio"] = 1.5
     payload["met"] = payload["demo"]["ratio"] >= 1.5
     path = write_result("sweep_throughput", payload)
     for name in WORKLOADS:
         w = payload[name]
-        print(f"{name}: {w['runs']} runs; runs/hour per-run interpreter {w['runs_per_hour']['per_run_interpreter']:.0f}, "
-              f"forked {w['runs_per_hour']['forked']:.0f}: x{w['ratio']:.2f}")
+        print(
+            f"{name}: {w['runs']} runs; runs/hour per-run interpreter {w['runs_per_hour']['per_run_interpreter']:.0f}, "
+            f"forked {w['runs_per_hour']['forked']:.0f}: x{w['ratio']:.2f}"
+        )
     print(f"-> {path}")
     return payload
 

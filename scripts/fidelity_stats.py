@@ -46,24 +46,56 @@ IMPLS = ("reference", "compat", "clean")
 # name -> the cell's settings; order = the order they are run in.
 CELLS = {
     "static_d0.2": {"mode": "static", "density": 0.2},
-    "dst_d0.2_u800_random_magnitude": {"mode": "dst", "density": 0.2, "update_frequency": 800,
-                                       "growth": "random", "criterion": "magnitude"},
+    "dst_d0.2_u800_random_magnitude": {
+        "mode": "dst",
+        "density": 0.2,
+        "update_frequency": 800,
+        "growth": "random",
+        "criterion": "magnitude",
+    },
     "dense": {"mode": "dense"},
-    "dst_d0.1_u200_gradient_magnitude": {"mode": "dst", "density": 0.1, "update_frequency": 200,
-                                         "growth": "gradient", "criterion": "magnitude"},
-    "dst_d0.1_u200_gradient_snip": {"mode": "dst", "density": 0.1, "update_frequency": 200,
-                                    "growth": "gradient", "criterion": "snip"},
-    **{f"dst_d0.2_u800_random_{c}": {"mode": "dst", "density": 0.2, "update_frequency": 800,
-                                     "growth": "random", "criterion": c}
-       for c in ("set", "mest", "snip", "reciprocal_sensitivity")},
+    "dst_d0.1_u200_gradient_magnitude": {
+        "mode": "dst",
+        "density": 0.1,
+        "update_frequency": 200,
+        "growth": "gradient",
+        "criterion": "magnitude",
+    },
+    "dst_d0.1_u200_gradient_snip": {
+        "mode": "dst",
+        "density": 0.1,
+        "update_frequency": 200,
+        "growth": "gradient",
+        "criterion": "snip",
+    },
+    **{
+        f"dst_d0.2_u800_random_{c}": {
+            "mode": "dst",
+            "density": 0.2,
+            "update_frequency": 800,
+            "growth": "random",
+            "criterion": c,
+        }
+        for c in ("set", "mest", "snip", "reciprocal_sensitivity")
+    },
 }
 # Rows that pool cells (all seeds of every member cell): the paper's five criteria at d 0.2.
-POOLED = {"dst_d0.2_u800_random, 5 criteria pooled":
-          [c for c in CELLS if c.startswith("dst_d0.2_u800_random_")]}
-REF_DEATH = {"magnitude": "magnitude", "set": "SET", "mest": "MEST", "snip": "SNIP",
-             "reciprocal_sensitivity": "ReciprocalSensitivity"}
-COMPAT = ["sparsity.compat=true", "sparsity.exclude_just_pruned=false", "sparsity.regrow_init=keep",
-          "sparsity.optimizer_state=keep", "sparsity.update_order=reference", "data.reference_splits=true"]
+POOLED = {"dst_d0.2_u800_random, 5 criteria pooled": [c for c in CELLS if c.startswith("dst_d0.2_u800_random_")]}
+REF_DEATH = {
+    "magnitude": "magnitude",
+    "set": "SET",
+    "mest": "MEST",
+    "snip": "SNIP",
+    "reciprocal_sensitivity": "ReciprocalSensitivity",
+}
+COMPAT = [
+    "sparsity.compat=true",
+    "sparsity.exclude_just_pruned=false",
+    "sparsity.regrow_init=keep",
+    "sparsity.optimizer_state=keep",
+    "sparsity.update_order=reference",
+    "data.reference_splits=true",
+]
 
 
 # ---------------------------------------------------------------------------- one run
@@ -71,16 +103,37 @@ def run_reference(cell: dict, seed: int, epochs: int, run_dir: Path, code: Path)
     """``main.main`` of the reference with the paper's Fashion-MNIST spec, in ``run_dir``."""
     os.chdir(run_dir)
     sys.path.insert(0, str(code))
-    import main as ref_main  # noqa: the reference's entry point
+    import main as ref_main  # noqa: E402 (the reference's entry point)
 
     args = ref_main.parse_args_default([])
-    spec = {"batch_size": 128, "test_batch_size": 128, "multiplier": 1, "epochs": epochs, "lr": 0.01,
-            "seed": seed, "optimizer": "sgd", "data": "fashion_mnist", "model": "mlp_fmnist", "l2": 5e-4,
-            "bench": False, "scaled": False, "sparse_init": "erk", "redistribution": "none", "death_rate": 0.5,
-            "decay_schedule": "cosine", "use_wandb": False, "save_locally": True, "no_cuda": True,
-            "verbose": False, "sparse": cell["mode"] != "dense", "fix": cell["mode"] != "dst",
-            "density": cell.get("density", 0.05), "update_frequency": cell.get("update_frequency", 100),
-            "growth": cell.get("growth", "random"), "death": REF_DEATH[cell.get("criterion", "magnitude")]}
+    spec = {
+        "batch_size": 128,
+        "test_batch_size": 128,
+        "multiplier": 1,
+        "epochs": epochs,
+        "lr": 0.01,
+        "seed": seed,
+        "optimizer": "sgd",
+        "data": "fashion_mnist",
+        "model": "mlp_fmnist",
+        "l2": 5e-4,
+        "bench": False,
+        "scaled": False,
+        "sparse_init": "erk",
+        "redistribution": "none",
+        "death_rate": 0.5,
+        "decay_schedule": "cosine",
+        "use_wandb": False,
+        "save_locally": True,
+        "no_cuda": True,
+        "verbose": False,
+        "sparse": cell["mode"] != "dense",
+        "fix": cell["mode"] != "dst",
+        "density": cell.get("density", 0.05),
+        "update_frequency": cell.get("update_frequency", 100),
+        "growth": cell.get("growth", "random"),
+        "death": REF_DEATH[cell.get("criterion", "magnitude")],
+    }
     for key, value in spec.items():
         assert hasattr(args, key), key
         setattr(args, key, value)
@@ -98,11 +151,25 @@ def run_project(impl: str, cell: dict, seed: int, epochs: int, run_dir: Path) ->
     from src.config import RunConfig
     from src.train import train
 
-    dotlist = ["model.name=lenet5", "data.name=fashion_mnist", "data.batch_size=128", "optim.name=sgd",
-               "optim.lr=0.01", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=0.0005",
-               "optim.milestones=[0.5,0.75]", f"train.epochs={epochs}", f"train.seed={seed}", "train.threads=1",
-               "train.progress=false", f"sparsity.mode={cell['mode']}", f"sparsity.density={cell.get('density', 1.0)}",
-               "sparsity.prune_rate=0.5", "sparsity.init=erk"]
+    dotlist = [
+        "model.name=lenet5",
+        "data.name=fashion_mnist",
+        "data.batch_size=128",
+        "optim.name=sgd",
+        "optim.lr=0.01",
+        "optim.momentum=0.9",
+        "optim.nesterov=true",
+        "optim.weight_decay=0.0005",
+        "optim.milestones=[0.5,0.75]",
+        f"train.epochs={epochs}",
+        f"train.seed={seed}",
+        "train.threads=1",
+        "train.progress=false",
+        f"sparsity.mode={cell['mode']}",
+        f"sparsity.density={cell.get('density', 1.0)}",
+        "sparsity.prune_rate=0.5",
+        "sparsity.init=erk",
+    ]
     for key in ("update_frequency", "growth", "criterion"):
         if key in cell:
             dotlist.append(f"sparsity.{key}={cell[key]}")
@@ -125,7 +192,13 @@ def one(args) -> int:
         out = run_reference(cell, args.seed, args.epochs, run_dir, Path(args.code).resolve())
     else:
         out = run_project(args.impl, cell, args.seed, args.epochs, run_dir)
-    out.update(impl=args.impl, cell=args.cell or args.settings, seed=args.seed, epochs=args.epochs, seconds=time.time() - started)
+    out.update(
+        impl=args.impl,
+        cell=args.cell or args.settings,
+        seed=args.seed,
+        epochs=args.epochs,
+        seconds=time.time() - started,
+    )
     tmp = run_dir / "result.json.tmp"
     tmp.write_text(json.dumps(out, indent=1))
     tmp.replace(run_dir / "result.json")
@@ -148,8 +221,12 @@ def prepare_reference(out: Path) -> tuple[Path, dict]:
         location = Path(FashionMNIST().locate(None))
         raw = out / "fashion_mnist" / "FashionMNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
-        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                     "t10k-labels-idx1-ubyte"):
+        for stem in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ):
             if (raw / stem).exists():
                 continue
             source = location / stem if (location / stem).exists() else location / f"{stem}.gz"
@@ -195,8 +272,23 @@ def sweep(args) -> int:
         if run_dir.exists():  # an interrupted attempt: start it again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), "one", "--impl", impl, "--cell", cell,
-               "--seed", str(seed), "--epochs", str(args.epochs), "--run-dir", str(run_dir), "--code", str(code)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "one",
+            "--impl",
+            impl,
+            "--cell",
+            cell,
+            "--seed",
+            str(seed),
+            "--epochs",
+            str(args.epochs),
+            "--run-dir",
+            str(run_dir),
+            "--code",
+            str(code),
+        ]
         with open(run_dir / "log.txt", "w") as log:
             rc = subprocess.call(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         return job, rc
@@ -241,8 +333,11 @@ def seed_pooled(values: dict, impl: str, cells: list[str]) -> tuple[float, float
     present in every cell for both implementations count."""
     from scipy import stats
 
-    seeds = sorted(set.intersection(*[set(values.get((i, c), {})) for c in cells for i in (impl, "reference")])) \
-        if cells else []
+    seeds = (
+        sorted(set.intersection(*[set(values.get((i, c), {})) for c in cells for i in (impl, "reference")]))
+        if cells
+        else []
+    )
     per_seed = [sum(values[(impl, c)][s] - values[("reference", c)][s] for c in cells) / len(cells) for s in seeds]
     if len(per_seed) < 2:
         return float("nan"), float("nan"), float("nan"), len(per_seed)
@@ -254,15 +349,19 @@ def seed_pooled(values: dict, impl: str, cells: list[str]) -> tuple[float, float
 def write_table(out: Path) -> str:
     by_seed = load(out)
     values = {key: list(accs.values()) for key, accs in by_seed.items()}
-    lines = ["| cell | reference | compat | diff | p (Welch) | clean | diff | p (Welch) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| cell | reference | compat | diff | p (Welch) | clean | diff | p (Welch) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     sparse_cells = {"compat": [], "clean": []}
     fmt = lambda v: "—" if not v else f"{mean_sd(v)[0]:.2f} ± {mean_sd(v)[1]:.2f} ({len(v)})"  # noqa: E731
-    pooled_rows = {name: {impl: [v for c in cells for v in values.get((impl, c), [])] for impl in IMPLS}
-                   for name, cells in POOLED.items()
-                   if sum(("reference", c) in values for c in cells) > 1}
+    pooled_rows = {
+        name: {impl: [v for c in cells for v in values.get((impl, c), [])] for impl in IMPLS}
+        for name, cells in POOLED.items()
+        if sum(("reference", c) in values for c in cells) > 1
+    }
     for cell in [*CELLS, *pooled_rows]:
-        of = pooled_rows[cell].get if cell in pooled_rows else (lambda impl: values.get((impl, cell), []))
+        of = pooled_rows[cell].get if cell in pooled_rows else (lambda impl, cell=cell: values.get((impl, cell), []))
         ref = of("reference")
         if not ref and not any(of(i) for i in IMPLS):
             continue
@@ -283,11 +382,12 @@ def write_table(out: Path) -> str:
     for impl in ("compat", "clean"):
         cells = sparse_cells[impl]
         mean, se, p, n = seed_pooled(by_seed, impl, cells)
-        lines.append(f"Pooled {impl} - reference over {len(cells)} sparse cells, per seed ({n} seeds in all of "
-                     f"them; one-sample t over the seeds): "
-                     + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}"))
-    text = ("Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n"
-            + "\n".join(lines) + "\n")
+        lines.append(
+            f"Pooled {impl} - reference over {len(cells)} sparse cells, per seed ({n} seeds in all of "
+            f"them; one-sample t over the seeds): "
+            + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}")
+        )
+    text = "Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n" + "\n".join(lines) + "\n"
     tmp = out / "table.md.tmp"
     tmp.write_text(text)
     tmp.replace(out / "table.md")

@@ -27,11 +27,25 @@ from analysis.__main__ import main as report_main  # noqa: E402
 from analysis.load import load_metrics, load_runs  # noqa: E402
 
 RUNS_CSV = {  # runs-table column -> runs.csv column
-    C.MODE: "mode", C.CRITERION: "criterion", C.GROWTH: "growth", C.DENSITY: "density", C.SEED: "seed",
-    C.STATUS: "status", "final.test_acc": "final_test_acc", "best_test_acc": "best_test_acc",
-    "best_val.test_acc": "test_acc_at_best_val", "best_val.epoch": "best_val_epoch", "train_time": "train_time_s",
-    "wall_time": "wall_time_s", "steps": "steps", "topology_updates": "topology_updates", "threads": "threads",
-    "host": "host", "cpu_model": "cpu_model", "finished_at": "finished_at", C.RUN_DIR: "run",
+    C.MODE: "mode",
+    C.CRITERION: "criterion",
+    C.GROWTH: "growth",
+    C.DENSITY: "density",
+    C.SEED: "seed",
+    C.STATUS: "status",
+    "final.test_acc": "final_test_acc",
+    "best_test_acc": "best_test_acc",
+    "best_val.test_acc": "test_acc_at_best_val",
+    "best_val.epoch": "best_val_epoch",
+    "train_time": "train_time_s",
+    "wall_time": "wall_time_s",
+    "steps": "steps",
+    "topology_updates": "topology_updates",
+    "threads": "threads",
+    "host": "host",
+    "cpu_model": "cpu_model",
+    "finished_at": "finished_at",
+    C.RUN_DIR: "run",
 }
 
 
@@ -50,8 +64,9 @@ def runs_table(sweep_dir: Path) -> pd.DataFrame:
     runs[C.RUN_DIR] = runs[C.RUN_DIR].map(lambda p: Path(p).name)
     table = runs.reindex(columns=list(RUNS_CSV)).rename(columns=RUNS_CSV)
     order = {"dense": 0, "static": 1, "dst": 2}
-    return table.sort_values(["mode", "criterion", "growth", "density", "seed"],
-                             key=lambda s: s.map(order) if s.name == "mode" else s).reset_index(drop=True)
+    return table.sort_values(
+        ["mode", "criterion", "growth", "density", "seed"], key=lambda s: s.map(order) if s.name == "mode" else s
+    ).reset_index(drop=True)
 
 
 def throughput(table: pd.DataFrame) -> dict:
@@ -64,15 +79,20 @@ def throughput(table: pd.DataFrame) -> dict:
     span_h = (finished.max() - started.min()).total_seconds() / 3600
     busy_h = _union_hours(sorted(zip(started, finished)))
     return {
-        "completed": int(len(done)), "runs": int(len(table)),
-        "first_start": started.min().isoformat(), "last_finish": finished.max().isoformat(),
-        "span_hours": round(span_h, 3), "runs_per_hour": round(len(done) / span_h, 2),
+        "completed": int(len(done)),
+        "runs": int(len(table)),
+        "first_start": started.min().isoformat(),
+        "last_finish": finished.max().isoformat(),
+        "span_hours": round(span_h, 3),
+        "runs_per_hour": round(len(done) / span_h, 2),
         # an interrupted and resumed study has idle gaps: the hours some run was running
-        "busy_hours": round(busy_h, 3), "runs_per_busy_hour": round(len(done) / busy_h, 2),
+        "busy_hours": round(busy_h, 3),
+        "runs_per_busy_hour": round(len(done) / busy_h, 2),
         "median_run_wall_s": {m: round(float(g["wall_time_s"].median()), 1) for m, g in done.groupby("mode")},
         "median_train_time_s": {m: round(float(g["train_time_s"].median()), 1) for m, g in done.groupby("mode")},
         "threads_per_run": sorted(int(t) for t in done["threads"].dropna().unique()),
-        "hosts": sorted(done["host"].dropna().unique()), "cpu_models": sorted(done["cpu_model"].dropna().unique()),
+        "hosts": sorted(done["host"].dropna().unique()),
+        "cpu_models": sorted(done["cpu_model"].dropna().unique()),
     }
 
 
@@ -90,8 +110,9 @@ def _union_hours(intervals) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("sweep_dir", type=Path, help="the study's run directories (runs_root/name)")
     p.add_argument("--out", type=Path, required=True, help="where the record goes, e.g. results/fmnist_fig1")
     p.add_argument("--expected-seeds", type=int, default=3, help="seeds every cell should have (default 3)")
@@ -105,8 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     stats = throughput(table)
     (args.out / "throughput.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(f"{len(table)} runs ({stats['completed']} completed) -> {args.out / 'runs.csv'}")
-    return report_main(["report", str(args.sweep_dir), "--out", str(args.out / "report"), "--no-cache",
-                        "--expected-seeds", str(args.expected_seeds)])
+    return report_main(
+        [
+            "report",
+            str(args.sweep_dir),
+            "--out",
+            str(args.out / "report"),
+            "--no-cache",
+            "--expected-seeds",
+            str(args.expected_seeds),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -55,9 +55,21 @@ def run_ours(cell: dict, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "src.launch", *ours_overrides(cell), f"runs_root={tmp}",
-                        f"train.threads={threads}", "train.progress=false"],
-                       check=True, capture_output=True, cwd=ROOT, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "src.launch",
+                *ours_overrides(cell),
+                f"runs_root={tmp}",
+                f"train.threads={threads}",
+                "train.progress=false",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            env=env,
+        )
         wall = time.perf_counter() - start
         (result,) = Path(tmp).glob("*/*/result.json")
         final = json.loads(result.read_text())["final"]["test_acc"]
@@ -68,11 +80,29 @@ def run_reference(cell: dict, threads: int, code: Path, env: dict) -> dict:
     settings = {**cell, "update_frequency": UPDATE_FREQUENCY}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(fidelity_stats.__file__), "one", "--impl", "reference",
-                        "--settings", json.dumps(settings), "--seed", str(SEED), "--epochs", str(EPOCHS),
-                        "--run-dir", tmp, "--code", str(code)],
-                       check=True, capture_output=True, cwd=ROOT,
-                       env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+        subprocess.run(
+            [
+                sys.executable,
+                str(fidelity_stats.__file__),
+                "one",
+                "--impl",
+                "reference",
+                "--settings",
+                json.dumps(settings),
+                "--seed",
+                str(SEED),
+                "--epochs",
+                str(EPOCHS),
+                "--run-dir",
+                tmp,
+                "--code",
+                str(code),
+            ],
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+            env={**env, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)},
+        )
         wall = time.perf_counter() - start
         final = json.loads((Path(tmp) / "result.json").read_text())["final_test_acc"]
     return {"wall_s": wall, "final_test_acc": final}
@@ -92,26 +122,43 @@ def main(argv=None) -> int:
                 ours = pool.submit(run_ours, cell, args.threads)
                 reference = pool.submit(run_reference, cell, args.threads, code, env)
                 pairs[label] = {"mode": cell["mode"], "ours": ours.result(), "reference": reference.result()}
-                pairs[label]["reference_over_ours"] = pairs[label]["reference"]["wall_s"] / pairs[label]["ours"]["wall_s"]
-                print(f"{label}: ours {pairs[label]['ours']['wall_s']:.0f} s, reference "
-                      f"{pairs[label]['reference']['wall_s']:.0f} s (x{pairs[label]['reference_over_ours']:.2f})",
-                      flush=True)
-    by_mode = {mode: statistics.median(p["reference_over_ours"] for p in pairs.values() if p["mode"] == mode)
-               for mode in ("dense", "static", "dst")}
+                pairs[label]["reference_over_ours"] = (
+                    pairs[label]["reference"]["wall_s"] / pairs[label]["ours"]["wall_s"]
+                )
+                print(
+                    f"{label}: ours {pairs[label]['ours']['wall_s']:.0f} s, reference "
+                    f"{pairs[label]['reference']['wall_s']:.0f} s (x{pairs[label]['reference_over_ours']:.2f})",
+                    flush=True,
+                )
+    by_mode = {
+        mode: statistics.median(p["reference_over_ours"] for p in pairs.values() if p["mode"] == mode)
+        for mode in ("dense", "static", "dst")
+    }
     runs = pd.read_csv(args.results / "runs.csv")
     ours_total = float(runs["wall_time_s"].sum())
-    reference_total = float(sum(runs.loc[runs["mode"] == mode, "wall_time_s"].sum() * ratio
-                                for mode, ratio in by_mode.items()))
-    summary = {"epochs": EPOCHS, "update_frequency": UPDATE_FREQUENCY, "threads_per_run": args.threads,
-               "runs_at_a_time": 2, "cpu_model": cpu_info()["model"], "load_after": os.getloadavg()[0],
-               "reference_over_ours_by_mode": by_mode, "study_runs": len(runs),
-               "study_run_hours_ours": ours_total / 3600, "study_run_hours_reference_projected": reference_total / 3600}
+    reference_total = float(
+        sum(runs.loc[runs["mode"] == mode, "wall_time_s"].sum() * ratio for mode, ratio in by_mode.items())
+    )
+    summary = {
+        "epochs": EPOCHS,
+        "update_frequency": UPDATE_FREQUENCY,
+        "threads_per_run": args.threads,
+        "runs_at_a_time": 2,
+        "cpu_model": cpu_info()["model"],
+        "load_after": os.getloadavg()[0],
+        "reference_over_ours_by_mode": by_mode,
+        "study_runs": len(runs),
+        "study_run_hours_ours": ours_total / 3600,
+        "study_run_hours_reference_projected": reference_total / 3600,
+    }
     out = args.results / "reference_time.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=1))
     tmp.replace(out)
-    print(f"the study's {len(runs)} runs: {ours_total / 3600:.1f} run-hours here; the reference, projected: "
-          f"{reference_total / 3600:.1f} run-hours; wrote {out}")
+    print(
+        f"the study's {len(runs)} runs: {ours_total / 3600:.1f} run-hours here; the reference, projected: "
+        f"{reference_total / 3600:.1f} run-hours; wrote {out}"
+    )
     return 0
 
 

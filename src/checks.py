@@ -123,8 +123,7 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-NAME_RULE = ("one path component of ASCII letters, digits, '_', '.' and '-' (not starting with '.'), "
-             "at most {} bytes")
+NAME_RULE = "one path component of ASCII letters, digits, '_', '.' and '-' (not starting with '.'), at most {} bytes"
 
 
 def _unparsable(overrides: list[str]) -> str | None:
@@ -141,8 +140,10 @@ def _unparsable(overrides: list[str]) -> str | None:
                 return f"name: {value!r} is not allowed; a name is {NAME_RULE.format(255)}"
             if not line.isascii():
                 word = re.search(r"[^\s,\[\]{}:='\"]*[^\x00-\x7f][^\s,\[\]{}:='\"]*", value)
-                return (f"{line}: Hydra's override syntax takes characters outside ASCII only inside quotes: "
-                        f"write '{word.group(0) if word else value}'")
+                return (
+                    f"{line}: Hydra's override syntax takes characters outside ASCII only inside quotes: "
+                    f"write '{word.group(0) if word else value}'"
+                )
     return None
 
 
@@ -173,8 +174,12 @@ def model_fits_data(cfg: RunConfig) -> None:
     info = DATASETS[data].describe(**cfg.data.kwargs)
     registered = MODELS[model].info.input_shape
     if info.input_shape != registered:  # (a forward pass decides: e.g. ResNets pool any image size)
-        out = _output_shape(model, info.input_shape, cfg.model.num_classes,
-                            tuple(sorted((k, _hashable(v)) for k, v in cfg.model.kwargs.items())))
+        out = _output_shape(
+            model,
+            info.input_shape,
+            cfg.model.num_classes,
+            tuple(sorted((k, _hashable(v)) for k, v in cfg.model.kwargs.items())),
+        )
         if isinstance(out, str):
             fixes = [f"setup={s}" for s, (m, d) in setup_choices().items() if m == model][:1]
             models = [m for m in MODELS if MODELS[m].info.input_shape == info.input_shape]
@@ -185,13 +190,17 @@ def model_fits_data(cfg: RunConfig) -> None:
                 fixes.append(f"its data: data.name={' or '.join(datasets)}")
             if data == "synthetic":
                 fixes.append(f"data.kwargs.input_shape=[{','.join(map(str, registered))}]")
-            raise ValueError(f"model.name: {model} takes inputs of shape {_shape(registered)}, but data.name="
-                             f"{data} gives {_shape(info.input_shape)} ({out}); use {'; or '.join(fixes)}")
+            raise ValueError(
+                f"model.name: {model} takes inputs of shape {_shape(registered)}, but data.name="
+                f"{data} gives {_shape(info.input_shape)} ({out}); use {'; or '.join(fixes)}"
+            )
     classes = cfg.model.num_classes
     if classes is not None and (classes != 1 if info.num_classes == 1 else classes < info.num_classes):
         task = "a binary task (1 output)" if info.num_classes == 1 else f"{info.num_classes} classes"
-        raise ValueError(f"model.num_classes: {classes} outputs, but data.name={data} has {task}; "
-                         f"set model.num_classes={info.num_classes} or model.num_classes=null (the dataset's)")
+        raise ValueError(
+            f"model.num_classes: {classes} outputs, but data.name={data} has {task}; "
+            f"set model.num_classes={info.num_classes} or model.num_classes=null (the dataset's)"
+        )
 
 
 def _hashable(value):
@@ -270,14 +279,20 @@ def update_warnings(jobs) -> list[str]:
             epochs += f", train.max_steps={cfg.train.max_steps}"
         what = "no topology update" if count == 0 else f"only {count} topology update{'s' * (count > 1)}"
         effect = "have no effect (it trains like static sparse)" if count == 0 else "barely act"
-        lines.append(f"warning: {cell}: {what} ({epochs}; sparsity.update_frequency="
-                     f"{cfg.sparsity.update_frequency}): its criterion and growth {effect}; for "
-                     f"{MIN_UPDATES} updates set {_update_fix(cfg, spe)}")
+        lines.append(
+            f"warning: {cell}: {what} ({epochs}; sparsity.update_frequency="
+            f"{cfg.sparsity.update_frequency}): its criterion and growth {effect}; for "
+            f"{MIN_UPDATES} updates set {_update_fix(cfg, spe)}"
+        )
     return lines
 
 
-def verdict_readiness(seeds_per_cell: Mapping[str, int] | Iterable[int], *, min_seeds: int = MIN_SEEDS,
-                      topology_updates: Iterable[int] | None = None) -> str | None:
+def verdict_readiness(
+    seeds_per_cell: Mapping[str, int] | Iterable[int],
+    *,
+    min_seeds: int = MIN_SEEDS,
+    topology_updates: Iterable[int] | None = None,
+) -> str | None:
     """One line saying why a planned sweep cannot reach a verdict, or None when it can.
 
     ``seeds_per_cell``: the seeds each planned cell gets (a mapping cell -> seeds, or the
@@ -286,13 +301,16 @@ def verdict_readiness(seeds_per_cell: Mapping[str, int] | Iterable[int], *, min_
     problems = []
     if counts and min(counts) < min_seeds:
         short = sum(n < min_seeds for n in counts)
-        problems.append(f"{short} of {len(counts)} cells get fewer than {min_seeds} seeds (as few as {min(counts)}; "
-                        f"a verdict needs ≥ {min_seeds} per cell)")
+        problems.append(
+            f"{short} of {len(counts)} cells get fewer than {min_seeds} seeds (as few as {min(counts)}; "
+            f"a verdict needs ≥ {min_seeds} per cell)"
+        )
     if topology_updates is not None:
         updates = list(topology_updates)
         if updates and min(updates) < 1:
-            problems.append("DST runs would make no topology updates (lower sparsity.update_frequency or raise "
-                            "train.epochs)")
+            problems.append(
+                "DST runs would make no topology updates (lower sparsity.update_frequency or raise train.epochs)"
+            )
     if not problems:
         return None
     return "this sweep cannot reach a verdict: " + "; ".join(problems)
@@ -308,11 +326,14 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
             existing = existing.parent
         limit = _name_max(existing)
         if len(name.encode()) > limit:
-            raise ValueError(f"name: {len(name)} characters; a name is {NAME_RULE.format(limit)} on this "
-                             f"file system: use a shorter name")
+            raise ValueError(
+                f"name: {len(name)} characters; a name is {NAME_RULE.format(limit)} on this "
+                f"file system: use a shorter name"
+            )
         if not existing.is_dir():
-            raise ValueError(f"runs_root: {runs_root!r} is not a directory ({existing} is a file); "
-                             f"choose a directory: runs_root=DIR")
+            raise ValueError(
+                f"runs_root: {runs_root!r} is not a directory ({existing} is a file); choose a directory: runs_root=DIR"
+            )
         target, reason = Path(runs_root) / name, None
         try:
             if create:
@@ -325,8 +346,10 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
         except OSError as error:
             reason = error.strerror or str(error)
         if reason:  # (raised here, not in the except: the message is the whole story)
-            raise ValueError(f"runs_root: cannot write the runs under {target} ({reason}); "
-                             f"choose a writable directory: runs_root=DIR")
+            raise ValueError(
+                f"runs_root: cannot write the runs under {target} ({reason}); "
+                f"choose a writable directory: runs_root=DIR"
+            )
 
 
 def _name_max(directory: Path) -> int:

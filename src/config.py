@@ -101,10 +101,10 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
+    def from_dict(cls, d: dict) -> RunConfig:
         return _build(cls, d)
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Raise ValueError naming the field and its allowed values; return self."""
         from .data import DATASETS
         from .models import MODELS
@@ -115,15 +115,18 @@ class RunConfig:
         _choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         _choice("logging.wandb", self.logging.wandb, WANDB_MODES)
         _choice("train.device", self.train.device, DEVICES)
-        for name, value, low in (("train.epochs", self.train.epochs, 1), ("data.batch_size", self.data.batch_size, 1),
-                                 ("data.eval_batch_size", self.data.eval_batch_size, 1),
-                                 ("train.log_every", self.train.log_every, 1),
-                                 ("train.checkpoint_every", self.train.checkpoint_every, 1),
-                                 ("train.checkpoint_interval_min", self.train.checkpoint_interval_min, 0),
-                                 ("train.heartbeat_every_s", self.train.heartbeat_every_s, 1),
-                                 ("train.max_steps", 1 if self.train.max_steps is None else self.train.max_steps, 1),
-                                 ("optim.momentum", self.optim.momentum, 0),
-                                 ("optim.weight_decay", self.optim.weight_decay, 0)):
+        for name, value, low in (
+            ("train.epochs", self.train.epochs, 1),
+            ("data.batch_size", self.data.batch_size, 1),
+            ("data.eval_batch_size", self.data.eval_batch_size, 1),
+            ("train.log_every", self.train.log_every, 1),
+            ("train.checkpoint_every", self.train.checkpoint_every, 1),
+            ("train.checkpoint_interval_min", self.train.checkpoint_interval_min, 0),
+            ("train.heartbeat_every_s", self.train.heartbeat_every_s, 1),
+            ("train.max_steps", 1 if self.train.max_steps is None else self.train.max_steps, 1),
+            ("optim.momentum", self.optim.momentum, 0),
+            ("optim.weight_decay", self.optim.weight_decay, 0),
+        ):
             if not value >= low:  # also refuses nan
                 raise ValueError(f"{name}: must be >= {low}, got {value}")
         if self.data.val_fraction is not None and not 0 < self.data.val_fraction < 1:
@@ -133,13 +136,16 @@ class RunConfig:
         if any(not 0 < m < 1 for m in self.optim.milestones):
             raise ValueError(f"optim.milestones: fractions of training in (0, 1), got {self.optim.milestones}")
         if self.optim.name == "sgd" and self.optim.nesterov and self.optim.momentum == 0:
-            raise ValueError("optim.nesterov: Nesterov momentum needs a momentum, got optim.momentum=0; "
-                             "set optim.nesterov=false (plain SGD) or optim.momentum>0 (e.g. 0.9)")
+            raise ValueError(
+                "optim.nesterov: Nesterov momentum needs a momentum, got optim.momentum=0; "
+                "set optim.nesterov=false (plain SGD) or optim.momentum>0 (e.g. 0.9)"
+            )
         if self.data.download and not DATASETS[self.data.name].downloadable:
             raise ValueError(DATASETS[self.data.name].no_download_message())
         _keywords("model.kwargs", self.model.kwargs, MODELS[self.model.name], skip=("num_classes",))
-        _keywords("data.kwargs", self.data.kwargs, type(DATASETS[self.data.name]).load,
-                  skip=("self", "location", "policy"))
+        _keywords(
+            "data.kwargs", self.data.kwargs, type(DATASETS[self.data.name]).load, skip=("self", "location", "policy")
+        )
         self.sparsity.validate()
         from .checks import model_fits_data
 
@@ -163,9 +169,20 @@ class LaunchConfig(RunConfig):
 # Fields that change how a run is executed, not what it computes: excluded from the run's
 # identity (its directory hash), so relaunching with more threads or on another node reuses it.
 # (The sparsity section's own say: `SparsityConfig.identity`.)
-LAUNCH_ONLY = ("train.threads", "train.progress", "train.log_every", "train.device", "train.checkpoint_every",
-               "train.checkpoint_interval_min", "train.scratch_dir", "train.heartbeat_every_s", "data.root",
-               "data.download", "data.num_workers", "logging")
+LAUNCH_ONLY = (
+    "train.threads",
+    "train.progress",
+    "train.log_every",
+    "train.device",
+    "train.checkpoint_every",
+    "train.checkpoint_interval_min",
+    "train.scratch_dir",
+    "train.heartbeat_every_s",
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "logging",
+)
 
 
 def run_identity(config: dict) -> dict:
@@ -240,8 +257,9 @@ def _build(cls, d: dict, path: str = ""):
         from .registry import suggest
 
         where = path.rstrip(".") or cls.__name__
-        hints = "".join(f"; {path}{key}: {suggest(key, known, prefix=path)}" for key in sorted(unknown)
-                        if suggest(key, known))
+        hints = "".join(
+            f"; {path}{key}: {suggest(key, known, prefix=path)}" for key in sorted(unknown) if suggest(key, known)
+        )
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}{hints}")
     kwargs = {}
     for name, value in d.items():

@@ -12,8 +12,12 @@ from pathlib import Path
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # group -> (the field its option sets, the package that field is in)
-REGISTRY_GROUPS = {"model": ("name", "model"), "data": ("name", "data"),
-                   "criterion": ("criterion", "sparsity"), "growth": ("growth", "sparsity")}
+REGISTRY_GROUPS = {
+    "model": ("name", "model"),
+    "data": ("name", "data"),
+    "criterion": ("criterion", "sparsity"),
+    "growth": ("growth", "sparsity"),
+}
 
 
 def registry_names(group: str) -> list[str]:
@@ -48,7 +52,7 @@ def setup_choices() -> dict[str, tuple[str, str]]:
     for path in sorted((CONF_DIR / "setup").glob("*.yaml")):
         overrides = {}
         for entry in yaml.safe_load(path.read_text()).get("defaults", []):
-            for key, value in (entry.items() if isinstance(entry, dict) else ()):
+            for key, value in entry.items() if isinstance(entry, dict) else ():
                 overrides[key.removeprefix("override ").strip("/")] = value
         if "model" in overrides and "data" in overrides:
             choices[path.stem] = (name("model", overrides["model"]), name("data", overrides["data"]))

@@ -37,6 +37,7 @@ from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan 
 from .runner import die_with_launcher, run_config_file, run_one
 from .runstate import classify, exit_code, finished_status
 
+
 def run_job(cfg: DictConfig) -> dict:
     """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as
     hydra-submitit's does for DDP) in its run directory; never raises for a failing run."""
@@ -68,9 +69,13 @@ def help_page() -> str:
     """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
     import textwrap
 
-    groups = {name: sorted({q.stem for q in (CONF_DIR / name).glob("*.yaml")}
-                           | set(registry_names(name) if name in REGISTRY_GROUPS else ()))
-              for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})}
+    groups = {
+        name: sorted(
+            {q.stem for q in (CONF_DIR / name).glob("*.yaml")}
+            | set(registry_names(name) if name in REGISTRY_GROUPS else ())
+        )
+        for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})
+    }
     groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
     lines = [
         "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
@@ -93,8 +98,10 @@ def help_page() -> str:
         "",
         "config groups (group=option):",
     ]
-    lines += [textwrap.fill(", ".join(options), 100, initial_indent=f"  {name}: ", subsequent_indent="      ")
-              for name, options in groups.items()]
+    lines += [
+        textwrap.fill(", ".join(options), 100, initial_indent=f"  {name}: ", subsequent_indent="      ")
+        for name, options in groups.items()
+    ]
     lines += [
         "",
         "examples:",
@@ -121,8 +128,10 @@ def hydra_message(error: Exception) -> str:
         error = error.__cause__ or error.__context__
     message = "\n  because: ".join(parts)
     if "INTERVAL_SWEEP" in message:
-        message += ("\n  interval() needs a sampling sweeper (e.g. Optuna); this launcher sweeps discrete "
-                    "values: a,b,c / range(start, stop, step) / choice(a, b) / glob(pattern)")
+        message += (
+            "\n  interval() needs a sampling sweeper (e.g. Optuna); this launcher sweeps discrete "
+            "values: a,b,c / range(start, stop, step) / choice(a, b) / glob(pattern)"
+        )
     return message
 
 
@@ -198,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if readiness:
         print(f"note: {readiness}", file=sys.stderr)
     if not jobs:
-        print("error: these overrides describe no run (a sweep with no values, or a glob() that matches "
-              "no option?)", file=sys.stderr)
+        print(
+            "error: these overrides describe no run (a sweep with no values, or a glob() that matches no option?)",
+            file=sys.stderr,
+        )
         return 2
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)

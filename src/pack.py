@@ -50,8 +50,11 @@ class Pack:
         stop = PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
         # decided again at each start: a requeued job finds the runs its last attempt finished
         todo = [r for r in runs if finished_status(Path(r.run_dir), r.config) is None]
-        print(f"pack of {len(runs)} run(s): {len(runs) - len(todo)} already finished, "
-              f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each", flush=True)
+        print(
+            f"pack of {len(runs)} run(s): {len(runs) - len(todo)} already finished, "
+            f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each",
+            flush=True,
+        )
         fork = multiprocessing.get_context("fork")
         running: dict[int, tuple[PackedRun, multiprocessing.Process, float]] = {}
         outcomes = {r.run_dir: "skipped" for r in runs if r not in todo}
@@ -74,16 +77,24 @@ class Pack:
                     record_death(Path(run.run_dir), run.config, proc.exitcode, started)
                     row = classify(Path(run.run_dir), expected=run.config)
                     outcomes[run.run_dir] = row.state
-                    print(f"run #{run.idx} {row.state}: {run.run_dir}" + (f" ({row.detail})" if row.state in (
-                        "failed", "stale", "damaged") else ""), flush=True)
+                    print(
+                        f"run #{run.idx} {row.state}: {run.run_dir}"
+                        + (f" ({row.detail})" if row.state in ("failed", "stale", "damaged") else ""),
+                        flush=True,
+                    )
             if stop() and not running:
                 break
             time.sleep(0.1)
         if stop():
-            print(f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
-                  f"{len(todo)} not started; handing over to requeue", flush=True)
+            print(
+                f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
+                f"{len(todo)} not started; handing over to requeue",
+                flush=True,
+            )
             stop.hand_over()
-        elif exit_code(o for o in outcomes.values() if o != "skipped") != 0:  # the SLURM task fails with its runs (sacct, --dependency)
+        elif (
+            exit_code(o for o in outcomes.values() if o != "skipped") != 0
+        ):  # the SLURM task fails with its runs (sacct, --dependency)
             bad = sorted(f"{o}: {d}" for d, o in outcomes.items() if o != "skipped" and exit_code([o]))
             raise RuntimeError(f"{len(bad)} of the pack's {len(runs)} run(s) did not finish:\n  " + "\n  ".join(bad))
         return [{"run_dir": r.run_dir, "status": outcomes.get(r.run_dir, "not started")} for r in runs]
@@ -142,17 +153,37 @@ def _send(pid: int, sig) -> None:
         pass
 
 
-def write_submission(sweep_dir: Path, *, overrides: list[str], jobs: list, packs: list[list[PackedRun]],
-                     skipped: int, runs_per_job: int, concurrent_runs: int, detach: bool) -> Path:
+def write_submission(
+    sweep_dir: Path,
+    *,
+    overrides: list[str],
+    jobs: list,
+    packs: list[list[PackedRun]],
+    skipped: int,
+    runs_per_job: int,
+    concurrent_runs: int,
+    detach: bool,
+) -> Path:
     """`<sweep dir>/submission.json`: which runs are in which SLURM job, and how it was launched
     (read by `python -m src.launch status`)."""
     record = {
-        "time": time.time(), "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": [sys.executable, "-m", "src.launch", *overrides], "cwd": os.getcwd(), "overrides": overrides,
-        "runs_per_job": runs_per_job, "concurrent_runs": concurrent_runs, "detach": detach,
+        "time": time.time(),
+        "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [sys.executable, "-m", "src.launch", *overrides],
+        "cwd": os.getcwd(),
+        "overrides": overrides,
+        "runs_per_job": runs_per_job,
+        "concurrent_runs": concurrent_runs,
+        "detach": detach,
         "already_finished": skipped,
-        "jobs": [{"job_id": job.job_id, "runs": [str(Path(r.run_dir).resolve()) for r in pack],
-                  "overrides": [r.overrides for r in pack]} for job, pack in zip(jobs, packs)],
+        "jobs": [
+            {
+                "job_id": job.job_id,
+                "runs": [str(Path(r.run_dir).resolve()) for r in pack],
+                "overrides": [r.overrides for r in pack],
+            }
+            for job, pack in zip(jobs, packs)
+        ],
     }
     path = Path(sweep_dir) / SUBMISSION
     atomic_write_text(path, json.dumps(record, indent=2))

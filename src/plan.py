@@ -67,8 +67,10 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
 def run_directory(runs_root: str, name: str, run_cfg: RunConfig, identity_hash: str | None = None) -> Path:
     """`runs_root/name/<slug>-<hash>`: readable, and unique per experiment identity."""
     if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise ValueError(f"name: {name!r} must be one path component of letters, digits, '_', '.' and '-' "
-                         f"(not starting with '.'), so that runs stay under runs_root")
+        raise ValueError(
+            f"name: {name!r} must be one path component of letters, digits, '_', '.' and '-' "
+            f"(not starting with '.'), so that runs stay under runs_root"
+        )
     s = run_cfg.sparsity
     parts = [run_cfg.model.name, s.mode]
     if s.mode != "dense":
@@ -117,8 +119,11 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
         parsed = parser.parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         # (without --detach's option: its absence from a local launcher is reported by check_launcher)
-        base = compose("config", overrides=[o for o in fixed if not o.startswith("hydra.launcher.detach")],
-                       return_hydra_config=True)
+        base = compose(
+            "config",
+            overrides=[o for o in fixed if not o.startswith("hydra.launcher.detach")],
+            return_hydra_config=True,
+        )
         check_launcher(base.hydra.launcher, detach)
         params = OmegaConf.select(base, "hydra.sweeper.params") or {}
         sweep_lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
@@ -139,7 +144,9 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
                 data = composer.job(lines)
                 launch = {k: data.pop(k) for k in LAUNCH_KEYS}
                 # jobs that differ in their seed alone are built and validated once
-                seedless = (groups, tuple(x for x in lines if not x.startswith("seed="))) if composer.seed_only else None
+                seedless = (
+                    (groups, tuple(x for x in lines if not x.startswith("seed="))) if composer.seed_only else None
+                )
                 cell = validated.get(seedless)
                 if cell is None:
                     cell = validated[seedless] = RunConfig.from_dict(data).validate()
@@ -156,8 +163,10 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
     seen: dict[Path, Job] = {}
     for job in jobs:
         if job.run_dir in seen:
-            raise ValueError(f"two jobs are the same experiment (a sweep axis has no effect on them):\n"
-                             f"  {' '.join(seen[job.run_dir].overrides)}\n  {' '.join(job.overrides)}")
+            raise ValueError(
+                f"two jobs are the same experiment (a sweep axis has no effect on them):\n"
+                f"  {' '.join(seen[job.run_dir].overrides)}\n  {' '.join(job.overrides)}"
+            )
         seen[job.run_dir] = job
     _name_cells(jobs)
     return jobs
@@ -371,21 +380,24 @@ def _apply(cfg: DictConfig, override) -> None:
     key, value = override.key_or_group, override.value()
     if override.is_delete():
         raise ValueError(f"{override.input_line}: deletions are not supported in sweeps")
-    if override.is_add() and OmegaConf.select(cfg, key, throw_on_missing=False) is not None \
-            and not isinstance(value, (dict, list)):
+    if (
+        override.is_add()
+        and OmegaConf.select(cfg, key, throw_on_missing=False) is not None
+        and not isinstance(value, (dict, list))
+    ):
         raise ValueError(f"Could not append to config. An item is already at '{key}'.")
     try:
         OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
     except (ConfigAttributeError, ConfigKeyError) as error:
-        raise ValueError(f"Could not override '{key}'.\nTo append to your config use +{override.input_line}") \
-            from error
+        raise ValueError(f"Could not override '{key}'.\nTo append to your config use +{override.input_line}") from error
 
 
 def check_launcher(launcher: DictConfig, detach: bool) -> None:
     """The launcher's own options, checked before anything is submitted."""
     if detach and "detach" not in launcher:
-        raise ValueError("--detach: needs a SLURM launcher that submits and returns "
-                         "(launcher=slurm or launcher=slurm_gpu)")
+        raise ValueError(
+            "--detach: needs a SLURM launcher that submits and returns (launcher=slurm or launcher=slurm_gpu)"
+        )
     for key in ("runs_per_job", "concurrent_runs"):
         if key in launcher and not (isinstance(launcher[key], int) and launcher[key] >= 1):
             raise ValueError(f"hydra.launcher.{key}: must be an integer >= 1, got {launcher[key]}")
@@ -417,9 +429,23 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep_dir / PLAN_CONFIGS, "".join(json.dumps(j.config_dict()) + "\n" for j in jobs))
-    record = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "overrides": list(overrides),
-              "runs": [{"idx": i, "run_dir": str(j.run_dir.resolve()), "cell": j.cell, "overrides": j.overrides,
-                        "config_hash": j.hash, "finished": j.finished} for i, j in enumerate(jobs)]}
+    record = {
+        "time": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "overrides": list(overrides),
+        "runs": [
+            {
+                "idx": i,
+                "run_dir": str(j.run_dir.resolve()),
+                "cell": j.cell,
+                "overrides": j.overrides,
+                "config_hash": j.hash,
+                "finished": j.finished,
+            }
+            for i, j in enumerate(jobs)
+        ],
+    }
     atomic_write_text(sweep_dir / PLAN, json.dumps(record))
     return sweep_dir / PLAN
 
@@ -435,6 +461,8 @@ def planned_jobs(sweep_dir: Path) -> dict[tuple[str, ...], Job]:
     record = read_plan(sweep_dir)
     with open(Path(sweep_dir) / PLAN_CONFIGS) as f:
         configs = [json.loads(line) for line in f]
-    jobs = [Job(r["overrides"], RunConfig.from_dict(c), Path(r["run_dir"]), r["finished"], r["cell"], r["config_hash"])
-            for r, c in zip(record["runs"], configs, strict=True)]
+    jobs = [
+        Job(r["overrides"], RunConfig.from_dict(c), Path(r["run_dir"]), r["finished"], r["cell"], r["config_hash"])
+        for r, c in zip(record["runs"], configs, strict=True)
+    ]
     return {job.key: job for job in jobs}

@@ -48,8 +48,9 @@ def open_run_file(path: Path, flags: int, mode: int = 0o644) -> int:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise LinkRefused(errno.ELOOP, f"refusing to write through a symbolic link: {path} -> "
-                                           f"{os.readlink(path)}") from None
+            raise LinkRefused(
+                errno.ELOOP, f"refusing to write through a symbolic link: {path} -> {os.readlink(path)}"
+            ) from None
         raise
 
 
@@ -146,8 +147,13 @@ def code_version() -> str:
     """`git describe` of the source tree, or the package version outside a checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -171,8 +177,11 @@ def read_result(run_dir: Path) -> dict | None:
         if not isinstance(result, dict) or result.get("status") not in STATUSES:
             raise ValueError(f"not a run result (status must be one of {list(STATUSES)})")
     except (OSError, ValueError) as error:
-        print(f"warning: unreadable run record {path}: {error}; the run counts as not finished",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: unreadable run record {path}: {error}; the run counts as not finished",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     return result
 
@@ -242,7 +251,7 @@ class RunLock:
         self.enabled = enabled
         self._fd: int | None = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = open_run_file(self.path, os.O_RDWR | os.O_CREAT)
@@ -328,11 +337,17 @@ def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
     if old == new:
         return None
     a, b = _flat(old), _flat(new)
-    diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
-    return (f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
-            f"this run's is {config_hash(new)}); differing fields:\n  " + "\n  ".join(diff)
-            + "\n(use another run directory, or --force to delete those records and start over)")
+    diff = [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
+    return (
+        f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
+        f"this run's is {config_hash(new)}); differing fields:\n  "
+        + "\n  ".join(diff)
+        + "\n(use another run directory, or --force to delete those records and start over)"
+    )
 
 
 def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def unknown(kind: str, value: Any, allowed) -> ValueError:
@@ -62,5 +63,6 @@ class Registry(dict):
 
     def list(self, filter: str | None = None, where: Callable[[Any], bool] | None = None) -> list[str]:
         """Sorted names, optionally matching the wildcard ``filter`` and whose entry passes ``where``."""
-        return sorted(n for n, e in self.items()
-                      if (filter is None or fnmatch.fnmatch(n, filter)) and (where is None or where(e)))
+        return sorted(
+            n for n, e in self.items() if (filter is None or fnmatch.fnmatch(n, filter)) and (where is None or where(e))
+        )

@@ -128,9 +128,15 @@ def provenance(run_dir: Path) -> dict:
     from .sparse.kernels import cpu_info  # (the one reader of /proc/cpuinfo)
 
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"host": socket.gethostname(), **slurm_ids(), "cpu_model": cpu_info()["model"], "gpu_model": gpu,
-            "torch_version": torch.__version__, "threads": torch.get_num_threads(),
-            "log": str(Path(run_dir).resolve() / LOG)}
+    return {
+        "host": socket.gethostname(),
+        **slurm_ids(),
+        "cpu_model": cpu_info()["model"],
+        "gpu_model": gpu,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "log": str(Path(run_dir).resolve() / LOG),
+    }
 
 
 class _Tee:
@@ -150,8 +156,9 @@ class _Tee:
                 write_all(self.fd, text.encode(errors="replace"))
             except OSError as error:
                 self.broken = True
-                self.stream.write(f"warning: {self.path} cannot be written ({error}); output goes to the "
-                                  f"console only\n")
+                self.stream.write(
+                    f"warning: {self.path} cannot be written ({error}); output goes to the console only\n"
+                )
                 self.stream.flush()
         return n
 
@@ -175,8 +182,11 @@ def tee_output(path: Path, *, enabled: bool = True):
     sys.stdout, sys.stderr = _Tee(sys.stdout, fd, path), _Tee(sys.stderr, fd, path)
     job = slurm_ids()["slurm_job_id"]
     try:
-        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} pid {os.getpid()}"
-              f"{' job ' + str(job) if job else ''}", file=_Tee(_Null(), fd, path))
+        print(
+            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} pid {os.getpid()}"
+            f"{' job ' + str(job) if job else ''}",
+            file=_Tee(_Null(), fd, path),
+        )
         yield
     finally:
         sys.stdout, sys.stderr = saved

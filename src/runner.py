@@ -19,7 +19,7 @@ from .records import RunLocked
 from .runstate import exit_code
 
 
-def run_one(run_cfg: RunConfig, run_dir: Path, stop: "PreemptionFlag | None" = None) -> dict:
+def run_one(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None = None) -> dict:
     """Run or resume one run in its directory; never raises for a failing run. Its output
     also goes to `<run_dir>/train.log`. Whether to skip it was decided by the plan
     (`runstate.finished_status`); `train` only makes sure, under the run's lock, that no other
@@ -30,7 +30,7 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: "PreemptionFlag | None" = N
         return _run(run_cfg, run_dir, stop)
 
 
-def _run(run_cfg: RunConfig, run_dir: Path, stop: "PreemptionFlag | None") -> dict:
+def _run(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None) -> dict:
     from .train import StopOnSignal, train
 
     # On SLURM, submitit's preemption signal (or the pack's); elsewhere SIGTERM / SIGINT / SIGUSR2.

@@ -35,12 +35,34 @@ from pathlib import Path
 from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
 from .runinfo import HEARTBEAT, process_alive
 
-STATES = ("planned", "queued", "starting", "running", "completed", "diverged", "failed", "interrupted", "stale",
-          "missing", "damaged")
+STATES = (
+    "planned",
+    "queued",
+    "starting",
+    "running",
+    "completed",
+    "diverged",
+    "failed",
+    "interrupted",
+    "stale",
+    "missing",
+    "damaged",
+)
 ACTIVE = ("planned", "queued", "starting", "running")  # something will still change: `status --watch` waits
 OK = FINISHED + ACTIVE[1:]  # the states that are no reason for a non-zero exit (active: another launcher's)
-IN_QUEUE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-            "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
+IN_QUEUE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.heartbeat_every_s` (60 s) and at each epoch
 SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
 PREEMPTION_SIGNALS = ("SIGUSR2", "SIGTERM")  # a run stopped by these checkpointed first
@@ -95,8 +117,11 @@ def foreign_records(run_dir: Path, recorded: dict | None, expected: dict | None 
         from .records import _flat
 
         a, b = _flat(run_identity(recorded)), _flat(run_identity(expected))
-        diff = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-                for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+        diff = [
+            f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+        ]
         detail += "; differing fields: " + ", ".join(diff)
     return detail + "; not counted as finished"
 
@@ -113,7 +138,7 @@ def read_json(path: Path):
 
 
 def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
-    """"completed" / "diverged" when the run finished and its records are this run's (the
+    """ "completed" / "diverged" when the run finished and its records are this run's (the
     skip decision, wherever a run is skipped: a launch's plan, a pack's start); else None.
     Another experiment's finished result is refused with both hashes and the differing fields
     (printed), never counted: the run is then started, and `train` refuses the directory."""
@@ -134,10 +159,20 @@ def heartbeat_of(run_dir: Path) -> dict | None:
     return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
 
 
-def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None, result=None,
-          result_time: float = 0.0, launcher_alive: bool = False, queue: str | None = None, job: str | None = None,
-          now: float | None = None, stale_after: float = DEFAULT_STALE_AFTER_S,
-          expected: dict | None = None) -> RunState:
+def state(
+    run_dir: Path,
+    *,
+    lock: str | None = "",
+    heartbeat: dict | None = None,
+    result=None,
+    result_time: float = 0.0,
+    launcher_alive: bool = False,
+    queue: str | None = None,
+    job: str | None = None,
+    now: float | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER_S,
+    expected: dict | None = None,
+) -> RunState:
     """The state of one run from what is known of it: `lock` (`records.lock_probe`: holder,
     FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
     result.json was written), whether the
@@ -153,8 +188,11 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
         row.job = heartbeat.get("slurm_job_id") or job
         row.heartbeat_age_s = round(age, 1)
     skew = heartbeat is not None and now - heartbeat["time"] < -SKEW_TOLERANCE_S
-    skew_note = (f" (its heartbeat is {duration(heartbeat['time'] - now)} in the future: clock skew between "
-                 f"hosts?)" if skew else "")
+    skew_note = (
+        f" (its heartbeat is {duration(heartbeat['time'] - now)} in the future: clock skew between hosts?)"
+        if skew
+        else ""
+    )
     if isinstance(result, str):  # result.json that is not JSON
         if not lock:
             return _with(row, "damaged", f"unreadable result.json: {result}")
@@ -170,9 +208,12 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
         row.pid = row.pid if beat_pid is not None else _pid_of(lock)
         job_note = f" job {row.job}" if row.job else ""
         if heartbeat and _pid_of(lock) in (None, beat_pid):
-            return _with(row, "running", f"{row.host} pid {beat_pid}{job_note} step {heartbeat.get('step')} "
-                                         f"epoch {heartbeat.get('epoch')}"
-                                         + skew_note)
+            return _with(
+                row,
+                "running",
+                f"{row.host} pid {beat_pid}{job_note} step {heartbeat.get('step')} "
+                f"epoch {heartbeat.get('epoch')}" + skew_note,
+            )
         return _with(row, "starting", f"{lock}{job_note}, no heartbeat yet")
     if foreign:
         return _with(row, "damaged", foreign)
@@ -188,22 +229,34 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
     alive = process_alive(row.host, beat_pid) if this_attempt else None
     fresh = this_attempt and not skew and now - heartbeat["time"] <= stale_after
     if lock is NO_FLOCK and fresh and alive is not False:  # no lock to ask: the heartbeat says
-        return _with(row, "running", f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-                                     f"{heartbeat.get('epoch')} (no working flock here: from its heartbeat)")
+        return _with(
+            row,
+            "running",
+            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
+            f"{heartbeat.get('epoch')} (no working flock here: from its heartbeat)",
+        )
     if queue in IN_QUEUE:
         return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
     if this_attempt and fresh and alive is None and lock is not NO_FLOCK:
         # a fresh heartbeat from another host, and no lock holder visible from here: the lock
         # may not reach across hosts on this file system; trust the heartbeat
-        return _with(row, "running", f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-                                     f"{heartbeat.get('epoch')} (lock not visible from this host)")
+        return _with(
+            row,
+            "running",
+            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
+            f"{heartbeat.get('epoch')} (lock not visible from this host)",
+        )
     if status in ("failed", "interrupted") and not this_attempt:
         first = (result.get("error") or "").strip().splitlines()
         return _with(row, status, (first[0] if first else f"at step {result.get('steps')}") + skew_note)
     if heartbeat is not None:
-        how = ("no process holds its lock" if lock is not NO_FLOCK else "heartbeat too old (no working flock here)")
-        return _with(row, "stale", f"{how}; last heartbeat {duration(max(0.0, now - heartbeat['time']))} ago on "
-                                   f"{row.host} pid {beat_pid}, step {heartbeat.get('step')}: killed?" + skew_note)
+        how = "no process holds its lock" if lock is not NO_FLOCK else "heartbeat too old (no working flock here)"
+        return _with(
+            row,
+            "stale",
+            f"{how}; last heartbeat {duration(max(0.0, now - heartbeat['time']))} ago on "
+            f"{row.host} pid {beat_pid}, step {heartbeat.get('step')}: killed?" + skew_note,
+        )
     if launcher_alive:
         return _with(row, "planned", "waiting for its launch to start it")
     if os.path.exists(os.path.join(run_dir, CONFIG)) or os.path.exists(os.path.join(run_dir, LOCK)):
@@ -211,18 +264,35 @@ def state(run_dir: Path, *, lock: str | None = "", heartbeat: dict | None = None
     return row
 
 
-def classify(run_dir: Path, *, queue: str | None = None, job: str | None = None, launcher_alive: bool = False,
-             now: float | None = None, stale_after: float = DEFAULT_STALE_AFTER_S,
-             expected: dict | None = None) -> RunState:
+def classify(
+    run_dir: Path,
+    *,
+    queue: str | None = None,
+    job: str | None = None,
+    launcher_alive: bool = False,
+    now: float | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER_S,
+    expected: dict | None = None,
+) -> RunState:
     """`state` from the run directory's files, its lock probed (read-only)."""
     run_dir = Path(run_dir)
     try:
         result_time = (run_dir / RESULT).stat().st_mtime
     except OSError:
         result_time = 0.0
-    return state(run_dir, lock=lock_probe(run_dir), heartbeat=heartbeat_of(run_dir),
-                 result=read_json(run_dir / RESULT), result_time=result_time, launcher_alive=launcher_alive, queue=queue, job=job,
-                 now=now, stale_after=stale_after, expected=expected)
+    return state(
+        run_dir,
+        lock=lock_probe(run_dir),
+        heartbeat=heartbeat_of(run_dir),
+        result=read_json(run_dir / RESULT),
+        result_time=result_time,
+        launcher_alive=launcher_alive,
+        queue=queue,
+        job=job,
+        now=now,
+        stale_after=stale_after,
+        expected=expected,
+    )
 
 
 def died(code: int) -> str | None:
@@ -253,9 +323,19 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
         with RunLock(run_dir):
             if (Path(run_dir) / RESULT).exists() and (Path(run_dir) / RESULT).stat().st_mtime >= started:
                 return None  # it recorded its end itself
-            atomic_write_text(Path(run_dir) / RESULT, json.dumps(
-                {"status": "failed", "error": f"{detail} (no result of its own)", "config": config,
-                 "time": time.time()}, indent=2, sort_keys=True))
+            atomic_write_text(
+                Path(run_dir) / RESULT,
+                json.dumps(
+                    {
+                        "status": "failed",
+                        "error": f"{detail} (no result of its own)",
+                        "config": config,
+                        "time": time.time(),
+                    },
+                    indent=2,
+                    sort_keys=True,
+                ),
+            )
     except (RunLocked, OSError):
         pass
     return detail
@@ -267,8 +347,9 @@ def queue_states(job_ids: set[str]) -> dict[str, str]:
         return {}
     arrays = sorted({j.split("_")[0] for j in job_ids})
     try:
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}  # no SLURM here: nothing is queued
     states = {}

@@ -25,12 +25,24 @@ from pathlib import Path
 
 from .records import RESULT, lock_probe
 from .runinfo import HEARTBEAT, process_alive
-from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, duration, classify, queue_states, read_json, state
+from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, classify, duration, queue_states, read_json, state
 
 PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
 SUBMISSION = "submission.json"
-COLUMNS = ["run_dir", "run", "cell", "state", "detail", "host", "pid", "job", "step", "epoch", "heartbeat_age_s",
-           "test_acc"]
+COLUMNS = [
+    "run_dir",
+    "run",
+    "cell",
+    "state",
+    "detail",
+    "host",
+    "pid",
+    "job",
+    "step",
+    "epoch",
+    "heartbeat_age_s",
+    "test_acc",
+]
 
 
 # ---------------------------------------------------------------------------- what is planned
@@ -38,8 +50,9 @@ class Sweep:
     """The runs of a sweep (run_dir, cell), the submission records that may name them, and
     whether a launch that planned them is still alive."""
 
-    def __init__(self, runs: list[tuple[str, str]], records: list[Path], plans: list[Path],
-                 plan_dir: Path | None = None):
+    def __init__(
+        self, runs: list[tuple[str, str]], records: list[Path], plans: list[Path], plan_dir: Path | None = None
+    ):
         self.runs, self.records, self.plans, self.plan_dir = runs, records, plans, plan_dir
         self._configs: list[str] | None = None
 
@@ -52,7 +65,7 @@ class Sweep:
         return json.loads(self._configs[i])
 
     @classmethod
-    def of(cls, target: list[str] | str | Path) -> "Sweep":
+    def of(cls, target: list[str] | str | Path) -> Sweep:
         """`target`: the launch's overrides, a launch's sweep dir, or a directory of run directories."""
         if isinstance(target, (str, Path)) or (len(target) == 1 and Path(target[0]).is_dir()):
             path = Path(target if isinstance(target, (str, Path)) else target[0])
@@ -60,22 +73,30 @@ class Sweep:
                 return cls.from_plans([path / PLAN])
             if (path / "multirun.yaml").exists() or (path / SUBMISSION).exists():  # a launch before plans
                 return cls.from_overrides(_launch_overrides(path), plan=False)
-            runs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")
-                          and ((p / "config.json").exists() or (p / HEARTBEAT).exists() or (p / ".lock").exists()))
+            runs = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_dir()
+                and not p.name.startswith(".")
+                and ((p / "config.json").exists() or (p / HEARTBEAT).exists() or (p / ".lock").exists())
+            )
             logs = path.parent / ".hydra" / path.name
-            return cls([(str(r.resolve()), _slug_cell(r.name)) for r in runs], sorted(logs.glob(f"*/{SUBMISSION}")),
-                       sorted(logs.glob(f"*/{PLAN}")))
+            return cls(
+                [(str(r.resolve()), _slug_cell(r.name)) for r in runs],
+                sorted(logs.glob(f"*/{SUBMISSION}")),
+                sorted(logs.glob(f"*/{PLAN}")),
+            )
         return cls.from_overrides([o for o in target if not o.startswith("-")])
 
     @classmethod
-    def from_plans(cls, plans: list[Path]) -> "Sweep":
+    def from_plans(cls, plans: list[Path]) -> Sweep:
         latest = json.loads(plans[-1].read_text())
         runs = [(r["run_dir"], r["cell"]) for r in latest["runs"]]
         records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
         return cls(runs, records, plans, plans[-1].parent)
 
     @classmethod
-    def from_overrides(cls, overrides: list[str], plan: bool = True) -> "Sweep":
+    def from_overrides(cls, overrides: list[str], plan: bool = True) -> Sweep:
         """The latest saved plan of a launch with these overrides; planned anew without one."""
         from .plan import expand, sweep_logs
 
@@ -83,8 +104,11 @@ class Sweep:
         logs = sweep_logs(overrides)
         if plan and logs is not None:  # (the launcher's options, `hydra.*`, do not change the runs)
             runs_of = [o for o in overrides if not o.startswith("hydra.")]
-            same = [p for p in sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime)
-                    if [o for o in json.loads(p.read_text())["overrides"] if not o.startswith("hydra.")] == runs_of]
+            same = [
+                p
+                for p in sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime)
+                if [o for o in json.loads(p.read_text())["overrides"] if not o.startswith("hydra.")] == runs_of
+            ]
             if same:
                 return cls.from_plans(same)
         jobs = expand(overrides, check_data=False)
@@ -156,8 +180,13 @@ class Reader:
         return cached[1], cached[2]
 
 
-def rows(sweep: "Sweep", *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
-         reader: Reader | None = None) -> list[tuple]:
+def rows(
+    sweep: Sweep,
+    *,
+    stale_after: float = DEFAULT_STALE_AFTER_S,
+    now: float | None = None,
+    reader: Reader | None = None,
+) -> list[tuple]:
     """One tuple per planned run, in `COLUMNS` order (plain data: the command line needs no pandas)."""
     reader = reader or Reader()
     submitted = _submitted_jobs(sweep.records)
@@ -169,24 +198,54 @@ def rows(sweep: "Sweep", *, stale_after: float = DEFAULT_STALE_AFTER_S, now: flo
         beat, _ = reader.read(os.path.join(run_dir, HEARTBEAT))  # (strings, not Paths: 10,000 runs)
         result, result_time = reader.read(os.path.join(run_dir, RESULT))
         job = submitted.get(run_dir)
-        row = state(run_dir, lock=lock_probe(run_dir), heartbeat=beat if isinstance(beat, dict) and
-                    isinstance(beat.get("time"), (int, float)) else None, result=result, result_time=result_time,
-                    launcher_alive=run_dir in live, queue=queued.get(job), job=job, now=now, stale_after=stale_after)
+        row = state(
+            run_dir,
+            lock=lock_probe(run_dir),
+            heartbeat=beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None,
+            result=result,
+            result_time=result_time,
+            launcher_alive=run_dir in live,
+            queue=queued.get(job),
+            job=job,
+            now=now,
+            stale_after=stale_after,
+        )
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
             row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields
-        out.append((run_dir, os.path.basename(run_dir), cell, row.state, row.detail, row.host, row.pid, row.job,
-                    row.step, row.epoch, row.heartbeat_age_s, row.test_acc))
+        out.append(
+            (
+                run_dir,
+                os.path.basename(run_dir),
+                cell,
+                row.state,
+                row.detail,
+                row.host,
+                row.pid,
+                row.job,
+                row.step,
+                row.epoch,
+                row.heartbeat_age_s,
+                row.test_acc,
+            )
+        )
     return out
 
 
-def status(target, *, stale_after: float = DEFAULT_STALE_AFTER_S, now: float | None = None,
-           reader: Reader | None = None, sweep: Sweep | None = None):
+def status(
+    target,
+    *,
+    stale_after: float = DEFAULT_STALE_AFTER_S,
+    now: float | None = None,
+    reader: Reader | None = None,
+    sweep: Sweep | None = None,
+):
     """One row per planned run (a DataFrame): run_dir, cell, state, detail, and where it runs
     (host, pid, job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
     import pandas as pd
 
-    return pd.DataFrame(rows(sweep or Sweep.of(target), stale_after=stale_after, now=now, reader=reader),
-                        columns=COLUMNS)
+    return pd.DataFrame(
+        rows(sweep or Sweep.of(target), stale_after=stale_after, now=now, reader=reader), columns=COLUMNS
+    )
 
 
 def counts(table):
@@ -217,8 +276,10 @@ def render(table: list[tuple], *, details: int = 20) -> str:
     header = ["cell", *(["runs", *STATES][i] for i in shown)]
     body = [[cell, *(str(values[i]) for i in shown)] for cell, values in grid.items()]
     widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-    lines = ["  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
-             for r in [header, *body]]
+    lines = [
+        "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
+        for r in [header, *body]
+    ]
     for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued"):
         these = [r for r in table if r[3] == name]
         if these:
@@ -232,13 +293,27 @@ def render(table: list[tuple], *, details: int = 20) -> str:
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m src.launch status", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m src.launch status",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("target", nargs="*", help="the launch's overrides, or a sweep / runs directory")
-    p.add_argument("--watch", nargs="?", const=10.0, type=float, metavar="SECONDS",
-                   help="refresh every SECONDS (default 10) until nothing is running or queued")
-    p.add_argument("--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="SECONDS",
-                   help=f"a heartbeat older than this means killed (default {DEFAULT_STALE_AFTER_S:g})")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        const=10.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 10) until nothing is running or queued",
+    )
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=DEFAULT_STALE_AFTER_S,
+        metavar="SECONDS",
+        help=f"a heartbeat older than this means killed (default {DEFAULT_STALE_AFTER_S:g})",
+    )
     args, extra = p.parse_known_args([a for a in argv if a not in ("-m", "--multirun", "--detach", "--dry-run")])
     target = args.target + extra
     if not target:
@@ -304,9 +379,11 @@ class SweepProgress:
             left = self.total - self.done
             # the runs still to start, at the mean duration so far, `workers` at a time
             eta = sum(self.durations) / len(self.durations) * left / max(1, min(self.workers, left)) if left else 0
-            line = (f"[{self.done}/{self.total}] {state} {Path(run_dir).name}"
-                    f"{f' test {acc:.1f} %' if acc is not None else ''} ({duration(took)})"
-                    f" — {self.running} running, ETA {duration(eta) if left else '0 s'}")
+            line = (
+                f"[{self.done}/{self.total}] {state} {Path(run_dir).name}"
+                f"{f' test {acc:.1f} %' if acc is not None else ''} ({duration(took)})"
+                f" — {self.running} running, ETA {duration(eta) if left else '0 s'}"
+            )
             if state in ("failed", "damaged", "stale") and row.detail:
                 line += f"\n    {row.detail}"
             print(line, file=self.out or sys.stdout, flush=True)

@@ -21,9 +21,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,9 +33,21 @@ from torch import nn
 from .config import RunConfig, run_identity
 from .data import build_dataset, make_loaders
 from .models import build_model, model_info
-from .records import (CHECKPOINT, RunDirConflict, RunLock, RunLocked, RunRecorder, atomic_write,
-                      atomic_torch_save, claim_run_dir, code_version, config_hash, read_finished_result,
-                      read_metrics, run_dir_conflict)
+from .records import (
+    CHECKPOINT,
+    RunDirConflict,
+    RunLock,
+    RunLocked,
+    RunRecorder,
+    atomic_torch_save,
+    atomic_write,
+    claim_run_dir,
+    code_version,
+    config_hash,
+    read_finished_result,
+    read_metrics,
+    run_dir_conflict,
+)
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
 
@@ -51,8 +63,11 @@ def rng_state() -> dict:
     """The global generators' states, as tensors and lists (what `torch.load(weights_only=True)` reads)."""
     version, internal, gauss_next = random.getstate()
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss_next],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -75,8 +90,10 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.decay_bias_and_norm:
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
     else:
-        groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() > 1], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0},
+        ]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return torch.optim.Adam(groups, lr=cfg.lr)
@@ -160,8 +177,11 @@ class Dist:
 def init_distributed(device_kind: str) -> Dist:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1) or as several SLURM
     tasks of a submitit job (the task environment is turned into torchrun's variables)."""
-    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and \
-            os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+    if (
+        "WORLD_SIZE" not in os.environ
+        and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    ):
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -188,8 +208,9 @@ class Progress:
     resumed_at: list = field(default_factory=list)  # the steps this run was resumed from
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None,
-          force: bool = False) -> dict:
+def train(
+    cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None, force: bool = False
+) -> dict:
     """Run (or resume) one training run in ``run_dir`` and return its result dict.
 
     ``should_stop`` is polled between steps; when it returns True the run checkpoints and
@@ -220,26 +241,37 @@ def train(cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool
         except RunDirConflict:
             raise
         except Exception as error:
-            failed = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                      "traceback": traceback.format_exc(), **_provenance(cfg.to_dict(), run_dir)}
+            failed = {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(),
+                **_provenance(cfg.to_dict(), run_dir),
+            }
             if main_rank:
                 try:
                     RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
                 except OSError as record_error:  # a full disk: the error must still be seen
-                    print(f"could not record the failure in {run_dir}: {record_error}\n{failed['traceback']}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"could not record the failure in {run_dir}: {record_error}\n{failed['traceback']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     try:  # where `status` and the launcher's summary look for it
                         heartbeat.record_unrecorded_failure(failed["error"])
                     except OSError as mark_error:
-                        print(f"could not mark the failure in {heartbeat.path} either: {mark_error}",
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"could not mark the failure in {heartbeat.path} either: {mark_error}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
             raise
 
 
 def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> dict:
     tc = cfg.train
-    device_kind = "cuda" if tc.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if tc.device == "auto" else tc.device)
+    device_kind = (
+        "cuda" if tc.device == "auto" and torch.cuda.is_available() else ("cpu" if tc.device == "auto" else tc.device)
+    )
     ddp = init_distributed(device_kind)
     device = torch.device(device_kind, ddp.local_rank) if device_kind == "cuda" else torch.device("cpu")
     torch.set_num_threads(tc.threads or available_cpus())
@@ -256,12 +288,26 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
     info = model_info(cfg.model.name)
     channels_last = info.is_conv if tc.channels_last is None else tc.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    splits = build_dataset(cfg.data.name, cfg.data.root, val_fraction=cfg.data.val_fraction, seed=tc.seed,
-                           device=device, reference_splits=cfg.data.reference_splits, download=cfg.data.download,
-                           **cfg.data.kwargs)
-    loaders = make_loaders(splits, cfg.data.batch_size, cfg.data.eval_batch_size, seed=tc.seed, device=device,
-                           memory_format=memory_format, num_workers=cfg.data.num_workers,
-                           distributed=ddp.world > 1)
+    splits = build_dataset(
+        cfg.data.name,
+        cfg.data.root,
+        val_fraction=cfg.data.val_fraction,
+        seed=tc.seed,
+        device=device,
+        reference_splits=cfg.data.reference_splits,
+        download=cfg.data.download,
+        **cfg.data.kwargs,
+    )
+    loaders = make_loaders(
+        splits,
+        cfg.data.batch_size,
+        cfg.data.eval_batch_size,
+        seed=tc.seed,
+        device=device,
+        memory_format=memory_format,
+        num_workers=cfg.data.num_workers,
+        distributed=ddp.world > 1,
+    )
     task = Task(binary=splits.task == "binary", label_smoothing=cfg.optim.label_smoothing)
     num_classes = cfg.model.num_classes or splits.num_classes
     model = build_model(cfg.model.name, num_classes, **cfg.model.kwargs).to(device, memory_format=memory_format)
@@ -269,8 +315,9 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
     steps_per_epoch = len(loaders.train)
     total_steps = tc.epochs * steps_per_epoch
     current = {}  # the latest training batch: what data-scored criteria (grasp) score on
-    sparsifier = Sparsifier(model, optimizer, cfg.sparsity, total_steps, seed=tc.seed,
-                            batches=lambda: current["batch"]).prepare(splits.input_shape)
+    sparsifier = Sparsifier(
+        model, optimizer, cfg.sparsity, total_steps, seed=tc.seed, batches=lambda: current["batch"]
+    ).prepare(splits.input_shape)
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
 
     progress = Progress()
@@ -305,13 +352,20 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
             return
         recorder.sync_metrics()
         buffer = io.BytesIO()
-        torch.save({
-            "config_hash": identity,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "sparsifier": sparsifier.state_dict(), "loader": loaders.train.state_dict(),
-            "rng": rng_state(), "progress": progress.__dict__, "accumulator": acc.state_dict(),
-            "metrics_offset": recorder.metrics_offset(),
-        }, buffer)
+        torch.save(
+            {
+                "config_hash": identity,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "sparsifier": sparsifier.state_dict(),
+                "loader": loaders.train.state_dict(),
+                "rng": rng_state(),
+                "progress": progress.__dict__,
+                "accumulator": acc.state_dict(),
+                "metrics_offset": recorder.metrics_offset(),
+            },
+            buffer,
+        )
         if scratch:
             scratch.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(scratch, buffer.getbuffer())
@@ -356,8 +410,11 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
                 if bar is None and ddp.main:
                     print(f"epoch {progress.epoch + 1} step {progress.step}/{total_steps} lr {lr:.4g}", flush=True)
             # Under DDP every rank must stop at the same step: agree every `log_every` steps.
-            if should_stop is not None and (ddp.world == 1 or progress.step % tc.log_every == 0) \
-                    and _agree(should_stop(), ddp, device):
+            if (
+                should_stop is not None
+                and (ddp.world == 1 or progress.step % tc.log_every == 0)
+                and _agree(should_stop(), ddp, device)
+            ):
                 status = "interrupted"
                 break
             if tc.max_steps is not None and progress.step >= tc.max_steps:
@@ -375,12 +432,20 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         progress.epoch += 1
         progress.train_time += train_time
         epoch_record = {
-            "epoch": progress.epoch, "step": progress.step, "lr": lr,
-            "train_loss": train_metrics["loss"], "train_acc": train_metrics["acc"],
-            "val_loss": val["loss"], "val_acc": val["acc"], "test_loss": test["loss"], "test_acc": test["acc"],
+            "epoch": progress.epoch,
+            "step": progress.step,
+            "lr": lr,
+            "train_loss": train_metrics["loss"],
+            "train_acc": train_metrics["acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "test_loss": test["loss"],
+            "test_acc": test["acc"],
             "prune_rate": sparsifier.prune_rate() if cfg.sparsity.mode == "dst" else 0.0,
-            "density": sparsifier.overall_density(), "layer_density": sparsifier.densities(),
-            "epoch_time": time.perf_counter() - epoch_start, "train_time": train_time,
+            "density": sparsifier.overall_density(),
+            "layer_density": sparsifier.densities(),
+            "epoch_time": time.perf_counter() - epoch_start,
+            "train_time": train_time,
         }
         progress.last = epoch_record
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
@@ -403,8 +468,17 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         status = "diverged"
     if status == "interrupted":
         checkpoint(stopping=True)
-    result = _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps,
-                     setup_time=time.perf_counter() - started - progress.elapsed)
+    result = _result(
+        cfg,
+        config,
+        run_dir,
+        status,
+        progress,
+        sparsifier,
+        diverged,
+        total_steps,
+        setup_time=time.perf_counter() - started - progress.elapsed,
+    )
     if status != "interrupted":
         if tc.save_model and ddp.main:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
@@ -430,8 +504,12 @@ def _scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
         return None
     local = os.path.expandvars(scratch_dir)  # expanded in the job: `$SLURM_TMPDIR` is the node's
     if "$" in local:
-        print(f"warning: train.scratch_dir {scratch_dir!r}: {local!r} is not set here; checkpoints go to the "
-              f"run directory only", file=sys.stderr, flush=True)
+        print(
+            f"warning: train.scratch_dir {scratch_dir!r}: {local!r} is not set here; checkpoints go to the "
+            f"run directory only",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
     return Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
@@ -449,8 +527,9 @@ def _read_checkpoint(recorder: RunRecorder, identity: str, device, scratch: Path
     path = recorder.checkpoint_path
     if not recorder.enabled:  # other DDP ranks: the main rank vetted it (and wrote it here)
         return torch.load(path, map_location=device, weights_only=True) if path.exists() else None
-    found = [c for c in (_load_checkpoint(p, identity, device) for p in (scratch, path) if p is not None)
-             if c is not None]
+    found = [
+        c for c in (_load_checkpoint(p, identity, device) for p in (scratch, path) if p is not None) if c is not None
+    ]
     for ckpt, where in sorted(found, key=lambda c: -c[0]["progress"]["step"]):
         if recorder.truncate_metrics(ckpt["metrics_offset"]):
             return ckpt
@@ -467,8 +546,9 @@ def _load_checkpoint(path: Path, identity: str, device) -> tuple[dict, Path] | N
     except Exception as error:  # torch raises many types for a damaged file
         problem = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     if problem is None and ckpt.get("config_hash", identity) != identity:
-        raise RunDirConflict(f"{path} is of another experiment (config hash {ckpt['config_hash']}, "
-                             f"this run's is {identity})")
+        raise RunDirConflict(
+            f"{path} is of another experiment (config hash {ckpt['config_hash']}, this run's is {identity})"
+        )
     if problem is None:
         return ckpt, path
     _set_aside(path, problem)
@@ -478,8 +558,11 @@ def _load_checkpoint(path: Path, identity: str, device) -> tuple[dict, Path] | N
 def _set_aside(path: Path, problem: str) -> None:
     aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     os.replace(path, aside)
-    print(f"warning: unreadable checkpoint {path} ({problem}); kept as {aside.name}, "
-          f"the run starts from scratch", file=sys.stderr, flush=True)
+    print(
+        f"warning: unreadable checkpoint {path} ({problem}); kept as {aside.name}, the run starts from scratch",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _agree(flag: bool, ddp: Dist, device) -> bool:
@@ -538,9 +621,14 @@ def _update_metrics(record) -> dict:
     layers = [layer.__dict__ for layer in record.layers]
     regrown = sum(layer["regrown"] for layer in layers)
     just = sum(layer["regrown_just_pruned"] for layer in layers)
-    out = {"step": record.step, "prune_rate": record.prune_rate, "layers": layers,
-           "removed": sum(layer["removed"] for layer in layers), "regrown": regrown,
-           "regrown_just_pruned_share": just / regrown if regrown else 0.0}
+    out = {
+        "step": record.step,
+        "prune_rate": record.prune_rate,
+        "layers": layers,
+        "removed": sum(layer["removed"] for layer in layers),
+        "regrown": regrown,
+        "regrown_just_pruned_share": just / regrown if regrown else 0.0,
+    }
     if record.overlap is not None:
         out["overlap"] = record.overlap
     return out
@@ -549,8 +637,13 @@ def _update_metrics(record) -> dict:
 def _provenance(config: dict, run_dir: Path) -> dict:
     """What every result.json says about where it came from: the experiment, the code, and
     the host, job, hardware and log of the process that ran it."""
-    return {"config": config, "config_hash": config_hash(run_identity(config)), "code_version": code_version(),
-            "seed": config["train"]["seed"], **provenance(run_dir)}
+    return {
+        "config": config,
+        "config_hash": config_hash(run_identity(config)),
+        "code_version": code_version(),
+        "seed": config["train"]["seed"],
+        **provenance(run_dir),
+    }
 
 
 def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
@@ -561,8 +654,9 @@ def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_
         "epochs_completed": progress.epoch,
         "steps": progress.step,
         "total_steps": total_steps,
-        "final": {k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                                           "test_loss", "test_acc")},
+        "final": {
+            k: last.get(k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+        },
         "best_val": {k: best.get(k) for k in ("epoch", "val_loss", "val_acc", "test_loss", "test_acc")},
         "achieved_density": sparsifier.overall_density(),
         "achieved_layer_density": sparsifier.densities(),
@@ -577,9 +671,11 @@ def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
-    return (f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.4f} / {r['train_acc']:.2f}%  "
-            f"val {r['val_loss']:.4f} / {r['val_acc']:.2f}%  test {r['test_acc']:.2f}%  "
-            f"density {r['density']:.4f}  {r['epoch_time']:.1f}s")
+    return (
+        f"epoch {r['epoch']}/{epochs}  train {r['train_loss']:.4f} / {r['train_acc']:.2f}%  "
+        f"val {r['val_loss']:.4f} / {r['val_acc']:.2f}%  test {r['test_acc']:.2f}%  "
+        f"density {r['density']:.4f}  {r['epoch_time']:.1f}s"
+    )
 
 
 def _progress_bar(enabled: bool | None, total: int):
@@ -607,19 +703,36 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
     where = run_dir.resolve()
     sweep, s = where.parent.name, cfg.sparsity  # runs_root/<sweep name>/<run slug>
     cell = config_hash(cell_identity(config))[:8]
-    axes = {"sweep": sweep, "cell": cell, "criterion": s.criterion if s.mode == "dst" else None,
-            "growth": s.growth if s.mode == "dst" else None, "density": 1.0 if s.mode == "dense" else s.density,
-            "seed": cfg.train.seed}
-    tags = [*cfg.logging.tags, *(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}"
-                                 for k, v in axes.items() if v is not None), f"code:{code_version()}"]
+    axes = {
+        "sweep": sweep,
+        "cell": cell,
+        "criterion": s.criterion if s.mode == "dst" else None,
+        "growth": s.growth if s.mode == "dst" else None,
+        "density": 1.0 if s.mode == "dense" else s.density,
+        "seed": cfg.train.seed,
+    }
+    tags = [
+        *cfg.logging.tags,
+        *(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}" for k, v in axes.items() if v is not None),
+        f"code:{code_version()}",
+    ]
     slug = re.sub(r"-s\d+-[0-9a-f]+$", "", run_dir.name)  # the run's name without seed and hash
     local = Path(cfg.logging.wandb_dir or where.parent / ".wandb")
     local.mkdir(parents=True, exist_ok=True)
     run_id = hashlib.sha256(f"{where}\0{config_hash(run_identity(config))}".encode()).hexdigest()[:20]
-    return wandb.init(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity,
-                      config={**config, "dst": axes}, group=sweep, job_type=f"{slug}-{cell}"[-64:],
-                      name=run_dir.name, tags=[t[:64] for t in tags], dir=str(local), mode=cfg.logging.wandb,
-                      id=run_id, resume="allow")
+    return wandb.init(
+        project=cfg.logging.wandb_project,
+        entity=cfg.logging.wandb_entity,
+        config={**config, "dst": axes},
+        group=sweep,
+        job_type=f"{slug}-{cell}"[-64:],
+        name=run_dir.name,
+        tags=[t[:64] for t in tags],
+        dir=str(local),
+        mode=cfg.logging.wandb,
+        id=run_id,
+        resume="allow",
+    )
 
 
 def _wandb_replay(wandb_run, recorder: RunRecorder) -> None:
@@ -657,7 +770,7 @@ class StopOnSignal:
         self.received: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> "StopOnSignal":
+    def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
@@ -671,8 +784,11 @@ class StopOnSignal:
             raise KeyboardInterrupt
         if self.received is None:
             try:  # os.write: print is not safe inside a signal handler
-                os.write(2, f"received {signal.Signals(signum).name}: stopping at the next step with a "
-                            f"checkpoint (Ctrl-C again to abort at once)\n".encode())
+                os.write(
+                    2,
+                    f"received {signal.Signals(signum).name}: stopping at the next step with a "
+                    f"checkpoint (Ctrl-C again to abort at once)\n".encode(),
+                )
             except OSError:
                 pass
         self.received = signum
@@ -714,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --run-dir needs a directory", file=sys.stderr)
             return 2
         run_dir = argv[i + 1]
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     force = "--force" in argv
     argv = [a for a in argv if a != "--force"]
     try:
@@ -745,8 +861,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RunDirConflict, RunLocked) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{result['status']}: final test acc {result['final']['test_acc']}, "
-          f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}")
+    print(
+        f"{result['status']}: final test acc {result['final']['test_acc']}, "
+        f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}"
+    )
     from .runstate import exit_code  # the one rule: a diverged run is a result, not an error
 
     return exit_code([result["status"]])

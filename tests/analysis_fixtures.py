@@ -57,17 +57,37 @@ def config(**dotted) -> dict:
     return cfg
 
 
-def write_run(run_dir: Path, cfg: dict, *, test_acc: float | None = None, status: str = "completed",
-              updates: list[dict] = (), result: bool = True) -> Path:
+def write_run(
+    run_dir: Path,
+    cfg: dict,
+    *,
+    test_acc: float | None = None,
+    status: str = "completed",
+    updates: list[dict] = (),
+    result: bool = True,
+) -> Path:
     """One run's records: config.json, one epoch line per epoch, ``updates`` lines, and
     (with ``result``) a result.json like the trainer's."""
     recorder = RunRecorder(run_dir, cfg)
     epochs = cfg["train"]["epochs"]
     for epoch in range(1, epochs + 1):
-        recorder.log("epoch", epoch=epoch, step=STEPS_PER_EPOCH * epoch, lr=0.01, train_loss=0.5, train_acc=test_acc,
-                     val_loss=0.5, val_acc=test_acc, test_loss=0.5, test_acc=test_acc, prune_rate=0.5,
-                     density=cfg["sparsity"]["density"], layer_density={"fc3.weight": 0.1}, epoch_time=1.0,
-                     train_time=0.9)
+        recorder.log(
+            "epoch",
+            epoch=epoch,
+            step=STEPS_PER_EPOCH * epoch,
+            lr=0.01,
+            train_loss=0.5,
+            train_acc=test_acc,
+            val_loss=0.5,
+            val_acc=test_acc,
+            test_loss=0.5,
+            test_acc=test_acc,
+            prune_rate=0.5,
+            density=cfg["sparsity"]["density"],
+            layer_density={"fc3.weight": 0.1},
+            epoch_time=1.0,
+            train_time=0.9,
+        )
     for update in updates:
         recorder.log("update", **update)
     if result:
@@ -78,16 +98,36 @@ def write_run(run_dir: Path, cfg: dict, *, test_acc: float | None = None, status
 def _result(cfg: dict, status: str, test_acc: float | None) -> dict:
     epochs = cfg["train"]["epochs"]
     out = {
-        "status": status, "config": cfg, "config_hash": config_hash(run_identity(cfg)), "code_version": "fixture",
-        "seed": cfg["train"]["seed"], "epochs_completed": epochs if status == "completed" else 1,
-        "steps": STEPS_PER_EPOCH * epochs, "total_steps": STEPS_PER_EPOCH * epochs,
-        "final": {"epoch": epochs, "train_loss": 0.5, "train_acc": test_acc, "val_loss": 0.5, "val_acc": test_acc,
-                  "test_loss": 0.5, "test_acc": test_acc},
-        "best_val": {"epoch": epochs, "val_loss": 0.5, "val_acc": test_acc, "test_loss": 0.5,
-                     "test_acc": None if test_acc is None else test_acc + 0.25},
+        "status": status,
+        "config": cfg,
+        "config_hash": config_hash(run_identity(cfg)),
+        "code_version": "fixture",
+        "seed": cfg["train"]["seed"],
+        "epochs_completed": epochs if status == "completed" else 1,
+        "steps": STEPS_PER_EPOCH * epochs,
+        "total_steps": STEPS_PER_EPOCH * epochs,
+        "final": {
+            "epoch": epochs,
+            "train_loss": 0.5,
+            "train_acc": test_acc,
+            "val_loss": 0.5,
+            "val_acc": test_acc,
+            "test_loss": 0.5,
+            "test_acc": test_acc,
+        },
+        "best_val": {
+            "epoch": epochs,
+            "val_loss": 0.5,
+            "val_acc": test_acc,
+            "test_loss": 0.5,
+            "test_acc": None if test_acc is None else test_acc + 0.25,
+        },
         "achieved_density": cfg["sparsity"]["density"],
         "achieved_layer_density": {"fc3.weight": cfg["sparsity"]["density"]},
-        "wall_time": 2.0, "train_time": 1.5, "steps_per_s": 10.0, "diverged": None,
+        "wall_time": 2.0,
+        "train_time": 1.5,
+        "steps_per_s": 10.0,
+        "diverged": None,
     }
     if status == "diverged":
         out["diverged"] = {"step": 7, "reason": "non-finite training loss"}
@@ -110,16 +150,27 @@ def write_sweep(root: Path) -> Path:
     run and one missing run (see FAILED, INCOMPLETE, MISSING)."""
     root = Path(root)
     for seed in SEEDS:
-        write_run(root / "dense" / f"s{seed}", config(**{"sparsity.mode": "dense", "train.seed": seed}),
-                  test_acc=DENSE_ACC + NOISE[seed])
+        write_run(
+            root / "dense" / f"s{seed}",
+            config(**{"sparsity.mode": "dense", "train.seed": seed}),
+            test_acc=DENSE_ACC + NOISE[seed],
+        )
         for density in DENSITIES:
-            write_run(root / "static" / f"d{density}" / f"s{seed}",
-                      config(**{"sparsity.mode": "static", "sparsity.density": density, "train.seed": seed}),
-                      test_acc=BASE[density] + STATIC_OFFSET + NOISE[seed])
+            write_run(
+                root / "static" / f"d{density}" / f"s{seed}",
+                config(**{"sparsity.mode": "static", "sparsity.density": density, "train.seed": seed}),
+                test_acc=BASE[density] + STATIC_OFFSET + NOISE[seed],
+            )
             for growth in GROWTHS:
                 for criterion in CRITERIA:
-                    cfg = config(**{"sparsity.density": density, "sparsity.criterion": criterion,
-                                    "sparsity.growth": growth, "train.seed": seed})
+                    cfg = config(
+                        **{
+                            "sparsity.density": density,
+                            "sparsity.criterion": criterion,
+                            "sparsity.growth": growth,
+                            "train.seed": seed,
+                        }
+                    )
                     run_dir = root / "dst" / growth / criterion / f"d{density}" / f"s{seed}"
                     if _matches(cfg, MISSING):
                         continue
@@ -143,9 +194,16 @@ def init_update(seed: int, rate: float) -> dict:
         value["run", c] = value[c, "run"] = value["magnitude", c]
     value["run", "run"] = 1.0
     matrix = [[value[a, b] for b in names] for a in names]
-    return {"epoch": 0, "step": 10, "prune_rate": rate, "layers": [], "removed": 0, "regrown": 0,
-            "regrown_just_pruned_share": 0.0, "overlap": {"criteria": names, "jaccard": matrix,
-                                                          "jaccard_per_layer": {"fc3.weight": matrix}}}
+    return {
+        "epoch": 0,
+        "step": 10,
+        "prune_rate": rate,
+        "layers": [],
+        "removed": 0,
+        "regrown": 0,
+        "regrown_just_pruned_share": 0.0,
+        "overlap": {"criteria": names, "jaccard": matrix, "jaccard_per_layer": {"fc3.weight": matrix}},
+    }
 
 
 def write_overlap_init(root: Path) -> Path:
@@ -155,12 +213,25 @@ def write_overlap_init(root: Path) -> Path:
     for rate in INIT_RATES:
         for seed, criteria in ((0, ("magnitude", "snip")), (1, ("magnitude",))):
             for criterion in criteria:
-                cfg = config(**{"sparsity.density": 1.0, "sparsity.criterion": criterion, "train.seed": seed,
-                                "train.max_steps": 10, "sparsity.update_frequency": 10, "optim.lr": 0.0,
-                                "sparsity.prune_rate": rate, "sparsity.prune_rate_schedule": "constant",
-                                "sparsity.overlap_with": list(INIT_CRITERIA)})
-                write_run(root / "init" / f"r{rate}" / criterion / f"s{seed}", cfg, test_acc=10.0,
-                          updates=[init_update(seed, rate)])
+                cfg = config(
+                    **{
+                        "sparsity.density": 1.0,
+                        "sparsity.criterion": criterion,
+                        "train.seed": seed,
+                        "train.max_steps": 10,
+                        "sparsity.update_frequency": 10,
+                        "optim.lr": 0.0,
+                        "sparsity.prune_rate": rate,
+                        "sparsity.prune_rate_schedule": "constant",
+                        "sparsity.overlap_with": list(INIT_CRITERIA),
+                    }
+                )
+                write_run(
+                    root / "init" / f"r{rate}" / criterion / f"s{seed}",
+                    cfg,
+                    test_acc=10.0,
+                    updates=[init_update(seed, rate)],
+                )
     return root
 
 
@@ -176,15 +247,40 @@ def write_trajectories(root: Path) -> Path:
         updates = []
         for step in TRAJECTORY_STEPS:
             names = ["run", *INIT_CRITERIA]
-            matrix = [[1.0 if a == b else trajectory_jaccard(b if a == "run" else a, step, seed) if "run" in (a, b)
-                       else 0.4 for b in names] for a in names]
-            updates.append({"epoch": 0, "step": step, "prune_rate": 0.5 - 0.1 * step / 10, "layers": [],
-                            "removed": 0, "regrown": 0, "regrown_just_pruned_share": 0.0,
-                            "overlap": {"criteria": names, "jaccard": matrix, "jaccard_per_layer": {}}})
-        cfg = config(**{"sparsity.density": 0.2, "sparsity.criterion": "magnitude", "sparsity.growth": "gradient",
-                        "sparsity.prune_rate": 0.4, "train.seed": seed, "sparsity.overlap_with": list(INIT_CRITERIA)})
-        write_run(root / "trajectory" / f"s{seed}", cfg, test_acc=dst_accuracy("magnitude", 0.2, seed),
-                  updates=updates)
+            matrix = [
+                [
+                    1.0
+                    if a == b
+                    else trajectory_jaccard(b if a == "run" else a, step, seed)
+                    if "run" in (a, b)
+                    else 0.4
+                    for b in names
+                ]
+                for a in names
+            ]
+            updates.append(
+                {
+                    "epoch": 0,
+                    "step": step,
+                    "prune_rate": 0.5 - 0.1 * step / 10,
+                    "layers": [],
+                    "removed": 0,
+                    "regrown": 0,
+                    "regrown_just_pruned_share": 0.0,
+                    "overlap": {"criteria": names, "jaccard": matrix, "jaccard_per_layer": {}},
+                }
+            )
+        cfg = config(
+            **{
+                "sparsity.density": 0.2,
+                "sparsity.criterion": "magnitude",
+                "sparsity.growth": "gradient",
+                "sparsity.prune_rate": 0.4,
+                "train.seed": seed,
+                "sparsity.overlap_with": list(INIT_CRITERIA),
+            }
+        )
+        write_run(root / "trajectory" / f"s{seed}", cfg, test_acc=dst_accuracy("magnitude", 0.2, seed), updates=updates)
     return root
 
 
@@ -196,38 +292,93 @@ def write_studies(root: Path) -> Path:
         for density in (0.1, 0.2):
             for u in (100, 400):  # 800 is the main grid's
                 for criterion in ("magnitude", "snip"):
-                    write_run(root / "uf" / f"u{u}" / criterion / f"d{density}" / f"s{seed}",
-                              config(**{"sparsity.update_frequency": u, "sparsity.density": density,
-                                        "sparsity.criterion": criterion, "train.seed": seed}),
-                              test_acc=dst_accuracy(criterion, density, seed) - u / 400)
+                    write_run(
+                        root / "uf" / f"u{u}" / criterion / f"d{density}" / f"s{seed}",
+                        config(
+                            **{
+                                "sparsity.update_frequency": u,
+                                "sparsity.density": density,
+                                "sparsity.criterion": criterion,
+                                "train.seed": seed,
+                            }
+                        ),
+                        test_acc=dst_accuracy(criterion, density, seed) - u / 400,
+                    )
             for gamma in (0.1, 10.0):
-                write_run(root / "gamma" / f"g{gamma}" / f"d{density}" / f"s{seed}",
-                          config(**{"sparsity.update_frequency": 100, "sparsity.density": density,
-                                    "sparsity.criterion": "mest", "sparsity.gamma": gamma, "train.seed": seed}),
-                          test_acc=BASE[density] - gamma / 10)
+                write_run(
+                    root / "gamma" / f"g{gamma}" / f"d{density}" / f"s{seed}",
+                    config(
+                        **{
+                            "sparsity.update_frequency": 100,
+                            "sparsity.density": density,
+                            "sparsity.criterion": "mest",
+                            "sparsity.gamma": gamma,
+                            "train.seed": seed,
+                        }
+                    ),
+                    test_acc=BASE[density] - gamma / 10,
+                )
             for criterion in ("sensitivity", "mest"):  # MEST at gamma 1 shares u=100 with sensitivity
-                write_run(root / "sens" / criterion / f"d{density}" / f"s{seed}",
-                          config(**{"sparsity.update_frequency": 100, "sparsity.density": density,
-                                    "sparsity.criterion": criterion, "train.seed": seed}),
-                          test_acc=BASE[density] - (2.0 if criterion == "sensitivity" else 0.0))
+                write_run(
+                    root / "sens" / criterion / f"d{density}" / f"s{seed}",
+                    config(
+                        **{
+                            "sparsity.update_frequency": 100,
+                            "sparsity.density": density,
+                            "sparsity.criterion": criterion,
+                            "train.seed": seed,
+                        }
+                    ),
+                    test_acc=BASE[density] - (2.0 if criterion == "sensitivity" else 0.0),
+                )
             for criterion in ("magnitude", "snip"):
-                write_run(root / "global" / criterion / f"d{density}" / f"s{seed}",
-                          config(**{"sparsity.global_pruning": True, "sparsity.init": "uniform",
-                                    "sparsity.density": density, "sparsity.criterion": criterion,
-                                    "train.seed": seed}),
-                          test_acc=dst_accuracy(criterion, density, seed) - 1.0)
+                write_run(
+                    root / "global" / criterion / f"d{density}" / f"s{seed}",
+                    config(
+                        **{
+                            "sparsity.global_pruning": True,
+                            "sparsity.init": "uniform",
+                            "sparsity.density": density,
+                            "sparsity.criterion": criterion,
+                            "train.seed": seed,
+                        }
+                    ),
+                    test_acc=dst_accuracy(criterion, density, seed) - 1.0,
+                )
         mlp = {"data.name": "cifar10"}
         for criterion in ("magnitude", "snip"):
-            write_run(root / "d1" / criterion / f"s{seed}",
-                      config(**mlp, **{"model.name": "mlp_cifar10", "sparsity.density": 1.0,
-                                       "sparsity.criterion": criterion, "sparsity.update_frequency": 100,
-                                       "train.seed": seed}), test_acc=60.0 + seed)
-        write_run(root / "d1" / "dense" / f"s{seed}",
-                  config(**mlp, **{"model.name": "mlp_cifar10", "sparsity.mode": "dense", "train.seed": seed}),
-                  test_acc=59.0 + seed)
-        write_run(root / "d1" / "dropout" / f"s{seed}",
-                  config(**mlp, **{"model.name": "mlp_cifar10_dropout", "model.kwargs": {"dropout": 0.05},
-                                   "sparsity.mode": "dense", "train.seed": seed}), test_acc=61.0 + seed)
+            write_run(
+                root / "d1" / criterion / f"s{seed}",
+                config(
+                    **mlp,
+                    **{
+                        "model.name": "mlp_cifar10",
+                        "sparsity.density": 1.0,
+                        "sparsity.criterion": criterion,
+                        "sparsity.update_frequency": 100,
+                        "train.seed": seed,
+                    },
+                ),
+                test_acc=60.0 + seed,
+            )
+        write_run(
+            root / "d1" / "dense" / f"s{seed}",
+            config(**mlp, **{"model.name": "mlp_cifar10", "sparsity.mode": "dense", "train.seed": seed}),
+            test_acc=59.0 + seed,
+        )
+        write_run(
+            root / "d1" / "dropout" / f"s{seed}",
+            config(
+                **mlp,
+                **{
+                    "model.name": "mlp_cifar10_dropout",
+                    "model.kwargs": {"dropout": 0.05},
+                    "sparsity.mode": "dense",
+                    "train.seed": seed,
+                },
+            ),
+            test_acc=61.0 + seed,
+        )
     return root
 
 
@@ -235,4 +386,3 @@ def write_everything(root: Path) -> Path:
     for writer in (write_sweep, write_overlap_init, write_trajectories, write_studies):
         writer(root)
     return Path(root)
-

@@ -109,8 +109,9 @@ def write_image_folder(directory: Path, classes: list[str], per_class: int, size
             write_jpeg(directory / name / f"{name}_{i}.JPEG", CLASS_COLOURS[label], size)
 
 
-def write_tiny_imagenet(root: Path, classes: list[str], per_class: int = 6, val_per_class: int = 2,
-                        official_val: bool = True) -> Path:
+def write_tiny_imagenet(
+    root: Path, classes: list[str], per_class: int = 6, val_per_class: int = 2, official_val: bool = True
+) -> Path:
     """A ``root/tiny-imagenet-200`` tree as in the official archive (or with val/ in class folders)."""
     base = root / "tiny-imagenet-200"
     for label, wnid in enumerate(classes):

@@ -36,8 +36,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import pytest
 
@@ -56,9 +56,9 @@ class SlurmCluster:
 
     partition: str
     """Partition to submit to (the cluster's default one)."""
-    slurm_conf: Optional[str]
+    slurm_conf: str | None
     """Config file clients use (``SLURM_CONF``), or None for the system default."""
-    state_dir: Optional[Path]
+    state_dir: Path | None
     """State dir of a cluster started by scripts/slurm/start.sh (logs in ``state_dir/log``)."""
     started_here: bool
     """True if this session started the cluster (and so stops it at the end)."""
@@ -74,7 +74,7 @@ class SlurmCluster:
         return "\n".join(parts)
 
 
-def _truthy(value: Optional[str]) -> bool:
+def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -85,15 +85,11 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"no SLURM cluster: {reason}")
 
 
-def _run(
-    cmd: list[str], timeout: float, env: Optional[dict[str, str]] = None
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
-    )
+def _run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
-def _running_cluster_partition(env: dict[str, str]) -> Optional[str]:
+def _running_cluster_partition(env: dict[str, str]) -> str | None:
     """Default partition of a cluster that answers clients run with ``env``, or None."""
     if shutil.which("scontrol") is None or shutil.which("sinfo") is None:
         return None
@@ -110,7 +106,7 @@ def _running_cluster_partition(env: dict[str, str]) -> Optional[str]:
     return parts[0] if parts else None
 
 
-def _why_cannot_start() -> Optional[str]:
+def _why_cannot_start() -> str | None:
     """Reason why scripts/slurm/start.sh cannot work on this machine, or None."""
     if not START_SCRIPT.is_file():
         return f"{START_SCRIPT} is missing"
@@ -204,8 +200,9 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 
 def launch(*args, timeout=900):
     """`python -m src.launch ARGS` from the repository root, its output captured."""
-    return subprocess.run([sys.executable, "-m", "src.launch", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "src.launch", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
 
 
 def slurm_args(cluster, **launcher):

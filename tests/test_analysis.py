@@ -147,7 +147,8 @@ def test_the_main_grid_is_the_paper_grid_and_studies_are_split_off(runs, main_gr
 
 def test_cell_means_and_stds_over_seeds(main_grid):
     stats = analysis.summarize(main_grid.runs, [C.GROWTH, C.CRITERION, C.DENSITY]).set_index(
-        [C.GROWTH, C.CRITERION, C.DENSITY])
+        [C.GROWTH, C.CRITERION, C.DENSITY]
+    )
     full = stats.loc[("random", "snip", 0.05)]
     assert (full["n"], full["seeds"]) == (3, "0,1,2")
     assert full["mean"] == pytest.approx(fx.BASE[0.05] + fx.OFFSET["snip"]) and full["std"] == pytest.approx(fx.STD)
@@ -159,7 +160,8 @@ def test_cell_means_and_stds_over_seeds(main_grid):
 
 def test_the_metric_is_chosen_by_name(main_grid):
     table = analysis.accuracy_table([main_grid], metric="best_val.test_acc").data.set_index(
-        [C.GROWTH, "method", C.DENSITY])
+        [C.GROWTH, "method", C.DENSITY]
+    )
     assert table.loc[("random", "snip", 0.05), "mean"] == pytest.approx(fx.BASE[0.05] + fx.OFFSET["snip"] + 0.25)
     assert table.loc[("—", "dense", 1.0), "n"] == 3
 
@@ -192,7 +194,8 @@ def test_holm_correction_changes_a_decision():
 
 def test_ranks_and_significance_on_records(main_grid):
     ranking = analysis.rank_criteria(main_grid.runs, by=(C.GROWTH, C.DENSITY)).set_index(
-        [C.GROWTH, C.DENSITY, C.CRITERION])
+        [C.GROWTH, C.DENSITY, C.CRITERION]
+    )
     at = ranking.loc[("random", 0.05)]
     assert at["rank"].to_dict() == {"magnitude": 1.0, "set": 2.0, "snip": 3.0}
     assert at["worse"].to_dict() == {"magnitude": False, "set": False, "snip": True}  # set is tied, snip worse
@@ -203,7 +206,8 @@ def test_ranks_and_significance_on_records(main_grid):
     assert at.loc["magnitude", "best_group"]
 
     summary = analysis.rank_summary(ranking.reset_index(), low_density=0.1, by=(C.GROWTH,)).set_index(
-        [C.GROWTH, C.CRITERION])
+        [C.GROWTH, C.CRITERION]
+    )
     magnitude = summary.loc[("gradient", "magnitude")]
     assert (magnitude["avg_rank"], magnitude["avg_rank_low"], magnitude["avg_rank_high"]) == (1.25, 1.5, 1.0)
     assert (magnitude["first"], magnitude["first_low"], magnitude["best_group"]) == (3, 1, 4)
@@ -217,8 +221,10 @@ def test_completeness_reports_failed_incomplete_and_missing_runs(runs):
     assert totals == {"completed": 140, "failed": 1, "incomplete": 1, "diverged": 0}
     assert sorted(report.problems[C.STATUS]) == ["failed", "incomplete"]
     short = report.short[report.short[C.KIND] == "dst"].set_index([C.CRITERION, C.GROWTH, C.DENSITY])
-    expected = {(c["sparsity.criterion"], c["sparsity.growth"], c["sparsity.density"]): str(c["train.seed"])
-                for c in (fx.MISSING, fx.FAILED, fx.INCOMPLETE)}
+    expected = {
+        (c["sparsity.criterion"], c["sparsity.growth"], c["sparsity.density"]): str(c["train.seed"])
+        for c in (fx.MISSING, fx.FAILED, fx.INCOMPLETE)
+    }
     assert short["missing_seeds"].to_dict() == expected
     assert short.loc[("set", "random", 0.2), "failed"] == 1 and short.loc[("snip", "gradient", 0.5), "incomplete"] == 1
     # One probe criterion ran for seed 0 only.
@@ -288,14 +294,35 @@ def test_report_cli_writes_every_supported_table_and_figure(sweep, tmp_path, cap
     out = tmp_path / "report"
     assert cli(["report", str(sweep), "--out", str(out), "--alpha", "0.05"]) == 0
     assert str(out / "index.html") in capsys.readouterr().out
-    tables = ["accuracy", "ranking", "ranking_summary", "runs_by_status", "cells", "short_cells", "not_completed",
-              "update_frequency", "mest_gamma", "sensitivity", "global_pruning", "density_one", "overlap_init",
-              "overlap_trajectory", "claims"]
+    tables = [
+        "accuracy",
+        "ranking",
+        "ranking_summary",
+        "runs_by_status",
+        "cells",
+        "short_cells",
+        "not_completed",
+        "update_frequency",
+        "mest_gamma",
+        "sensitivity",
+        "global_pruning",
+        "density_one",
+        "overlap_init",
+        "overlap_trajectory",
+        "claims",
+    ]
     for name in tables:
         for fmt in ("md", "csv", "tex"):
             assert (out / "tables" / f"{name}.{fmt}").stat().st_size > 0, (name, fmt)
-    figures = ["fig1_accuracy_vs_density", "fig4_update_frequency", "fig7_mest_gamma", "fig8_sensitivity",
-               "fig13_global_pruning", "fig6a_overlap_init", "fig6b_overlap_trajectory"]
+    figures = [
+        "fig1_accuracy_vs_density",
+        "fig4_update_frequency",
+        "fig7_mest_gamma",
+        "fig8_sensitivity",
+        "fig13_global_pruning",
+        "fig6a_overlap_init",
+        "fig6b_overlap_trajectory",
+    ]
     stems = [f"{f}__lenet5_fashion_mnist" for f in figures] + ["fig5_density_one__mlp_cifar10_cifar10"]
     for stem in stems:
         for ext in ("png", "pdf"):
@@ -327,8 +354,9 @@ def test_report_cli_refuses_an_unknown_metric_or_no_runs(sweep, tmp_path, capsys
 def test_notebook_runs_on_records(sweep, monkeypatch):
     monkeypatch.setenv("ANALYSIS_SWEEP_DIRS", str(sweep))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
-                            resources={"metadata": {"path": str(sweep)}}).execute()
+    nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(sweep)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the Fig. 1 of the setup
@@ -341,7 +369,9 @@ def test_reading_results_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, analysis, analysis.load, src.config, src.sparse.config; "
-            "assert 'torch' not in sys.modules, 'torch imported'; "
-            "src.config.RunConfig.from_dict({'sparsity': {'criterion': 'snip'}})")
+    code = (
+        "import sys, analysis, analysis.load, src.config, src.sparse.config; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "src.config.RunConfig.from_dict({'sparsity': {'criterion': 'snip'}})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))

@@ -40,15 +40,21 @@ def train_sweep(root: Path, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    return train_sweep(tmp_path_factory.mktemp("crit"), f"criterion={','.join(CRITERIA)}",
-                       f"seed={','.join(map(str, SEEDS))}")
+    return train_sweep(
+        tmp_path_factory.mktemp("crit"), f"criterion={','.join(CRITERIA)}", f"seed={','.join(map(str, SEEDS))}"
+    )
 
 
 @pytest.fixture(scope="module")
 def no_updates(tmp_path_factory) -> Path:
     """Two runs whose update frequency exceeds their steps: DST that never updated its topology."""
-    return train_sweep(tmp_path_factory.mktemp("noupd"), "criterion=magnitude,mest", "seed=1", "train.epochs=1",
-                       "sparsity.update_frequency=1000")
+    return train_sweep(
+        tmp_path_factory.mktemp("noupd"),
+        "criterion=magnitude,mest",
+        "seed=1",
+        "train.epochs=1",
+        "sparsity.update_frequency=1000",
+    )
 
 
 def results(sweep: Path) -> pd.DataFrame:
@@ -57,9 +63,16 @@ def results(sweep: Path) -> pd.DataFrame:
     for path in sorted(sweep.glob("*/result.json")):
         result = json.loads(path.read_text())
         updates = sum(json.loads(line)["kind"] == "update" for line in (path.parent / "metrics.jsonl").open())
-        rows.append({"criterion": result["config"]["sparsity"]["criterion"], "seed": result["seed"],
-                     "acc": result["final"]["test_acc"], "best_epoch": result["best_val"]["epoch"],
-                     "final_epoch": result["final"]["epoch"], "updates": updates})
+        rows.append(
+            {
+                "criterion": result["config"]["sparsity"]["criterion"],
+                "seed": result["seed"],
+                "acc": result["final"]["test_acc"],
+                "best_epoch": result["best_val"]["epoch"],
+                "final_epoch": result["final"]["epoch"],
+                "updates": updates,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -90,8 +103,12 @@ def test_a_sweep_without_a_density_grid_gets_the_metric_per_cell_and_tests(sweep
     best, other = means.idxmax(), means.idxmin()
     by_level = tests.set_index("level")
     assert by_level.loc[best, "verdict"] == cells.BEST
-    expected = sps.ttest_ind(truth.loc[truth.criterion == best, "acc"], truth.loc[truth.criterion == other, "acc"],
-                             equal_var=False, alternative="greater").pvalue
+    expected = sps.ttest_ind(
+        truth.loc[truth.criterion == best, "acc"],
+        truth.loc[truth.criterion == other, "acc"],
+        equal_var=False,
+        alternative="greater",
+    ).pvalue
     assert by_level.loc[other, "p_holm"] == pytest.approx(expected)  # one comparison: Holm leaves it
     assert by_level.loc[other, "verdict"] == (cells.WORSE if expected < 0.05 else cells.NOT_WORSE)
     assert "Along each axis, with the other axes fixed" in printed
@@ -134,8 +151,10 @@ def test_topology_updates_are_counted_and_too_few_are_warned_about(sweep, no_upd
 
 def test_verdict_readiness_before_launch():
     assert cells.verdict_readiness({"a": 3, "b": 5}) is None
-    assert cells.verdict_readiness([2, 2, 3]) == ("this sweep cannot reach a verdict: 2 of 3 cells get fewer than 3 "
-                                                  "seeds (as few as 2; a verdict needs ≥ 3 per cell)")
+    assert cells.verdict_readiness([2, 2, 3]) == (
+        "this sweep cannot reach a verdict: 2 of 3 cells get fewer than 3 "
+        "seeds (as few as 2; a verdict needs ≥ 3 per cell)"
+    )
     assert cells.verdict_readiness([2], min_seeds=2) is None
     assert "no topology updates" in cells.verdict_readiness([3, 3], topology_updates=[4, 0])
 
@@ -147,8 +166,7 @@ def test_every_registered_name_has_a_style():
     from src.sparse.criteria import CRITERIA as REGISTERED
     from src.sparse.growth import GROWTH_RULES
 
-    for field, registry in ((C.CRITERION, REGISTERED), (C.GROWTH, GROWTH_RULES), (C.MODEL, MODELS),
-                            (C.DATA, DATASETS)):
+    for field, registry in ((C.CRITERION, REGISTERED), (C.GROWTH, GROWTH_RULES), (C.MODEL, MODELS), (C.DATA, DATASETS)):
         missing = set(registry) - set(analysis.style.STYLES[field])
         assert not missing, f"{field}: no display name, colour and marker for {sorted(missing)}"
         styles = [analysis.style.STYLES[field][name] for name in registry]
@@ -194,13 +212,27 @@ def in_chromium(index: Path) -> dict:
     """Load the report in headless Chromium at 1280 px; what the probe found."""
     probe = index.with_name("probe.html")
     probe.write_text(index.read_text().replace("<head>", "<head>" + PROBE, 1))
-    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
-                          "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
-                          probe.as_uri()], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1280,900",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = out.stdout
-    start = dom.index("<pre id=\"probe\">") + len("<pre id=\"probe\">")
+    start = dom.index('<pre id="probe">') + len('<pre id="probe">')
     import html
-    return json.loads(html.unescape(dom[start:dom.index("</pre>", start)]))
+
+    return json.loads(html.unescape(dom[start : dom.index("</pre>", start)]))
 
 
 @pytest.mark.slow
@@ -225,8 +257,9 @@ def test_a_stray_or_broken_run_dir_is_reported_by_path_and_never_stops_the_repor
     (root / "stray").mkdir()
     (root / "stray" / "config.json").write_text(json.dumps({"note": "not a run"}))  # no sparsity.mode
     (root / "odd").mkdir()
-    (root / "odd" / "config.json").write_text(json.dumps({"sparsity": {"mode": "dst", "density": "most"},
-                                                          "model": 5}))  # the config schema refuses it
+    (root / "odd" / "config.json").write_text(
+        json.dumps({"sparsity": {"mode": "dst", "density": "most"}, "model": 5})
+    )  # the config schema refuses it
     (root / "loop").mkdir()
     (root / "loop" / "result.json").symlink_to(root / "loop" / "result.json")  # a real symlink loop
     assert cli(["report", str(root), "--out", str(tmp_path / "report")]) == 0
@@ -267,8 +300,9 @@ def test_no_finished_runs_yet_and_a_missing_sweep_dir_are_one_line(sweep, tmp_pa
     shutil.rmtree(next(root.glob("*mest*s3*")))  # a seed never started: missing
     out = subprocess.run([sys.executable, "-m", "analysis", "report", str(root)], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip() == "no finished runs yet (5 running, 1 missing)"
-    out = subprocess.run([sys.executable, "-m", "analysis", "report", str(tmp_path / "nowhere")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis", "report", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
     assert out.returncode == 1 and out.stderr.strip() == f"error: no sweep directory {tmp_path / 'nowhere'}"
 
 

@@ -27,16 +27,22 @@ class MaskedLinear(nn.Module):
 
 
 def _stand_in(respect_mask: bool, stored_density: float | None = None) -> sb.Peer:
-    return sb.Peer("torch", lambda linear, d: MaskedLinear(linear, stored_density or d, respect_mask),
-                   lambda m: int(m.mask.sum()), lambda m: m.weight.detach())
+    return sb.Peer(
+        "torch",
+        lambda linear, d: MaskedLinear(linear, stored_density or d, respect_mask),
+        lambda m: int(m.mask.sum()),
+        lambda m: m.weight.detach(),
+    )
 
 
 DENSITIES = {"fc1.weight": 0.04, "fc2.weight": 0.09}
 
 
-@pytest.mark.parametrize("peer, ok", [(_stand_in(True), True), (_stand_in(False), False),
-                                      (_stand_in(True, stored_density=0.2), False)],
-                         ids=["sparse step", "dense step", "wrong density"])
+@pytest.mark.parametrize(
+    "peer, ok",
+    [(_stand_in(True), True), (_stand_in(False), False), (_stand_in(True, stored_density=0.2), False)],
+    ids=["sparse step", "dense step", "wrong density"],
+)
 def test_check_peer_accepts_only_a_sparse_training_step_at_the_density(peer, ok):
     x, y = sb._batch()
     check = sb.check_peer(peer, sb._peer_model(peer, DENSITIES), DENSITIES, x, y, steps=3)

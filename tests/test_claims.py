@@ -19,14 +19,24 @@ def write_grid(root: Path, accuracy, static_offset: float, seeds=range(4), densi
     ``accuracy(criterion, density)`` + noise; static = BASE + ``static_offset`` + noise."""
     for seed in seeds:
         for density in densities:
-            fx.write_run(root / "static" / f"d{density}" / f"s{seed}",
-                         fx.config(**{"sparsity.mode": "static", "sparsity.density": density, "train.seed": seed}),
-                         test_acc=BASE[density] + static_offset + NOISE[seed])
+            fx.write_run(
+                root / "static" / f"d{density}" / f"s{seed}",
+                fx.config(**{"sparsity.mode": "static", "sparsity.density": density, "train.seed": seed}),
+                test_acc=BASE[density] + static_offset + NOISE[seed],
+            )
             for criterion in ("magnitude", "set", "snip"):
-                fx.write_run(root / "dst" / criterion / f"d{density}" / f"s{seed}",
-                             fx.config(**{"sparsity.density": density, "sparsity.criterion": criterion,
-                                          "sparsity.growth": "random", "train.seed": seed}),
-                             test_acc=accuracy(criterion, density) + NOISE[seed])
+                fx.write_run(
+                    root / "dst" / criterion / f"d{density}" / f"s{seed}",
+                    fx.config(
+                        **{
+                            "sparsity.density": density,
+                            "sparsity.criterion": criterion,
+                            "sparsity.growth": "random",
+                            "train.seed": seed,
+                        }
+                    ),
+                    test_acc=accuracy(criterion, density) + NOISE[seed],
+                )
     return root
 
 
@@ -75,10 +85,12 @@ def test_claims_partly_and_not_significant(tmp_path):
     def mixed(criterion, density):
         # magnitude worse only at 0.1; mean spreads 1.8 (low) vs 1.6 (high): within noise;
         # static is 1.5 below BASE: magnitude at 0.1 (3 below) does not beat it
-        offsets = {0.05: {"magnitude": 0.0, "set": -0.3, "snip": -0.6},
-                   0.1: {"magnitude": -3.0, "set": 0.0, "snip": -0.2},
-                   0.3: {"magnitude": 0.0, "set": -1.5, "snip": -2.0},
-                   0.5: {"magnitude": 0.0, "set": -1.2, "snip": -0.6}}
+        offsets = {
+            0.05: {"magnitude": 0.0, "set": -0.3, "snip": -0.6},
+            0.1: {"magnitude": -3.0, "set": 0.0, "snip": -0.2},
+            0.3: {"magnitude": 0.0, "set": -1.5, "snip": -2.0},
+            0.5: {"magnitude": 0.0, "set": -1.2, "snip": -0.6},
+        }
         return BASE[density] + offsets[density][criterion]
 
     found = verdicts(write_grid(tmp_path, mixed, static_offset=-1.5))

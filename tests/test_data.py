@@ -43,7 +43,11 @@ from tests.data_fixtures import (
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DATA_ENV_VARS = (
-    "FASHION_MNIST_PYTORCH", "CIFAR10_PYTORCH", "CIFAR100_PYTORCH", "TINY_IMAGENET", "IMAGENET_PYTORCH",
+    "FASHION_MNIST_PYTORCH",
+    "CIFAR10_PYTORCH",
+    "CIFAR100_PYTORCH",
+    "TINY_IMAGENET",
+    "IMAGENET_PYTORCH",
     "TABULAR_DATA_DIR",
 )
 
@@ -209,8 +213,11 @@ def test_fashion_mnist_reference_splits_hold_out_the_last_tenth(tmp_path):
     assert np.array_equal(sample_ids(splits.val.inputs.numpy()), np.arange(90, 100))
 
 
-@pytest.mark.skipif(not REAL_FASHION_MNIST.is_dir(), reason="real Fashion-MNIST not installed "
-                    "(apt-get install dataset-fashion-mnist puts it in /usr/share/datasets/fashion-mnist)")
+@pytest.mark.skipif(
+    not REAL_FASHION_MNIST.is_dir(),
+    reason="real Fashion-MNIST not installed "
+    "(apt-get install dataset-fashion-mnist puts it in /usr/share/datasets/fashion-mnist)",
+)
 def test_real_fashion_mnist():
     splits = build_dataset("fashion_mnist", REAL_FASHION_MNIST)
     assert len(splits.train) + len(splits.val) == 60000 and len(splits.test) == 10000
@@ -318,7 +325,10 @@ def test_crop_is_a_window_of_the_padded_image_and_keeps_the_shape(pad_mode):
     offsets = set()
     for o, image in zip(out, padded):
         windows = [
-            (dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1) for candidate in (o, o.flip(-1))
+            (dy, dx)
+            for dy in range(2 * p + 1)
+            for dx in range(2 * p + 1)
+            for candidate in (o, o.flip(-1))
             if torch.equal(candidate, image[:, dy : dy + 6, dx : dx + 6])
         ]
         assert windows, "output is not a (possibly flipped) crop of the padded image"
@@ -594,12 +604,21 @@ def test_imagenet_folders_transforms_and_sharding(tmp_path):
         make_loaders(splits, 4, distributed=True)
 
 
-@pytest.mark.parametrize("make", [
-    lambda split, rank: InMemoryLoader(split, 2, shuffle=True, seed=0, num_replicas=3, rank=rank),
-    lambda split, rank: StreamLoader(
-        StreamedSplit(TensorDataset(split.inputs, split.targets)), 2, shuffle=True, seed=0, num_replicas=3, rank=rank
-    ),
-], ids=["in_memory", "streamed"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda split, rank: InMemoryLoader(split, 2, shuffle=True, seed=0, num_replicas=3, rank=rank),
+        lambda split, rank: StreamLoader(
+            StreamedSplit(TensorDataset(split.inputs, split.targets)),
+            2,
+            shuffle=True,
+            seed=0,
+            num_replicas=3,
+            rank=rank,
+        ),
+    ],
+    ids=["in_memory", "streamed"],
+)
 def test_loaders_shard_an_epoch_over_ranks(make):
     split = counter_split(10)
     shards = [make(split, rank) for rank in range(3)]

@@ -59,12 +59,33 @@ def test_masks_identical_across_ranks_and_synced_only_at_updates():
 
 @pytest.mark.slow
 def test_trainer_under_torchrun_two_processes(tmp_path):
-    args = ["model.name=lenet5", "data.name=synthetic", "data.kwargs.input_shape=[1,28,28]",
-            "data.kwargs.num_classes=10", "data.kwargs.num_train=640", "data.kwargs.class_separation=30.0",
-            "data.batch_size=32", "train.epochs=2", "train.threads=1", "sparsity.density=0.5",
-            "sparsity.update_frequency=3", "train.save_model=true"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "src.train", *args, "--run-dir", str(tmp_path)]
+    args = [
+        "model.name=lenet5",
+        "data.name=synthetic",
+        "data.kwargs.input_shape=[1,28,28]",
+        "data.kwargs.num_classes=10",
+        "data.kwargs.num_train=640",
+        "data.kwargs.class_separation=30.0",
+        "data.batch_size=32",
+        "train.epochs=2",
+        "train.threads=1",
+        "sparsity.density=0.5",
+        "sparsity.update_frequency=3",
+        "train.save_model=true",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "src.train",
+        *args,
+        "--run-dir",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     result = read_result(tmp_path)

@@ -28,11 +28,29 @@ PY = sys.executable
 def args(steps_per_epoch: int = 18, epochs: int = 2, **extra) -> list[str]:
     """A small sparse MLP on generated binary data (about a millisecond a step; 10 % of the
     samples are held out, so an epoch is 0.9 x ``steps_per_epoch`` steps)."""
-    return ["model.name=mlp_higgs", "data.name=synthetic", "data.kwargs.input_shape=[24]",
-            "data.kwargs.num_classes=2", "data.kwargs.binary=true", f"data.kwargs.num_train={steps_per_epoch * 32}",
-            "data.kwargs.num_test=100", "data.kwargs.class_separation=6.0", "data.batch_size=32", "data.eval_batch_size=100", f"train.epochs={epochs}", "train.threads=1",
-            "train.log_every=5", "train.checkpoint_interval_min=0", "train.progress=false", "train.save_model=true", "optim.lr=0.05", "sparsity.density=0.5",
-            "sparsity.update_frequency=7", "sparsity.prune_rate=0.3", *(f"{k}={v}" for k, v in extra.items())]
+    return [
+        "model.name=mlp_higgs",
+        "data.name=synthetic",
+        "data.kwargs.input_shape=[24]",
+        "data.kwargs.num_classes=2",
+        "data.kwargs.binary=true",
+        f"data.kwargs.num_train={steps_per_epoch * 32}",
+        "data.kwargs.num_test=100",
+        "data.kwargs.class_separation=6.0",
+        "data.batch_size=32",
+        "data.eval_batch_size=100",
+        f"train.epochs={epochs}",
+        "train.threads=1",
+        "train.log_every=5",
+        "train.checkpoint_interval_min=0",
+        "train.progress=false",
+        "train.save_model=true",
+        "optim.lr=0.05",
+        "sparsity.density=0.5",
+        "sparsity.update_frequency=7",
+        "sparsity.prune_rate=0.3",
+        *(f"{k}={v}" for k, v in extra.items()),
+    ]
 
 
 def config(argv: list[str]) -> RunConfig:
@@ -42,8 +60,14 @@ def config(argv: list[str]) -> RunConfig:
 
 
 def start_train(argv: list[str], run_dir: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "src.train", *argv, "--run-dir", str(run_dir)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [PY, "-m", "src.train", *argv, "--run-dir", str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:
@@ -142,23 +166,39 @@ def test_a_run_directory_belongs_to_one_experiment(tmp_path):
 @pytest.mark.slow
 def test_cli_refuses_a_finished_run_directory_of_another_config(tmp_path):
     assert train(config(args()), tmp_path)["status"] == "completed"
-    out = subprocess.run([PY, "-m", "src.train", *args(**{"optim.lr": 0.001}), "--run-dir", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [PY, "-m", "src.train", *args(**{"optim.lr": 0.001}), "--run-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "optim.lr: 0.05 -> 0.001" in out.stderr, out.stderr
     assert read_result(tmp_path)["config"]["optim"]["lr"] == 0.05
 
 
 # ---------------------------------------------------------------------------- 4, 5: concurrency
 def launch(*argv, **kw) -> subprocess.Popen:
-    return subprocess.Popen([PY, "-m", "src.launch", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [PY, "-m", "src.launch", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def sweep_args(tmp_path, steps_per_epoch=3000, epochs=20):
     # setup=smoke with a long epoch, so the job is surely running while the test acts on it.
-    return ["-m", "setup=smoke", "model.name=mlp_higgs", "data.kwargs.input_shape=[24]", "data.kwargs.num_classes=2",
-            "+data.kwargs.binary=true", f"data.kwargs.num_train={steps_per_epoch * 32}", f"train.epochs={epochs}",
-            f"runs_root={tmp_path}", "name=s", "hydra.launcher.threads_per_job=1"]
+    return [
+        "-m",
+        "setup=smoke",
+        "model.name=mlp_higgs",
+        "data.kwargs.input_shape=[24]",
+        "data.kwargs.num_classes=2",
+        "+data.kwargs.binary=true",
+        f"data.kwargs.num_train={steps_per_epoch * 32}",
+        f"train.epochs={epochs}",
+        f"runs_root={tmp_path}",
+        "name=s",
+        "hydra.launcher.threads_per_job=1",
+    ]
 
 
 def holder_pid(run_dir: Path) -> int | None:
@@ -176,8 +216,7 @@ def test_a_second_launcher_skips_the_run_the_first_is_training_and_signals_are_f
     first = launch(*argv)
     try:
         wait_for(lambda: holder_pid(job.run_dir) and lines(job.run_dir), what="the first launcher's job")
-        second = subprocess.run([PY, "-m", "src.launch", *argv], cwd=REPO, capture_output=True, text=True,
-                                timeout=300)
+        second = subprocess.run([PY, "-m", "src.launch", *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0, second.stdout + second.stderr
         assert "summary: 1 running" in second.stdout
         job_log = "".join(p.read_text() for p in (tmp_path / ".hydra" / "s").glob("*/0/job.log"))
@@ -256,8 +295,15 @@ def test_a_second_ctrl_c_aborts_at_once():
 # ---------------------------------------------------------------------------- 7, 8, 9: corrupt files
 @pytest.mark.slow
 def test_a_truncated_result_is_reported_and_the_run_done_again(tmp_path):
-    argv = ["-m", "setup=smoke", "train.epochs=1", "seed=1,2", f"runs_root={tmp_path}", "name=s",
-            "hydra.launcher.threads_per_job=1"]
+    argv = [
+        "-m",
+        "setup=smoke",
+        "train.epochs=1",
+        "seed=1,2",
+        f"runs_root={tmp_path}",
+        "name=s",
+        "hydra.launcher.threads_per_job=1",
+    ]
     jobs = expand(argv[1:], check_data=False)
     for job in jobs:
         train(job.config, job.run_dir)
@@ -301,8 +347,12 @@ def small_disk(tmp_path):
     mount = tmp_path / "disk"
     mount.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)],
-                                 capture_output=True).returncode == 0
+        mounted = (
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True
+            ).returncode
+            == 0
+        )
     except OSError:  # no mount command
         mounted = False
     limit = None
@@ -312,6 +362,7 @@ def small_disk(tmp_path):
         def limit():
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (600_000, 600_000))
+
     yield mount, limit
     if mounted:
         subprocess.run(["umount", str(mount)], check=True)
@@ -324,15 +375,28 @@ def test_a_full_disk_leaves_no_temporary_file_and_the_error_is_kept(small_disk):
     run.mkdir()
     (run / ".checkpoint.pt.tmp-99999").write_bytes(b"x" * 1000)  # left by a killed run
     # mlp_cifar10: a 2 x 14 MB checkpoint (weights + momentum) that cannot fit.
-    argv = args(**{"model.name": "mlp_cifar10", "data.kwargs.input_shape": "[3,32,32]",
-                   "data.kwargs.num_classes": 10, "data.kwargs.binary": "false"})
-    out = subprocess.run([PY, "-m", "src.train", *argv, "--run-dir", str(run)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300, preexec_fn=limit)
+    argv = args(
+        **{
+            "model.name": "mlp_cifar10",
+            "data.kwargs.input_shape": "[3,32,32]",
+            "data.kwargs.num_classes": 10,
+            "data.kwargs.binary": "false",
+        }
+    )
+    out = subprocess.run(
+        [PY, "-m", "src.train", *argv, "--run-dir", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit,
+    )
     assert out.returncode != 0
     assert not list(run.glob(".*.tmp-*")), list(run.iterdir())  # neither the stale one nor its own
     result = read_result(run)  # the failed write freed its space: the failure is recorded
-    assert result["status"] == "failed" and ("No space left on device" in result["error"] or
-                                             "File too large" in result["error"]), out.stderr
+    assert result["status"] == "failed" and (
+        "No space left on device" in result["error"] or "File too large" in result["error"]
+    ), out.stderr
     assert result["error"] in out.stderr
 
 
@@ -364,16 +428,19 @@ def test_a_sweep_name_is_one_safe_path_component(name):
 
 
 # ---------------------------------------------------------------------------- validation gaps
-@pytest.mark.parametrize("override, message", [
-    ("optim.lr=nan", "optim.lr: must be a finite number >= 0, got nan"),
-    ("optim.lr=inf", "optim.lr: must be a finite number >= 0, got inf"),
-    ("optim.momentum=-0.5", "optim.momentum: must be >= 0"),
-    ("optim.weight_decay=-1e-4", "optim.weight_decay: must be >= 0"),
-    ("train.max_steps=0", "train.max_steps: must be >= 1, got 0"),
-    ("sparsity.gamma=-1", "sparsity.gamma: must be >= 0"),
-    ("+data.kwargs.num_trian=10", r"data.kwargs: unknown key\(s\) \['num_trian'\]; valid: \[.*'num_train'"),
-    ("+model.kwargs.dropuot=0.1", r"model.kwargs: unknown key\(s\) \['dropuot'\]; valid: \[\]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim.lr=nan", "optim.lr: must be a finite number >= 0, got nan"),
+        ("optim.lr=inf", "optim.lr: must be a finite number >= 0, got inf"),
+        ("optim.momentum=-0.5", "optim.momentum: must be >= 0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay: must be >= 0"),
+        ("train.max_steps=0", "train.max_steps: must be >= 1, got 0"),
+        ("sparsity.gamma=-1", "sparsity.gamma: must be >= 0"),
+        ("+data.kwargs.num_trian=10", r"data.kwargs: unknown key\(s\) \['num_trian'\]; valid: \[.*'num_train'"),
+        ("+model.kwargs.dropuot=0.1", r"model.kwargs: unknown key\(s\) \['dropuot'\]; valid: \[\]"),
+    ],
+)
 def test_values_that_failed_inside_the_job_are_refused_before_launch(override, message):
     with pytest.raises(ValueError, match=message):
         expand(["setup=smoke", override], check_data=False)

@@ -56,7 +56,10 @@ def test_random_bernoulli_is_exact_only_in_expectation():
     gen = torch.Generator().manual_seed(0)
     counts = [int(grow("random_bernoulli", torch.zeros(1000), None, mask, 100, generator=gen).sum()) for _ in range(50)]
     assert len(set(counts)) > 1 and abs(sum(counts) / 50 - 100) < 5
-    compat = [int(grow("random", torch.zeros(1000), None, mask, 100, generator=gen, policy=REFERENCE).sum()) for _ in range(20)]
+    compat = [
+        int(grow("random", torch.zeros(1000), None, mask, 100, generator=gen, policy=REFERENCE).sum())
+        for _ in range(20)
+    ]
     assert len(set(compat)) > 1
     # p = 1 when every candidate is needed
     assert grow("random_bernoulli", torch.zeros(5), None, MASK, 4, generator=gen).all()
@@ -78,12 +81,25 @@ SHAPES = {
     "lenet5": [(20, 1, 5, 5), (50, 20, 5, 5), (500, 800), (10, 500)],
 }
 TABLE = {
-    "mlp_cifar10": {0.05: [.0413, .0929, 1], 0.1: [.0838, .1885, 1], 0.2: [.1688, .3797, 1], 0.5: [.4237, .9532, 1]},
-    "mlp_higgs": {0.05: [.1922, .0330, 1], 0.1: [.3992, .0684, 1], 0.2: [.8131, .1394, 1], 0.5: [1, .4512, 1]},
-    "conv_cifar10": {0.05: [.4780, .0557, .0271, 1], 0.1: [1, .1344, .0652, 1], 0.2: [1, .3084, .1496, 1],
-                     0.5: [1, .8302, .4029, 1]},
-    "lenet5": {0.05: [.7261, .0375, .0381, 1], 0.1: [1, .0871, .0884, 1], 0.2: [1, .1869, .1898, 1],
-               0.5: [1, .4864, .4940, 1]},
+    "mlp_cifar10": {
+        0.05: [0.0413, 0.0929, 1],
+        0.1: [0.0838, 0.1885, 1],
+        0.2: [0.1688, 0.3797, 1],
+        0.5: [0.4237, 0.9532, 1],
+    },
+    "mlp_higgs": {0.05: [0.1922, 0.0330, 1], 0.1: [0.3992, 0.0684, 1], 0.2: [0.8131, 0.1394, 1], 0.5: [1, 0.4512, 1]},
+    "conv_cifar10": {
+        0.05: [0.4780, 0.0557, 0.0271, 1],
+        0.1: [1, 0.1344, 0.0652, 1],
+        0.2: [1, 0.3084, 0.1496, 1],
+        0.5: [1, 0.8302, 0.4029, 1],
+    },
+    "lenet5": {
+        0.05: [0.7261, 0.0375, 0.0381, 1],
+        0.1: [1, 0.0871, 0.0884, 1],
+        0.2: [1, 0.1869, 0.1898, 1],
+        0.5: [1, 0.4864, 0.4940, 1],
+    },
 }
 
 
@@ -100,7 +116,7 @@ def _resnet56_shapes():
     shapes = {"conv": (16, 3, 3, 3)}
     block, c_in = 0, 16
     for width in (16, 32, 64):
-        for j in range(9):
+        for _ in range(9):
             shapes[f"blocks.{block}.conv1"] = (width, c_in, 3, 3)
             shapes[f"blocks.{block}.conv2"] = (width, width, 3, 3)
             if c_in != width:
@@ -116,8 +132,11 @@ def _resnet56_shapes():
         (0.05, {"fc"}),
         (0.1, {"conv", "blocks.9.shortcut", "fc"}),
         (0.2, {"conv", "blocks.9.shortcut", "fc", "blocks.18.shortcut"}),
-        (0.5, {"conv", "blocks.9.shortcut", "fc", "blocks.18.shortcut", "blocks.9.conv1"}
-         | {f"blocks.{b}.conv{i}" for b in range(9) for i in (1, 2)}),
+        (
+            0.5,
+            {"conv", "blocks.9.shortcut", "fc", "blocks.18.shortcut", "blocks.9.conv1"}
+            | {f"blocks.{b}.conv{i}" for b in range(9) for i in (1, 2)},
+        ),
     ],
 )
 def test_erk_dense_layers_resnet56(density, dense):
@@ -183,8 +202,7 @@ def test_linear_constant_exponential_steps():
 def test_momentum_neuron_shares_growth_by_mean_momentum_exactly():
     from src.sparse import grow
 
-    momentum = torch.tensor([[3.0, 3.0, 3.0, 3.0, 3.0, 3.1, 2.9, 3.0],
-                             [1.0, 1.0, 1.2, 0.8, 1.0, 1.0, 1.0, 1.0]])
+    momentum = torch.tensor([[3.0, 3.0, 3.0, 3.0, 3.0, 3.1, 2.9, 3.0], [1.0, 1.0, 1.2, 0.8, 1.0, 1.0, 1.0, 1.0]])
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[:, :2] = True  # two active per neuron
     new = grow("momentum_neuron", torch.zeros(2, 8), None, mask, 4, momentum=momentum)

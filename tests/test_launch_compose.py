@@ -52,8 +52,11 @@ def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, mon
 
     calls = []
     compose_config = ConfigLoaderImpl.load_configuration
-    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
-                        lambda self, *args, **kwargs: calls.append(1) or compose_config(self, *args, **kwargs))
+    monkeypatch.setattr(
+        ConfigLoaderImpl,
+        "load_configuration",
+        lambda self, *args, **kwargs: calls.append(1) or compose_config(self, *args, **kwargs),
+    )
     for seeds in ("1,2", "1,2,3,4,5,6"):
         args = ["-m", "setup=smoke", f"seed={seeds}", f"runs_root={tmp_path}", "name=s"]
         for job in expand(args[1:], check_data=False):  # finished runs: the launch starts no process
@@ -67,19 +70,31 @@ def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, mon
 
 
 def test_jobs_are_what_hydra_composes_for_their_overrides():
-    jobs = expand(["setup=smoke", "criterion=snip,mest", "seed=1,2", "sparsity.density=0.1,0.2",
-                   "+data.kwargs.binary=false", "optim.milestones=[0.3,0.6]", "++logging.tags=[a]"],
-                  check_data=False)
+    jobs = expand(
+        [
+            "setup=smoke",
+            "criterion=snip,mest",
+            "seed=1,2",
+            "sparsity.density=0.1,0.2",
+            "+data.kwargs.binary=false",
+            "optim.milestones=[0.3,0.6]",
+            "++logging.tags=[a]",
+        ],
+        check_data=False,
+    )
     assert len(jobs) == 8
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         for job in jobs:
             assert to_run_config(compose("config", overrides=job.overrides))[0] == job.config, job.overrides
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epochs_typo=3", "Could not override 'train.epochs_typo'"),
-    ("+train.epochs=3", "Could not append to config. An item is already at 'train.epochs'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs_typo=3", "Could not override 'train.epochs_typo'"),
+        ("+train.epochs=3", "Could not append to config. An item is already at 'train.epochs'"),
+    ],
+)
 def test_overrides_hydra_refuses_are_refused_in_sweeps_too(override, message):
     for sweep in ([override], [override, "seed=1,2"]):  # Hydra's composition, and a sweep's
         with pytest.raises(Exception, match=message):
@@ -87,7 +102,8 @@ def test_overrides_hydra_refuses_are_refused_in_sweeps_too(override, message):
 
 
 def test_the_local_launcher_runs_the_saved_plan_starts_no_process_for_a_finished_run_and_composes_nothing(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from hydra_plugins.dst_local_launcher.local_launcher import LocalPoolLauncher
     from src.plan import planned_jobs
     from src.status import SweepProgress

@@ -28,23 +28,39 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def test_sweep_on_slurm_writes_run_records(slurm_cluster, tmp_path):
-    out = launch("-m", "setup=smoke", "criterion=magnitude,snip", "seed=1,2", "train.epochs=1",
-                 f"runs_root={tmp_path}", "name=slurm_sweep", *slurm_args(slurm_cluster))
+    out = launch(
+        "-m",
+        "setup=smoke",
+        "criterion=magnitude,snip",
+        "seed=1,2",
+        "train.epochs=1",
+        f"runs_root={tmp_path}",
+        "name=slurm_sweep",
+        *slurm_args(slurm_cluster),
+    )
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()
     assert "summary: 4 completed" in out.stdout
     results = [json.loads(p.read_text()) for p in (tmp_path / "slurm_sweep").glob("*/result.json")]
     assert len(results) == 4 and all(r["status"] == "completed" for r in results)
     assert sorted((r["config"]["sparsity"]["criterion"], r["seed"]) for r in results) == [
-        ("magnitude", 1), ("magnitude", 2), ("snip", 1), ("snip", 2)]
+        ("magnitude", 1),
+        ("magnitude", 2),
+        ("snip", 1),
+        ("snip", 2),
+    ]
     assert all(r["config"]["train"]["threads"] is None for r in results)  # threads from SLURM_CPUS_PER_TASK
     assert list((tmp_path / ".hydra" / "slurm_sweep").glob("*/.submitit/*/*_log.out"))
 
 
 def epochs_lasting(seconds, tmp_path, base):
     """Epochs of `base` that train for about `seconds` here, from a 20-epoch calibration run."""
-    out = subprocess.run([sys.executable, "-m", "src.launch", *base, "train.epochs=20",
-                          f"runs_root={tmp_path / 'calibration'}"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "src.launch", *base, "train.epochs=20", f"runs_root={tmp_path / 'calibration'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     (run_dir,) = (tmp_path / "calibration" / "default").iterdir()
     epoch_s = statistics.median(r["epoch_time"] for r in read_metrics(run_dir) if r["kind"] == "epoch")
@@ -55,10 +71,19 @@ def test_time_limit_requeues_and_resumes_to_the_same_result(slurm_cluster, tmp_p
     base = ["setup=smoke", "train.save_model=true", "train.threads=1", "seed=7"]
     run = [*base, f"train.epochs={epochs_lasting(120, tmp_path, base)}"]
     # the uninterrupted reference, computed on the other core meanwhile
-    local = subprocess.Popen([sys.executable, "-m", "src.launch", *run, f"runs_root={tmp_path / 'local'}"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = launch("-m", *run, f"runs_root={tmp_path / 'slurm'}",
-                 *slurm_args(slurm_cluster, timeout_min=1, signal_delay_s=5, max_num_timeout=10))
+    local = subprocess.Popen(
+        [sys.executable, "-m", "src.launch", *run, f"runs_root={tmp_path / 'local'}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    out = launch(
+        "-m",
+        *run,
+        f"runs_root={tmp_path / 'slurm'}",
+        *slurm_args(slurm_cluster, timeout_min=1, signal_delay_s=5, max_num_timeout=10),
+    )
     local_out, _ = local.communicate(timeout=900)
     assert local.returncode == 0, local_out
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()

@@ -25,8 +25,9 @@ SMOKE = ["setup=smoke", "train.epochs=1", "train.threads=1"]
 
 
 def cli(*args, timeout=300, **kw):
-    return subprocess.run([PY, "-m", "src.launch", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        [PY, "-m", "src.launch", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def wait_for(condition, timeout=120.0, what=""):
@@ -52,11 +53,18 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
 
 def long_run(tmp_path, name="live", **kw) -> tuple[list[str], Path, subprocess.Popen]:
     """A real run that trains for minutes, started through the launch; its overrides, directory, process."""
-    args = ["setup=smoke", "train.epochs=500", "train.log_every=5", "train.threads=1", f"runs_root={tmp_path}",
-            f"name={name}"]
+    args = [
+        "setup=smoke",
+        "train.epochs=500",
+        "train.log_every=5",
+        "train.threads=1",
+        f"runs_root={tmp_path}",
+        f"name={name}",
+    ]
     (job,) = expand(args, check_data=False)
-    proc = subprocess.Popen([PY, "-m", "src.launch", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **kw)
+    proc = subprocess.Popen(
+        [PY, "-m", "src.launch", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw
+    )
     wait_for(lambda: (job.run_dir / "heartbeat.json").exists() or proc.poll() is not None, what="its heartbeat")
     assert proc.poll() is None
     return args, job.run_dir, proc
@@ -123,8 +131,13 @@ def test_a_run_holding_its_lock_before_its_first_heartbeat_is_starting_and_watch
         table = status(args)
         assert list(table.state) == ["completed", "starting"], table.to_dict("records")
         assert f"pid {holder.pid}" in table.state.iloc[1] + table.detail.iloc[1]
-        watch = subprocess.Popen([PY, "-m", "src.launch", "status", "-m", *args, "--watch", "0.2"], cwd=REPO,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        watch = subprocess.Popen(
+            [PY, "-m", "src.launch", "status", "-m", *args, "--watch", "0.2"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(8)
         assert watch.poll() is None, watch.communicate()[0]  # still watching: a run is starting
     finally:
@@ -138,11 +151,13 @@ def test_a_heartbeat_from_the_future_is_skew_not_a_live_run(tmp_path):
     args = [*SMOKE, f"runs_root={tmp_path}", "name=skew"]
     (job,) = expand(args, check_data=False)
     job.run_dir.mkdir(parents=True)
-    (job.run_dir / "result.json").write_text(json.dumps({"status": "interrupted", "steps": 7,
-                                                         "config": job.config.to_dict()}))
+    (job.run_dir / "result.json").write_text(
+        json.dumps({"status": "interrupted", "steps": 7, "config": job.config.to_dict()})
+    )
     # written by a node whose clock is 20 min ahead, after the run was interrupted there
-    (job.run_dir / "heartbeat.json").write_text(json.dumps({"host": "node7", "pid": 4242, "step": 7, "epoch": 1,
-                                                            "time": time.time() + 1200}))
+    (job.run_dir / "heartbeat.json").write_text(
+        json.dumps({"host": "node7", "pid": 4242, "step": 7, "epoch": 1, "time": time.time() + 1200})
+    )
     row = status(args).iloc[0]
     assert row.state == "interrupted" and "in the future: clock skew" in row.detail, row.to_dict()
     watch = cli("status", *args, "--watch", "0.2", timeout=60)  # ends: nothing is running
@@ -152,9 +167,21 @@ def test_a_heartbeat_from_the_future_is_skew_not_a_live_run(tmp_path):
 def test_an_unrecorded_failure_in_the_heartbeat_is_failed_not_stale(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
-    (run / "heartbeat.json").write_text(json.dumps({
-        "host": "n1", "pid": 1, "step": 3, "epoch": 1, "time": time.time() - 5000,
-        "unrecorded_failure": {"error": "OSError: [Errno 28] No space left on device", "time": time.time() - 4000}}))
+    (run / "heartbeat.json").write_text(
+        json.dumps(
+            {
+                "host": "n1",
+                "pid": 1,
+                "step": 3,
+                "epoch": 1,
+                "time": time.time() - 5000,
+                "unrecorded_failure": {
+                    "error": "OSError: [Errno 28] No space left on device",
+                    "time": time.time() - 4000,
+                },
+            }
+        )
+    )
     row = classify(run)
     assert row.state == "failed"
     assert row.detail == "could not record the result (disk full?): OSError: [Errno 28] No space left on device"
@@ -184,7 +211,11 @@ def test_the_lock_probe_writes_nothing_and_never_refuses_a_run_start(tmp_path):
         with RunLock(run):
             pass
     before = {r: ((r / ".lock").read_bytes(), (r / ".lock").stat().st_mtime_ns) for r in runs}
-    probe = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+    probe = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from src.records import lock_probe
         runs = {[str(r) for r in runs]!r}
@@ -193,7 +224,12 @@ def test_the_lock_probe_writes_nothing_and_never_refuses_a_run_start(tmp_path):
         while time.monotonic() < deadline:
             for r in runs:
                 lock_probe(r)
-    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert probe.stdout.readline().strip() == "probing"
         assert {r: ((r / ".lock").read_bytes(), (r / ".lock").stat().st_mtime_ns) for r in runs} == before
@@ -223,8 +259,11 @@ def test_the_lock_probe_writes_nothing_and_never_refuses_a_run_start(tmp_path):
 @pytest.mark.slow
 def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_non_zero(tmp_path):
     args = ["setup=smoke", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=pk"]
-    slow, quick = expand([*args, "train.epochs=500"], check_data=False)[0], \
-        expand([*args, "train.epochs=1"], check_data=False)[1]
+    slow, quick = (
+        expand([*args, "train.epochs=500"], check_data=False)[0],
+        expand([*args, "train.epochs=1"], check_data=False)[1],
+    )
+    # fmt: off
     pack = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
         import json, sys
         from src.pack import Pack, PackedRun
@@ -233,6 +272,7 @@ def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_
             (str(quick.run_dir), json.dumps(quick.config.to_dict()))]!r})]
         print(Pack({str(tmp_path / 'sweep')!r}, concurrent_runs=2, threads=1)(runs))
     """)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # fmt: on
     try:
         wait_for(lambda: (slow.run_dir / "heartbeat.json").exists(), what="the long run's heartbeat")
         pid = json.loads((slow.run_dir / "heartbeat.json").read_text())["pid"]
@@ -253,8 +293,19 @@ def test_one_exit_code_rule():
     for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned"):
         assert exit_code(["completed", bad]) == 1, bad
     assert exit_code([]) == 0
-    assert set(STATES) == {"planned", "queued", "starting", "running", "completed", "diverged", "failed",
-                           "interrupted", "stale", "missing", "damaged"}
+    assert set(STATES) == {
+        "planned",
+        "queued",
+        "starting",
+        "running",
+        "completed",
+        "diverged",
+        "failed",
+        "interrupted",
+        "stale",
+        "missing",
+        "damaged",
+    }
 
 
 # ---------------------------------------------------------------------------- 5: --detach twice
@@ -263,8 +314,14 @@ def test_one_exit_code_rule():
 def test_detach_does_not_resubmit_runs_whose_job_is_still_queued(slurm_cluster, tmp_path):
     from .slurm_cluster import launch, slurm_args
 
-    sweep = [*SMOKE, "seed=1,2", f"runs_root={tmp_path}", "name=twice", *slurm_args(slurm_cluster),
-             "+hydra.launcher.additional_parameters.hold=true"]  # queued until released
+    sweep = [
+        *SMOKE,
+        "seed=1,2",
+        f"runs_root={tmp_path}",
+        "name=twice",
+        *slurm_args(slurm_cluster),
+        "+hydra.launcher.additional_parameters.hold=true",
+    ]  # queued until released
     first = launch(*sweep, "--detach")
     assert first.returncode == 0, first.stdout + first.stderr + slurm_cluster.logs()
     try:
@@ -275,8 +332,11 @@ def test_detach_does_not_resubmit_runs_whose_job_is_still_queued(slurm_cluster, 
         assert sorted(len(r["jobs"]) for r in records) == [0, 2]  # one submission of the two runs, no duplicate
         assert set(status(sweep).state) == {"queued"}
     finally:
-        ids = {j["job_id"].split("_")[0] for p in (tmp_path / ".hydra" / "twice").glob("*/submission.json")
-               for j in json.loads(p.read_text())["jobs"]}
+        ids = {
+            j["job_id"].split("_")[0]
+            for p in (tmp_path / ".hydra" / "twice").glob("*/submission.json")
+            for j in json.loads(p.read_text())["jobs"]
+        }
         if ids:
             subprocess.run(["scancel", *ids], check=False)
 
@@ -316,21 +376,39 @@ def test_the_completeness_table_says_what_status_says_of_an_unfinished_run(tmp_p
 
 def test_no_floor_imports_the_one_above_it():
     """The classifier knows nothing of planning or launching; status and packs nothing of the CLI."""
-    for module, above in (("src.runstate", ("src.plan", "src.launch", "src.status", "src.pack", "src.runner")),
-                          ("src.plan", ("src.launch", "src.status", "src.pack", "src.runner")),
-                          ("src.runner", ("src.launch", "src.status", "src.pack", "src.plan")),
-                          ("src.status", ("src.launch", "src.pack", "src.runner", "src.plan")),
-                          ("src.pack", ("src.launch", "src.status", "src.plan"))):
+    for module, above in (
+        ("src.runstate", ("src.plan", "src.launch", "src.status", "src.pack", "src.runner")),
+        ("src.plan", ("src.launch", "src.status", "src.pack", "src.runner")),
+        ("src.runner", ("src.launch", "src.status", "src.pack", "src.plan")),
+        ("src.status", ("src.launch", "src.pack", "src.runner", "src.plan")),
+        ("src.pack", ("src.launch", "src.status", "src.plan")),
+    ):
         code = f"import sys, {module}; print([m for m in {above!r} if m in sys.modules])"
         out = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "[]", (module, out.stdout)
 
 
 def test_a_diverged_run_exits_zero_by_the_one_rule(tmp_path):
-    out = subprocess.run([PY, "-m", "src.train", "model.name=lenet5", "data.name=synthetic",
-                          "data.kwargs={input_shape: [1, 28, 28], num_classes: 10, num_train: 640, num_test: 200}",
-                          "train.epochs=1", "train.threads=1", "train.log_every=5", "optim.lr=1e12",
-                          "--run-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            PY,
+            "-m",
+            "src.train",
+            "model.name=lenet5",
+            "data.name=synthetic",
+            "data.kwargs={input_shape: [1, 28, 28], num_classes: 10, num_train: 640, num_test: 200}",
+            "train.epochs=1",
+            "train.threads=1",
+            "train.log_every=5",
+            "optim.lr=1e12",
+            "--run-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "diverged", out.stdout + out.stderr
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -339,9 +417,12 @@ def test_a_diverged_run_exits_zero_by_the_one_rule(tmp_path):
 def test_a_run_waiting_in_a_live_launch_is_planned_and_missing_once_the_launch_is_gone(tmp_path):
     args = ["setup=smoke", "train.epochs=500", "train.log_every=5", "seed=1,2", f"runs_root={tmp_path}", "name=pl"]
     first, _ = expand(args, check_data=False)
-    launch = subprocess.Popen([PY, "-m", "src.launch", "-m", *args, "hydra.launcher.threads_per_job=1",
-                               "hydra.launcher.max_workers=1"], cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    launch = subprocess.Popen(
+        [PY, "-m", "src.launch", "-m", *args, "hydra.launcher.threads_per_job=1", "hydra.launcher.max_workers=1"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: (first.run_dir / "heartbeat.json").exists() or launch.poll() is not None, what="run 1")
         assert list(status(args).state) == ["running", "planned"]
@@ -384,7 +465,7 @@ def test_a_watch_refresh_reads_only_the_record_files_that_changed(tmp_path):
     first = runs[0] / "result.json"
     st = first.stat()
     with open(first, "r+") as f:
-        f.write(json.dumps({"status": "failed", "steps": 3, "error": "x"})[:st.st_size].ljust(st.st_size))
+        f.write(json.dumps({"status": "failed", "steps": 3, "error": "x"})[: st.st_size].ljust(st.st_size))
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "interrupted"]
     (runs[1] / "result.json").write_text(json.dumps({"status": "completed", "steps": 9}))  # changed: read
@@ -397,9 +478,13 @@ def test_run_directories_keep_their_names_across_versions():
     finished runs by: these were written by an earlier version of the project and must still
     be found (a change here makes every existing sweep run again)."""
     for sweep, overrides, name in (
-            ("fmnist_fig1_dense", ["seed=1"], "lenet5-dense-s1-32e718bef7"),
-            ("fmnist_fig1_static", ["seed=3", "sparsity.density=0.5"], "lenet5-static-d0.5-s3-f5cffaa0e6"),
-            ("fmnist_fig1", ["seed=1", "sparsity.density=0.05", "criterion=set", "growth=random"],
-             "lenet5-dst-d0.05-set-random-s1-4d6a35850b")):
+        ("fmnist_fig1_dense", ["seed=1"], "lenet5-dense-s1-32e718bef7"),
+        ("fmnist_fig1_static", ["seed=3", "sparsity.density=0.5"], "lenet5-static-d0.5-s3-f5cffaa0e6"),
+        (
+            "fmnist_fig1",
+            ["seed=1", "sparsity.density=0.05", "criterion=set", "growth=random"],
+            "lenet5-dst-d0.05-set-random-s1-4d6a35850b",
+        ),
+    ):
         (job,) = expand([f"+sweeps={sweep}", *overrides, "runs_root=/nonexistent"], check_data=False)
         assert job.run_dir.name == name, (sweep, overrides)

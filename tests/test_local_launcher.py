@@ -30,8 +30,9 @@ def test_runs_are_forked_from_the_launcher_and_die_with_it(tmp_path):
     argv = [*sweep_args(tmp_path), "seed=1,2", "hydra.launcher.max_workers=2"]
     jobs = expand(argv[1:], check_data=False)
     assert len(jobs) == 2
-    launcher = subprocess.Popen([PY, "-m", "src.launch", *argv], cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [PY, "-m", "src.launch", *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     children = []
     try:
         wait_for(lambda: all(holder_pid(j.run_dir) and lines(j.run_dir) for j in jobs), what="both runs")
@@ -73,7 +74,7 @@ before = set(sys.modules)
 from src.train import train
 from tests.test_train import tiny
 cfg = tiny(); cfg.train.epochs = 1
-assert train(cfg, {str(tmp_path / 'run')!r})["status"] == "completed"
+assert train(cfg, {str(tmp_path / "run")!r})["status"] == "completed"
 late = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("torch", "numpy", "sympy"))
 print("LATE", late)
 """

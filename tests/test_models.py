@@ -9,8 +9,16 @@ from torch import nn
 from src.models import MODELS, ModelInfo, build_model, model_info, register_model
 
 SPEC_MODELS = {
-    "mlp_cifar10", "mlp_cifar10_dropout", "mlp_fashion_mnist", "mlp_higgs", "conv_cifar10", "lenet5",
-    "resnet56", "vgg16", "efficientnet_b0", "resnet50",
+    "mlp_cifar10",
+    "mlp_cifar10_dropout",
+    "mlp_fashion_mnist",
+    "mlp_higgs",
+    "conv_cifar10",
+    "lenet5",
+    "resnet56",
+    "vgg16",
+    "efficientnet_b0",
+    "resnet50",
 }
 CONV_MODELS = sorted(name for name in SPEC_MODELS if model_info(name).is_conv)
 
@@ -23,9 +31,7 @@ def _seed():
 def masked_weights(model: nn.Module) -> dict[str, int]:
     """Sizes of the Conv2d/Linear weights, the tensors the sparse core masks, by name."""
     return {
-        f"{name}.weight": m.weight.numel()
-        for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
+        f"{name}.weight": m.weight.numel() for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
     }
 
 
@@ -116,13 +122,11 @@ def test_type_based_masking_matches_the_reference_name_rule(name):
         ("mlp_higgs", {"fc1.weight": 6_144, "fc2.weight": 65_536, "fc4.weight": 256}),
         (
             "conv_cifar10",
-            {"conv1.weight": 864, "conv2.weight": 18_432, "conv3.weight": 73_728,
-             "fc1.weight": 1_280},
+            {"conv1.weight": 864, "conv2.weight": 18_432, "conv3.weight": 73_728, "fc1.weight": 1_280},
         ),
         (
             "lenet5",
-            {"conv1.weight": 500, "conv2.weight": 25_000, "fc3.weight": 400_000,
-             "fc4.weight": 5_000},
+            {"conv1.weight": 500, "conv2.weight": 25_000, "fc3.weight": 400_000, "fc4.weight": 5_000},
         ),
     ],
 )

@@ -28,13 +28,15 @@ import pytest
 import torch
 from torch import nn
 
-from src.sparse import SparsityConfig, Sparsifier
+from src.sparse import Sparsifier, SparsityConfig
 from src.sparse.sparsifier import _GROW, _INIT
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "fantastic_weights_paper"
 pytestmark = [
-    pytest.mark.skipif(not REFERENCE.is_dir(),
-                       reason=f"reference implementation not found at {REFERENCE} (only in the project's workspace)"),
+    pytest.mark.skipif(
+        not REFERENCE.is_dir(),
+        reason=f"reference implementation not found at {REFERENCE} (only in the project's workspace)",
+    ),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # its schedulers step before the optimizer
 ]
 
@@ -44,10 +46,15 @@ EVERY = 40
 BATCH = 16
 
 # project name -> the reference's --death / --growth
-REF_CRITERION = {"magnitude": "magnitude", "set": "SET", "mest": "MEST", "snip": "SNIP",
-                 "reciprocal_sensitivity": "ReciprocalSensitivity", "grasp": "GraSP"}
-REF_GROWTH = {"random": "random", "gradient": "gradient", "momentum": "momentum",
-              "momentum_neuron": "momentum_neuron"}
+REF_CRITERION = {
+    "magnitude": "magnitude",
+    "set": "SET",
+    "mest": "MEST",
+    "snip": "SNIP",
+    "reciprocal_sensitivity": "ReciprocalSensitivity",
+    "grasp": "GraSP",
+}
+REF_GROWTH = {"random": "random", "gradient": "gradient", "momentum": "momentum", "momentum_neuron": "momentum_neuron"}
 # main.py forces `after` (topology update before the optimizer step) for all other criteria.
 REF_STEP_FIRST = {"magnitude", "Random", "SET", "SETFixed", "RunningMagnitude"}
 PAPER_CRITERIA = ("magnitude", "set", "mest", "snip", "reciprocal_sensitivity")
@@ -76,8 +83,10 @@ def ref(tmp_path_factory):
     shutil.copytree(REFERENCE, root, ignore=shutil.ignore_patterns("specs", "ImageNet", "singularity"))
     sys.path.insert(0, str(root))
     try:
-        modules = {name: importlib.import_module(name) for name in
-                   ("main", "setup_utils", "trainer", "data_handling.logger", "sparselearning.core")}
+        modules = {
+            name: importlib.import_module(name)
+            for name in ("main", "setup_utils", "trainer", "data_handling.logger", "sparselearning.core")
+        }
     finally:
         sys.path.remove(str(root))
     modules["data_handling.logger"].logger = logging.getLogger("reference-oracle")  # its print_and_log needs one
@@ -110,8 +119,9 @@ def sgd(model, lr):
 class Pair:
     """One model per implementation, same initial weights, same masks, same batches."""
 
-    def __init__(self, ref, *, mode="dst", criterion="magnitude", growth="random", density=0.2, steps=STEPS,
-                 lr=0.05, **overrides):
+    def __init__(
+        self, ref, *, mode="dst", criterion="magnitude", growth="random", density=0.2, steps=STEPS, lr=0.05, **overrides
+    ):
         torch.manual_seed(SEED)
         self.ref_model = Net()
         self.model = Net()
@@ -119,10 +129,16 @@ class Pair:
         self.data = batches(steps)
         self.args = reference_args(ref, mode=mode, criterion=criterion, growth=growth, density=density, lr=lr)
         self.ref_opt, self.opt = sgd(self.ref_model, lr), sgd(self.model, lr)
-        cfg = SparsityConfig.reference(mode=mode, density=density, criterion=criterion, growth=growth,
-                                       update_frequency=EVERY, prune_rate=0.5, **overrides)
-        self.sparsifier = Sparsifier(self.model, self.opt, cfg, total_steps=steps, seed=SEED,
-                                     batches=self._grasp_batch)
+        cfg = SparsityConfig.reference(
+            mode=mode,
+            density=density,
+            criterion=criterion,
+            growth=growth,
+            update_frequency=EVERY,
+            prune_rate=0.5,
+            **overrides,
+        )
+        self.sparsifier = Sparsifier(self.model, self.opt, cfg, total_steps=steps, seed=SEED, batches=self._grasp_batch)
         self.sparsifier.prepare()
         # The reference draws its ERK masks from the global RNG: give it the same numbers.
         torch.set_rng_state(self._generator_state(_INIT, fresh=True))
@@ -182,8 +198,9 @@ class Pair:
 
 def assert_same(pair: Pair, step: int, masks_too: bool) -> None:
     for (name, p), q in zip(pair.model.named_parameters(), pair.ref_weights()):
-        assert torch.allclose(p.detach(), q, rtol=1e-5, atol=1e-7), \
+        assert torch.allclose(p.detach(), q, rtol=1e-5, atol=1e-7), (
             f"step {step + 1}: {name} differs by {(p.detach() - q).abs().max().item():.3g}"
+        )
     if masks_too:
         for name, m, r in zip(pair.sparsifier.names, pair.masks(), pair.ref_masks()):
             assert torch.equal(m, r), f"step {step + 1}: mask of {name} differs at {int((m != r).sum())} positions"
@@ -269,8 +286,9 @@ def test_lenet5_initialisation_matches_reference(ref):
     for (n, p), (m, q) in zip(model.named_parameters(), ref_model.named_parameters()):
         assert n == m and torch.equal(p, q), n
     args = reference_args(ref, mode="static", criterion="magnitude", growth="random", density=0.1)
-    sparsifier = Sparsifier(model, sgd(model, 0.01), SparsityConfig.reference(mode="static", density=0.1),
-                            total_steps=10, seed=SEED).prepare()
+    sparsifier = Sparsifier(
+        model, sgd(model, 0.01), SparsityConfig.reference(mode="static", density=0.1), total_steps=10, seed=SEED
+    ).prepare()
     torch.set_rng_state(torch.Generator().manual_seed(SEED * 1000 + _INIT).get_state())
     mask = ref["setup_utils"].get_mask(args, ref_model, sgd(ref_model, 0.01), [None] * 10, "cpu")
     for name, m in zip(sparsifier.names, sparsifier.masks):

@@ -1,9 +1,9 @@
 import pytest
 
+from src.data import DATASETS
+from src.models import MODELS
 from src.registry import Registry
 from src.sparse import CRITERIA, GROWTH_RULES
-from src.models import MODELS
-from src.data import DATASETS
 
 
 def test_register_get_list_and_one_error_format():
@@ -23,8 +23,9 @@ def test_register_get_list_and_one_error_format():
         things.register("alpha", 2)
 
 
-@pytest.mark.parametrize("registry, kind", [(MODELS, "model"), (DATASETS, "dataset"),
-                                            (CRITERIA, "criterion"), (GROWTH_RULES, "growth rule")])
+@pytest.mark.parametrize(
+    "registry, kind", [(MODELS, "model"), (DATASETS, "dataset"), (CRITERIA, "criterion"), (GROWTH_RULES, "growth rule")]
+)
 def test_every_registry_is_one_idiom(registry, kind):
     assert isinstance(registry, Registry) and registry.kind == kind
     with pytest.raises(ValueError, match=rf"^unknown {kind} 'nope'; choose from \[{registry.list()[0]!r}"):

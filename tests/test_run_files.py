@@ -21,8 +21,11 @@ from tests.test_faults import PY, REPO, args, config, lines, start_train, stop_a
 
 def snapshot(directory: Path) -> dict:
     """Every file under ``directory``: its bytes (a link: where it points)."""
-    return {str(p.relative_to(directory)): (os.readlink(p) if p.is_symlink() else p.read_bytes())
-            for p in sorted(directory.rglob("*")) if p.is_symlink() or p.is_file()}
+    return {
+        str(p.relative_to(directory)): (os.readlink(p) if p.is_symlink() else p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_symlink() or p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------- links
@@ -48,7 +51,6 @@ def test_the_log_is_never_appended_through_a_link(tmp_path):
     assert victim.read_text() == "keep\n"
 
 
-
 def test_a_forked_runs_job_log_is_never_written_through_a_link(tmp_path):
     """A local or packed run's output file under the sweep dir (`<sweep>/<idx>/job.log`)."""
     import multiprocessing
@@ -65,6 +67,7 @@ def test_a_forked_runs_job_log_is_never_written_through_a_link(tmp_path):
     child.join(120)
     assert child.exitcode not in (0, None)
     assert victim.read_text() == "keep\n" and not (tmp_path / "run").exists()
+
 
 def test_links_planted_mid_run_at_the_temporary_names_are_never_written_through(tmp_path):
     """The old temporary names were `.<name>.tmp-<pid>` (the pid is in heartbeat.json): links
@@ -127,8 +130,9 @@ def test_a_disk_filled_mid_epoch_leaves_whole_lines_no_temp_files_and_the_failur
     with pytest.raises(OSError, match="No space left on device"):
         train(cfg, run, should_stop=fill_at_step_100)
     data = (run / "metrics.jsonl").read_bytes()
-    assert data.endswith(b"\n") and [json.loads(x) for x in data.splitlines()] == \
-        [json.loads(x) for x in data.splitlines()]  # every line whole
+    assert data.endswith(b"\n") and [json.loads(x) for x in data.splitlines()] == [
+        json.loads(x) for x in data.splitlines()
+    ]  # every line whole
     assert len(read_metrics(run)) >= len(filled["at"])
     assert not list(run.glob(".*.tmp-*")), sorted(p.name for p in run.iterdir())
     err = capsys.readouterr().err
@@ -181,12 +185,18 @@ def test_a_file_system_turned_read_only_mid_run_is_reported_on_the_console(tmp_p
 @pytest.mark.slow
 def test_a_refused_run_directory_is_left_byte_identical(tmp_path):
     run = tmp_path / "run"
-    subprocess.run([PY, "-m", "src.train", *args(), "--run-dir", str(run)], cwd=REPO, capture_output=True,
-                   check=True, timeout=300)
+    subprocess.run(
+        [PY, "-m", "src.train", *args(), "--run-dir", str(run)], cwd=REPO, capture_output=True, check=True, timeout=300
+    )
     before = snapshot(run)
     assert {"train.log", ".lock", "result.json", "metrics.jsonl"} <= set(before)
-    out = subprocess.run([PY, "-m", "src.train", *args(**{"optim.lr": 0.001}), "--run-dir", str(run)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [PY, "-m", "src.train", *args(**{"optim.lr": 0.001}), "--run-dir", str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 2 and "optim.lr: 0.05 -> 0.001" in out.stderr, out.stderr
     assert snapshot(run) == before
 
@@ -271,11 +281,14 @@ def test_the_heartbeat_is_on_a_time_interval_and_there_from_the_start(tmp_path):
     assert set(steps) == {0}  # no step-count beats: the next one is due in an hour
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("train.checkpoint_every", 0, "train.checkpoint_every: must be >= 1, got 0"),
-    ("train.checkpoint_interval_min", -1, "train.checkpoint_interval_min: must be >= 0, got -1"),
-    ("train.heartbeat_every_s", 0, "train.heartbeat_every_s: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("train.checkpoint_every", 0, "train.checkpoint_every: must be >= 1, got 0"),
+        ("train.checkpoint_interval_min", -1, "train.checkpoint_interval_min: must be >= 0, got -1"),
+        ("train.heartbeat_every_s", 0, "train.heartbeat_every_s: must be >= 1, got 0"),
+    ],
+)
 def test_load_settings_are_validated_naming_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         config(args(**{field: value})).validate()

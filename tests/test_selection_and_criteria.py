@@ -166,12 +166,13 @@ def test_compat_scores_match_reference_formulas():
         assert torch.allclose(got, expected), name
     # grad_step ignores gamma layer-wise in the reference, honours it globally
     assert torch.allclose(reference_score(get_criterion("grad_step"), W, G, m, gamma=0.5), (W - G).abs() * m)
-    assert torch.allclose(reference_score(get_criterion("grad_step"), W, G, m, gamma=0.5, scope="global"),
-                          (W - 0.5 * G).abs() * m)
-    assert torch.allclose(reference_score(get_criterion("snip"), W, G, m, scope="global"),
-                          ((W * G).abs() + 1e-8) * m)
-    assert torch.allclose(reference_score(get_criterion("reciprocal_sensitivity"), W, G, m, scope="global"),
-                          W.abs() / (G.abs() + 1e-8))
+    assert torch.allclose(
+        reference_score(get_criterion("grad_step"), W, G, m, gamma=0.5, scope="global"), (W - 0.5 * G).abs() * m
+    )
+    assert torch.allclose(reference_score(get_criterion("snip"), W, G, m, scope="global"), ((W * G).abs() + 1e-8) * m)
+    assert torch.allclose(
+        reference_score(get_criterion("reciprocal_sensitivity"), W, G, m, scope="global"), W.abs() / (G.abs() + 1e-8)
+    )
 
 
 def test_compat_magnitude_removes_more_than_q_on_ties():
@@ -201,7 +202,9 @@ def test_compat_random_is_immune_to_ties():
     mask = T([1, 0, 1, 1, 0, 1], dtype=torch.bool)
     gen = torch.Generator().manual_seed(3)
     for _ in range(20):
-        assert int((mask & ~prune("random", torch.zeros(6), None, mask, 0.5, policy=REFERENCE, generator=gen)).sum()) == 2
+        assert (
+            int((mask & ~prune("random", torch.zeros(6), None, mask, 0.5, policy=REFERENCE, generator=gen)).sum()) == 2
+        )
 
 
 # ---------------------------------------------------------------- normalisation and rescale
@@ -287,8 +290,9 @@ def test_global_pruning_is_pruning_the_concatenation_and_layer_wise_each_tensor_
     for new, w, gr, m, q in zip(alone, weights, grads, masks, [2, 3, 1]):
         assert new.equal(prune(name, w, gr, m, 0.0, count=q)) and int(m.sum() - new.sum()) == q
     # an ineligible tensor keeps its mask; the others lose the 9 between them
-    kept = prune_tensors(crit, weights, grads, masks, 9, scope="global",
-                         eligible=[masks[0], torch.zeros_like(masks[1]), masks[2]])
+    kept = prune_tensors(
+        crit, weights, grads, masks, 9, scope="global", eligible=[masks[0], torch.zeros_like(masks[1]), masks[2]]
+    )
     assert kept[1].equal(masks[1]) and int(flat(masks).sum() - flat(kept).sum()) == 9
 
 

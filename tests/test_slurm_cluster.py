@@ -34,15 +34,12 @@ from pathlib import Path
 import pytest
 import submitit
 
-
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _executor(folder: Path, cluster, **params) -> submitit.AutoExecutor:
     max_num_timeout = params.pop("max_num_timeout", 0)
-    executor = submitit.AutoExecutor(
-        folder=folder, cluster="slurm", slurm_max_num_timeout=max_num_timeout
-    )
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=max_num_timeout)
     executor.update_parameters(slurm_partition=cluster.partition, **params)
     return executor
 

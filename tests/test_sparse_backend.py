@@ -13,8 +13,14 @@ from torch import nn
 from src.config import RunConfig
 from src.models import build_model
 from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig, kernels
-from src.sparse.backend import (SparseConv2d, SparseLinear, choose_backends, conv_input_sizes, crossover_density,
-                                load_crossover)
+from src.sparse.backend import (
+    SparseConv2d,
+    SparseLinear,
+    choose_backends,
+    conv_input_sizes,
+    crossover_density,
+    load_crossover,
+)
 
 CL = torch.channels_last
 # The products the sparse layers run on here: the compiled kernels wherever they build (every
@@ -24,15 +30,26 @@ OPS = kernels.ops_for(torch.zeros(1)).name
 
 def mlp(dtype=torch.float64):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(),
-                         nn.Linear(24, 5)).to(dtype)
+    return nn.Sequential(nn.Flatten(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5)).to(
+        dtype
+    )
 
 
 def cnn(dtype=torch.float64):
     """Two convolutions (padding; stride and dilation) and a Linear, channels-last as in training."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1, dilation=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(72, 5)).to(dtype).to(memory_format=CL)
+    return (
+        nn.Sequential(
+            nn.Conv2d(2, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, stride=2, padding=1, dilation=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(72, 5),
+        )
+        .to(dtype)
+        .to(memory_format=CL)
+    )
 
 
 MODELS = {"mlp": (mlp, (40,)), "cnn": (cnn, (2, 7, 7))}
@@ -40,14 +57,19 @@ MODELS = {"mlp": (mlp, (40,)), "cnn": (cnn, (2, 7, 7))}
 
 def data(n, seed=1, dtype=torch.float64, shape=(40,), batch=12):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, *shape, generator=g, dtype=dtype), torch.randint(0, 5, (batch,), generator=g))
-            for _ in range(n)]
+    return [
+        (torch.randn(batch, *shape, generator=g, dtype=dtype), torch.randint(0, 5, (batch,), generator=g))
+        for _ in range(n)
+    ]
 
 
 def make(backend, adam=False, total=40, model="mlp", **sparsity):
     model = MODELS[model][0]()
-    opt = (torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4) if adam else
-           torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
+        if adam
+        else torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    )
     cfg = SparsityConfig(**{"density": 0.3, "update_frequency": 3, "prune_rate": 0.4, **sparsity}, backend=backend)
     return model, opt, Sparsifier(model, opt, cfg, total, seed=0).prepare()
 
@@ -61,7 +83,7 @@ def run_both(steps=8, adam=False, model="mlp", **sparsity):
     updates = 0
     for x, y in data(steps, shape=MODELS[model][1], batch=70):
         losses, grads = [], []
-        for model, opt, sp in runs:
+        for model, _opt, sp in runs:
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             losses.append(loss.item())
@@ -94,8 +116,9 @@ def _grad(sp, i):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("criterion", sorted(c for c, crit in CRITERIA.items() if not crit.needs_batch))
 def test_sparse_matches_masked_for_every_criterion(criterion, model):
-    run_both(criterion=criterion, growth="gradient" if CRITERIA[criterion].needs_grad else "random", beta=0.6,
-             model=model)
+    run_both(
+        criterion=criterion, growth="gradient" if CRITERIA[criterion].needs_grad else "random", beta=0.6, model=model
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -113,10 +136,13 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options, model", [
-    *[(o, m) for o in OPTIONS for m in MODELS],
-    ({"normalization": "input", "rescale": "dim1", "criterion": "snip"}, "mlp"),  # defined for 2-D weights
-])
+@pytest.mark.parametrize(
+    "options, model",
+    [
+        *[(o, m) for o in OPTIONS for m in MODELS],
+        ({"normalization": "input", "rescale": "dim1", "criterion": "snip"}, "mlp"),  # defined for 2-D weights
+    ],
+)
 def test_sparse_matches_masked_with_options(options, model):
     options = dict(options)
     run_both(adam=options.pop("adam", False), model=model, **options)
@@ -135,8 +161,13 @@ def test_optimizer_state_is_sized_to_active_weights_and_weights_stay_dense_shape
 
 
 @settings(max_examples=25, deadline=None)
-@given(out_f=st.integers(1, 40), in_f=st.integers(1, 40), batch=st.integers(1, 9),
-       density=st.floats(0.0, 1.0), seed=st.integers(0, 1000))
+@given(
+    out_f=st.integers(1, 40),
+    in_f=st.integers(1, 40),
+    batch=st.integers(1, 9),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 1000),
+)
 def test_sparse_linear_matches_dense_masked_linear(out_f, in_f, batch, density, seed):
     g = torch.Generator().manual_seed(seed)
     dense = nn.Linear(in_f, out_f).double()
@@ -160,13 +191,23 @@ def test_sparse_linear_matches_dense_masked_linear(out_f, in_f, batch, density, 
 
 
 @settings(max_examples=40, deadline=None)
-@given(c_in=st.integers(1, 5), c_out=st.integers(1, 6), kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)), padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-       dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)), size=st.tuples(st.integers(4, 9), st.integers(4, 9)),
-       batch=st.integers(1, 4), density=st.floats(0.0, 1.0), bias=st.booleans(), channels_last=st.booleans(),
-       seed=st.integers(0, 1000))
-def test_sparse_conv_matches_dense_masked_conv(c_in, c_out, kernel, stride, padding, dilation, size, batch, density,
-                                               bias, channels_last, seed):
+@given(
+    c_in=st.integers(1, 5),
+    c_out=st.integers(1, 6),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    size=st.tuples(st.integers(4, 9), st.integers(4, 9)),
+    batch=st.integers(1, 4),
+    density=st.floats(0.0, 1.0),
+    bias=st.booleans(),
+    channels_last=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_sparse_conv_matches_dense_masked_conv(
+    c_in, c_out, kernel, stride, padding, dilation, size, batch, density, bias, channels_last, seed
+):
     assume(all(n + 2 * p >= d * (k - 1) + 1 for n, p, d, k in zip(size, padding, dilation, kernel)))
     g = torch.Generator().manual_seed(seed)
     fmt = CL if channels_last else torch.contiguous_format
@@ -247,11 +288,16 @@ def test_resume_is_bit_identical_within_the_sparse_backend(stop):
 
 
 def test_backend_is_validated_with_field_and_allowed_values():
-    with pytest.raises(ValueError, match=r"unknown sparsity\.backend 'fast'; choose from \['masked', 'sparse', 'auto'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown sparsity\.backend 'fast'; choose from \['masked', 'sparse', 'auto'\]"
+    ):
         SparsityConfig(backend="fast").validate()
     for bad in ({"compat": True}, {"optimizer_state": "keep"}, {"growth": "momentum"}, {"criterion": "grasp"}):
-        with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
-                                             r"allowed here: \['masked', 'auto'\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"sparsity\.backend: 'sparse' cannot run with sparsity\..*"
+            r"allowed here: \['masked', 'auto'\]",
+        ):
             SparsityConfig(backend="sparse", **bad).validate()
     reference = SparsityConfig.reference(backend="sparse")
     with pytest.raises(ValueError, match="sparsity.compat=true"):
@@ -276,8 +322,11 @@ def test_auto_runs_large_sparse_linears_sparse_and_the_rest_masked():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sp = Sparsifier(model, opt, SparsityConfig(density=0.05), 10).prepare()
     assert sp.backends == ["sparse", "masked"]
-    for cfg in (SparsityConfig(density=0.05, compat=True), SparsityConfig(density=0.05, growth="momentum"),
-                SparsityConfig(density=0.05, criterion="grasp")):
+    for cfg in (
+        SparsityConfig(density=0.05, compat=True),
+        SparsityConfig(density=0.05, growth="momentum"),
+        SparsityConfig(density=0.05, criterion="grasp"),
+    ):
         params = [model[1].weight, model[3].weight]
         masks = [torch.rand(p.shape) < 0.05 for p in params]
         assert cfg.sparse_unsupported_reason() is not None
@@ -334,8 +383,14 @@ def masked_reference(size):
 
 
 def test_input_size_probe_moves_no_state_and_sees_each_convolution_once():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Conv2d(4, 4, 3, stride=2),
-                          nn.ReLU(), nn.Flatten())
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.Dropout(0.5),
+        nn.Conv2d(4, 4, 3, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+    )
     model[1].eval()  # a per-module mode survives the probe
     stats = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
@@ -348,8 +403,7 @@ def test_input_size_probe_moves_no_state_and_sees_each_convolution_once():
 
 
 @pytest.mark.parametrize("fast_size, sparse", [(12, True), (3, False)])
-def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tmp_path, monkeypatch, fast_size,
-                                                                               sparse):
+def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tmp_path, monkeypatch, fast_size, sparse):
     """LeNet-5's conv2 sees 12x12 maps. A table in which it wins sparse at 12x12 (and not at
     3x3) runs it sparse; the table with the sizes swapped runs it masked; a run interrupted
     and resumed makes the same choice and the same numbers."""
@@ -359,8 +413,15 @@ def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tm
 
     layers = [row for row in load_crossover() if row.get("out_channels") != 50]
     for size in (3, 12):  # the size conv2 never sees first: a key without the size would pick it
-        layers.append({"out_channels": 50, "in_channels": 20, "kernel_size": [5, 5], "input_size": [size, size],
-                       "crossover_density": 0.9 if size == fast_size else 0.0})
+        layers.append(
+            {
+                "out_channels": 50,
+                "in_channels": 20,
+                "kernel_size": [5, 5],
+                "input_size": [size, size],
+                "crossover_density": 0.9 if size == fast_size else 0.0,
+            }
+        )
     table = tmp_path / "crossover.json"
     table.write_text(json.dumps({"layers": layers}))
     monkeypatch.setattr(src.sparse.backend, "CROSSOVER_TABLE", table)
@@ -368,8 +429,12 @@ def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tm
     cfg.train.epochs = 2
     cfg.train.save_model = False
     full = train_run(cfg, tmp_path / "full")
-    expected = {"conv1.weight": "masked", "conv2.weight": "sparse" if sparse else "masked", "fc3.weight": "masked",
-                "fc4.weight": "masked"}
+    expected = {
+        "conv1.weight": "masked",
+        "conv2.weight": "sparse" if sparse else "masked",
+        "fc3.weight": "masked",
+        "fc4.weight": "masked",
+    }
     assert full["layer_backend"] == expected
     calls = {"n": 0}
 
@@ -396,8 +461,13 @@ def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path, model):
     from tests.test_train import assert_same_model, final_state, strip_times, tiny
 
     # (LeNet-5 at density 0.1 does not learn these few steps, with either backend)
-    cfg = tiny(criterion="running_snip", growth="gradient", beta=0.7, backend="sparse",
-               density=0.1 if model == "mlp_cifar10_dropout" else 0.5)
+    cfg = tiny(
+        criterion="running_snip",
+        growth="gradient",
+        beta=0.7,
+        backend="sparse",
+        density=0.1 if model == "mlp_cifar10_dropout" else 0.5,
+    )
     cfg.model.name = model  # the MLP has dropout: the global RNG state must be restored
     if model == "mlp_cifar10_dropout":
         cfg.data.kwargs = {**cfg.data.kwargs, "input_shape": [3, 32, 32]}
@@ -487,7 +557,9 @@ def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launch
 
     with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\.compat=true"):
         expand(["setup=smoke", "compat=reference", "sparsity.backend=sparse"], check_data=False)
-    with pytest.raises(ValueError, match=r"unknown sparsity\.backend 'csr'; choose from \['masked', 'sparse', 'auto'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown sparsity\.backend 'csr'; choose from \['masked', 'sparse', 'auto'\]"
+    ):
         expand(["setup=smoke", "sparsity.backend=csr"], check_data=False)
     # An execution choice, not a different experiment: same run directory.
     auto, masked = (expand(["setup=smoke", f"sparsity.backend={b}"], check_data=False)[0] for b in ("auto", "masked"))
@@ -500,12 +572,24 @@ def test_crossover_table_is_read_for_this_cpu_and_the_products_a_layer_runs_on(t
     here, elsewhere = kernels.cpu_info(), {**kernels.cpu_info(), "model": "another CPU"}
 
     def table(ops, cpu, density):
-        return {"kernels": ops, "cpu": cpu, "layers": [{"out_features": 8, "in_features": 8,
-                                                        "crossover_density": density}]}
+        return {
+            "kernels": ops,
+            "cpu": cpu,
+            "layers": [{"out_features": 8, "in_features": 8, "crossover_density": density}],
+        }
 
     path = tmp_path / "crossover.json"
-    path.write_text(json.dumps({"tables": [table("compiled", elsewhere, 0.1), table("torch", elsewhere, 0.2),
-                                           table("compiled", here, 0.3)]}))
+    path.write_text(
+        json.dumps(
+            {
+                "tables": [
+                    table("compiled", elsewhere, 0.1),
+                    table("torch", elsewhere, 0.2),
+                    table("compiled", here, 0.3),
+                ]
+            }
+        )
+    )
     assert load_crossover(path, ops="compiled")[0]["crossover_density"] == 0.3
     assert load_crossover(path, ops="torch")[0]["crossover_density"] == 0.2  # measured elsewhere: the best there is
     path.write_text(json.dumps({"tables": [table("torch", None, 0.4)]}))

@@ -18,8 +18,10 @@ from src.sparse import kernels
 from src.sparse.backend import SparseLinear, _csr_structure
 
 # Under DST_NO_EXT=1 (or without a compiler) the process runs torch's kernels only.
-needs_library = pytest.mark.skipif(kernels.ops_for(torch.zeros(1)).name != "compiled",
-                                   reason="compiled kernels unavailable or switched off (DST_NO_EXT=1)")
+needs_library = pytest.mark.skipif(
+    kernels.ops_for(torch.zeros(1)).name != "compiled",
+    reason="compiled kernels unavailable or switched off (DST_NO_EXT=1)",
+)
 
 
 def random_csr(rows, cols, density, seed, empty_rows=True):
@@ -54,8 +56,9 @@ def test_compiled_products_equal_dense_arithmetic_and_torch(dtype, batch, thread
         tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
         for ops in (compiled, kernels.TORCH_OPS):
             torch.testing.assert_close(ops.spmm(crow, col, values, None, x_t, rows), weight @ x_t, **tol)
-            torch.testing.assert_close(ops.spmm(t_crow, t_col, values, t_order, grad_t, cols), weight.t() @ grad_t,
-                                       **tol)
+            torch.testing.assert_close(
+                ops.spmm(t_crow, t_col, values, t_order, grad_t, cols), weight.t() @ grad_t, **tol
+            )
             torch.testing.assert_close(ops.sampled(crow, col, grad_t, x_t), (grad_t @ x_t.t())[mask], **tol)
     finally:
         torch.set_num_threads(before)
@@ -128,8 +131,9 @@ def test_without_a_compiler_the_backend_falls_back_to_torch_with_one_notice(tmp_
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler here")
 def test_the_library_builds_into_a_fresh_cache_keyed_by_source_and_cpu(tmp_path):
-    code = ("from src.sparse import kernels; lib = kernels.library(); "
-            "print(kernels.library_path()); assert lib is not None")
+    code = (
+        "from src.sparse import kernels; lib = kernels.library(); print(kernels.library_path()); assert lib is not None"
+    )
     env = {**os.environ, "DST_EXT_CACHE": str(tmp_path)}
     env.pop("DST_NO_EXT", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -12,8 +12,9 @@ from src.sparse import CRITERIA, GROWTH_RULES, Sparsifier, SparsityConfig, maske
 
 def tiny_net():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(),
-                         nn.Linear(16, 3))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3)
+    )
 
 
 def batches(n, seed=0):
@@ -23,8 +24,11 @@ def batches(n, seed=0):
 
 def make(cfg, total=40, lr=0.05, adam=False, seed=0):
     model = tiny_net()
-    opt = (torch.optim.Adam(model.parameters(), lr=1e-2) if adam else
-           torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4))
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=1e-2)
+        if adam
+        else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    )
     return model, opt, Sparsifier(model, opt, cfg, total, seed=seed, batches=lambda: batches(1, seed=9)[0]).prepare()
 
 
@@ -114,8 +118,15 @@ def test_regrow_init_zero_vs_keep_for_just_pruned_positions():
     # Fully dense layers with just-pruned positions allowed back: growth re-selects exactly
     # the pruned weights, which `keep` leaves as they were and `zero` restarts from 0.
     for init in ("zero", "keep"):
-        cfg = SparsityConfig(density=1.0, criterion="magnitude", growth="gradient", update_frequency=2,
-                             exclude_just_pruned=False, regrow_init=init, update_order="step_then_prune")
+        cfg = SparsityConfig(
+            density=1.0,
+            criterion="magnitude",
+            growth="gradient",
+            update_frequency=2,
+            exclude_just_pruned=False,
+            regrow_init=init,
+            update_order="step_then_prune",
+        )
         model, opt, sp = make(cfg)
         (record,) = train(model, opt, sp, batches(2))
         layer = record.layers[0]
@@ -194,8 +205,9 @@ def test_update_steps_end_fraction_and_last_step():
 
 
 def test_running_criterion_accumulates_ema_between_updates():
-    cfg = SparsityConfig(density=0.5, criterion="running_magnitude", beta=0.5, update_frequency=4,
-                         update_order="step_then_prune")
+    cfg = SparsityConfig(
+        density=0.5, criterion="running_magnitude", beta=0.5, update_frequency=4, update_order="step_then_prune"
+    )
     model, opt, sp = make(cfg)
     data = batches(3)
     expected = None
@@ -212,8 +224,9 @@ def test_running_criterion_accumulates_ema_between_updates():
 
 @pytest.mark.parametrize("criterion", ["magnitude", "snip", "set", "reciprocal_sensitivity", "snip_plus"])
 def test_global_pruning_removes_q_in_total_and_preserves_layer_counts(criterion):
-    cfg = SparsityConfig(density=0.3, criterion=criterion, growth="random", global_pruning=True,
-                         update_frequency=2, init="uniform")
+    cfg = SparsityConfig(
+        density=0.3, criterion=criterion, growth="random", global_pruning=True, update_frequency=2, init="uniform"
+    )
     model, opt, sp = make(cfg)
     counts = [int(m.sum()) for m in sp.masks]
     records = train(model, opt, sp, batches(4))
@@ -236,8 +249,9 @@ def test_global_pruning_leaves_dense_layers_alone(criterion):
 
 
 def test_global_compat_sensitivity_switches_inactive_weights_on():
-    cfg = SparsityConfig.reference(density=0.3, criterion="sensitivity", growth="gradient", global_pruning=True,
-                                   update_frequency=2, init="uniform")
+    cfg = SparsityConfig.reference(
+        density=0.3, criterion="sensitivity", growth="gradient", global_pruning=True, update_frequency=2, init="uniform"
+    )
     model, opt, sp = make(cfg)
     records = train(model, opt, sp, batches(2))
     assert any(layer.removed < 0 for layer in records[0].layers)  # the reference's bug, reproduced
@@ -257,11 +271,14 @@ def test_config_validation_names_field_and_choices():
     assert set(GROWTH_RULES) == {"random", "random_bernoulli", "gradient", "momentum", "momentum_neuron"}
 
 
-@pytest.mark.parametrize("cfg", [
-    SparsityConfig(density=0.3, criterion="random", growth="random", update_frequency=3),
-    SparsityConfig(density=0.3, criterion="running_snip", beta=0.7, growth="gradient", update_frequency=4),
-    SparsityConfig.reference(density=0.3, criterion="snip", growth="random", update_frequency=3),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SparsityConfig(density=0.3, criterion="random", growth="random", update_frequency=3),
+        SparsityConfig(density=0.3, criterion="running_snip", beta=0.7, growth="gradient", update_frequency=4),
+        SparsityConfig.reference(density=0.3, criterion="snip", growth="random", update_frequency=3),
+    ],
+)
 def test_state_dict_resume_is_bit_identical(cfg):
     data = batches(14)
     model, opt, sp = make(cfg)
@@ -310,8 +327,9 @@ def test_overlap_with_reference_criteria_at_every_update_leaves_the_run_unchange
 
 def test_overlap_references_remove_what_the_run_removed():
     # magnitude tracking itself: identical pruned sets in every layer, dense ERK layers included
-    cfg = SparsityConfig(density=0.3, criterion="magnitude", growth="gradient", update_frequency=2,
-                         overlap_with=["magnitude"])
+    cfg = SparsityConfig(
+        density=0.3, criterion="magnitude", growth="gradient", update_frequency=2, overlap_with=["magnitude"]
+    )
     model, opt, sp = make(cfg)
     (record, *_) = train(model, opt, sp, batches(2))
     assert record.overlap["jaccard"][0][1] == 1.0

@@ -13,18 +13,32 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SLICE = ("setup=smoke sparsity.density=0.5 criterion=magnitude growth=random seed=1 train.epochs=2 "
-         "sparsity.update_frequency=5")
+SLICE = (
+    "setup=smoke sparsity.density=0.5 criterion=magnitude growth=random seed=1 train.epochs=2 "
+    "sparsity.update_frequency=5"
+)
 
 
 def make_study(tmp_path: Path, args: str, launcher: str = "local") -> subprocess.CompletedProcess:
     # STUDY_LAUNCHER=local: on this machine even when a SLURM cluster answers (the suite's own
     # SLURM tests may have left one running).
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
-    return subprocess.run(["make", "--no-print-directory", "study", f"RUNS={tmp_path / 'runs'}",
-                           f"STUDY_OUT={tmp_path / 'record'}", f"STUDY_LAUNCHER={launcher}",
-                           f"ARGS={args}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "study",
+            f"RUNS={tmp_path / 'runs'}",
+            f"STUDY_OUT={tmp_path / 'record'}",
+            f"STUDY_LAUNCHER={launcher}",
+            f"ARGS={args}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_make_study_refuses_an_unknown_launcher_before_running_anything(tmp_path):
@@ -42,7 +56,10 @@ def test_make_study_runs_resumes_and_writes_the_record(tmp_path):
     with open(tmp_path / "record" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["mode"], r["density"], r["status"]) for r in rows] == [
-        ("dense", "1", "completed"), ("static", "0.5", "completed"), ("dst", "0.5", "completed")]
+        ("dense", "1", "completed"),
+        ("static", "0.5", "completed"),
+        ("dst", "0.5", "completed"),
+    ]
     dst = rows[2]
     assert (dst["criterion"], dst["growth"], dst["seed"]) == ("magnitude", "random", "1")
     assert int(dst["topology_updates"]) > 0 and int(rows[1]["topology_updates"]) == 0

@@ -25,8 +25,19 @@ def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_clu
     # 1-minute job: the pack needs > 60 s, so the time limit's signal (25-55 s into the job)
     # falls in its middle; the running runs checkpoint, the job is requeued and resumes them.
     sweep = ["setup=smoke", "seed=1,2,3", "train.epochs=200", f"runs_root={tmp_path}", "name=packed"]
-    out = launch("-m", *sweep, *slurm_args(slurm_cluster, cpus_per_task=2, timeout_min=1, signal_delay_s=5,
-                                           max_num_timeout=6, runs_per_job=3, concurrent_runs=2))
+    out = launch(
+        "-m",
+        *sweep,
+        *slurm_args(
+            slurm_cluster,
+            cpus_per_task=2,
+            timeout_min=1,
+            signal_delay_s=5,
+            max_num_timeout=6,
+            runs_per_job=3,
+            concurrent_runs=2,
+        ),
+    )
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()
     assert "summary: 3 completed" in out.stdout
     assert "as 1 SLURM job(s) of <= 3 run(s), 2 at a time" in out.stdout
@@ -47,16 +58,24 @@ def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_clu
     assert "checkpointed" in pack_log and "handing over to requeue" in pack_log
     # two at a time: the second run started before the first one ended
     lines = pack_log.splitlines()
-    assert lines.index(next(x for x in lines if x.startswith("run #1 started"))) < \
-        lines.index(next(x for x in lines if x.startswith("run #0 completed") or x.startswith("run #0 interrupted")))
+    assert lines.index(next(x for x in lines if x.startswith("run #1 started"))) < lines.index(
+        next(x for x in lines if x.startswith("run #0 completed") or x.startswith("run #0 interrupted"))
+    )
     # launching again submits nothing: every run finished
     again = launch("-m", *sweep, *slurm_args(slurm_cluster, cpus_per_task=2, runs_per_job=3, concurrent_runs=2))
     assert "submitted 0 run(s) (3 already finished)" in again.stdout, again.stdout + again.stderr
 
 
 def test_detach_submits_and_returns_and_status_follows_the_jobs(slurm_cluster, tmp_path):
-    sweep = ["setup=smoke", "seed=1,2", "train.epochs=40", f"runs_root={tmp_path}", "name=detached",
-             *slurm_args(slurm_cluster), "+hydra.launcher.additional_parameters.hold=true"]  # queued until released
+    sweep = [
+        "setup=smoke",
+        "seed=1,2",
+        "train.epochs=40",
+        f"runs_root={tmp_path}",
+        "name=detached",
+        *slurm_args(slurm_cluster),
+        "+hydra.launcher.additional_parameters.hold=true",
+    ]  # queued until released
     started = time.monotonic()
     out = launch(*sweep, "--detach")
     assert out.returncode == 0, out.stdout + out.stderr + slurm_cluster.logs()
@@ -65,7 +84,7 @@ def test_detach_submits_and_returns_and_status_follows_the_jobs(slurm_cluster, t
     record = json.loads(record_path.read_text())
     job_ids = {job["job_id"] for job in record["jobs"]}
     assert len(job_ids) == 2 and all(len(job["runs"]) == 1 for job in record["jobs"])
-    assert record["overrides"] and record["command"][-len(record["overrides"]):] == record["overrides"]
+    assert record["overrides"] and record["command"][-len(record["overrides"]) :] == record["overrides"]
     array = job_ids.pop().split("_")[0]
     assert f"job id(s) {array}" in out.stdout
 

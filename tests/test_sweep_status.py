@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from src.launch import expand
 from src.launch import main as launch_main
@@ -22,16 +22,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(module, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 @pytest.mark.slow
 def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
-    sweep = ["setup=smoke", "train.epochs=500", "train.log_every=5", "train.heartbeat_every_s=1", "seed=1,2",
-             f"runs_root={tmp_path}", "name=st"]
-    proc = subprocess.Popen([sys.executable, "-m", "src.launch", *[a.replace("seed=1,2", "seed=1") for a in sweep]],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sweep = [
+        "setup=smoke",
+        "train.epochs=500",
+        "train.log_every=5",
+        "train.heartbeat_every_s=1",
+        "seed=1,2",
+        f"runs_root={tmp_path}",
+        "name=st",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "src.launch", *[a.replace("seed=1,2", "seed=1") for a in sweep]],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -64,21 +76,28 @@ def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
 
 
 def test_every_hydra_sweep_syntax_expands():
-    jobs = expand(["setup=smoke", "criterion=glob(snip*)", "seed=range(1,3)", "sparsity.density=choice(0.1,0.2)"],
-                  check_data=False)
+    jobs = expand(
+        ["setup=smoke", "criterion=glob(snip*)", "seed=range(1,3)", "sparsity.density=choice(0.1,0.2)"],
+        check_data=False,
+    )
     assert sorted({j.config.sparsity.criterion for j in jobs}) == ["snip", "snip_half", "snip_plus"]
     assert {j.config.train.seed for j in jobs} == {1, 2} and {j.config.sparsity.density for j in jobs} == {0.1, 0.2}
     assert len(jobs) == 12
 
 
-@pytest.mark.parametrize("args, message", [
-    (["setup=smoke", "sparsity.density=abc"], "could not be converted to Float"),  # Hydra's cause kept
-    (["-m", "setup=smoke", "sparsity.density=interval(0.1,0.5)"], "interval() needs a sampling sweeper"),
-    (["-m", "setup=smoke", "criterion=glob(nothing*)"], "no run"),
-    (["setup=smoke", "seed=1,2", "--detach"], "--detach: needs a SLURM launcher"),
-    (["-m", "setup=smoke", "seed=1,2", "launcher=slurm", "hydra.launcher.runs_per_job=0"],
-     "hydra.launcher.runs_per_job: must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["setup=smoke", "sparsity.density=abc"], "could not be converted to Float"),  # Hydra's cause kept
+        (["-m", "setup=smoke", "sparsity.density=interval(0.1,0.5)"], "interval() needs a sampling sweeper"),
+        (["-m", "setup=smoke", "criterion=glob(nothing*)"], "no run"),
+        (["setup=smoke", "seed=1,2", "--detach"], "--detach: needs a SLURM launcher"),
+        (
+            ["-m", "setup=smoke", "seed=1,2", "launcher=slurm", "hydra.launcher.runs_per_job=0"],
+            "hydra.launcher.runs_per_job: must be an integer >= 1, got 0",
+        ),
+    ],
+)
 def test_launch_errors_keep_their_cause(args, message, capsys):
     assert launch_main([*args, "--dry-run" if "--detach" not in args else "runs_root=/nonexistent/x"]) == 2
     err = capsys.readouterr().err
@@ -88,13 +107,21 @@ def test_launch_errors_keep_their_cause(args, message, capsys):
 def test_help_pages(capsys):
     assert launch_main(["--help"]) == 0
     page = capsys.readouterr().out
-    for word in ("--dry-run", "--detach", "status", "sweeps (add with +sweeps=NAME): conv_dense", "criterion:",
-                 "runs_per_job", "examples:"):
+    for word in (
+        "--dry-run",
+        "--detach",
+        "status",
+        "sweeps (add with +sweeps=NAME): conv_dense",
+        "criterion:",
+        "runs_per_job",
+        "examples:",
+    ):
         assert word in page, word
     assert train_main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: python -m src.train")
     assert train_main(["sparsity.density=abc", "--run-dir", "/nonexistent/never"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: sparsity.density: Value 'abc' of type 'str' could not be converted to Float"]
+        "error: sparsity.density: Value 'abc' of type 'str' could not be converted to Float"
+    ]
     assert train_main(["sparsity.density=1.5", "--run-dir", "/nonexistent/never"]) == 2
     assert capsys.readouterr().err.startswith("error: sparsity.density: must be in (0, 1]")
 

@@ -10,7 +10,7 @@ import torch
 from src.config import RunConfig
 from src.records import read_metrics, read_result
 from src.sparse import SparsityConfig
-from src.train import learning_rate, main, train
+from src.train import learning_rate, train
 
 
 def tiny(**sparsity) -> RunConfig:
@@ -18,8 +18,13 @@ def tiny(**sparsity) -> RunConfig:
     cfg.model.name = "lenet5"
     cfg.data.name = "synthetic"
     # Well-separated classes, so a few dozen steps of a half-dense LeNet-5 beat chance.
-    cfg.data.kwargs = {"input_shape": [1, 28, 28], "num_classes": 10, "num_train": 640, "num_test": 200,
-                       "class_separation": 30.0}
+    cfg.data.kwargs = {
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+        "num_train": 640,
+        "num_test": 200,
+        "class_separation": 30.0,
+    }
     cfg.data.batch_size = 32
     cfg.data.eval_batch_size = 100
     cfg.train.epochs = 3
@@ -28,8 +33,16 @@ def tiny(**sparsity) -> RunConfig:
     cfg.train.checkpoint_interval_min = 0  # a checkpoint every epoch, as the resume tests need
     cfg.train.save_model = True
     cfg.optim.lr = 0.05
-    cfg.sparsity = SparsityConfig(**{"density": 0.5, "update_frequency": 7, "criterion": "magnitude",
-                                     "growth": "random", "prune_rate": 0.3, **sparsity})
+    cfg.sparsity = SparsityConfig(
+        **{
+            "density": 0.5,
+            "update_frequency": 7,
+            "criterion": "magnitude",
+            "growth": "random",
+            "prune_rate": 0.3,
+            **sparsity,
+        }
+    )
     return cfg
 
 
@@ -60,8 +73,18 @@ def test_run_writes_complete_records(tmp_path):
     assert result["steps_per_s"] > 0 and result["wall_time"] >= result["train_time"] > 0
     epochs = read_metrics(tmp_path, "epoch")
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "prune_rate",
-                "density", "layer_density"):
+    for key in (
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "prune_rate",
+        "density",
+        "layer_density",
+    ):
         assert key in epochs[0]
     updates = read_metrics(tmp_path, "update")
     assert [u["step"] for u in updates] == [7, 14, 21, 28, 35, 42, 49]
@@ -101,7 +124,10 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, stop_at):
 
     partial = train(cfg, tmp_path / "resumed", should_stop=stop)
     assert partial["status"] == "interrupted" and partial["steps"] == stop_at
-    assert read_result(tmp_path / "resumed")["status"] == "interrupted" and (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert (
+        read_result(tmp_path / "resumed")["status"] == "interrupted"
+        and (tmp_path / "resumed" / "checkpoint.pt").exists()
+    )
     resumed = train(cfg, tmp_path / "resumed")
     assert resumed["status"] == "completed"
     assert strip_times(read_metrics(tmp_path / "resumed")) == strip_times(read_metrics(tmp_path / "full"))
@@ -149,8 +175,14 @@ def test_non_finite_loss_stops_run_as_diverged(tmp_path):
 def test_binary_task_and_dense_mode(tmp_path):
     cfg = tiny()
     cfg.model.name = "mlp_higgs"
-    cfg.data.kwargs = {"input_shape": [24], "num_classes": 2, "binary": True, "num_train": 640, "num_test": 200,
-                       "class_separation": 6.0}
+    cfg.data.kwargs = {
+        "input_shape": [24],
+        "num_classes": 2,
+        "binary": True,
+        "num_train": 640,
+        "num_test": 200,
+        "class_separation": 6.0,
+    }
     cfg.sparsity = SparsityConfig(mode="dense")
     result = train(cfg, tmp_path)
     assert result["status"] == "completed" and result["final"]["test_acc"] > 70 and result["achieved_density"] == 1.0
@@ -161,7 +193,8 @@ def test_learning_rate_schedules():
 
     ms = OptimConfig(lr=0.1)
     assert [learning_rate(ms, e, 0, 100, 10) for e in (0, 49, 50, 74, 75, 99)] == pytest.approx(
-        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )
     assert learning_rate(ms, 0, 0, 1, 10) == 0.1  # milestones at epoch 0 are ignored
     warm = OptimConfig(lr=0.1, warmup_epochs=5, milestones=[0.3, 0.6])
     assert learning_rate(warm, 0, 0, 90, 10) == pytest.approx(0.1 / 6)
@@ -183,11 +216,23 @@ def test_invalid_config_names_field_and_choices(tmp_path):
 
 @pytest.mark.slow
 def test_cli_runs_tiny_config(tmp_path):
-    args = ["model.name=mlp_higgs", "data.name=synthetic", "data.kwargs.input_shape=[24]",
-            "data.kwargs.num_classes=2", "data.kwargs.binary=true",
-            "train.epochs=1", "train.threads=1", "sparsity.density=0.2", "sparsity.update_frequency=5"]
-    out = subprocess.run([sys.executable, "-m", "src.train", *args, "--run-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
+    args = [
+        "model.name=mlp_higgs",
+        "data.name=synthetic",
+        "data.kwargs.input_shape=[24]",
+        "data.kwargs.num_classes=2",
+        "data.kwargs.binary=true",
+        "train.epochs=1",
+        "train.threads=1",
+        "sparsity.density=0.2",
+        "sparsity.update_frequency=5",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "src.train", *args, "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "completed" in out.stdout and read_result(tmp_path)["status"] == "completed"
 
@@ -212,8 +257,14 @@ def test_max_steps_measures_overlap_at_initialisation(tmp_path):
     # prune fraction, every criterion's pruned set compared on the initial weights.
     # exclude_just_pruned=False: a full mask has nowhere else to regrow, and the run itself
     # should prune what the criteria are compared on.
-    cfg = tiny(density=1.0, prune_rate=0.25, prune_rate_schedule="constant", update_frequency=5,
-               exclude_just_pruned=False, overlap_with=["magnitude", "snip", "random", "set"])
+    cfg = tiny(
+        density=1.0,
+        prune_rate=0.25,
+        prune_rate_schedule="constant",
+        update_frequency=5,
+        exclude_just_pruned=False,
+        overlap_with=["magnitude", "snip", "random", "set"],
+    )
     cfg.optim.lr = 0.0
     cfg.train.max_steps = 5
     result = train(cfg, tmp_path)
@@ -235,7 +286,7 @@ def test_wandb_offline_mirror_is_optional(tmp_path, monkeypatch):
     result = train(cfg, tmp_path)
     assert result["status"] == "completed"
     # written without network or key, next to the run directory (one place per sweep), not in it
-    assert list((tmp_path.parent / ".wandb" / "wandb").glob(f"offline-run-*")) and not list(tmp_path.glob("*wandb*"))
+    assert list((tmp_path.parent / ".wandb" / "wandb").glob("offline-run-*")) and not list(tmp_path.glob("*wandb*"))
     assert read_metrics(tmp_path, "epoch")  # the run records do not depend on it
 
 
@@ -251,7 +302,9 @@ def test_wandb_run_is_grouped_by_sweep_and_logs_epochs_and_updates(tmp_path, mon
     def init(**kwargs):  # the real offline run, watched
         run = real_init(**kwargs)
         real_log = run.log
-        monkeypatch.setattr(run, "log", lambda data, step=None: (logged.append((step, data)), real_log(data, step=step)))
+        monkeypatch.setattr(
+            run, "log", lambda data, step=None: (logged.append((step, data)), real_log(data, step=step))
+        )
         runs.append(run)
         return run
 

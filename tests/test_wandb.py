@@ -39,10 +39,10 @@ def wandb_records(path: Path) -> list:
         if block - at % block < 7:  # a block's tail too short for a chunk header is padding
             at += block - at % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[at:at + 7])
+        _, length, kind = struct.unpack("<IHB", data[at : at + 7])
         if kind == 0:
             break
-        chunk += data[at + 7:at + 7 + length]
+        chunk += data[at + 7 : at + 7 + length]
         at += 7 + length
         if kind in (1, 4):  # a whole record, or its last chunk
             record = pb.Record()
@@ -61,8 +61,9 @@ def wandb_history(path: Path) -> list[dict]:
     rows = []
     for record in wandb_records(path):
         if record.WhichOneof("record_type") == "history":
-            rows.append({(item.key or "/".join(item.nested_key)): json.loads(item.value_json)
-                         for item in record.history.item})
+            rows.append(
+                {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -90,8 +91,18 @@ def test_one_wandb_run_per_sweep_and_run_directory_resumed_across_requeues(tmp_p
 def test_wandb_runs_are_tagged_and_grouped_by_sweep_and_cell(tmp_path):
     sweep = tmp_path / "update_frequency"
     for seed in (1, 2):
-        cfg = config(args(**{"logging.wandb": "offline", "train.seed": seed, "sparsity.criterion": "snip",
-                             "sparsity.growth": "gradient", "sparsity.density": 0.2, "train.epochs": 1}))
+        cfg = config(
+            args(
+                **{
+                    "logging.wandb": "offline",
+                    "train.seed": seed,
+                    "sparsity.criterion": "snip",
+                    "sparsity.growth": "gradient",
+                    "sparsity.density": 0.2,
+                    "train.epochs": 1,
+                }
+            )
+        )
         assert train(cfg, sweep / f"mlp-dst-d0.2-snip-gradient-s{seed}-abc{seed}")["status"] == "completed"
     runs = [wandb_run(p) for p in wandb_files(sweep)]
     assert {r.run_group for r in runs} == {"update_frequency"}
@@ -110,8 +121,7 @@ def test_after_kill_9_and_resume_every_epoch_is_in_the_wandb_history_exactly_onc
     run = tmp_path / "sweep" / "run"
     env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # a job of its own, as on a cluster
     process = start_train(argv, run, env=env)
-    wait_for(lambda: [r for r in lines(run) if r["kind"] == "update" and r["step"] > 500], timeout=300,
-             what="epoch 2")
+    wait_for(lambda: [r for r in lines(run) if r["kind"] == "update" and r["step"] > 500], timeout=300, what="epoch 2")
     process.kill()  # kill -9, mid-epoch 2, after the epoch-1 checkpoint
     process.wait()
     assert (run / "checkpoint.pt").exists()

@@ -10,7 +10,7 @@ them in sys.modules, which string annotations on dataclasses need.)
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,25 +23,26 @@ from omegaconf import DictConfig, OmegaConf
 @dataclass
 class PlannedSweeperConf:
     _target_: str = "hydra_plugins.dst_config.sweeper.PlannedSweeper"
-    params: Optional[Dict[str, str]] = None  # the sweep's axes: `key: a,b,c` (as Hydra's basic sweeper)
+    params: dict[str, str] | None = None  # the sweep's axes: `key: a,b,c` (as Hydra's basic sweeper)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="dst", node=PlannedSweeperConf, provider="dst")
 
 
 class PlannedSweeper(Sweeper):
-    def __init__(self, params: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, params: dict[str, str] | None = None) -> None:
         self.params = params or {}
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
         self.launcher = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         from src.plan import sweep_combinations
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None

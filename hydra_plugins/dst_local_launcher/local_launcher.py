@@ -24,7 +24,6 @@ killed by another signal (a segfault, the OOM killer) is recorded as failed, nam
 them in sys.modules, which string annotations on dataclasses need.)
 """
 
-
 import json
 import logging
 import os
@@ -32,9 +31,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -49,21 +48,21 @@ log = logging.getLogger(__name__)
 class LocalPoolLauncherConf:
     _target_: str = "hydra_plugins.dst_local_launcher.local_launcher.LocalPoolLauncher"
     threads_per_job: int = 1
-    max_workers: Optional[int] = None
+    max_workers: int | None = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="dst_local", node=LocalPoolLauncherConf, provider="dst")
 
 
 class LocalPoolLauncher(Launcher):
-    def __init__(self, threads_per_job: int = 1, max_workers: Optional[int] = None) -> None:
+    def __init__(self, threads_per_job: int = 1, max_workers: int | None = None) -> None:
         from src.runinfo import available_cpus
 
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
         self._running: dict = {}  # the running jobs' processes (`_run_all`)
-        self._stop_signal: Optional[int] = None
+        self._stop_signal: int | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -73,8 +72,10 @@ class LocalPoolLauncher(Launcher):
         assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        log.info(f"Launching {len(job_overrides)} jobs locally, {self.max_workers} at a time, "
-                 f"{self.threads_per_job} thread(s) each")
+        log.info(
+            f"Launching {len(job_overrides)} jobs locally, {self.max_workers} at a time, "
+            f"{self.threads_per_job} thread(s) each"
+        )
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         from src.plan import PLAN, planned_jobs
         from src.status import SweepProgress
@@ -115,7 +116,7 @@ class LocalPoolLauncher(Launcher):
         for proc in list(self._running):  # (no waitpid here: the loop reaps them)
             _send(proc.pid, signum)
 
-    def _run_all(self, sweep_dir: Path, jobs) -> List[JobReturn]:
+    def _run_all(self, sweep_dir: Path, jobs) -> list[JobReturn]:
         """Start the jobs `max_workers` at a time, from this single-threaded loop, and collect them."""
         import multiprocessing
 
@@ -160,7 +161,7 @@ class LocalPoolLauncher(Launcher):
                 time.sleep(0.05)
         return [returns[idx] for idx, _ in jobs]
 
-    def _prepare(self, sweep_dir: Path, idx: int, overrides: List[str]):
+    def _prepare(self, sweep_dir: Path, idx: int, overrides: list[str]):
         """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
         from src.pack import PackedRun
         from src.records import atomic_write
@@ -182,8 +183,9 @@ class LocalPoolLauncher(Launcher):
         atomic_write(job_dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode(), durable=False)
         return ret, PackedRun(idx, list(overrides), str(job.run_dir), config)
 
-    def _finish(self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float,
-                started_at: float) -> JobReturn:
+    def _finish(
+        self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float, started_at: float
+    ) -> JobReturn:
         from src.runstate import record_death
 
         run_dir = Path(run.run_dir)
@@ -195,8 +197,9 @@ class LocalPoolLauncher(Launcher):
         else:
             ret.status = JobStatus.FAILED  # the job's process itself failed (not its run)
             log_file = sweep_dir / str(idx) / "job.log"
-            ret.return_value = RuntimeError(f"job #{idx} exited with {code}; the end of {log_file}:\n"
-                                            + _tail(log_file))
+            ret.return_value = RuntimeError(
+                f"job #{idx} exited with {code}; the end of {log_file}:\n" + _tail(log_file)
+            )
         return ret
 
 

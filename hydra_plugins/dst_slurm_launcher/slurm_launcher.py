@@ -18,9 +18,10 @@ them in sys.modules, which string annotations on dataclasses need.)
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -46,8 +47,10 @@ class PackedSlurmLauncher(SlurmLauncher):
     def __init__(self, runs_per_job: int = 1, concurrent_runs: int = 1, detach: bool = False, **params: Any):
         super().__init__(**params)
         if runs_per_job < 1 or concurrent_runs < 1:
-            raise ValueError(f"hydra.launcher.runs_per_job and concurrent_runs: must be >= 1, "
-                             f"got {runs_per_job} and {concurrent_runs}")
+            raise ValueError(
+                f"hydra.launcher.runs_per_job and concurrent_runs: must be >= 1, "
+                f"got {runs_per_job} and {concurrent_runs}"
+            )
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -67,29 +70,44 @@ class PackedSlurmLauncher(SlurmLauncher):
                 if job is None:
                     raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
             else:  # a launch that did not go through `src.launch` (Hydra flags): composed here
-                run_cfg, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(
-                    self.config, list(overrides)))
+                run_cfg, run_dir = job_of(
+                    self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                )
                 job = Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
-            runs.append(PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()),
-                                  job.config.to_dict()))
+            runs.append(
+                PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()), job.config.to_dict())
+            )
             if not job.finished and runs[-1].run_dir not in in_queue:
                 todo.append(runs[-1])
         waiting = {in_queue[r.run_dir] for r in runs if r.run_dir in in_queue and r not in todo}
         if waiting:
-            print(f"{sum(r.run_dir in in_queue for r in runs)} run(s) not submitted again: their job(s) of an "
-                  f"earlier submission are still queued or running: {', '.join(sorted(waiting))}", flush=True)
+            print(
+                f"{sum(r.run_dir in in_queue for r in runs)} run(s) not submitted again: their job(s) of an "
+                f"earlier submission are still queued or running: {', '.join(sorted(waiting))}",
+                flush=True,
+            )
         k = self.runs_per_job
-        packs = [todo[i:i + k] for i in range(0, len(todo), k)]
+        packs = [todo[i : i + k] for i in range(0, len(todo), k)]
         cpus = self.params.get("cpus_per_task") or 1
         threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
         jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs) if packs else []
         record = write_submission(
-            sweep_dir, overrides=list(self.config.hydra.overrides.task), jobs=jobs, packs=packs,
-            skipped=len(runs) - len(todo), runs_per_job=k, concurrent_runs=self.concurrent_runs, detach=self.detach)
+            sweep_dir,
+            overrides=list(self.config.hydra.overrides.task),
+            jobs=jobs,
+            packs=packs,
+            skipped=len(runs) - len(todo),
+            runs_per_job=k,
+            concurrent_runs=self.concurrent_runs,
+            detach=self.detach,
+        )
         ids = sorted({j.job_id.split("_")[0] for j in jobs})
-        print(f"submitted {len(todo)} run(s) ({len(runs) - len(todo)} already finished) as {len(packs)} SLURM "
-              f"job(s) of <= {k} run(s), {self.concurrent_runs} at a time: job id(s) {', '.join(ids) or '-'}; "
-              f"record: {record}", flush=True)
+        print(
+            f"submitted {len(todo)} run(s) ({len(runs) - len(todo)} already finished) as {len(packs)} SLURM "
+            f"job(s) of <= {k} run(s), {self.concurrent_runs} at a time: job id(s) {', '.join(ids) or '-'}; "
+            f"record: {record}",
+            flush=True,
+        )
         outcome = {r.run_dir: "skipped" if r.run_dir not in in_queue else "queued" for r in runs if r not in todo}
         if not self.detach:
             for job, pack in zip(jobs, packs):
@@ -111,11 +129,13 @@ class PackedSlurmLauncher(SlurmLauncher):
         import submitit
 
         init_keys = {"submitit_folder", "max_num_timeout"}
-        executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster="slurm",
-                                         slurm_max_num_timeout=self.params["max_num_timeout"])
+        executor = submitit.AutoExecutor(
+            folder=self.params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=self.params["max_num_timeout"]
+        )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
-                                      if k not in init_keys})
+        executor.update_parameters(
+            **{k if k in base else f"slurm_{k}": v for k, v in self.params.items() if k not in init_keys}
+        )
         return executor
 
 

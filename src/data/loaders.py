@@ -218,7 +218,9 @@ class StreamLoader(_EpochCursor):
         )
         self.num_workers = num_workers
         self._seed, self._rank = seed, rank
-        self._sampler = DistributedSampler(split.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._sampler = DistributedSampler(
+            split.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        )
         self._generator = torch.Generator().manual_seed(_derived_seed(seed, rank))
 
     def _samples_per_epoch(self) -> int:

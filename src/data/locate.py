@@ -21,9 +21,7 @@ class DatasetNotFoundError(FileNotFoundError):
     """A dataset's files were not found; the message lists where we looked and how to get them."""
 
 
-def search_bases(
-    root: str | os.PathLike | None, env_var: str | None
-) -> tuple[list[tuple[Path, str]], list[str]]:
+def search_bases(root: str | os.PathLike | None, env_var: str | None) -> tuple[list[tuple[Path, str]], list[str]]:
     """User-chosen base directories (``root``, then ``$env_var``), each with where it came from.
 
     Returns ``(bases, notes)``; ``notes`` records sources that contributed nothing (an unset

@@ -87,8 +87,10 @@ class DatasetSource(ABC):
         return self.torchvision_name is not None
 
     def no_download_message(self) -> str:
-        return (f"data.download: automatic download is not available for {self.name!r}; datasets that "
-                f"have it: {DATASETS.list(where=lambda source: source.downloadable)}")
+        return (
+            f"data.download: automatic download is not available for {self.name!r}; datasets that "
+            f"have it: {DATASETS.list(where=lambda source: source.downloadable)}"
+        )
 
     def download(self, root: PathLike | None) -> None:
         """Fetch the files with torchvision into ``root`` (or the environment variable's directory)."""
@@ -96,15 +98,19 @@ class DatasetSource(ABC):
             raise DatasetNotFoundError(self.no_download_message())
         bases, _ = search_bases(root, self.layout.env_var)
         if not bases:
-            raise ValueError(f"data.download: {self.name} needs a directory to download into: "
-                             f"data.root=DIR (root= in Python) or ${self.layout.env_var}")
+            raise ValueError(
+                f"data.download: {self.name} needs a directory to download into: "
+                f"data.root=DIR (root= in Python) or ${self.layout.env_var}"
+            )
         import torchvision.datasets  # only needed here; slow to import
 
         try:
             getattr(torchvision.datasets, self.torchvision_name)(str(bases[0][0]), download=True)
         except (OSError, RuntimeError) as error:  # no network, a read-only or full directory ...
-            raise DatasetNotFoundError(f"data.download: {self.name} could not be downloaded into "
-                                       f"{bases[0][0]}: {error}. {self.layout.how_to_get}") from error
+            raise DatasetNotFoundError(
+                f"data.download: {self.name} could not be downloaded into "
+                f"{bases[0][0]}: {error}. {self.layout.how_to_get}"
+            ) from error
 
 
 DATASETS = Registry("dataset")  # name -> DatasetSource instance

@@ -20,19 +20,21 @@ def conv_cifar10(num_classes: int) -> nn.Module:
     Three unpadded 3x3 convs (32, 64, 128 filters) with ReLU, max-pooling after the first two,
     so a 32x32 image leaves a 4x4 map that is average-pooled before the linear classifier.
     """
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(3, 32, 3),
-        pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
-        relu1=nn.ReLU(),
-        conv2=nn.Conv2d(32, 64, 3),
-        pool2=nn.MaxPool2d(2),
-        relu2=nn.ReLU(),
-        conv3=nn.Conv2d(64, 128, 3),
-        relu3=nn.ReLU(),
-        avgpool=nn.AdaptiveAvgPool2d(1),
-        flatten=nn.Flatten(),
-        fc1=nn.Linear(128, num_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 32, 3),
+            pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(32, 64, 3),
+            pool2=nn.MaxPool2d(2),
+            relu2=nn.ReLU(),
+            conv3=nn.Conv2d(64, 128, 3),
+            relu3=nn.ReLU(),
+            avgpool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(128, num_classes),
+        )
+    )
 
 
 @register_model("lenet5", input_shape=(1, 28, 28), default_num_classes=10, is_conv=True)
@@ -41,18 +43,20 @@ def lenet5(num_classes: int) -> nn.Module:
 
     The reference registers it as ``mlp_fmnist`` although it is a CNN; layer names follow it.
     """
-    return nn.Sequential(OrderedDict(
-        conv1=nn.Conv2d(1, 20, 5),
-        pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
-        relu1=nn.ReLU(),
-        conv2=nn.Conv2d(20, 50, 5),
-        pool2=nn.MaxPool2d(2),
-        relu2=nn.ReLU(),
-        flatten=nn.Flatten(),  # 50 x 4 x 4 = 800 features
-        fc3=nn.Linear(800, 500),
-        relu3=nn.ReLU(),
-        fc4=nn.Linear(500, num_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(1, 20, 5),
+            pool1=nn.MaxPool2d(2),  # pool before ReLU: see _POOL_FIRST
+            relu1=nn.ReLU(),
+            conv2=nn.Conv2d(20, 50, 5),
+            pool2=nn.MaxPool2d(2),
+            relu2=nn.ReLU(),
+            flatten=nn.Flatten(),  # 50 x 4 x 4 = 800 features
+            fc3=nn.Linear(800, 500),
+            relu3=nn.ReLU(),
+            fc4=nn.Linear(500, num_classes),
+        )
+    )
 
 
 # Filters per 3x3 conv, "M" = 2x2 max-pool. Only four pools: the fifth block is followed by

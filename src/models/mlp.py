@@ -14,17 +14,19 @@ def _cifar10_mlp(num_classes: int, dropout: float, in_features: int = 3 * 32 * 3
         # Identity keeps the plain MLP free of no-op layers.
         return nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    return nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(),
-        drop0=drop(),
-        fc1=nn.Linear(in_features, 1024),
-        relu1=nn.ReLU(),
-        drop1=drop(),
-        fc2=nn.Linear(1024, 512),
-        relu2=nn.ReLU(),
-        drop2=drop(),
-        fc3=nn.Linear(512, num_classes),
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            drop0=drop(),
+            fc1=nn.Linear(in_features, 1024),
+            relu1=nn.ReLU(),
+            drop1=drop(),
+            fc2=nn.Linear(1024, 512),
+            relu2=nn.ReLU(),
+            drop2=drop(),
+            fc3=nn.Linear(512, num_classes),
+        )
+    )
 
 
 @register_model("mlp_cifar10", input_shape=(3, 32, 32), default_num_classes=10, is_conv=False)
@@ -33,9 +35,7 @@ def mlp_cifar10(num_classes: int) -> nn.Module:
     return _cifar10_mlp(num_classes, dropout=0.0)
 
 
-@register_model(
-    "mlp_cifar10_dropout", input_shape=(3, 32, 32), default_num_classes=10, is_conv=False
-)
+@register_model("mlp_cifar10_dropout", input_shape=(3, 32, 32), default_num_classes=10, is_conv=False)
 def mlp_cifar10_dropout(num_classes: int, dropout: float = 0.05) -> nn.Module:
     """``mlp_cifar10`` with ``Dropout(dropout)`` on the input and after each hidden ReLU.
 
@@ -61,11 +61,13 @@ def mlp_higgs(num_classes: int) -> nn.Module:
     """
     if num_classes != 1:
         raise ValueError(f"mlp_higgs has a single logit: num_classes must be 1, not {num_classes}")
-    return nn.Sequential(OrderedDict(
-        fc1=nn.Linear(24, 256),
-        relu1=nn.ReLU(),
-        fc2=nn.Linear(256, 256),
-        relu2=nn.ReLU(),
-        fc4=nn.Linear(256, 1),
-        squeeze=nn.Flatten(0),  # [B, 1] -> [B]
-    ))
+    return nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(24, 256),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(256, 256),
+            relu2=nn.ReLU(),
+            fc4=nn.Linear(256, 1),
+            squeeze=nn.Flatten(0),  # [B, 1] -> [B]
+        )
+    )

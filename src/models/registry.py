@@ -71,8 +71,7 @@ def build_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modul
     return builder(num_classes=num_classes, **kwargs)
 
 
-def output_shape(name: str, input_shape: tuple[int, ...], num_classes: int | None = None,
-                 **kwargs) -> tuple[int, ...]:
+def output_shape(name: str, input_shape: tuple[int, ...], num_classes: int | None = None, **kwargs) -> tuple[int, ...]:
     """Per-sample output shape of model ``name`` on inputs of ``input_shape``, from a forward
     pass on the meta device (shapes only: no memory, no arithmetic, no random draws).
     Raises ``RuntimeError`` (torch's own message) when the input does not fit the model."""

@@ -27,10 +27,12 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(OrderedDict(
-                conv=nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                bn=nn.BatchNorm2d(planes),
-            ))
+            self.shortcut = nn.Sequential(
+                OrderedDict(
+                    conv=nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                    bn=nn.BatchNorm2d(planes),
+                )
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -102,6 +104,4 @@ def resnet50(num_classes: int) -> nn.Module:
     """
     import torchvision  # lazy: ~1 s of start-up for the runs that never use it
 
-    return torchvision.models.resnet50(
-        weights=None, num_classes=num_classes, zero_init_residual=False
-    )
+    return torchvision.models.resnet50(weights=None, num_classes=num_classes, zero_init_residual=False)

@@ -56,7 +56,7 @@ class _SparseLinearFn(torch.autograd.Function):
     (measured on the MLP: ~20 % of the step at ERK 0.02)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, layer: "SparseLinear") -> Tensor:
+    def forward(ctx, x: Tensor, values: Tensor, layer: SparseLinear) -> Tensor:
         ctx.layer = layer
         x_t = layer.ops.operand(x.t())
         ctx.save_for_backward(x_t, values)
@@ -216,7 +216,7 @@ class _SparseConvFn(torch.autograd.Function):
     CPU sparse kernels read their dense operands fastest."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: "SparseConv2d") -> Tensor:
+    def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: SparseConv2d) -> Tensor:
         batch, _, h, w = x.shape
         matrix = layer.matrix((h, w))
         # (positions x channels, batch): of a channels-last input, a transposed view
@@ -296,8 +296,13 @@ def _csr_structure(rows: Tensor, cols: Tensor, shape) -> tuple[Tensor, Tensor, T
     the transposed matrix's values). 32-bit indices: what the CPU sparse kernels use without
     converting on every call."""
     t_order = torch.argsort(cols * shape[0] + rows)
-    return (_offsets(rows, shape[0]), cols.to(INDEX_DTYPE), _offsets(cols, shape[1]), rows[t_order].to(INDEX_DTYPE),
-            t_order)
+    return (
+        _offsets(rows, shape[0]),
+        cols.to(INDEX_DTYPE),
+        _offsets(cols, shape[1]),
+        rows[t_order].to(INDEX_DTYPE),
+        t_order,
+    )
 
 
 def _offsets(rows: Tensor, n: int) -> Tensor:
@@ -369,8 +374,11 @@ class SparseExecution:
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and \
-        torch.distributed.get_world_size() > 1
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
 
 
 def _all_reduced(grad: Tensor | None) -> Tensor | None:
@@ -391,8 +399,9 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
     state = optimizer.state.pop(old, None)
     if not state:
         return
-    optimizer.state[new] = {k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v
-                            for k, v in state.items()}
+    optimizer.state[new] = {
+        k: convert(v) if torch.is_tensor(v) and v.shape == old.shape else v for k, v in state.items()
+    }
 
 
 # ---------------------------------------------------------------------------- auto
@@ -432,9 +441,19 @@ def crossover_density(shape: tuple[int, ...], table: list[dict], input_size: tup
         shape = (shape[0], shape[1], math.prod(shape[2:]))
         if input_size is not None:
             shape = (*shape, math.prod(input_size))
-        rows = [(row, (row["out_channels"], row["in_channels"], math.prod(row["kernel_size"]),
-                       *([math.prod(row["input_size"])] if "input_size" in row else [])))
-                for row in table if "out_channels" in row]
+        rows = [
+            (
+                row,
+                (
+                    row["out_channels"],
+                    row["in_channels"],
+                    math.prod(row["kernel_size"]),
+                    *([math.prod(row["input_size"])] if "input_size" in row else []),
+                ),
+            )
+            for row in table
+            if "out_channels" in row
+        ]
     if not rows:
         return 0.0
 
@@ -456,8 +475,9 @@ def runs_sparse(module: nn.Module | None, param: Tensor) -> bool:
 
 
 @torch.no_grad()
-def conv_input_sizes(model: nn.Module, modules: list[nn.Module | None],
-                     input_shape: tuple[int, ...]) -> list[tuple[int, int] | None]:
+def conv_input_sizes(
+    model: nn.Module, modules: list[nn.Module | None], input_shape: tuple[int, ...]
+) -> list[tuple[int, int] | None]:
     """The spatial size (height, width) of the input each convolution of ``modules`` sees
     when ``model`` runs on a sample of ``input_shape`` (one sample's shape, without the
     batch), None for the other modules. One forward pass of a zero sample in eval mode: no
@@ -484,8 +504,14 @@ def conv_input_sizes(model: nn.Module, modules: list[nn.Module | None],
     return [seen.get(id(m)) if m is not None else None for m in modules]
 
 
-def choose_backends(backend: str, params: list[Tensor], modules: list[nn.Module | None], masks: list[Tensor],
-                    sparse_allowed: bool = True, input_sizes: list[tuple[int, int] | None] | None = None) -> list[str]:
+def choose_backends(
+    backend: str,
+    params: list[Tensor],
+    modules: list[nn.Module | None],
+    masks: list[Tensor],
+    sparse_allowed: bool = True,
+    input_sizes: list[tuple[int, int] | None] | None = None,
+) -> list[str]:
     """'sparse' or 'masked' for each masked tensor. `sparse_allowed`: whether the run's settings
     allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`). `input_sizes`: each
     convolution's input (height, width), which its crossover depends on (`conv_input_sizes`)."""

@@ -62,7 +62,7 @@ class SparsityConfig:
     backend: str = "auto"
 
     @classmethod
-    def reference(cls, **overrides) -> "SparsityConfig":
+    def reference(cls, **overrides) -> SparsityConfig:
         """The paper's reference implementation's semantics, overridable field by field.
 
         Defined once, as the `compat=reference` config group option (conf/compat/reference.yaml)."""
@@ -71,7 +71,7 @@ class SparsityConfig:
         fields = yaml.safe_load(REFERENCE_PRESET.read_text())
         return replace(cls(**fields), **overrides)
 
-    def validate(self) -> "SparsityConfig":
+    def validate(self) -> SparsityConfig:
         """Raise ValueError naming the field and its allowed values; return self."""
         from .backend import BACKENDS
         from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
@@ -117,16 +117,17 @@ class SparsityConfig:
         if self.global_pruning and self.compat and self.criterion == "grasp":
             # PAPER_SPEC §2.6: its global GraSP keeps S < tau on scores without the +inf of
             # inactive entries, switching inactive weights on; not reproduced.
-            raise ValueError("sparsity.criterion: 'grasp' with global_pruning has no compat variant; "
-                             "use compat=false")
+            raise ValueError("sparsity.criterion: 'grasp' with global_pruning has no compat variant; use compat=false")
         for name in self.overlap_with:
             if CRITERIA[name].needs_batch:
                 raise ValueError(f"sparsity.overlap_with: {name!r} scores on a batch of data; not supported")
         if self.global_pruning and CRITERIA[self.criterion].running:
             raise ValueError(f"sparsity.criterion: running criterion {self.criterion!r} has no global variant")
         if self.backend == "sparse" and self.mode != "dense" and self.sparse_unsupported_reason():
-            raise ValueError(f"sparsity.backend: 'sparse' cannot run with {self.sparse_unsupported_reason()}; "
-                             f"allowed here: ['masked', 'auto'] (auto then runs every layer masked)")
+            raise ValueError(
+                f"sparsity.backend: 'sparse' cannot run with {self.sparse_unsupported_reason()}; "
+                f"allowed here: ['masked', 'auto'] (auto then runs every layer masked)"
+            )
         return self
 
     def sparse_unsupported_reason(self) -> str | None:

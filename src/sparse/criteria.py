@@ -12,8 +12,8 @@ Adding a criterion is one function plus its `@register_criterion(...)` line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -8,9 +8,10 @@ would exceed 1 are made dense and eps is re-solved (PAPER_SPEC §4.2).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
+
 from ..registry import unknown
 
 INITS = ("erk", "er", "uniform")

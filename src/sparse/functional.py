@@ -18,12 +18,12 @@ import math
 import torch
 from torch import Tensor
 
+from ..registry import unknown
 from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, get_criterion
 from .density import sample_mask
 from .growth import GrowthRule, get_growth
 from .reference import set_legacy
 from .selection import flatten, select_highest, select_lowest, split_like
-from ..registry import unknown
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
 NORM_REDUCTIONS = ("sum", "max")
@@ -127,8 +127,10 @@ def prune_tensors(
             scores.append(normalize_scores(s, m, normalization, norm_reduction, policy=policy))
     if scope == "global":
         return policy.remove(crit, scores, weights, masks, eligible, counts, scope)
-    return [policy.remove(crit, [s], [w], [m], [e], q, scope)[0]
-            for s, w, m, e, q in zip(scores, weights, masks, eligible, counts)]
+    return [
+        policy.remove(crit, [s], [w], [m], [e], q, scope)[0]
+        for s, w, m, e, q in zip(scores, weights, masks, eligible, counts)
+    ]
 
 
 def prune(
@@ -255,4 +257,3 @@ def select_set(weight: Tensor, eligible: Tensor, q: int) -> Tensor:
     q_neg = min(q - q_pos, n_neg)
     q_pos = min(q - q_neg, n_pos)  # a shortfall of negatives is taken from the positives
     return select_lowest(weight, pos, q_pos) | select_highest(weight, neg, q_neg)
-

@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 
 
-def hessian_gradient(model: nn.Module, names: list[str], batch: tuple[Tensor, Tensor],
-                     temperature: float = 200.0) -> list[Tensor]:
+def hessian_gradient(
+    model: nn.Module, names: list[str], batch: tuple[Tensor, Tensor], temperature: float = 200.0
+) -> list[Tensor]:
     """H g for the parameters ``names`` of ``model`` on one ``(inputs, targets)`` batch."""
     net = copy.deepcopy(model)
     params = dict(net.named_parameters())
@@ -28,11 +29,14 @@ def hessian_gradient(model: nn.Module, names: list[str], batch: tuple[Tensor, Te
     with torch.enable_grad():
         out = net(inputs)
         if out.dim() != 2 or out.shape[1] < 2:
-            raise ValueError("criterion 'grasp': needs a multiclass model (logits of shape [batch, classes >= 2]), "
-                             f"got output shape {tuple(out.shape)}")
+            raise ValueError(
+                "criterion 'grasp': needs a multiclass model (logits of shape [batch, classes >= 2]), "
+                f"got output shape {tuple(out.shape)}"
+            )
         g = torch.autograd.grad(nn.functional.cross_entropy(out / temperature, targets), weights)
-        grad_f = torch.autograd.grad(nn.functional.cross_entropy(net(inputs) / temperature, targets), weights,
-                                     create_graph=True)
+        grad_f = torch.autograd.grad(
+            nn.functional.cross_entropy(net(inputs) / temperature, targets), weights, create_graph=True
+        )
         z = 0
         for a, b in zip(g, grad_f):
             z += (a * b).sum()

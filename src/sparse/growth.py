@@ -10,9 +10,8 @@ Adding a rule is one function plus its `@register_growth(...)` line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
-
 
 import torch
 from torch import Tensor

@@ -57,9 +57,12 @@ def cpu_info() -> dict:
                 model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    return {"model": model, "cpus": os.cpu_count(),
-            "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
-            "all_flags_sha1": hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12]}
+    return {
+        "model": model,
+        "cpus": os.cpu_count(),
+        "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
+        "all_flags_sha1": hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12],
+    }
 
 
 class TorchOps:
@@ -76,8 +79,7 @@ class TorchOps:
         return product.t()
 
     @staticmethod
-    def spmm(crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor,
-             rows: int) -> Tensor:
+    def spmm(crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor, rows: int) -> Tensor:
         if value_index is not None:
             values = values.index_select(0, value_index)
         matrix = torch.sparse_csr_tensor(crow, col, values, (rows, dense.shape[0]), check_invariants=False)
@@ -86,8 +88,13 @@ class TorchOps:
     @staticmethod
     def sampled(crow: Tensor, col: Tensor, left: Tensor, right: Tensor) -> Tensor:
         nnz = col.shape[0]
-        pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(nnz, dtype=left.dtype, device=left.device),
-                                          (left.shape[0], right.shape[0]), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            crow,
+            col,
+            torch.zeros(nnz, dtype=left.dtype, device=left.device),
+            (left.shape[0], right.shape[0]),
+            check_invariants=False,
+        )
         return torch.sparse.sampled_addmm(pattern, left, right.t(), beta=0.0).values()
 
 
@@ -120,21 +127,37 @@ class CompiledOps:
         getattr(self.lib, f"dst_transpose_{DTYPES[matrix.dtype]}")(*matrix.shape, matrix.data_ptr(), out.data_ptr())
         return out
 
-    def spmm(self, crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor,
-             rows: int) -> Tensor:
+    def spmm(
+        self, crow: Tensor, col: Tensor, values: Tensor, value_index: Tensor | None, dense: Tensor, rows: int
+    ) -> Tensor:
         dense = dense.contiguous()
         out = torch.empty(rows, dense.shape[1], dtype=dense.dtype)
         fn = getattr(self.lib, f"dst_spmm_{DTYPES[dense.dtype]}")
-        fn(rows, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
-           None if value_index is None else value_index.data_ptr(), dense.data_ptr(), dense.shape[1], out.data_ptr())
+        fn(
+            rows,
+            crow.data_ptr(),
+            col.data_ptr(),
+            values.data_ptr(),
+            None if value_index is None else value_index.data_ptr(),
+            dense.data_ptr(),
+            dense.shape[1],
+            out.data_ptr(),
+        )
         return out
 
     def sampled(self, crow: Tensor, col: Tensor, left: Tensor, right: Tensor) -> Tensor:
         left, right = left.contiguous(), right.contiguous()
         out = torch.empty(col.shape[0], dtype=left.dtype)
         fn = getattr(self.lib, f"dst_sampled_{DTYPES[left.dtype]}")
-        fn(left.shape[0], crow.data_ptr(), col.data_ptr(), left.data_ptr(), right.data_ptr(), left.shape[1],
-           out.data_ptr())
+        fn(
+            left.shape[0],
+            crow.data_ptr(),
+            col.data_ptr(),
+            left.data_ptr(),
+            right.data_ptr(),
+            left.shape[1],
+            out.data_ptr(),
+        )
         return out
 
 
@@ -192,8 +215,12 @@ def library() -> ctypes.CDLL | None:
         return _load(_build())
     except (OSError, subprocess.CalledProcessError, RuntimeError) as error:
         detail = getattr(error, "stderr", None) or str(error)
-        warnings.warn(f"compiled sparse kernels unavailable ({detail.strip().splitlines()[-1] if detail else error}); "
-                      "the sparse backend uses torch's kernels", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"compiled sparse kernels unavailable ({detail.strip().splitlines()[-1] if detail else error}); "
+            "the sparse backend uses torch's kernels",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
 
 
@@ -220,8 +247,7 @@ def _build() -> Path:
     # Built under a temporary name and renamed: processes building at once never load half a file.
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         built = Path(tmp) / path.name
-        subprocess.run([_compiler(), *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True,
-                       text=True)
+        subprocess.run([_compiler(), *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True, text=True)
         built.replace(path)
     return path
 

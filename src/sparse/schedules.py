@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+
 from ..registry import unknown
 
 SCHEDULES = ("cosine", "linear", "constant", "exponential_steps")

@@ -21,8 +21,8 @@ is chosen once here from `compat`.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -69,8 +69,9 @@ def masked_parameter_names(model: nn.Module, include=(), exclude=()) -> list[str
     if include:
         names = [n for n, p in model.named_parameters() if any(re.search(r, n) for r in include)]
     else:
-        names = [f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules()
-                 if isinstance(m, MASKABLE)]
+        names = [
+            f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules() if isinstance(m, MASKABLE)
+        ]
     return [n for n in names if not any(re.search(r, n) for r in exclude)]
 
 
@@ -100,19 +101,25 @@ class Sparsifier:
         # Masks are stored in the weights' dtype so one foreach multiply applies them all.
         self.masks = [torch.ones_like(p, memory_format=torch.preserve_format) for p in self.params]
         device = self.params[0].device if self.params else torch.device("cpu")
-        self._generators = {k: torch.Generator(device=device).manual_seed(seed * 1000 + k)
-                            for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)}
+        self._generators = {
+            k: torch.Generator(device=device).manual_seed(seed * 1000 + k) for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)
+        }
         self.policy = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
         self._criterion = get_criterion(config.criterion)
         self._growth = get_growth(config.growth)
         if self._criterion.needs_batch and config.mode == "dst" and batches is None:
-            raise ValueError(f"sparsity.criterion: {config.criterion!r} scores on a batch of data; "
-                             "the Sparsifier needs batches=<callable returning (inputs, targets)>")
+            raise ValueError(
+                f"sparsity.criterion: {config.criterion!r} scores on a batch of data; "
+                "the Sparsifier needs batches=<callable returning (inputs, targets)>"
+            )
         self._running: list[Tensor | None] = [None] * len(self.params)
         self._step_first = config.step_first()
         # Whether an update reads gradients (a sparse layer then forms its dense gradient).
-        self._reads_grad = self._criterion.needs_grad or self._growth.needs_grad or any(
-            get_criterion(c).needs_grad for c in config.overlap_with)
+        self._reads_grad = (
+            self._criterion.needs_grad
+            or self._growth.needs_grad
+            or any(get_criterion(c).needs_grad for c in config.overlap_with)
+        )
         # Every masked tensor runs masked until `prepare` picks the backend of each.
         self.backends = ["masked"] * len(self.params)
         self._execution = SparseExecution(optimizer, {})
@@ -120,15 +127,16 @@ class Sparsifier:
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
-    def prepare(self, input_shape: tuple[int, ...] | None = None) -> "Sparsifier":
+    def prepare(self, input_shape: tuple[int, ...] | None = None) -> Sparsifier:
         """Sample the initial masks (per-layer densities by `init`) and zero inactive weights.
         ``input_shape``: one sample's model input shape; under ``backend=auto`` it gives each
         convolution the input size its crossover depends on (`conv_input_sizes`)."""
         if self.config.mode == "dense":
             return self
         cfg = self.config
-        densities = layer_densities([p.shape for p in self.params], cfg.density, self.policy.init(cfg.init),
-                                    power_scale=cfg.erk_power_scale)
+        densities = layer_densities(
+            [p.shape for p in self.params], cfg.density, self.policy.init(cfg.init), power_scale=cfg.erk_power_scale
+        )
         for mask, param, d in zip(self.masks, self.params, densities):
             mask.copy_(self.policy.sample_mask(param.shape, d, generator=self._generators[_INIT], device=param.device))
         self._sync_masks()
@@ -221,9 +229,17 @@ class Sparsifier:
         for i, (param, old, new) in enumerate(zip(self.params, before, pruned)):
             rescale_weight(param, old, new, cfg.rescale, policy=self.policy)
             just_pruned = old & ~new
-            grown = grow(self._growth, param, param.grad, new, max(removed[i], 0),
-                         momentum=self._momentum(param), generator=self._generators[_GROW],
-                         exclude=just_pruned if cfg.exclude_just_pruned else None, policy=self.policy)
+            grown = grow(
+                self._growth,
+                param,
+                param.grad,
+                new,
+                max(removed[i], 0),
+                momentum=self._momentum(param),
+                generator=self._generators[_GROW],
+                exclude=just_pruned if cfg.exclude_just_pruned else None,
+                policy=self.policy,
+            )
             regrown = grown & ~new
             if cfg.regrow_init == "zero":
                 param.masked_fill_(regrown, 0)
@@ -268,13 +284,26 @@ class Sparsifier:
             if exclude:
                 eligible = [m if a < m.numel() else torch.zeros_like(m) for m, a in zip(masks, active)]
         else:
-            counts = [min(prune_count(rate, a), m.numel() - a) if exclude else prune_count(rate, a)
-                      for m, a in zip(masks, active)]
+            counts = [
+                min(prune_count(rate, a), m.numel() - a) if exclude else prune_count(rate, a)
+                for m, a in zip(masks, active)
+            ]
         return prune_tensors(
-            self._criterion, self.params, [p.grad for p in self.params], masks, counts,
-            scope="global" if cfg.global_pruning else "layer", eligible=eligible, policy=self.policy,
-            normalization=cfg.normalization, norm_reduction=cfg.norm_reduction, running=self._running,
-            hg=hg, gamma=cfg.gamma, generator=self._generators[_PRUNE])
+            self._criterion,
+            self.params,
+            [p.grad for p in self.params],
+            masks,
+            counts,
+            scope="global" if cfg.global_pruning else "layer",
+            eligible=eligible,
+            policy=self.policy,
+            normalization=cfg.normalization,
+            norm_reduction=cfg.norm_reduction,
+            running=self._running,
+            hg=hg,
+            gamma=cfg.gamma,
+            generator=self._generators[_PRUNE],
+        )
 
     def _momentum(self, param: Tensor) -> Tensor | None:
         """The growth signal of `momentum` growth: SGD's buffer or Adam's m / (sqrt(v) + 1e-8)."""
@@ -327,8 +356,17 @@ class Sparsifier:
         cfg = self.config
         given = None if pruned is None else {"run": [m & ~p for m, p in zip(masks, pruned)]}
         return criteria_overlap(
-            criteria, self.names, self.params, [p.grad for p in self.params], masks, rate, counts=counts,
-            given=given, policy=self.policy, gamma=cfg.gamma, generator=self._generators[_ANALYSIS],
+            criteria,
+            self.names,
+            self.params,
+            [p.grad for p in self.params],
+            masks,
+            rate,
+            counts=counts,
+            given=given,
+            policy=self.policy,
+            gamma=cfg.gamma,
+            generator=self._generators[_ANALYSIS],
         )
 
     # ------------------------------------------------------------------ state

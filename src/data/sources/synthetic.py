@@ -8,8 +8,8 @@ few dozen SGD steps. The content depends only on ``data_seed`` (not on the split
 
 from __future__ import annotations
 
-import math
 import inspect
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,10 +32,12 @@ class Synthetic(DatasetSource):
     """Gaussian class clusters held in memory as float32 (no files, no normalisation)."""
 
     def describe(self, **options) -> DatasetInfo:
-        given = {k: p.default for k, p in inspect.signature(self.load).parameters.items()
-                 if p.default is not p.empty} | options
-        return DatasetInfo(tuple(given["input_shape"]), 1 if given["binary"] else given["num_classes"],
-                           given["num_train"])
+        given = {
+            k: p.default for k, p in inspect.signature(self.load).parameters.items() if p.default is not p.empty
+        } | options
+        return DatasetInfo(
+            tuple(given["input_shape"]), 1 if given["binary"] else given["num_classes"], given["num_train"]
+        )
 
     def load(
         self,
