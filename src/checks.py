@@ -137,9 +137,8 @@ def model_fits_data(cfg: RunConfig) -> None:
     classes, naming both shapes and what fits. Where the dataset's input shape differs from
     the model's registered one, a shape-only forward pass on the meta device decides (the
     first costs seconds: torch imports its meta kernels)."""
-    from . import data, models  # torch: the checks stay importable without it (--help)
-
-    DATASETS, MODELS = data.DATASETS, models.MODELS
+    from .data import DATASETS  # torch: the checks stay importable without it (--help)
+    from .models import MODELS  # (as above)
 
     model, data = cfg.model.name, cfg.data.name
     info = DATASETS[data].describe(**cfg.data.kwargs)
