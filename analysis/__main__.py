@@ -95,9 +95,9 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
             else:
                 os.environ[k] = v
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    nbformat.write(notebook, tmp)
-    os.replace(tmp, out)
+    from src.records import atomic_write_text
+
+    atomic_write_text(out, nbformat.writes(notebook))
     return out
 
 

@@ -226,13 +226,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sweep_dir = _sweep_dir(argv, jobs)
     if sweep_dir is not None:  # the launchers and `status` read it
-        write_plan(sweep_dir, jobs, overrides)
+        try:
+            write_plan(sweep_dir, jobs, overrides)
+        except OSError as error:  # (a full disk: each file is written whole or not at all)
+            print(
+                f"error: could not save the launch's plan in {sweep_dir}: {error}; no run was started", file=sys.stderr
+            )
+            return 2
     if multirun:
         given = any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv)
         where = [] if given or sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir}"]
         try:  # Hydra's sweep and launcher plugin, which run the planned jobs
             _hydra_entry(["-m", *overrides, *where])
         except SystemExit as exit_:
+            if isinstance(exit_.code, str):  # a launch refused before any job (`error: ...`)
+                print(exit_.code, file=sys.stderr)
+                return 2
             if exit_.code not in (0, None):
                 print(f"hydra exited with {exit_.code}", file=sys.stderr)
         if detach:

@@ -13,6 +13,8 @@ signal, and the task then exits non-zero (by `runstate.exit_code`, as every laun
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -25,7 +27,7 @@ from pathlib import Path
 from .records import atomic_write_text, open_run_file
 from .runstate import classify, exit_code, finished_status, record_death
 
-SUBMISSION = "submission.json"
+SUBMISSION, SUBMISSION_LOCK = "submission.json", ".submission.lock"
 
 
 @dataclass
@@ -151,6 +153,22 @@ def _send(pid: int, sig) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+@contextlib.contextmanager
+def submission_lock(directory: Path):
+    """Held by a SLURM launch from reading which of the sweep's runs are queued to writing its
+    own submission record: an exclusive flock on `<directory>/.submission.lock` (the folder of
+    the sweep's launch directories, whose submission records say what is queued), so that two
+    launches of one sweep at the same moment never submit a run twice. The second waits, then
+    finds the first's jobs in the queue."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = open_run_file(Path(directory) / SUBMISSION_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def write_submission(

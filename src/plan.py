@@ -26,12 +26,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS
-from .records import RESULT, atomic_write_text, config_hash
+from .planfile import PLAN, PLAN_CONFIGS, PlanDamaged, read_plan, read_plan_configs  # noqa: F401  (the API)
+from .records import RESULT, atomic_write_text, config_hash, run_dir_link
 from .runstate import finished_status
 
 REPO = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
-PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -94,6 +94,10 @@ def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False)
     from .checks import check_plan
 
     jobs = expand(overrides, check_data=check_data, detach=detach)
+    for job in jobs:  # before anything is made or written there
+        link = run_dir_link(job.run_dir, sweep_dir=True)
+        if link:
+            raise ValueError(f"{link} (a run and its sweep directory are written only where they are)")
     check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
     for job in jobs:
         if (job.run_dir / RESULT).exists():
@@ -446,23 +450,47 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
             for i, j in enumerate(jobs)
         ],
     }
-    atomic_write_text(sweep_dir / PLAN, json.dumps(record))
+    try:  # the two files stand together: plan.json names the configs' hashes
+        atomic_write_text(sweep_dir / PLAN, json.dumps(record))
+    except BaseException:
+        (sweep_dir / PLAN_CONFIGS).unlink(missing_ok=True)
+        raise
     return sweep_dir / PLAN
-
-
-def read_plan(sweep_dir: Path) -> dict:
-    """A launch's saved plan (`write_plan`), without the configs."""
-    return json.loads((Path(sweep_dir) / PLAN).read_text())
 
 
 def planned_jobs(sweep_dir: Path) -> dict[tuple[str, ...], Job]:
     """The jobs of a saved plan with their configs, by the overrides Hydra's sweeper gives
-    the launcher: what the launchers run."""
+    the launcher: what the launchers run. Each config is checked against its run's identity
+    hash before anything runs (`planfile.read_plan_configs`: `PlanDamaged` naming the file)."""
     record = read_plan(sweep_dir)
-    with open(Path(sweep_dir) / PLAN_CONFIGS) as f:
-        configs = [json.loads(line) for line in f]
+    configs = read_plan_configs(sweep_dir, record)
     jobs = [
-        Job(r["overrides"], RunConfig.from_dict(c), Path(r["run_dir"]), r["finished"], r["cell"], r["config_hash"])
-        for r, c in zip(record["runs"], configs, strict=True)
+        Job(
+            r["overrides"],
+            RunConfig.from_dict(c),
+            Path(r["run_dir"]),
+            r.get("finished"),
+            r["cell"],
+            r["config_hash"],
+            c,
+        )
+        for r, c in zip(record["runs"], configs)
     ]
     return {job.key: job for job in jobs}
+
+
+def launch_plan(sweep_dir: Path) -> dict[tuple[str, ...], Job] | None:
+    """The planned jobs a launcher runs: the plan this launch saved in its sweep dir
+    (`planned_jobs`), or None when there is none of this launch's (a launch that did not go
+    through `src.launch`'s planning, or a sweep dir that holds an earlier launch's plan: the
+    launcher then composes each job itself). A damaged plan of this launch ends the launch,
+    before any job starts, with one line (`SystemExit`)."""
+    if not (Path(sweep_dir) / PLAN).exists():
+        return None
+    try:
+        record = read_plan(sweep_dir)
+        if (record.get("host"), record.get("pid")) != (socket.gethostname(), os.getpid()):
+            return None
+        return planned_jobs(sweep_dir)
+    except PlanDamaged as error:
+        raise SystemExit(f"error: {error}") from None

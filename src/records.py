@@ -254,7 +254,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_run_file(self.path, os.O_RDWR | os.O_CREAT)
+            fd = _open_in_directory(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 _flock_exclusive(fd)
             except BlockingIOError:
@@ -270,6 +270,27 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # releases the lock; the file stays (unlinking it would race)
             self._fd = None
+
+
+def _open_in_directory(path: Path, flags: int) -> int:
+    """`open_run_file` of ``path`` inside its directory opened without following a link: a
+    run directory that is (or became) a symbolic link is refused with `LinkRefused`."""
+    try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path.parent):
+            raise LinkRefused(errno.ELOOP, run_dir_link(path.parent)) from None
+        raise
+    try:
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=directory)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LinkRefused(
+                errno.ELOOP, f"refusing to write through a symbolic link: {path} -> {os.readlink(path)}"
+            ) from None
+        raise
+    finally:
+        os.close(directory)
 
 
 def _flock_exclusive(fd: int, tries: int = 100) -> None:
@@ -325,29 +346,59 @@ class RunDirConflict(ValueError):
 
 
 def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
-    """Why ``run_dir`` cannot take the run of ``config`` (it holds another experiment's
-    records: both hashes and the differing fields), or None. Reads only: a refused directory
-    is left as it was."""
+    """Why ``run_dir`` cannot take the run of ``config``, or None: it is a symbolic link
+    (`run_dir_link`), or one of its records (config.json, and the config that result.json
+    was written for: a result copied from another run) is another experiment's (both hashes
+    and the differing fields). Reads only: a refused directory is left as it was."""
     from .config import run_identity
 
-    existing = recorded_config(run_dir)
-    if existing is None:
-        return None
-    old, new = run_identity(existing), run_identity(config)
-    if old == new:
-        return None
-    a, b = _flat(old), _flat(new)
-    diff = [
-        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
-    ]
-    return (
-        f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
-        f"this run's is {config_hash(new)}); differing fields:\n  "
-        + "\n  ".join(diff)
-        + "\n(use another run directory, or --force to delete those records and start over)"
-    )
+    link = run_dir_link(run_dir)
+    if link:
+        return link
+    new = run_identity(config)
+    for name, existing in _recorded_configs(run_dir):
+        old = run_identity(existing)
+        if old == new:
+            continue
+        a, b = _flat(old), _flat(new)
+        diff = [
+            f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+        ]
+        return (
+            f"{Path(run_dir) / name} holds the records of another experiment (config hash {config_hash(old)}, "
+            f"this run's is {config_hash(new)}); differing fields:\n  "
+            + "\n  ".join(diff)
+            + "\n(use another run directory, or --force to delete those records and start over)"
+        )
+    return None
+
+
+def _recorded_configs(run_dir: Path) -> list[tuple[str, dict]]:
+    """(file name, config) of each record in ``run_dir`` that names the config it was written
+    for: config.json, and result.json's copy."""
+    found = []
+    for name in (CONFIG, RESULT):
+        try:
+            content = json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        config = content.get("config") if name == RESULT and isinstance(content, dict) else content
+        if isinstance(config, dict) and config:
+            found.append((name, config))
+    return found
+
+
+def run_dir_link(run_dir: Path, *, sweep_dir: bool = False) -> str | None:
+    """Why ``run_dir`` is refused as a place to write, or None: it is a symbolic link (and,
+    with ``sweep_dir``, so is its parent, `runs_root/name`). A run creates and writes into
+    its own directory; through a link it would truncate and replace another place's files.
+    (Links further up, such as runs_root itself, are the user's own choice of place.)"""
+    for path in (Path(run_dir), Path(run_dir).parent) if sweep_dir else (Path(run_dir),):
+        if os.path.islink(path):
+            return f"refusing a directory that is a symbolic link: {path} -> {os.readlink(path)}"
+    return None
 
 
 def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
@@ -356,6 +407,9 @@ def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
     unless ``force``, which deletes them and starts over. Also removes the temporary files of
     a killed run. (Call with the run's lock held.)"""
     run_dir = Path(run_dir)
+    link = run_dir_link(run_dir)
+    if link:  # never deleted through, --force or not
+        raise LinkRefused(errno.ELOOP, link)
     conflict = run_dir_conflict(run_dir, config)
     if conflict and not force:
         raise RunDirConflict(conflict)

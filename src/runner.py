@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .config import RunConfig
-from .records import RunLocked
+from .records import RunLocked, run_dir_conflict
 from .runstate import exit_code
 
 
@@ -26,7 +26,14 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None = Non
     launcher finished it meanwhile."""
     from .runinfo import LOG, tee_output
 
-    with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    # Refused before the log is opened, so that the directory is left byte-identical: a link,
+    # or records (config.json, result.json) of another experiment.
+    refused = run_dir_conflict(run_dir, run_cfg.to_dict()) if main_rank else None
+    if refused:
+        print(f"error: {refused}", file=sys.stderr, flush=True)
+        return {"status": "damaged", "run_dir": str(run_dir), "error": refused}
+    with tee_output(run_dir / LOG, enabled=main_rank):
         return _run(run_cfg, run_dir, stop)
 
 
@@ -91,7 +98,7 @@ def run_config_file(config_file: Path, run_dir: Path) -> int:
     """`python -m src.launch --run-config FILE --run-dir DIR`: run a resolved run config (a
     local launcher's job); its exit status by `runstate.exit_code`."""
     result = run_one(RunConfig.from_dict(json.loads(Path(config_file).read_text())), Path(run_dir))
-    return exit_code([result["status"]])
+    return 2 if "error" in result and result["status"] == "damaged" else exit_code([result["status"]])
 
 
 def preload() -> None:

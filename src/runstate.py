@@ -13,8 +13,9 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
     interrupted  result.json says so (checkpointed; a launch resumes it)
     stale        no lock holder and no result of this attempt: killed (or its node died)
     missing      nothing on disk, and nothing will run it (no launch alive, not queued)
-    damaged      records that are not this run's: an unreadable result.json, or the records of
-                 another experiment (its config hash is not the directory's identity)
+    damaged      records that are not this run's: an unreadable result.json, the records of
+                 another experiment (its config hash is not the directory's identity), or a
+                 symbolic link where its directory, a file of it or its job log should be
 
 Liveness comes from the lock first (`records.lock_probe`, a shared probe that writes
 nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
@@ -32,8 +33,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
-from .runinfo import HEARTBEAT, process_alive
+from .records import (
+    CHECKPOINT,
+    CONFIG,
+    FINISHED,
+    LOCK,
+    METRICS,
+    MODEL_FINAL,
+    NO_FLOCK,
+    RESULT,
+    STATUSES,
+    config_hash,
+    lock_probe,
+    read_result,
+)
+from .runinfo import HEARTBEAT, LOG, process_alive
 
 STATES = (
     "planned",
@@ -154,6 +168,41 @@ def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
     return result["status"]
 
 
+RUN_FILES = frozenset((LOCK, LOG, CONFIG, METRICS, RESULT, HEARTBEAT, CHECKPOINT, MODEL_FINAL))
+
+
+def refused_link(run_dir, job_log=None) -> str | None:
+    """What a run refuses to write through, and where, or None: its directory or the sweep
+    directory above it (`runs_root/name`) is a symbolic link, or one of its files is
+    (`RUN_FILES`), or its launcher's output file `job_log` is. Such a run cannot start (or
+    its records cannot be trusted) until the link is removed. (lstat and one directory
+    listing: no file is opened.)"""
+    run_dir = os.fspath(run_dir)
+
+    def refused(path: str, what: str) -> str:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (
+            f"refused a symbolic link: {what} {path} -> {target} (the run writes only its own files: remove the link)"
+        )
+
+    for path, what in ((run_dir, "its run directory"), (os.path.dirname(run_dir), "its sweep directory")):
+        if os.path.islink(path):
+            return refused(path, what)
+    try:
+        with os.scandir(run_dir) as entries:
+            links = sorted(e.name for e in entries if e.name in RUN_FILES and e.is_symlink())
+    except OSError:
+        links = []
+    if links:
+        return refused(os.path.join(run_dir, links[0]), "its file")
+    if job_log is not None and os.path.islink(job_log):
+        return refused(os.fspath(job_log), "its job log")
+    return None
+
+
 def heartbeat_of(run_dir: Path) -> dict | None:
     beat = read_json(Path(run_dir) / HEARTBEAT)
     return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
@@ -172,8 +221,9 @@ def state(
     now: float | None = None,
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
+    link: str | None = None,
 ) -> RunState:
-    """The state of one run from what is known of it: `lock` (`records.lock_probe`: holder,
+    """The state of one run from what is known of it: `link` (`refused_link`), `lock` (`records.lock_probe`: holder,
     FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
     result.json was written), whether the
     launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
@@ -193,6 +243,8 @@ def state(
         if skew
         else ""
     )
+    if link and not lock:  # what it refused to write through, and where
+        return _with(row, "damaged", link)
     if isinstance(result, str):  # result.json that is not JSON
         if not lock:
             return _with(row, "damaged", f"unreadable result.json: {result}")
@@ -273,8 +325,10 @@ def classify(
     now: float | None = None,
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
+    job_log: Path | None = None,
 ) -> RunState:
-    """`state` from the run directory's files, its lock probed (read-only)."""
+    """`state` from the run directory's files, its lock probed (read-only); `job_log`: its
+    launcher's output file, when known."""
     run_dir = Path(run_dir)
     try:
         result_time = (run_dir / RESULT).stat().st_mtime
@@ -292,6 +346,7 @@ def classify(
         now=now,
         stale_after=stale_after,
         expected=expected,
+        link=refused_link(run_dir, job_log),
     )
 
 

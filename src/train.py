@@ -35,6 +35,7 @@ from .data import build_dataset, make_loaders
 from .models import build_model, model_info
 from .records import (
     CHECKPOINT,
+    LinkRefused,
     RunDirConflict,
     RunLock,
     RunLocked,
@@ -47,6 +48,7 @@ from .records import (
     read_finished_result,
     read_metrics,
     run_dir_conflict,
+    run_dir_link,
 )
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
@@ -851,14 +853,15 @@ def main(argv: list[str] | None = None) -> int:
         hint = unknown_field_message(key) if key and "." in key and isinstance(error, ConfigKeyError) else None
         print(f"error: {hint or (key + ': ' if key else '') + str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    conflict = None if force else run_dir_conflict(Path(run_dir), cfg.to_dict())
-    if conflict:  # before the log is opened: a refused directory is left byte-identical
+    # before the log is opened: a refused directory (a link, another experiment's records) is left byte-identical
+    conflict = run_dir_link(Path(run_dir)) or (None if force else run_dir_conflict(Path(run_dir), cfg.to_dict()))
+    if conflict:
         print(f"error: {conflict}", file=sys.stderr)
         return 2
     try:
         with tee_output(Path(run_dir) / LOG), StopOnSignal() as stop:
             result = train(cfg, run_dir, should_stop=stop, force=force)
-    except (RunDirConflict, RunLocked) as error:
+    except (RunDirConflict, RunLocked, LinkRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -77,12 +77,12 @@ class LocalPoolLauncher(Launcher):
             f"{self.threads_per_job} thread(s) each"
         )
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        from src.plan import PLAN, planned_jobs
+        from src.plan import launch_plan
         from src.status import SweepProgress
 
         # the launch's saved plan; a launch that did not go through `src.launch` (Hydra flags
         # such as --config-dir) has none: each job is composed then (`_compose`)
-        self.plan = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
+        self.plan = launch_plan(sweep_dir)
 
         self.progress = SweepProgress(len(jobs), self.max_workers)
         previous = {}
