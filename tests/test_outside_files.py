@@ -163,6 +163,25 @@ def test_a_plan_edited_after_its_launch_never_runs_another_config_in_a_run_direc
     no_traceback(again)
 
 
+def test_each_planned_config_is_checked_against_its_runs_identity_hash_before_it_runs(tmp_path):
+    """What the launchers read (`launch_plan`): a config edited on disk between the plan's
+    saving and its reading is refused, naming the file and line, before any job starts."""
+    from src.plan import PlanDamaged, launch_plan, planned_jobs, write_plan
+
+    overrides = [*SMOKE, "criterion=magnitude,snip", f"runs_root={tmp_path / 'runs'}", "name=p"]
+    jobs = expand(overrides, check_data=False)
+    sweep_dir = tmp_path / "sweep"
+    write_plan(sweep_dir, jobs, overrides)
+    assert [j.config.sparsity.criterion for j in planned_jobs(sweep_dir).values()] == ["magnitude", "snip"]
+    configs = sweep_dir / "plan-configs.jsonl"
+    first, second = configs.read_text().splitlines()
+    configs.write_text(first.replace('"magnitude"', '"snip"') + "\n" + second + "\n")
+    with pytest.raises(PlanDamaged, match=f"damaged plan {configs}:1: .*identity hash"):
+        planned_jobs(sweep_dir)
+    with pytest.raises(SystemExit, match=f"^error: damaged plan {configs}:1"):
+        launch_plan(sweep_dir)
+
+
 @pytest.mark.slow
 def test_a_truncated_plan_never_blocks_status_of_the_other_launches(tmp_path):
     overrides = ["-m", *SMOKE, "optim.lr=0.05,0.01", f"runs_root={tmp_path}", "name=cut"]
