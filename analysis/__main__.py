@@ -95,7 +95,7 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
             else:
                 os.environ[k] = v
     out.parent.mkdir(parents=True, exist_ok=True)
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     atomic_write_text(out, nbformat.writes(notebook))
     return out

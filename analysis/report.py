@@ -114,7 +114,7 @@ class _Output:
     def close(self) -> None:
         if self.key:
             self.keys_path.parent.mkdir(parents=True, exist_ok=True)
-            from src.records import atomic_write_text
+            from src.rundir import atomic_write_text
 
             atomic_write_text(self.keys_path, json.dumps(self.keys, sort_keys=True))
 

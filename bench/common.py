@@ -49,7 +49,7 @@ def write_result(name: str, payload: dict) -> Path:
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2))
     return path

@@ -181,7 +181,7 @@ def main(update_table: bool = True, torch_kernels: bool = False) -> None:
         }
         tables = json.loads(CROSSOVER_TABLE.read_text()).get("tables", []) if CROSSOVER_TABLE.exists() else []
         tables = [t for t in tables if not (t.get("kernels") == ops and _same_cpu(t.get("cpu"), cpu))]
-        from src.records import atomic_write_text
+        from src.rundir import atomic_write_text
 
         atomic_write_text(CROSSOVER_TABLE, json.dumps({"tables": [table, *tables]}, indent=1))
         print(f"wrote {CROSSOVER_TABLE}")

@@ -200,7 +200,7 @@ def one(args) -> int:
         epochs=args.epochs,
         seconds=time.time() - started,
     )
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     atomic_write_text(run_dir / "result.json", json.dumps(out, indent=1))
     return 0
@@ -233,7 +233,7 @@ def prepare_reference(out: Path) -> tuple[Path, dict]:
                 continue
             source = location / stem if (location / stem).exists() else location / f"{stem}.gz"
             opener = gzip.open if source.suffix == ".gz" else open
-            from src.records import atomic_write
+            from src.rundir import atomic_write
 
             with opener(source, "rb") as f:
                 atomic_write(raw / stem, f.read(), durable=False)
@@ -391,7 +391,7 @@ def write_table(out: Path) -> str:
             + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}")
         )
     text = "Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n" + "\n".join(lines) + "\n"
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     atomic_write_text(out / "table.md", text)
     return text

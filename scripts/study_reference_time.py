@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         "study_run_hours_reference_projected": reference_total / 3600,
     }
     out = args.results / "reference_time.json"
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     atomic_write_text(out, json.dumps({"summary": summary, "pairs": pairs}, indent=1))
     print(

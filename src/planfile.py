@@ -45,8 +45,7 @@ def read_plan_configs(sweep_dir: Path, record: dict) -> list[dict]:
     """The resolved config of each run of `record` (`read_plan`), each checked against the
     identity hash the plan names for its run and its directory's name; `PlanDamaged` naming
     the file and line of the first that is missing, cut short or another run's."""
-    from .config import run_identity
-    from .records import config_hash
+    from .rundir import identity_hash
 
     path = Path(sweep_dir) / PLAN_CONFIGS
     try:
@@ -60,7 +59,7 @@ def read_plan_configs(sweep_dir: Path, record: dict) -> list[dict]:
     for number, (run, line) in enumerate(zip(runs, lines), 1):
         try:
             config = json.loads(line)
-            identity = config_hash(run_identity(config))
+            identity = identity_hash(config)
         except (ValueError, TypeError, AttributeError, KeyError) as error:
             raise PlanDamaged(f"damaged plan {path}:{number}: {type(error).__name__}: {error}") from None
         name = Path(run["run_dir"]).name

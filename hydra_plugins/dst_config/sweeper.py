@@ -60,7 +60,7 @@ def save_multirun_yaml(config: DictConfig, sweep_dir: Path) -> None:
     """Hydra's record of the launch, `<sweep dir>/multirun.yaml`, written whole or not at all
     (`atomic_write`: never through a link planted at that name). A failure (a full disk) ends
     the launch before any job starts, with one line (`SystemExit`, which `src.launch` prints)."""
-    from src.records import atomic_write_text
+    from src.rundir import atomic_write_text
 
     path = sweep_dir / "multirun.yaml"
     try:
