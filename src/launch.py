@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from .config_groups import REGISTRY_GROUPS, registry_names
 from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
-from .rundir import classify, exit_code, finished_status
+from .rundir import classify, exit_code, finished_status, run_dir_link
 from .runner import die_with_launcher, run_config_file, run_one
 
 
@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sweep_dir = _sweep_dir(argv, jobs)
     if sweep_dir is not None:  # the launchers and `status` read it
+        link = run_dir_link(sweep_dir)  # (the plan, multirun.yaml and the job logs go there)
+        if link:
+            print(f"error: {link} (hydra.sweep.dir); no run was started", file=sys.stderr)
+            return 2
         try:
             write_plan(sweep_dir, jobs, overrides)
         except OSError as error:  # (a full disk: each file is written whole or not at all)

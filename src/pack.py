@@ -24,7 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rundir import atomic_write_text, classify, exit_code, finished_status, open_run_file, record_death
+from .rundir import (
+    atomic_write_text,
+    classify,
+    exit_code,
+    finished_status,
+    open_in_directory,
+    open_run_file,
+    record_death,
+)
 
 SUBMISSION, SUBMISSION_LOCK = "submission.json", ".submission.lock"
 
@@ -134,7 +142,8 @@ def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: 
         torch.set_num_threads(threads)
     job_dir = Path(sweep_dir) / str(run.idx)
     job_dir.mkdir(parents=True, exist_ok=True)
-    log = open_run_file(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    # (the job's directory opened without following a link, the log inside it never through one)
+    log = open_in_directory(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     cfg = RunConfig.from_dict(run.config)

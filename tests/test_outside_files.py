@@ -92,6 +92,34 @@ def test_a_run_or_sweep_directory_that_is_a_link_is_refused_naming_it(tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("link", ["launch dir", "job dir"])
+def test_the_launchs_own_directories_are_never_written_through_a_link(tmp_path, link):
+    """The launch's sweep dir (`hydra.sweep.dir`: its plan, multirun.yaml, job logs) and a
+    job's directory in it (`<sweep dir>/0`: its config.json and job.log)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("config.json", "job.log", "plan.json", "multirun.yaml"):
+        (elsewhere / name).write_text("the user's own file\n")
+    before = snapshot(elsewhere)
+    sweep_dir = tmp_path / "sweep"
+    if link == "launch dir":
+        sweep_dir.symlink_to(elsewhere)
+        named = sweep_dir
+    else:
+        sweep_dir.mkdir()
+        (sweep_dir / "0").symlink_to(elsewhere)
+        named = sweep_dir / "0"
+    out = cli("-m", *SMOKE, f"runs_root={tmp_path / 'runs'}", "name=j", f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "symbolic link" in out.stderr and str(named) in out.stderr, out.stderr
+    no_traceback(out)
+    assert snapshot(elsewhere) == before
+    if link == "job dir":
+        shown = cli("status", str(sweep_dir))
+        assert "symbolic link" in shown.stdout and str(named) in shown.stdout, shown.stdout + shown.stderr
+
+
+@pytest.mark.slow
 def test_hydras_multirun_yaml_is_never_written_through_a_link(tmp_path):
     victim = tmp_path / "victim.yaml"
     victim.write_text("keep\n")

@@ -42,7 +42,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from src.execute.environment import available_cpus
-from src.rundir import atomic_write, finished_status, record_death
+from src.rundir import atomic_write, finished_status, record_death, run_dir_link
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,12 @@ class LocalPoolLauncher(Launcher):
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
             return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
+        link = run_dir_link(job_dir)  # never written through: `status` names it
+        if link:
+            print(f"error: job #{idx}: {link}", file=sys.stderr, flush=True)
+            ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "damaged"}
+            self.progress.skipped()
+            return ret, None
         config = job.config.to_dict()
         config["train"].update(threads=self.threads_per_job, progress=False)
         # (never through a planted link: `atomic_write`, and the child opens job.log with O_NOFOLLOW)

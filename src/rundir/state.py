@@ -231,6 +231,8 @@ def refused_link(run_dir, job_log=None) -> str | None:
         links = []
     if links:
         return refused(os.path.join(run_dir, links[0]), "its file")
+    if job_log is not None and os.path.islink(os.path.dirname(job_log)):
+        return refused(os.path.dirname(job_log), "its job's directory")
     if job_log is not None and os.path.islink(job_log):
         return refused(os.fspath(job_log), "its job log")
     return None
