@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from src.rundir import atomic_write_text
+
 from . import cells, claims, grid, overlap, tables
 from . import columns as C
 from .completeness import completeness
@@ -114,8 +116,6 @@ class _Output:
     def close(self) -> None:
         if self.key:
             self.keys_path.parent.mkdir(parents=True, exist_ok=True)
-            from src.rundir import atomic_write_text
-
             atomic_write_text(self.keys_path, json.dumps(self.keys, sort_keys=True))
 
 

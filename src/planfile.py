@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .rundir import identity_hash
+
 PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 
 
@@ -45,8 +47,6 @@ def read_plan_configs(sweep_dir: Path, record: dict) -> list[dict]:
     """The resolved config of each run of `record` (`read_plan`), each checked against the
     identity hash the plan names for its run and its directory's name; `PlanDamaged` naming
     the file and line of the first that is missing, cut short or another run's."""
-    from .rundir import identity_hash
-
     path = Path(sweep_dir) / PLAN_CONFIGS
     try:
         lines = path.read_text().splitlines()

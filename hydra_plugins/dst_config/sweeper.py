@@ -19,6 +19,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from src.plan import sweep_combinations
+from src.rundir import atomic_write_text
+
 
 @dataclass
 class PlannedSweeperConf:
@@ -43,8 +46,6 @@ class PlannedSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from src.plan import sweep_combinations
-
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = sweep_combinations(parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments))
@@ -60,8 +61,6 @@ def save_multirun_yaml(config: DictConfig, sweep_dir: Path) -> None:
     """Hydra's record of the launch, `<sweep dir>/multirun.yaml`, written whole or not at all
     (`atomic_write`: never through a link planted at that name). A failure (a full disk) ends
     the launch before any job starts, with one line (`SystemExit`, which `src.launch` prints)."""
-    from src.rundir import atomic_write_text
-
     path = sweep_dir / "multirun.yaml"
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import submitit
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from src.checks import validated
 from src.execute.slurm_queue import still_queued
+from src.pack import Pack, PackedRun, submission_lock, write_submission
+from src.plan import Job, job_of, launch_plan
 from src.rundir import finished_status
 
 log = logging.getLogger(__name__)
@@ -57,9 +61,6 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.pack import Pack, PackedRun, submission_lock, write_submission
-        from src.plan import Job, job_of, launch_plan
-
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ class PackedSlurmLauncher(SlurmLauncher):
                     run_cfg, run_dir = job_of(
                         self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                     )
-                    job = Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
+                    job = Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
                 runs.append(
                     PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()), job.config.to_dict())
                 )
@@ -137,8 +138,6 @@ class PackedSlurmLauncher(SlurmLauncher):
 
     def _executor(self):
         """The submitit executor, with the parameters mapped as hydra-submitit-launcher does."""
-        import submitit
-
         init_keys = {"submitit_folder", "max_num_timeout"}
         executor = submitit.AutoExecutor(
             folder=self.params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=self.params["max_num_timeout"]
