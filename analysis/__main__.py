@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from src.rundir import atomic_write_text
+
 from . import columns as C
 from .verdict import ALTERNATIVES, MIN_SEEDS
 
@@ -89,9 +91,7 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
             else:
                 os.environ[k] = v
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    nbformat.write(notebook, tmp)
-    os.replace(tmp, out)
+    atomic_write_text(out, nbformat.writes(notebook))
     return out
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.rundir import CONFIG, METRICS, RESULT, STATUSES, cell_identity, config_hash, metrics_damage
+from src.rundir import CONFIG, METRICS, RESULT, STATUSES, atomic_write, cell_identity, config_hash, metrics_damage
 
 from . import columns as C
 from .grid import variant_labels
@@ -348,14 +348,9 @@ def _write_cache(path: Path, table: pa.Table, fingerprint: str) -> None:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     data = sink.getvalue().to_pybytes()
-    try:
+    try:  # (temporary files with unpredictable names, never written through a planted link)
         for target, content in ((path, data), (_checksum_path(path), hashlib.sha256(data).hexdigest().encode())):
-            tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            try:
-                tmp.write_bytes(content)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            atomic_write(target, content, durable=False)
     except OSError as e:  # a read-only sweep directory still loads, just without a cache
         warnings.warn(f"could not write the analysis cache {path}: {e}", stacklevel=3)
 

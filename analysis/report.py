@@ -14,7 +14,6 @@ import hashlib
 import html
 import importlib
 import json
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from src.rundir import atomic_write_text
 
 from . import cells, claims, grid, overlap, tables
 from . import columns as C
@@ -115,9 +116,7 @@ class _Output:
     def close(self) -> None:
         if self.key:
             self.keys_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.keys_path.with_name(f".keys.json.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(self.keys, sort_keys=True))
-            os.replace(tmp, self.keys_path)
+            atomic_write_text(self.keys_path, json.dumps(self.keys, sort_keys=True))
 
 
 def _inputs_key(runs: pd.DataFrame, opt: Options) -> str:

@@ -49,7 +49,7 @@ def write_result(name: str, payload: dict) -> Path:
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    from src.rundir import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2))
     return path

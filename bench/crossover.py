@@ -181,9 +181,9 @@ def main(update_table: bool = True, torch_kernels: bool = False) -> None:
         }
         tables = json.loads(CROSSOVER_TABLE.read_text()).get("tables", []) if CROSSOVER_TABLE.exists() else []
         tables = [t for t in tables if not (t.get("kernels") == ops and _same_cpu(t.get("cpu"), cpu))]
-        tmp = CROSSOVER_TABLE.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"tables": [table, *tables]}, indent=1))
-        tmp.replace(CROSSOVER_TABLE)
+        from src.rundir import atomic_write_text
+
+        atomic_write_text(CROSSOVER_TABLE, json.dumps({"tables": [table, *tables]}, indent=1))
         print(f"wrote {CROSSOVER_TABLE}")
 
 

@@ -35,6 +35,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,9 +200,9 @@ def one(args) -> int:
         epochs=args.epochs,
         seconds=time.time() - started,
     )
-    tmp = run_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(run_dir / "result.json")
+    from src.rundir import atomic_write_text
+
+    atomic_write_text(run_dir / "result.json", json.dumps(out, indent=1))
     return 0
 
 
@@ -212,8 +213,9 @@ def prepare_reference(out: Path) -> tuple[Path, dict]:
         raise SystemExit(f"error: the reference implementation is not at {REFERENCE}")
     code = out / "reference_code"
     if not code.exists():
-        shutil.copytree(REFERENCE, code.with_suffix(".tmp"), ignore=shutil.ignore_patterns("specs", "ImageNet"))
-        code.with_suffix(".tmp").rename(code)
+        staging = Path(tempfile.mkdtemp(prefix=".reference_code.tmp-", dir=out))  # (created exclusively)
+        shutil.copytree(REFERENCE, staging, ignore=shutil.ignore_patterns("specs", "ImageNet"), dirs_exist_ok=True)
+        staging.rename(code)
     env = dict(os.environ)
     if "FASHION_MNIST_PYTORCH" not in env:
         from src.data.sources.fashion_mnist import FashionMNIST
@@ -231,9 +233,10 @@ def prepare_reference(out: Path) -> tuple[Path, dict]:
                 continue
             source = location / stem if (location / stem).exists() else location / f"{stem}.gz"
             opener = gzip.open if source.suffix == ".gz" else open
+            from src.rundir import atomic_write
+
             with opener(source, "rb") as f:
-                (raw / f"{stem}.tmp").write_bytes(f.read())
-            (raw / f"{stem}.tmp").replace(raw / stem)
+                atomic_write(raw / stem, f.read(), durable=False)
         env["FASHION_MNIST_PYTORCH"] = str(raw.parents[1])
     return code, env
 
@@ -388,9 +391,9 @@ def write_table(out: Path) -> str:
             + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}")
         )
     text = "Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n" + "\n".join(lines) + "\n"
-    tmp = out / "table.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "table.md")
+    from src.rundir import atomic_write_text
+
+    atomic_write_text(out / "table.md", text)
     return text
 
 

@@ -152,9 +152,9 @@ def main(argv=None) -> int:
         "study_run_hours_reference_projected": reference_total / 3600,
     }
     out = args.results / "reference_time.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=1))
-    tmp.replace(out)
+    from src.rundir import atomic_write_text
+
+    atomic_write_text(out, json.dumps({"summary": summary, "pairs": pairs}, indent=1))
     print(
         f"the study's {len(runs)} runs: {ours_total / 3600:.1f} run-hours here; the reference, projected: "
         f"{reference_total / 3600:.1f} run-hours; wrote {out}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import tempfile
 from dataclasses import is_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -278,9 +279,9 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
         try:
             if create:
                 target.mkdir(parents=True, exist_ok=True)
-                probe = target / f".write-test-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
+                fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=target)  # (exclusive, unpredictable)
+                os.close(fd)
+                os.unlink(probe)
             elif not os.access(existing, os.W_OK | os.X_OK):
                 reason = f"{existing} is not writable"
         except OSError as error:

@@ -36,7 +36,7 @@ from analysis.verdict import verdict_readiness  # the analysis' rule, applied be
 
 from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, REPO, declared_names
 from .execute.child import die_with_launcher, run_config_file, run_one
-from .rundir import classify, exit_code, finished_status
+from .rundir import classify, exit_code, finished_status, run_dir_link
 
 
 def run_job(cfg) -> dict:
@@ -171,6 +171,22 @@ def _sweep_dir(argv: list[str], jobs: list) -> Path | None:
     return sweep.parent / ".hydra" / sweep.name / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
 
 
+def _save_plan(sweep_dir: Path, jobs: list, overrides: list[str]) -> str | None:
+    """Save the launch's plan in its sweep dir (the launchers and `status` read it); why it
+    could not be, or None: the sweep dir is a symbolic link (the plan, multirun.yaml and the
+    job logs go there), or a write failed (a full disk: each file is whole or absent)."""
+    from .plan import write_plan  # (Hydra)
+
+    link = run_dir_link(sweep_dir)
+    if link:
+        return f"{link} (hydra.sweep.dir)"
+    try:
+        write_plan(sweep_dir, jobs, overrides)
+    except OSError as error:
+        return f"could not save the launch's plan in {sweep_dir}: {error}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
@@ -198,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException  # Hydra: not on the --help / status paths
 
     from .checks import explain, update_warnings  # (beside the planner)
-    from .plan import plan, write_plan  # (Hydra)
+    from .plan import plan  # (Hydra)
 
     try:
         jobs = plan(overrides, check_data=not dry_run, detach=detach)
@@ -229,14 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         print("note: dataset files were not checked (--dry-run); a launch checks them before starting")
         return 0
     sweep_dir = _sweep_dir(argv, jobs)
-    if sweep_dir is not None:  # the launchers and `status` read it
-        write_plan(sweep_dir, jobs, overrides)
+    refused = _save_plan(sweep_dir, jobs, overrides) if sweep_dir is not None else None
+    if refused:
+        print(f"error: {refused}; no run was started", file=sys.stderr)
+        return 2
     if multirun:
         given = any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv)
         where = [] if given or sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir}"]
         try:  # Hydra's sweep and launcher plugin, which run the planned jobs
             _hydra_entry(["-m", *overrides, *where])
         except SystemExit as exit_:
+            if isinstance(exit_.code, str):  # a launch refused before any job (`error: ...`)
+                print(exit_.code, file=sys.stderr)
+                return 2
             if exit_.code not in (0, None):
                 print(f"hydra exited with {exit_.code}", file=sys.stderr)
         if detach:

@@ -13,6 +13,8 @@ signal, and the task then exits non-zero (by `rundir.exit_code`, as every launch
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -24,9 +26,10 @@ from .execute.child import PackedRun, preload
 from .execute.pool import Pool
 from .execute.slurm_queue import SUBMISSION
 from .execute.stop import StopRequest
-from .rundir import atomic_write_text, classify, exit_code, finished_status, record_death
+from .rundir import atomic_write_text, classify, exit_code, finished_status, open_run_file, record_death
 
-__all__ = ["Pack", "PackedRun", "write_submission"]
+__all__ = ["Pack", "PackedRun", "submission_lock", "write_submission"]
+SUBMISSION_LOCK = ".submission.lock"
 
 
 @dataclass
@@ -81,6 +84,22 @@ class Pack:
         import submitit  # only in a SLURM job (the pack is pickled without it)
 
         return submitit.helpers.DelayedSubmission(self, runs)
+
+
+@contextlib.contextmanager
+def submission_lock(directory: Path):
+    """Held by a SLURM launch from reading which of the sweep's runs are queued to writing its
+    own submission record: an exclusive flock on `<directory>/.submission.lock` (the folder of
+    the sweep's launch directories, whose submission records say what is queued), so that two
+    launches of one sweep at the same moment never submit a run twice. The second waits, then
+    finds the first's jobs in the queue."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = open_run_file(Path(directory) / SUBMISSION_LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
 
 
 def write_submission(

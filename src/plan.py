@@ -34,9 +34,9 @@ from omegaconf.nodes import ValueNode
 from . import checks
 from .config import LaunchConfig, RunConfig
 from .config_groups import CONF_DIR, GROUPS, REPO  # noqa: F401  (REPO: part of the planner's API)
-from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_directory
+from .planfile import PLAN, PLAN_CONFIGS, PlanDamaged, read_plan, read_plan_configs  # noqa: F401  (the API)
+from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_dir_link, run_directory
 
-PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 
 ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)  # conf/config.yaml's schema
@@ -78,6 +78,10 @@ def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False)
     """The launch's jobs, each composed and validated once, its launcher options checked and
     whether it is skipped decided (finished here, with this identity)."""
     jobs = expand(overrides, check_data=check_data, detach=detach)
+    for job in jobs:  # before anything is made or written there
+        link = run_dir_link(job.run_dir, sweep_dir=True)
+        if link:
+            raise ValueError(f"{link} (a run and its sweep directory are written only where they are)")
     checks.check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
     for job in jobs:
         if (job.run_dir / RESULT).exists():
@@ -423,23 +427,47 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
             for i, j in enumerate(jobs)
         ],
     }
-    atomic_write_text(sweep_dir / PLAN, json.dumps(record))
+    try:  # the two files stand together: plan.json names the configs' hashes
+        atomic_write_text(sweep_dir / PLAN, json.dumps(record))
+    except BaseException:
+        (sweep_dir / PLAN_CONFIGS).unlink(missing_ok=True)
+        raise
     return sweep_dir / PLAN
-
-
-def read_plan(sweep_dir: Path) -> dict:
-    """A launch's saved plan (`write_plan`), without the configs."""
-    return json.loads((Path(sweep_dir) / PLAN).read_text())
 
 
 def planned_jobs(sweep_dir: Path) -> dict[tuple[str, ...], Job]:
     """The jobs of a saved plan with their configs, by the overrides Hydra's sweeper gives
-    the launcher: what the launchers run."""
+    the launcher: what the launchers run. Each config is checked against its run's identity
+    hash before anything runs (`planfile.read_plan_configs`: `PlanDamaged` naming the file)."""
     record = read_plan(sweep_dir)
-    with open(Path(sweep_dir) / PLAN_CONFIGS) as f:
-        configs = [json.loads(line) for line in f]
+    configs = read_plan_configs(sweep_dir, record)
     jobs = [
-        Job(r["overrides"], RunConfig.from_dict(c), Path(r["run_dir"]), r["finished"], r["cell"], r["config_hash"])
-        for r, c in zip(record["runs"], configs, strict=True)
+        Job(
+            r["overrides"],
+            RunConfig.from_dict(c),
+            Path(r["run_dir"]),
+            r.get("finished"),
+            r["cell"],
+            r["config_hash"],
+            c,
+        )
+        for r, c in zip(record["runs"], configs)
     ]
     return {job.key: job for job in jobs}
+
+
+def launch_plan(sweep_dir: Path) -> dict[tuple[str, ...], Job] | None:
+    """The planned jobs a launcher runs: the plan this launch saved in its sweep dir
+    (`planned_jobs`), or None when there is none of this launch's (a launch that did not go
+    through `src.launch`'s planning, or a sweep dir that holds an earlier launch's plan: the
+    launcher then composes each job itself). A damaged plan of this launch ends the launch,
+    before any job starts, with one line (`SystemExit`)."""
+    if not (Path(sweep_dir) / PLAN).exists():
+        return None
+    try:
+        record = read_plan(sweep_dir)
+        if (record.get("host"), record.get("pid")) != (socket.gethostname(), os.getpid()):
+            return None
+        return planned_jobs(sweep_dir)
+    except PlanDamaged as error:
+        raise SystemExit(f"error: {error}") from None

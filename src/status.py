@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 from .execute.slurm_queue import SUBMISSION, queue_states, submitted_jobs
-from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe
+from .planfile import PLAN, PlanDamaged, read_plan, read_plan_configs
+from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe, refused_link
 from .rundir.heartbeat import process_alive
 from .rundir.state import DEFAULT_STALE_AFTER_S, duration, read_json, state
 
-PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
 COLUMNS = [
     "run_dir",
     "run",
@@ -55,15 +55,24 @@ class Sweep:
         self, runs: list[tuple[str, str]], records: list[Path], plans: list[Path], plan_dir: Path | None = None
     ):
         self.runs, self.records, self.plans, self.plan_dir = runs, records, plans, plan_dir
-        self._configs: list[str] | None = None
+        self._configs: list[dict] | None = None
 
     def config(self, i: int) -> dict | None:
-        """The planned config of run `i` (read on first need: only to explain damaged records)."""
+        """The planned config of run `i` (read on first need: only to explain damaged records);
+        None when the plan's configs are damaged (said once, naming the file)."""
         if self.plan_dir is None:
             return None
         if self._configs is None:
-            self._configs = (self.plan_dir / "plan-configs.jsonl").read_text().splitlines()
-        return json.loads(self._configs[i])
+            try:
+                self._configs = read_plan_configs(self.plan_dir, read_plan(self.plan_dir))
+            except PlanDamaged as error:
+                print(f"warning: {error}; damaged records are reported without the differing fields", file=sys.stderr)
+                self._configs = []
+        return self._configs[i] if i < len(self._configs) else None
+
+    def job_log(self, i: int) -> str | None:
+        """Where run `i`'s launcher writes its output (`<sweep dir>/<job number>/job.log`), when known."""
+        return None if self.plan_dir is None else os.path.join(self.plan_dir, str(i), "job.log")
 
     @classmethod
     def of(cls, target: list[str] | str | Path) -> Sweep:
@@ -91,7 +100,7 @@ class Sweep:
 
     @classmethod
     def from_plans(cls, plans: list[Path]) -> Sweep:
-        latest = json.loads(plans[-1].read_text())
+        latest = read_plan(plans[-1].parent)  # (damaged: `PlanDamaged`, one line naming it)
         runs = [(r["run_dir"], r["cell"]) for r in latest["runs"]]
         records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
         return cls(runs, records, plans, plans[-1].parent)
@@ -107,8 +116,8 @@ class Sweep:
             runs_of = [o for o in overrides if not o.startswith("hydra.")]
             same = [
                 p
-                for p in sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime)
-                if [o for o in json.loads(p.read_text())["overrides"] if not o.startswith("hydra.")] == runs_of
+                for p, record in _intact_plans(sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime))
+                if [o for o in record["overrides"] if not o.startswith("hydra.")] == runs_of
             ]
             if same:
                 return cls.from_plans(same)
@@ -126,6 +135,18 @@ def _launch_overrides(sweep_dir: Path) -> list[str]:
     from omegaconf import OmegaConf  # only for a launch that saved no plan
 
     return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+
+
+def _intact_plans(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """The plans among `paths` that can be read, with their records; each damaged one is
+    named in one warning line and left out: it never blocks the status of other launches."""
+    intact = []
+    for path in paths:
+        try:
+            intact.append((path, read_plan(path.parent)))
+        except PlanDamaged as error:
+            print(f"warning: {error}; that launch is left out", file=sys.stderr)
+    return intact
 
 
 def _planned_by_live_launches(plans: list[Path]) -> set[str]:
@@ -195,6 +216,7 @@ def rows(
             job=job,
             now=now,
             stale_after=stale_after,
+            link=refused_link(run_dir, sweep.job_log(i)),
         )
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
             row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields

@@ -17,7 +17,7 @@ from typing import cast
 from .config import RunConfig
 from .execute.environment import set_threads
 from .execute.stop import StopRequest
-from .rundir import LOG, RunDirConflict, RunLocked, exit_code, run_dir_conflict, tee_output
+from .rundir import LOG, LinkRefused, RunDirConflict, RunLocked, exit_code, run_dir_conflict, run_dir_link, tee_output
 
 
 def __getattr__(name: str):
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = unknown_field_message(key) if key and "." in key and isinstance(error, ConfigKeyError) else None
         print(f"error: {hint or (key + ': ' if key else '') + str(error).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    conflict = None if force else run_dir_conflict(Path(run_dir), cfg.to_dict())
+    # (a link is refused even with --force: nothing is written or deleted through it)
+    conflict = run_dir_link(Path(run_dir)) or (None if force else run_dir_conflict(Path(run_dir), cfg.to_dict()))
     if conflict:  # before the log is opened: a refused directory is left byte-identical
         print(f"error: {conflict}", file=sys.stderr)
         return 2
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(cfg)
         with tee_output(Path(run_dir) / LOG), StopRequest.on_signals() as stop:
             result = train(cfg, run_dir, should_stop=stop, force=force)
-    except (RunDirConflict, RunLocked) as error:
+    except (RunDirConflict, RunLocked, LinkRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -20,6 +20,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from src.plan import sweep_combinations
+from src.rundir import atomic_write_text
 
 
 @dataclass
@@ -49,9 +50,20 @@ class PlannedSweeper(Sweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = sweep_combinations(parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments))
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        save_multirun_yaml(self.config, sweep_dir)
         results = self.launcher.launch(jobs, initial_job_idx=0)
         for result in results:
             _ = result.return_value  # raises for a job the launcher reports as failed, as Hydra's sweeper
         return [results]
+
+
+def save_multirun_yaml(config: DictConfig, sweep_dir: Path) -> None:
+    """Hydra's record of the launch, `<sweep dir>/multirun.yaml`, written whole or not at all
+    (`atomic_write`: never through a link planted at that name). A failure (a full disk) ends
+    the launch before any job starts, with one line (`SystemExit`, which `src.launch` prints)."""
+    path = sweep_dir / "multirun.yaml"
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, OmegaConf.to_yaml(config))
+    except OSError as error:
+        raise SystemExit(f"error: could not save {path}: {error.strerror or error}; no run was started") from None

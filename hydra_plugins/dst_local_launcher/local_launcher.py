@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,8 @@ from src.execute.child import PackedRun, preload
 from src.execute.environment import available_cpus
 from src.execute.pool import Pool
 from src.execute.stop import StopRequest
-from src.plan import PLAN, Job, job_of, planned_jobs
-from src.rundir import atomic_write, finished_status, record_death
+from src.plan import Job, job_of, launch_plan
+from src.rundir import atomic_write, finished_status, record_death, run_dir_link
 from src.status import SweepProgress
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,10 @@ class LocalPoolLauncher(Launcher):
             f"{self.threads_per_job} thread(s) each"
         )
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        # the launch's saved plan; a launch that did not go through `src.launch` (Hydra flags
-        # such as --config-dir) has none: each job is composed then (`_job`)
-        self.plan = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
+        # the launch's own saved plan (`launch_plan`); a launch that did not go through
+        # `src.launch` (Hydra flags such as --config-dir), or a sweep dir holding an earlier
+        # launch's plan, has none: each job is composed then (`_job`)
+        self.plan = launch_plan(sweep_dir)
         self.progress = SweepProgress(len(jobs), self.max_workers)
         returns = self._run_all(sweep_dir, jobs)
         print(self.progress.summary(), flush=True)
@@ -134,6 +136,12 @@ class LocalPoolLauncher(Launcher):
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
             return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
+        link = run_dir_link(job_dir)  # never written through: `status` names it
+        if link:
+            print(f"error: job #{idx}: {link}", file=sys.stderr, flush=True)
+            ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "damaged"}
+            self.progress.skipped()
+            return ret, None
         config = job.config.to_dict()
         config["train"].update(threads=self.threads_per_job, progress=False)
         # (never through a planted link: `atomic_write`, and the child opens job.log with O_NOFOLLOW)

@@ -32,8 +32,8 @@ from omegaconf import OmegaConf
 
 from src.checks import validated
 from src.execute.slurm_queue import still_queued
-from src.pack import Pack, PackedRun, write_submission
-from src.plan import PLAN, Job, job_of, planned_jobs
+from src.pack import Pack, PackedRun, submission_lock, write_submission
+from src.plan import Job, job_of, launch_plan
 from src.rundir import finished_status
 
 log = logging.getLogger(__name__)
@@ -61,58 +61,65 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        planned = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
-        # the runs of the sweep's earlier submissions (records beside this launch's sweep dir) still queued
-        in_queue = still_queued(sorted(sweep_dir.parent.glob("*/submission.json")))
-        runs, todo = [], []  # todo: the runs not finished (the launch's plan decided it) nor queued
-        for i, overrides in enumerate(job_overrides):
-            if planned is not None:
-                job = planned.get(tuple(overrides))
-                if job is None:
-                    raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
-            else:  # a launch that did not go through `src.launch` (Hydra flags): composed here
-                run_cfg, run_dir = job_of(
-                    self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        planned = launch_plan(sweep_dir)
+        # One submitter of the sweep at a time, from reading which runs are queued to writing
+        # this submission's record: two launches at once never submit a run twice.
+        with submission_lock(sweep_dir.parent):
+            # the runs of the sweep's earlier submissions (records beside this launch's sweep dir) still queued
+            in_queue = still_queued(sorted(sweep_dir.parent.glob("*/submission.json")))
+            runs, todo, jobs_of_runs = [], [], []  # todo: the runs not finished (the plan decided it) nor queued
+            for i, overrides in enumerate(job_overrides):
+                if planned is not None:
+                    job = planned.get(tuple(overrides))
+                    if job is None:
+                        raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
+                else:  # a launch that did not go through `src.launch` (Hydra flags): composed here
+                    run_cfg, run_dir = job_of(
+                        self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                    )
+                    job = Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
+                runs.append(
+                    PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()), job.config.to_dict())
                 )
-                job = Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
-            runs.append(
-                PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()), job.config.to_dict())
+                jobs_of_runs.append(job)
+                if not job.finished and runs[-1].run_dir not in in_queue:
+                    todo.append(runs[-1])
+            finished = sum(job.finished is not None for job in jobs_of_runs)
+            waiting = {in_queue[r.run_dir] for r in runs if r.run_dir in in_queue and r not in todo}
+            if waiting:
+                print(
+                    f"{sum(r.run_dir in in_queue for r in runs)} run(s) not submitted again: their job(s) of an "
+                    f"earlier submission are still queued or running: {', '.join(sorted(waiting))}",
+                    flush=True,
+                )
+            k = self.runs_per_job
+            packs = [todo[i : i + k] for i in range(0, len(todo), k)]
+            cpus = self.params.get("cpus_per_task") or 1
+            threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
+            jobs = (
+                self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs) if packs else []
             )
-            if not job.finished and runs[-1].run_dir not in in_queue:
-                todo.append(runs[-1])
-        waiting = {in_queue[r.run_dir] for r in runs if r.run_dir in in_queue and r not in todo}
-        if waiting:
+            record = write_submission(
+                sweep_dir,
+                overrides=list(self.config.hydra.overrides.task),
+                jobs=jobs,
+                packs=packs,
+                skipped=finished,
+                runs_per_job=k,
+                concurrent_runs=self.concurrent_runs,
+                detach=self.detach,
+            )
+            ids = sorted({j.job_id.split("_")[0] for j in jobs})
             print(
-                f"{sum(r.run_dir in in_queue for r in runs)} run(s) not submitted again: their job(s) of an "
-                f"earlier submission are still queued or running: {', '.join(sorted(waiting))}",
+                f"submitted {len(todo)} run(s) ({finished} already finished, {len(runs) - len(todo) - finished} "
+                f"queued or running in earlier submissions) as {len(packs)} SLURM "
+                f"job(s) of <= {k} run(s), {self.concurrent_runs} at a time: job id(s) {', '.join(ids) or '-'}; "
+                f"record: {record}",
                 flush=True,
             )
-        k = self.runs_per_job
-        packs = [todo[i : i + k] for i in range(0, len(todo), k)]
-        cpus = self.params.get("cpus_per_task") or 1
-        threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
-        jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs) if packs else []
-        record = write_submission(
-            sweep_dir,
-            overrides=list(self.config.hydra.overrides.task),
-            jobs=jobs,
-            packs=packs,
-            skipped=len(runs) - len(todo),
-            runs_per_job=k,
-            concurrent_runs=self.concurrent_runs,
-            detach=self.detach,
-        )
-        ids = sorted({j.job_id.split("_")[0] for j in jobs})
-        print(
-            f"submitted {len(todo)} run(s) ({len(runs) - len(todo)} already finished) as {len(packs)} SLURM "
-            f"job(s) of <= {k} run(s), {self.concurrent_runs} at a time: job id(s) {', '.join(ids) or '-'}; "
-            f"record: {record}",
-            flush=True,
-        )
         outcome = {r.run_dir: "skipped" if r.run_dir not in in_queue else "queued" for r in runs if r not in todo}
         if not self.detach:
             for job, pack in zip(jobs, packs):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..checks import validated
 from ..config import RunConfig
-from ..rundir import LOG, RunLocked, exit_code, open_run_file, tee_output
+from ..rundir import LOG, RunLocked, exit_code, open_in_directory, run_dir_conflict, tee_output
 from .environment import export_distributed, set_threads
 from .stop import StopRequest
 
@@ -44,11 +44,18 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) 
     from ..trainer import train  # torch: not on the launcher's light paths (--help, status)
 
     export_distributed()  # several SLURM tasks: torchrun's variables, before the rank is asked
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    # Refused before the log is opened, so that the directory is left byte-identical: a link,
+    # or records (config.json, result.json) of another experiment.
+    refused = run_dir_conflict(run_dir, run_cfg.to_dict()) if main_rank else None
+    if refused:
+        print(f"error: {refused}", file=sys.stderr, flush=True)
+        return {"status": "damaged", "run_dir": str(run_dir), "error": refused}
     set_threads(run_cfg)
     if stop is None:
         on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         stop = StopRequest.preemption() if on_slurm else StopRequest.on_signals().install()
-    with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
+    with tee_output(run_dir / LOG, enabled=main_rank):
         try:
             result = train(run_cfg, run_dir, should_stop=stop)
         except RunLocked as error:  # another launcher runs it: not this one's to count
@@ -85,7 +92,8 @@ def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: 
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     job_dir = Path(sweep_dir) / str(run.idx)
     job_dir.mkdir(parents=True, exist_ok=True)
-    log = open_run_file(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    # (the job's directory opened without following a link, the log inside it never through one)
+    log = open_in_directory(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
     cfg = RunConfig.from_dict(run.config)
@@ -102,7 +110,8 @@ def run_config_file(config_file: Path, run_dir: Path) -> int:
     """`python -m src.launch --run-config FILE --run-dir DIR`: run a resolved run config (a
     local launcher's job, by hand), validated here; its exit status by `rundir.exit_code`."""
     cfg = validated(RunConfig.from_dict(json.loads(Path(config_file).read_text())))
-    return exit_code([run_one(cfg, Path(run_dir))["status"]])
+    result = run_one(cfg, Path(run_dir))
+    return 2 if "error" in result and result["status"] == "damaged" else exit_code([result["status"]])
 
 
 def preload() -> None:

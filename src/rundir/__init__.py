@@ -28,11 +28,14 @@ from .files import (
     atomic_write,
     atomic_write_text,
     metrics_damage,
+    open_in_directory,
     open_run_file,
     read_finished_result,
     read_metrics,
     read_result,
     recorded_config,
+    recorded_configs,
+    run_dir_link,
 )
 from .heartbeat import Heartbeat, read_heartbeat, unrecorded_failure, whereabouts
 from .identity import (
@@ -57,6 +60,7 @@ from .state import (
     exit_code,
     finished_status,
     record_death,
+    refused_link,
     run_dir_conflict,
 )
 
@@ -95,12 +99,16 @@ __all__ = [
     "identity_hash",
     "lock_probe",
     "metrics_damage",
+    "open_in_directory",
     "open_run_file",
     "read_finished_result",
     "read_heartbeat",
     "read_metrics",
     "read_result",
     "recorded_config",
+    "recorded_configs",
+    "refused_link",
+    "run_dir_link",
     "record_death",
     "run_dir_conflict",
     "run_directory",

@@ -50,6 +50,39 @@ def open_run_file(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+def run_dir_link(run_dir: Path, *, sweep_dir: bool = False) -> str | None:
+    """Why ``run_dir`` is refused as a place to write, or None: it is a symbolic link (and,
+    with ``sweep_dir``, so is its parent, `runs_root/name`). A run creates and writes into
+    its own directory; through a link it would truncate and replace another place's files.
+    (Links further up, such as runs_root itself, are the user's own choice of place.)"""
+    for path in (Path(run_dir), Path(run_dir).parent) if sweep_dir else (Path(run_dir),):
+        if os.path.islink(path):
+            return f"refusing a directory that is a symbolic link: {path} -> {os.readlink(path)}"
+    return None
+
+
+def open_in_directory(path: Path, flags: int) -> int:
+    """`open_run_file` of ``path`` inside its directory, the directory itself opened without
+    following a link: a run directory that is (or became) a symbolic link is refused with
+    `LinkRefused` (`run_dir_link`)."""
+    try:
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path.parent):
+            raise LinkRefused(errno.ELOOP, run_dir_link(path.parent)) from None
+        raise
+    try:
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=directory)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LinkRefused(
+                errno.ELOOP, f"refusing to write through a symbolic link: {path} -> {os.readlink(path)}"
+            ) from None
+        raise
+    finally:
+        os.close(directory)
+
+
 def write_all(fd: int, data) -> None:
     """Write all of ``data`` to ``fd``; a short write (a full disk) raises ENOSPC."""
     view = memoryview(data)
@@ -162,6 +195,22 @@ def recorded_config(run_dir: Path) -> dict | None:
         if isinstance(config, dict) and config:
             return config
     return None
+
+
+def recorded_configs(run_dir: Path) -> list[tuple[str, dict]]:
+    """(file name, config) of each record in ``run_dir`` that names the config it was written
+    for: config.json, and the copy inside result.json (a result copied from another run names
+    that run's config)."""
+    found = []
+    for name in (CONFIG, RESULT):
+        try:
+            content = json.loads((Path(run_dir) / name).read_text())
+        except (OSError, ValueError):
+            continue
+        config = content.get("config") if name == RESULT and isinstance(content, dict) else content
+        if isinstance(config, dict) and config:
+            found.append((name, config))
+    return found
 
 
 def metrics_damage(run_dir: Path) -> str | None:

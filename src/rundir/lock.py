@@ -13,7 +13,7 @@ import socket
 import time
 from pathlib import Path
 
-from .files import LOCK, open_run_file
+from .files import LOCK, open_in_directory
 
 
 class RunLocked(RuntimeError):
@@ -37,7 +37,7 @@ class RunLock:
     def __enter__(self) -> RunLock:
         if self.enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_run_file(self.path, os.O_RDWR | os.O_CREAT)
+            fd = open_in_directory(self.path, os.O_RDWR | os.O_CREAT)  # (its directory: never a link)
             try:
                 _flock_exclusive(fd)
             except BlockingIOError:

@@ -13,8 +13,9 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
     interrupted  result.json says so (checkpointed; a launch resumes it)
     stale        no lock holder and no result of this attempt: killed (or its node died)
     missing      nothing on disk, and nothing will run it (no launch alive, not queued)
-    damaged      records that are not this run's: an unreadable result.json, or the records of
-                 another experiment (its config hash is not the directory's identity)
+    damaged      records that are not this run's: an unreadable result.json, the records of
+                 another experiment (its config hash is not the directory's identity), or a
+                 symbolic link where its directory, a file of it or its job log should be
 
 Liveness comes from the lock first (`lock.lock_probe`, a shared probe that writes
 nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
@@ -24,6 +25,7 @@ system has no working flock, the heartbeat is all there is: fresh means running.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -39,14 +41,17 @@ from .files import (
     FINISHED,
     HEARTBEAT,
     LOCK,
+    LOG,
     METRICS,
     MODEL_FINAL,
     RESULT,
     STATUSES,
+    LinkRefused,
     atomic_write_text,
     read_result,
-    recorded_config,
+    recorded_configs,
     remove_stale_temp_files,
+    run_dir_link,
 )
 from .heartbeat import process_alive
 from .identity import hash_of_name, identity_diff, identity_hash, run_identity
@@ -133,20 +138,23 @@ class RunDirConflict(ValueError):
 
 
 def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
-    """Why ``run_dir`` cannot take the run of ``config`` (it holds another experiment's
-    records: both hashes and the differing fields), or None. Reads only: a refused directory
-    is left as it was."""
-    existing = recorded_config(run_dir)
-    if existing is None:
-        return None
-    if run_identity(existing) == run_identity(config):
-        return None
-    return (
-        f"{run_dir} holds the records of another experiment (config hash {identity_hash(existing)}, "
-        f"this run's is {identity_hash(config)}); differing fields:\n  "
-        + "\n  ".join(identity_diff(existing, config))
-        + "\n(use another run directory, or --force to delete those records and start over)"
-    )
+    """Why ``run_dir`` cannot take the run of ``config``, or None: it is a symbolic link
+    (`files.run_dir_link`), or one of its records is another experiment's: config.json, or
+    the config result.json was written for (a result copied from another run), with both
+    hashes and the differing fields. Reads only: a refused directory is left as it was."""
+    link = run_dir_link(run_dir)
+    if link:
+        return link
+    for name, existing in recorded_configs(run_dir):
+        if run_identity(existing) == run_identity(config):
+            continue
+        return (
+            f"{Path(run_dir) / name} holds the records of another experiment (config hash "
+            f"{identity_hash(existing)}, this run's is {identity_hash(config)}); differing fields:\n  "
+            + "\n  ".join(identity_diff(existing, config))
+            + "\n(use another run directory, or --force to delete those records and start over)"
+        )
+    return None
 
 
 def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
@@ -155,6 +163,9 @@ def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
     unless ``force``, which deletes them and starts over. Also removes the temporary files of
     a killed run. (Call with the run's lock held.)"""
     run_dir = Path(run_dir)
+    link = run_dir_link(run_dir)
+    if link:  # never deleted through, --force or not
+        raise LinkRefused(errno.ELOOP, link)
     conflict = run_dir_conflict(run_dir, config)
     if conflict and not force:
         raise RunDirConflict(conflict)
@@ -191,6 +202,43 @@ def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
     return result["status"]
 
 
+RUN_FILES = frozenset((LOCK, LOG, CONFIG, METRICS, RESULT, HEARTBEAT, CHECKPOINT, MODEL_FINAL))
+
+
+def refused_link(run_dir, job_log=None) -> str | None:
+    """What a run refuses to write through, and where, or None: its directory or the sweep
+    directory above it (`runs_root/name`) is a symbolic link, or one of its files is
+    (`RUN_FILES`), or its launcher's output file `job_log` is. Such a run cannot start (or
+    its records cannot be trusted) until the link is removed. (lstat and one directory
+    listing: no file is opened.)"""
+    run_dir = os.fspath(run_dir)
+
+    def refused(path: str, what: str) -> str:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return (
+            f"refused a symbolic link: {what} {path} -> {target} (the run writes only its own files: remove the link)"
+        )
+
+    for path, what in ((run_dir, "its run directory"), (os.path.dirname(run_dir), "its sweep directory")):
+        if os.path.islink(path):
+            return refused(path, what)
+    try:
+        with os.scandir(run_dir) as entries:
+            links = sorted(e.name for e in entries if e.name in RUN_FILES and e.is_symlink())
+    except OSError:
+        links = []
+    if links:
+        return refused(os.path.join(run_dir, links[0]), "its file")
+    if job_log is not None and os.path.islink(os.path.dirname(job_log)):
+        return refused(os.path.dirname(job_log), "its job's directory")
+    if job_log is not None and os.path.islink(job_log):
+        return refused(os.fspath(job_log), "its job log")
+    return None
+
+
 def heartbeat_of(run_dir: Path) -> dict | None:
     beat = read_json(Path(run_dir) / HEARTBEAT)
     return beat if isinstance(beat, dict) and isinstance(beat.get("time"), (int, float)) else None
@@ -209,8 +257,9 @@ def state(
     now: float | None = None,
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
+    link: str | None = None,
 ) -> RunState:
-    """The state of one run from what is known of it: `lock` (`lock.lock_probe`: holder,
+    """The state of one run from what is known of it: `link` (`refused_link`), `lock` (`lock.lock_probe`: holder,
     FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
     result.json was written), whether the
     launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
@@ -223,6 +272,8 @@ def state(
     skew_note = (
         f" (its heartbeat is {duration(beat_time - now)} in the future: clock skew between hosts?)" if skew else ""
     )
+    if link and not lock:  # what it refused to write through, and where
+        return _with(row, "damaged", link)
     damage = _damage(result)
     if damage and not lock:
         return _with(row, "damaged", damage)
@@ -284,8 +335,10 @@ def classify(
     now: float | None = None,
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
+    job_log: Path | None = None,
 ) -> RunState:
-    """`state` from the run directory's files, its lock probed (read-only)."""
+    """`state` from the run directory's files, its lock probed (read-only); `job_log`: its
+    launcher's output file, when known."""
     run_dir = Path(run_dir)
     try:
         result_time = (run_dir / RESULT).stat().st_mtime
@@ -303,6 +356,7 @@ def classify(
         now=now,
         stale_after=stale_after,
         expected=expected,
+        link=refused_link(run_dir, job_log),
     )
 
 
