@@ -26,13 +26,14 @@ import numpy as np
 import pandas as pd
 
 from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
+from src.sparse.few_updates import MIN_UPDATES, few_updates_advice, update_fixes
 
 from . import columns as C
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
 
-FEW_UPDATES = 5  # DST runs with fewer topology updates than this are warned about
+FEW_UPDATES = MIN_UPDATES  # DST runs with fewer topology updates than this are warned about (as at launch)
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"
 BEST, NOT_WORSE, WORSE = "best", "not significantly worse", "worse"
 NO_UPDATES = "no verdict: DST runs made no topology updates"
@@ -290,6 +291,7 @@ def topology_warnings(runs: pd.DataFrame, few: int = FEW_UPDATES) -> pd.DataFram
         C.STEPS_PER_EPOCH,
         "train.epochs",
         "advice",
+        "fix",
     ]
     if dst.empty or C.TOPOLOGY_UPDATES not in dst:
         return pd.DataFrame(columns=columns)
@@ -313,16 +315,19 @@ def topology_warnings(runs: pd.DataFrame, few: int = FEW_UPDATES) -> pd.DataFram
     cells["description"] = [
         _describe(first.loc[cell], axes.get(setup, [])) for cell, setup in zip(cells[C.CELL], cells[C.SETUP])
     ]
-    cells["advice"] = [
-        _advice(u, f, s, e, end, few)
-        for u, f, s, e, end in zip(
-            cells[C.TOPOLOGY_UPDATES],
-            cells[C.UPDATE_FREQUENCY],
-            cells[C.STEPS_PER_EPOCH],
-            cells["train.epochs"],
-            cells["end_fraction"],
+    fixes = [
+        _fixes(f, s, e, end)
+        for f, s, e, end in zip(
+            cells[C.UPDATE_FREQUENCY], cells[C.STEPS_PER_EPOCH], cells["train.epochs"], cells["end_fraction"]
         )
     ]
+    cells["advice"] = [
+        few_updates_advice(int(u), _context_of(f, s, e), fix)
+        for u, f, s, e, fix in zip(
+            cells[C.TOPOLOGY_UPDATES], cells[C.UPDATE_FREQUENCY], cells[C.STEPS_PER_EPOCH], cells["train.epochs"], fixes
+        )
+    ]
+    cells["fix"] = [f"for {MIN_UPDATES} updates set {' or '.join(fix)}" if fix else "" for fix in fixes]
     return cells[columns].reset_index(drop=True)
 
 
@@ -331,17 +336,14 @@ def _describe(run: pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{field_label(a)}={label(a, run[a])}" for a in shown) or "all runs"
 
 
-def _advice(updates, frequency, steps_per_epoch, epochs, end_fraction, few: int) -> str:
-    updates, frequency, epochs = int(updates), int(frequency), int(epochs)
-    end_fraction = 1.0 if _blank(end_fraction) else float(end_fraction)
-    what = "no topology updates" if updates == 0 else f"only {updates} topology update{'s' * (updates > 1)}"
+def _context_of(frequency, steps_per_epoch, epochs) -> str:
+    epochs = int(epochs)
+    steps = "" if _blank(steps_per_epoch) else f" x {steps_per_epoch:g} steps"
+    return f"{epochs} epoch{'s' * (epochs > 1)}{steps}; sparsity.update_frequency={int(frequency)}"
+
+
+def _fixes(frequency, steps_per_epoch, epochs, end_fraction) -> list[str]:
     if _blank(steps_per_epoch):
-        return f"{what}: sparsity.update_frequency={frequency}; lower it or raise train.epochs"
-    steps = steps_per_epoch * epochs * end_fraction
-    fix_frequency = max(int(steps // few), 1)
-    fix_epochs = math.ceil(few * frequency / (steps_per_epoch * end_fraction))
-    return (
-        f"{what}: sparsity.update_frequency={frequency} steps against {steps_per_epoch:g} steps per epoch × "
-        f"train.epochs={epochs} = {steps:g} steps; for {few} updates set sparsity.update_frequency ≤ "
-        f"{fix_frequency} or train.epochs ≥ {fix_epochs}"
-    )
+        return ["a lower sparsity.update_frequency", "more train.epochs"]
+    end_fraction = 1.0 if _blank(end_fraction) else float(end_fraction)
+    return update_fixes(int(frequency), float(steps_per_epoch), int(epochs), end_fraction)

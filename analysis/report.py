@@ -70,6 +70,9 @@ class Section:
     summary: str = ""  # one line per finding: a list in markdown (the HTML shows the section's table)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (caption, file stem relative to out)
+    notes: list[str] = field(default_factory=list)  # remarks shown with the bookkeeping, after the results
+    # (kind, what it concerns, advice): collapsed after the results into one line per kind
+    warnings: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 class _Output:
@@ -155,22 +158,38 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
             _name("fig1_accuracy_vs_density", setup),
             f"{main.title}: {C.metric_label(opt.metric)} vs density",
         )
-        notes += [
-            f"{setup}: baseline '{kind}' differs from the DST runs in {b.note()}"
+        section.warnings += [
+            ("a baseline differs from the DST runs", f"{setup_label(setup)}, {kind}", f"it differs in {b.note()}")
             for kind, b in main.baselines.items()
             if b.differences
         ]
         if len(grids) > 1:
             notes.append(
-                f"{setup}: main grid '{main.label or 'all'}'; other DST variants (in their own studies "
-                f"below, or not plotted): " + "; ".join(g.label for g in grids[1:])
+                f"{setup_label(setup)}: Fig. 1 shows the grid '{main.label or 'all'}'; other DST variants (in their "
+                f"own studies below, or not plotted): " + "; ".join(g.label for g in grids[1:])
             )
     if not mains:
         return None
-    section.text = "\n".join(notes)
-    out.table(section, tables.accuracy_table(mains, opt.metric))
+    section.notes = notes
+    out.table(
+        section,
+        tables.accuracy_table(
+            mains,
+            opt.metric,
+            runs=runs,
+            expected_seeds=opt.expected_seeds,
+            alpha=opt.alpha,
+            alternative=opt.alternative,
+            min_seeds=opt.min_seeds,
+        ),
+    )
     ranked = tables.ranking_tables(
-        mains, metric=opt.metric, alpha=opt.alpha, alternative=opt.alternative, low_density=opt.low_density
+        mains,
+        metric=opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        low_density=opt.low_density,
+        min_seeds=opt.min_seeds,
     )
     for table in ranked or ():
         out.table(section, table)
@@ -230,10 +249,13 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         )
     warnings = cells.topology_warnings(runs)
     if len(warnings):
-        section.text = "\n".join(
-            f"Warning — {setup_label(setup)}, {where}: {advice}"
-            for setup, where, advice in zip(warnings[C.SETUP], warnings["description"], warnings["advice"])
-        )
+        kind = f"fewer than {cells.FEW_UPDATES} topology updates"
+        section.warnings += [
+            (kind, f"{setup_label(setup)}, {where} ({int(n)})", advice)
+            for setup, where, n, advice in zip(
+                warnings[C.SETUP], warnings["description"], warnings[C.TOPOLOGY_UPDATES], warnings["fix"]
+            )
+        ]
         out.table(
             section,
             Table(
@@ -449,15 +471,15 @@ STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | No
 def build_report(
     runs: pd.DataFrame, out: str | Path, options: Options | None = None, sources: Sequence[str | Path] = ()
 ) -> Path:
-    """Write every table and figure ``runs`` support under ``out``; returns index.html."""
+    """Write every table and figure ``runs`` support under ``out``; returns index.html.
+
+    The index opens with the results (figures, the accuracy table, the claims), then the
+    warnings, one line per kind, then what is missing and how the numbers were made."""
     opt = options or Options()
     out = Path(out)
     output = _Output(out, _inputs_key(runs, opt))
     status = completeness(runs, opt.expected_seeds)
-    first = Section("Completeness", status.summary())
-    for table in tables.completeness_tables(status):
-        output.table(first, table)
-    sections, missing = [first], []
+    sections, missing = [], []
     with grid.memoised():  # the studies share the density grids
         for why_not, study in STUDIES:
             try:
@@ -471,37 +493,99 @@ def build_report(
                 missing.append(why_not)
             else:
                 sections.append(section)
+    warnings = _collapsed_warnings(sections, status)
+    bookkeeping = Section("Completeness", status.summary())
+    for table in tables.completeness_tables(status):
+        output.table(bookkeeping, table)
+    bookkeeping.text += "".join(f"\n{note}" for s in sections for note in s.notes)
     header = {
         "sources": ", ".join(str(s) for s in sources) or "(runs table)",
         "metric": f"{opt.metric} ({C.metric_label(opt.metric)})",
+        "uncertainty": "mean ± standard deviation over seeds (sample std, ddof 1) in tables and bands; "
+        "differences between criteria with their 95 % confidence interval (Welch)",
         "significance": f"Welch's t-test ({'one' if opt.alternative == 'greater' else 'two'}-sided) against the "
         f"best criterion, Holm-corrected per density, alpha = {opt.alpha:g}",
         "verdicts": f"need ≥ {opt.min_seeds} completed seeds per cell on both sides of a test, and DST runs that "
         f"made topology updates",
-        "runs used": "completed runs only (one per experiment and seed); see Completeness",
+        "runs used": "completed runs only (one per experiment and seed); every table says how many of a cell's "
+        "runs its mean is over and what became of the others",
     }
     output.close()
-    (out / "index.md").write_text(_markdown_index(header, sections, missing))
-    (out / "index.html").write_text(_html_index(header, sections, missing))
+    lead = f"{len(runs)} runs; {status.summary().splitlines()[0].split(': ', 1)[-1]}."
+    (out / "index.md").write_text(_markdown_index(lead, header, sections, warnings, bookkeeping, missing))
+    (out / "index.html").write_text(_html_index(lead, header, sections, warnings, bookkeeping, missing))
     return out / "index.html"
 
 
-def _markdown_index(header: dict, sections: list[Section], missing: list[str]) -> str:
-    lines = ["# DST analysis report", ""]
-    lines += [f"- **{k}**: {v}" for k, v in header.items()]
+def _collapsed_warnings(sections: list[Section], status) -> list[str]:
+    """One line per kind of warning: how many, which cells, and the advice (once when it is
+    the same for all)."""
+    kinds: dict[str, list[tuple[str, str]]] = {}
     for section in sections:
-        lines += ["", f"## {section.title}", ""]
-        if section.text:
-            lines += [*section.text.splitlines(), ""]
-        if section.summary:
-            lines += [f"- {line}" for line in section.summary.splitlines()] + [""]
-        for table in section.tables:
-            links = ", ".join(f"[{fmt}](tables/{table.name}.{fmt})" for fmt in ("md", "csv", "tex"))
-            lines.append(f"- table `{table.name}` ({links}): {table.caption}")
-            if table.name in _INLINE_MD and len(table.shown()) <= _EMBED_MAX_ROWS:
-                lines += ["", tables.to_markdown(table.shown())]
+        for kind, where, advice in section.warnings:
+            kinds.setdefault(kind, []).append((where, advice))
+    if len(status.short):
+        short = status.short
+        kinds.setdefault("cells with fewer completed seeds than planned", []).extend(
+            (_cell_words(row), "see the Completeness tables") for _, row in short.iterrows()
+        )
+    lines = []
+    for kind, items in kinds.items():
+        advice = list(dict.fromkeys(a for _, a in items if a))
+        where = "; ".join(w for w, _ in items)
+        line = f"{len(items)} × {kind}: {where}"
+        if len(advice) == 1:
+            line += f". {advice[0][0].upper()}{advice[0][1:]}"
+        elif advice:
+            line += ". " + " / ".join(advice)
+        lines.append(line)
+    return lines
+
+
+def _cell_words(row: pd.Series) -> str:
+    """A cell in words: its setup, kind and the axes it has (criterion, growth, density, variant)."""
+    parts = [setup_label(row[C.SETUP]), row[C.KIND]]
+    for name in (C.CRITERION, C.GROWTH, C.DENSITY, C.VARIANT):
+        value = row.get(name)
+        if value is not None and value == value and value != "":
+            parts.append(f"{field_label(name)} {value:g}" if isinstance(value, float) else str(value))
+    return " ".join(str(p) for p in parts) + f" ({int(row['n_seeds'])} of {int(row['expected'])})"
+
+
+def _results_first(sections: list[Section]) -> list[Section]:
+    return sections
+
+
+def _markdown_table(table: Table, inline: bool) -> list[str]:
+    links = ", ".join(f"[{fmt}](tables/{table.name}.{fmt})" for fmt in ("md", "csv", "tex"))
+    lines = [f"**{table.heading}.** {table.caption} ({links})"]
+    if inline and len(table.shown()) <= _EMBED_MAX_ROWS:
+        lines += ["", tables.to_markdown(table.shown(), table.marks).rstrip()]
+        if table.notes:
+            lines += ["", table.notes]
+    return ["", *lines]
+
+
+def _markdown_index(
+    lead: str, header: dict, sections: list[Section], warnings: list[str], bookkeeping: Section, missing: list[str]
+) -> str:
+    lines = ["# DST analysis report", "", lead]
+    for section in sections:
+        lines += ["", f"## {section.title}"]
         for caption, stem in section.figures:
-            lines += ["", f"![{caption}]({stem}.png)", f"*{caption}* ([PDF]({stem}.pdf))"]
+            lines += ["", f"![{caption}]({stem}.png)", "", f"*{caption}* ([PDF]({stem}.pdf))"]
+        if section.text:
+            lines += ["", *section.text.splitlines()]
+        if section.summary:
+            lines += [""] + [f"- {line}" for line in section.summary.splitlines()]
+        for table in section.tables:
+            lines += _markdown_table(table, table.name in _INLINE_MD)
+    if warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in warnings]
+    lines += ["", f"## {bookkeeping.title}", "", *bookkeeping.text.splitlines()]
+    for table in bookkeeping.tables:
+        lines += _markdown_table(table, False)
+    lines += ["", "## How the numbers were made", ""] + [f"- **{k}**: {v}" for k, v in header.items()]
     if missing:
         lines += ["", "## Not produced", ""] + [f"- {m}" for m in missing]
     return "\n".join(lines) + "\n"
@@ -514,41 +598,61 @@ img{max-width:100%;height:auto}figure{margin:1em 0}
 .table{max-width:100%;overflow-x:auto;margin:.5em 0}
 table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top;max-width:40em;overflow-wrap:break-word}
-th{background:#f3f3f3}p.note{background:#fff4e0;padding:.3em .5em}
+td.num{text-align:right;white-space:nowrap}
+th{background:#f3f3f3}ul.warnings li{background:#fff4e0;padding:.2em .5em;margin:.2em 0}
+p.tnote{font-size:12px;color:#444}
 """
 
 
-def _html_index(header: dict, sections: list[Section], missing: list[str]) -> str:
+def _html_table(table: Table) -> str:
+    e = html.escape
+    links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
+    head = f"<h3>{e(table.heading)}</h3><p>{e(table.caption)} [{links}]</p>"
+    shown = table.shown()
+    if len(shown) > _EMBED_MAX_ROWS:
+        return head + f"<p>({len(shown)} rows: see the linked files)</p>"
+    body = table.html()
+    numeric = [tables.is_numeric_column(shown.iloc[:, i]) for i in range(shown.shape[1])]
+    if any(numeric):  # right-aligned number columns: their decimals line up
+        rows = body.split("<tr>")
+        for r, row in enumerate(rows[2:], 2):
+            cells = row.split("<td>")
+            rows[r] = cells[0] + "".join(
+                ("<td class='num'>" if i < len(numeric) and numeric[i] else "<td>") + c for i, c in enumerate(cells[1:])
+            )
+        body = "<tr>".join(rows)
+    return head + f"<div class='table'>{body}</div>"
+
+
+def _html_index(
+    lead: str, header: dict, sections: list[Section], warnings: list[str], bookkeeping: Section, missing: list[str]
+) -> str:
     """Tables sit in horizontally scrolling boxes and long cells wrap, so that nothing is
     wider than the window (checked in a real browser by the tests)."""
     e = html.escape
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
-        f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1><ul>",
+        f"<title>DST analysis report</title><style>{_CSS}</style></head><body><h1>DST analysis report</h1>",
+        f"<p>{e(lead)}</p>",
     ]
-    parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
-    parts.append("</ul>")
     for section in sections:
         parts.append(f"<h2>{e(section.title)}</h2>")
-        parts += [
-            f"<p{' class=note' if line.startswith('Warning') else ''}>{e(line)}</p>"
-            for line in section.text.splitlines()
-            if line.strip()
-        ]
-        for table in section.tables:
-            links = " ".join(f"<a href='tables/{table.name}.{fmt}'>{fmt}</a>" for fmt in ("md", "csv", "tex"))
-            parts.append(f"<h3>{e(table.name)}</h3><p>{e(table.caption)} [{links}]</p>")
-            shown = table.shown()
-            if len(shown) <= _EMBED_MAX_ROWS:
-                parts.append(f"<div class='table'>{shown.to_html(index=False, na_rep='', border=0)}</div>")
-            else:
-                parts.append(f"<p>({len(shown)} rows: see the linked files)</p>")
         for caption, stem in section.figures:
             parts.append(
                 f"<figure><img src='{stem}.png' alt='{e(caption)}'><figcaption>{e(caption)} "
                 f"(<a href='{stem}.pdf'>PDF</a>)</figcaption></figure>"
             )
+        parts += [f"<p>{e(line)}</p>" for line in section.text.splitlines() if line.strip()]
+        parts += [_html_table(table) for table in section.tables]
+    if warnings:
+        parts.append("<h2>Warnings</h2><ul class='warnings'>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>")
+    parts.append(f"<h2>{e(bookkeeping.title)}</h2>")
+    parts += [f"<p>{e(line)}</p>" for line in bookkeeping.text.splitlines() if line.strip()]
+    parts += [_html_table(table) for table in bookkeeping.tables]
+    parts.append("<h2>How the numbers were made</h2><ul>")
+    parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in header.items()]
+    parts.append("</ul>")
     if missing:
         parts.append("<h2>Not produced</h2><ul>" + "".join(f"<li>{e(m)}</li>" for m in missing) + "</ul>")
     parts.append("</body></html>")
