@@ -29,6 +29,7 @@ from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a l
 from src.sparse.few_updates import MIN_UPDATES, few_updates_advice, update_fixes
 
 from . import columns as C
+from .completeness import accounted
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
@@ -48,12 +49,14 @@ def _not_enough(n: int, min_seeds: int) -> str:
 
 # ------------------------------------------------------------------------ axes
 def sweep_axes(runs: pd.DataFrame) -> dict[str, list[str]]:
-    """Per setup, the fields its completed runs vary (kind first, then in identity order).
+    """Per setup, the fields its runs vary (kind first, then in identity order): of every
+    run with a readable config, whatever became of it, so that a cell whose runs all
+    diverged is still told apart from the others by the field it differs in.
 
     A field is an axis when it takes two values among the runs of one kind: dense runs'
     configs hold sparsity defaults that mean nothing for them. Overlap-at-initialisation
     probes are not trained and are left out (`analysis.overlap` has them)."""
-    done = _trained(completed(runs))
+    done = _trained(runs[runs[C.IDENTITY].notna()])
     out = {}
     for setup, of_setup in done.groupby(C.SETUP, sort=True):
         fields, axes = [], set()
@@ -89,11 +92,16 @@ def _axis_values(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------ per cell
-def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFrame:
+def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC, *, unfinished: bool = False) -> pd.DataFrame:
     """One row per cell of the completed runs: setup, kind, the setup's axes, n, mean, std,
     min, max of ``metric``, best_epoch (median epoch of the best validation accuracy),
-    final_epoch (median last epoch), topology_updates (fewest of its runs; DST only), seeds."""
+    final_epoch (median last epoch), topology_updates (fewest of its runs; DST only), seeds.
+    With ``unfinished``, also the cells none of whose runs completed (n = 0)."""
     done = _trained(completed(runs)).dropna(subset=[metric])
+    if unfinished:
+        readable = _trained(runs[runs[C.IDENTITY].notna()])
+        rest = readable[~readable[C.CELL].isin(done[C.CELL])].drop_duplicates(C.CELL)
+        done = pd.concat([done, rest.assign(**{metric: np.nan})])
     axes_of = sweep_axes(runs)
     parts = []
     for setup, of_setup in done.groupby(C.SETUP, sort=True):
@@ -104,10 +112,11 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
             frame[name] = of_setup[name] if name in of_setup else np.nan
         grouped = frame.groupby(C.CELL, sort=False)
         stats = grouped[metric].agg(n="count", mean="mean", std="std", min="min", max="max")
+        stats["seeds"] = frame.dropna(subset=[metric]).groupby(C.CELL)[C.SEED].agg(seed_list)
         stats["best_epoch"] = grouped["best_val.epoch"].median()
         stats["final_epoch"] = grouped["final.epoch"].median()
         stats[C.TOPOLOGY_UPDATES] = grouped[C.TOPOLOGY_UPDATES].min()
-        stats["seeds"] = grouped[C.SEED].agg(seed_list)
+        stats["seeds"] = stats["seeds"].fillna("")
         first = grouped[[C.SETUP, C.KIND, *values.columns]].first()
         parts.append(first.join(stats).reset_index())
     columns = [
@@ -132,8 +141,10 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
     return table.sort_values([C.SETUP, C.KIND, *axis_columns], na_position="first", ignore_index=True)
 
 
-def cell_display(cells: pd.DataFrame) -> pd.DataFrame:
-    """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``."""
+def cell_display(cells: pd.DataFrame, accounting: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``; with
+    ``accounting`` (`completeness.cell_accounting`), ``(2 of 3; 1 diverged)`` where a cell's
+    mean is not over all its planned runs."""
     axis_columns = [
         c
         for c in cells.columns
@@ -158,8 +169,19 @@ def cell_display(cells: pd.DataFrame) -> pd.DataFrame:
     )
     for name in axis_columns:
         out[field_label(name)] = cells[name].map(lambda v, n=name: "" if _blank(v) else label(n, v))
-    out["mean ± std (n)"] = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
-    out["min–max"] = [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(cells["min"], cells["max"])]
+    means = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
+    if accounting is not None:
+        found = accounting.reindex(cells[C.CELL])
+        for i, row in enumerate(found.itertuples(index=False)):
+            row = row._asdict()
+            if pd.isna(row["planned"]):
+                continue
+            note = accounted(row[C.COMPLETED], row["planned"], {k: v for k, v in row.items() if k != "planned"})
+            if note:
+                head = means[i].rsplit(" (", 1)[0] if cells["n"].iloc[i] else "—"
+                means[i] = f"{head} ({note})"
+    out["mean ± std (n)"] = means
+    out["min–max"] = ["" if _blank(lo) else f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(cells["min"], cells["max"])]
     out["best / final epoch"] = [f"{_num(b)} / {_num(f)}" for b, f in zip(cells["best_epoch"], cells["final_epoch"])]
     out["topology updates"] = cells[C.TOPOLOGY_UPDATES].map(lambda v: "" if _blank(v) else f"{v:g}")
     return out
@@ -180,6 +202,8 @@ def _num(value) -> str:
 
 
 def _mean_std_n(mean: float, std: float, n: int) -> str:
+    if not n:
+        return "—"
     spread = "" if pd.isna(std) else f" ± {std:.2f}"
     return f"{mean:.2f}{spread} ({int(n)})"
 
@@ -211,6 +235,7 @@ def axis_tests(
         )
     ]
     parts = []
+    cells = cells[cells["n"] > 0]  # (cells none of whose runs completed have nothing to test)
     for setup, of_setup in cells.groupby(C.SETUP, sort=True):
         present = [c for c in axis_columns if c != C.KIND and of_setup[c].notna().any()]
         axes = ([C.KIND] if of_setup[C.KIND].nunique() > 1 else []) + present

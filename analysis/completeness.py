@@ -108,10 +108,12 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
         sorted(family_seeds.get(tuple(key), set()) - set(seeds))
         for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])
     ]
+    # (at least the seeds the cell has records of: a cell whose runs all diverged is short of all of them)
+    recorded = described.groupby(C.CELL)[C.SEED].nunique().reindex(cells.index).fillna(0)
     cells["expected"] = (
         expected_seeds
         if expected_seeds is not None
-        else cells.groupby(family, dropna=False)["n_seeds"].transform("max")
+        else cells.groupby(family, dropna=False)["n_seeds"].transform("max").combine(recorded, max)
     )
     cells["short"] = cells["n_seeds"] < cells["expected"]
     for name in ("seeds", "missing_seeds"):  # text, so that the table writes to CSV and parquet alike

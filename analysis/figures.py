@@ -2,9 +2,11 @@
 
 Figures are built without pyplot, so they work under any backend (Agg in scripts and
 tests, inline in notebooks) and are freed when dropped. Each accuracy figure draws the
-mean over seeds with a ±1 std band and says how many seeds each point has; a criterion has
-the same colour in every figure, static sparse training is light blue and the dense model a
-dashed black line, as in the paper.
+mean over seeds with a band of ±1 standard deviation over seeds, and says so and how many
+seeds each point has (`BAND`); differences between criteria carry their 95 % confidence
+interval (Welch). A criterion has the same colour and marker in every panel and figure,
+static sparse training is light blue with square markers and the dense model a dashed black
+line, as in the paper.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from . import columns as C
 from .grid import Baseline, Selection
 from .grid import completed as completed_runs
 from .overlap import jaccard_matrix, random_expectation
-from .stats import summarize
-from .style import STYLES, field_label, label, setup_label, style
+from .stats import summarize, welch_interval
+from .style import STYLES, Style, field_label, label, setup_label, style
 
 STATIC_COLOR = STYLES[C.MODE]["static"].color  # the paper's light blue
+STATIC_MARKER = STYLES[C.MODE]["static"].marker  # the same in every panel
+BAND = "bands: ±1 std over seeds"  # what every shaded band and error bar of an accuracy figure is
+CI_LEVEL = 0.95
 DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.3}
 DROPOUT_STYLE = {"color": "tab:blue", "linestyle": ":", "linewidth": 1.6}
 RANDOM_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.4}
@@ -106,7 +111,8 @@ def _seeds_text(counts: Iterable[int]) -> str:
     if not counts:
         return ""
     low, high = min(counts), max(counts)
-    return f"seeds per point: {low}" if low == high else f"seeds per point: {low}–{high}"
+    seeds = f"seeds per point: {low}" if low == high else f"seeds per point: {low}–{high}"
+    return f"{seeds}\n{BAND}"
 
 
 def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
@@ -172,32 +178,17 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
         of_growth = runs[runs[C.GROWTH] == growth]
         counts += _criterion_curves(ax, of_growth, C.DENSITY, metric, highlight)
         stats = summarize(of_growth, [C.CRITERION, C.DENSITY], metric)
-        best = stats.groupby(C.DENSITY)["mean"].max()
-        for criterion in criterion_order(stats[C.CRITERION]):
-            curve = stats[stats[C.CRITERION] == criterion].sort_values(C.DENSITY)
-            look = style(C.CRITERION, criterion)
-            diff_ax.plot(
-                curve[C.DENSITY],
-                curve["mean"] - best.reindex(curve[C.DENSITY]).to_numpy(),
-                marker=look.marker,
-                markersize=3.5,
-                color=look.color,
-            )
+        best = stats.loc[stats.groupby(C.DENSITY)["mean"].idxmax()].set_index(C.DENSITY)
+        curves = [(stats[stats[C.CRITERION] == c], style(C.CRITERION, c)) for c in criterion_order(stats[C.CRITERION])]
         if static is not None:
             static_stats = summarize(static.runs, [C.DENSITY], metric)
             label_ = "static" + (f" ({static.note()})" if static.differences else "")
-            _curve(ax, static_stats, C.DENSITY, label_, STATIC_COLOR, linewidth=2)
+            _curve(ax, static_stats, C.DENSITY, label_, STATIC_COLOR, STATIC_MARKER, linewidth=2)
             densities |= set(static_stats[C.DENSITY])
             counts += list(static_stats["n"])
-            shared = static_stats[static_stats[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
-            diff_ax.plot(
-                shared[C.DENSITY],
-                shared["mean"] - best.reindex(shared[C.DENSITY]).to_numpy(),
-                color=STATIC_COLOR,
-                linewidth=2,
-                marker="s",
-                markersize=3.5,
-            )
+            curves.append((static_stats, Style("static", STATIC_COLOR, STATIC_MARKER)))
+        for number, (curve, look) in enumerate(curves):
+            _difference(diff_ax, curve, best, look, number, len(curves), static=look.label == "static")
         if dense is not None:
             counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
         diff_ax.axhline(0, color="0.3", linewidth=0.8)
@@ -208,10 +199,42 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
         for a in (ax, diff_ax):
             a.grid(alpha=0.3)
     axes[0, 0].set_ylabel(C.metric_label(metric))
-    axes[1, 0].set_ylabel("difference to the best\ncriterion (points)")
+    axes[1, 0].set_ylabel(f"difference to the best\ncriterion (points, {CI_LEVEL:.0%} CI)")
     _variant_title(fig, selection.label)
     _legend(fig, axes, counts)
     return fig
+
+
+def _difference(
+    ax: Axes, curve: pd.DataFrame, best: pd.DataFrame, look, number: int, count: int, static: bool = False
+) -> None:
+    """A curve's difference to the best criterion's mean at each density, with the 95 %
+    confidence interval of that difference of means (Welch); the best itself sits at 0.
+    Series are nudged apart along the (log) density axis so that their bars do not overlap."""
+    curve = curve[curve[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
+    if curve.empty:
+        return
+    ref = best.loc[curve[C.DENSITY]]
+    diff, half = welch_interval(
+        curve["mean"], curve["std"] ** 2, curve["n"], ref["mean"], ref["std"] ** 2, ref["n"], CI_LEVEL
+    )
+    if static:
+        is_best = np.zeros(len(curve), dtype=bool)
+    else:
+        is_best = curve[C.CRITERION].to_numpy() == ref[C.CRITERION].to_numpy()
+    half = np.where(is_best, np.nan, half)
+    nudge = 1.035 ** (number - (count - 1) / 2)
+    ax.errorbar(
+        curve[C.DENSITY] * nudge,
+        diff,
+        yerr=np.nan_to_num(half),
+        marker=look.marker,
+        markersize=3.5,
+        color=look.color,
+        linewidth=2 if static else 1.2,
+        elinewidth=0.9,
+        capsize=2,
+    )
 
 
 def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:

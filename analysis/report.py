@@ -26,8 +26,8 @@ import pandas as pd
 
 from . import cells, claims, grid, overlap, tables
 from . import columns as C
-from .completeness import completeness
-from .style import field_label, setup_label
+from .completeness import cell_accounting, completeness
+from .style import field_label, label, setup_label
 from .tables import Table
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class _Figures:
 figures = _Figures()
 
 _EMBED_MAX_ROWS = 60  # larger tables are linked from the HTML index, not inlined
-_INLINE_MD = ("cell_results", "axis_tests", "claims")  # the results, also inline in index.md
+_INLINE_MD = ("accuracy", "ranking", "claims", "flops", "cell_results")  # the results, also inline in index.md
 
 
 @dataclass
@@ -132,6 +132,13 @@ def _inputs_key(runs: pd.DataFrame, opt: Options) -> str:
     return hashlib.sha256(content + code + repr(opt).encode()).hexdigest()
 
 
+BAND_CAPTION = "Lines and points: mean over seeds; shaded bands and error bars: ±1 standard deviation over seeds."
+
+
+def _title(selection: grid.Selection) -> str:
+    return setup_label(selection.setup) + (f" ({selection.label})" if selection.label else "")
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_")
 
@@ -156,7 +163,9 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
             section,
             lambda main=main: figures.accuracy_vs_density(main, opt.metric),
             _name("fig1_accuracy_vs_density", setup),
-            f"{main.title}: {C.metric_label(opt.metric)} vs density",
+            f"{_title(main)}: {C.metric_label(opt.metric)} against density. Lines: mean over seeds; shaded bands: "
+            f"±1 standard deviation over seeds; lower panels: each curve's difference to the best criterion's mean "
+            f"at that density, with the 95 % confidence interval of the difference of means (Welch).",
         )
         section.warnings += [
             ("a baseline differs from the DST runs", f"{setup_label(setup)}, {kind}", f"it differs in {b.note()}")
@@ -217,19 +226,19 @@ def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
 def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     """Every sweep, whatever its axes: the metric per cell, tests along each axis, and
     figures along the axes of setups that have no density grid (Fig. 1 covers those)."""
-    table = cells.cell_table(runs, opt.metric)
-    if table.empty:
+    table = cells.cell_table(runs, opt.metric, unfinished=True)
+    if not (table["n"] > 0).any():
         return None
     section = Section("Results per cell and along each axis")
     out.table(
         section,
         Table(
             "cell_results",
-            f"{C.metric_label(opt.metric)} per cell (completed runs): mean ± std "
-            f"over seeds (number of seeds), min–max, the median epoch of the best validation "
+            f"{C.metric_label(opt.metric)} per cell: mean ± standard deviation over the completed seeds "
+            f"(their number, or how many of the planned runs completed and what became of the others), min–max, the median epoch of the best validation "
             f"accuracy and the last epoch, and the fewest topology updates of its DST runs.",
             table,
-            cells.cell_display(table),
+            cells.cell_display(table, cell_accounting(runs, opt.expected_seeds)),
         ),
     )
     tests = cells.axis_tests(table, alpha=opt.alpha, alternative=opt.alternative, min_seeds=opt.min_seeds)
@@ -273,7 +282,8 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
                 section,
                 lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
                 _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
-                f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}",
+                f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}. "
+                "Dots: single seeds; points or lines: mean over seeds; bars or bands: ±1 standard deviation over seeds.",
             )
     return section
 
@@ -297,7 +307,7 @@ def _figure_study(
                     section,
                     lambda selection=selection: draw(selection, opt.metric),
                     _name(prefix, setup, number if len(found) > 1 else None),
-                    selection.title,
+                    f"{_title(selection)}. {BAND_CAPTION}",
                 )
             selections += found
         if not selections:
@@ -383,7 +393,7 @@ def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | N
             section,
             lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
             _name("fig6a_overlap_init", setup),
-            f"{setup}: Jaccard similarity of the criteria's pruned sets at initialisation",
+            f"{setup_label(setup)}: Jaccard similarity of the criteria's pruned sets at initialisation, mean over seeds",
         )
     out.table(section, tables.overlap_init_table(at_init))
     return section
@@ -401,7 +411,8 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
                 section,
                 lambda part=part: figures.overlap_trajectory_curves(part),
                 _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
-                f"{setup}{f' ({variant})' if variant else ''}, density {density:g}: overlap along training",
+                f"{setup_label(setup)}{f' ({variant})' if variant else ''}, density {density:g}: overlap along "
+                f"training. {BAND_CAPTION}",
             )
     out.table(section, tables.overlap_trajectory_table(trajectories))
     return section
@@ -409,7 +420,6 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
 
 # (why the study is missing when it returns None, the study)
 STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
-    ("Results per cell: no completed runs with the metric", _per_cell),
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
     (
@@ -462,6 +472,7 @@ STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | No
             _density_one_table,
         ),
     ),
+    ("Results per cell: no completed runs with the metric", _per_cell),
     ("Fig. 6a (overlap at initialisation): no completed overlap_init runs", _overlap_init),
     ("Fig. 6b (overlap along training): no completed DST runs with overlap_with", _overlap_trajectories),
 ]
@@ -544,16 +555,12 @@ def _collapsed_warnings(sections: list[Section], status) -> list[str]:
 
 def _cell_words(row: pd.Series) -> str:
     """A cell in words: its setup, kind and the axes it has (criterion, growth, density, variant)."""
-    parts = [setup_label(row[C.SETUP]), row[C.KIND]]
+    parts = [setup_label(row[C.SETUP]), label(C.KIND, row[C.KIND])]
     for name in (C.CRITERION, C.GROWTH, C.DENSITY, C.VARIANT):
         value = row.get(name)
         if value is not None and value == value and value != "":
-            parts.append(f"{field_label(name)} {value:g}" if isinstance(value, float) else str(value))
+            parts.append(f"{field_label(name)} {value:g}" if isinstance(value, float) else label(name, value))
     return " ".join(str(p) for p in parts) + f" ({int(row['n_seeds'])} of {int(row['expected'])})"
-
-
-def _results_first(sections: list[Section]) -> list[Section]:
-    return sections
 
 
 def _markdown_table(table: Table, inline: bool) -> list[str]:

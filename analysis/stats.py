@@ -68,6 +68,22 @@ def welch_from_moments(mean_a, var_a, n_a, mean_b, var_b, n_b, alternative: str 
     return np.where((n_a < 2) | (n_b < 2), np.nan, p)
 
 
+def welch_interval(mean_a, var_a, n_a, mean_b, var_b, n_b, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The difference of means a - b and the half-width of its ``level`` confidence interval
+    by Welch's approximation (Student's t with Welch-Satterthwaite degrees of freedom); the
+    half-width is NaN where either side has fewer than two values."""
+    mean_a, var_a, n_a, mean_b, var_b, n_b = (
+        np.asarray(x, dtype=float) for x in (mean_a, var_a, n_a, mean_b, var_b, n_b)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sa, sb = var_a / n_a, var_b / n_b
+        df = (sa + sb) ** 2 / (sa**2 / (n_a - 1) + sb**2 / (n_b - 1))
+        df = np.where((sa + sb) == 0, np.inf, df)
+        half = special.stdtrit(df, 0.5 + level / 2) * np.sqrt(sa + sb)
+    half = np.where((n_a < 2) | (n_b < 2), np.nan, half)
+    return mean_a - mean_b, half
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (NaNs are not tests: they stay NaN and do not count).
 

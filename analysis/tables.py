@@ -143,24 +143,26 @@ def to_markdown(df: pd.DataFrame, marks: pd.DataFrame | None = None) -> str:
 
     cells = _cells(df)
     if marks is not None:
-        cells = _marked(df, cells, marks, ("**", "**"))
+        cells = _marked(df, cells, marks, ("**", "**"), star="\\*")
     lines = [row(map(_text, df.columns)), "|" + "|".join(_align(df[c]) for c in df.columns) + "|"]
     lines += [row(r) for r in cells]
     return "\n".join(lines) + "\n"
 
 
-def _marked(df: pd.DataFrame, cells: list[list[str]], marks: pd.DataFrame, bold: tuple[str, str]) -> list[list[str]]:
+def _marked(
+    df: pd.DataFrame, cells: list[list[str]], marks: pd.DataFrame, bold: tuple[str, str], star: str = "*"
+) -> list[list[str]]:
     positions = {c: i for i, c in enumerate(df.columns)}
     for column in marks.columns:
         if column not in positions:
             continue
         j = positions[column]
         for i, mark in enumerate(marks[column].fillna("")):
-            cells[i][j] = _mark(cells[i][j], mark, bold)
+            cells[i][j] = _mark(cells[i][j], mark, bold, star)
     return cells
 
 
-_NUMBER = re.compile(r"^[-+−]?\d[\d.,]*(e[-+]?\d+)?(\s*±\s*[\d.]+)?(\*|%)?(\s*\(.*\))?$|^—$")
+_NUMBER = re.compile(r"^(?:[-+−]?\d[\d.,]*(?:e[-+]?\d+)?(?:\s*±\s*[\d.]+)?|—)[*%]?(?:\s*\(.*\))?$")
 
 
 def is_numeric_column(values: pd.Series) -> bool:
@@ -282,7 +284,14 @@ def accuracy_table(
                 )
             )
         if runs is not None:
-            parts.append(_unfinished_cells(runs, grid, {c for p in parts for c in p[C.CELL]}))
+            unfinished, fields = _unfinished_cells(runs, grid, {c for p in parts for c in p[C.CELL]})
+            if fields:  # the grid's own value of each field that tells an unfinished cell apart
+                reference = common_identity(grid.runs)
+                label = describe({k: reference.get(k) for k in fields})
+                for part in parts:
+                    if len(part) and (part[C.SETUP] == grid.setup).all() and (part[C.VARIANT] == grid.label).all():
+                        part[C.VARIANT] = ", ".join(x for x in (grid.label, label) if x)
+            parts.append(unfinished)
     data = _stack(parts)
     if data is None:
         return None
@@ -309,9 +318,10 @@ def accuracy_table(
     )
 
 
-def _unfinished_cells(runs: pd.DataFrame, grid: Selection, shown: set) -> pd.DataFrame:
+def _unfinished_cells(runs: pd.DataFrame, grid: Selection, shown: set) -> tuple[pd.DataFrame, set]:
     """The setup's cells of the grid's kinds (DST below density 1, static, dense) that have
-    no completed run at all, labelled by the fields in which they differ from the grid."""
+    no completed run at all, labelled by the fields in which they differ from the grid;
+    and those fields."""
     reference = common_identity(grid.runs)
     of_setup = runs[(runs[C.SETUP] == grid.setup) & runs[C.CELL].notna() & ~runs[C.CELL].isin(shown)]
     kinds = of_setup[C.KIND]
@@ -319,7 +329,7 @@ def _unfinished_cells(runs: pd.DataFrame, grid: Selection, shown: set) -> pd.Dat
         ((kinds == "dst") & (of_setup[C.DENSITY] < 1)) | kinds.isin([k for k in grid.baselines if k != "layer-wise"])
     ]
     done = set(candidates.loc[candidates[C.STATUS] == C.COMPLETED, C.CELL])
-    rows = []
+    rows, fields = [], set()
     for cell, of_cell in candidates[~candidates[C.CELL].isin(done)].groupby(C.CELL, sort=True):
         first = of_cell.iloc[0]
         kind = first[C.KIND]
@@ -328,6 +338,7 @@ def _unfinished_cells(runs: pd.DataFrame, grid: Selection, shown: set) -> pd.Dat
             for k, v in identity(first[C.IDENTITY]).items()
             if k not in (*AXES, C.MODE) and reference.get(k, _NOT_APPLICABLE) != v
         }
+        fields |= set(differences)
         rows.append(
             {
                 C.SETUP: grid.setup,
@@ -340,7 +351,7 @@ def _unfinished_cells(runs: pd.DataFrame, grid: Selection, shown: set) -> pd.Dat
                 "kind": kind,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), fields
 
 
 def _seeds_note(data: pd.DataFrame) -> str:
