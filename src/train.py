@@ -50,6 +50,7 @@ from .records import (
 )
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
+from .sparse.flops import run_flops
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -478,6 +479,17 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         diverged,
         total_steps,
         setup_time=time.perf_counter() - started - progress.elapsed,
+    )
+    # Training FLOPs from the densities each layer had, segment by segment (src/sparse/flops.py).
+    result["flops"] = run_flops(
+        config,
+        input_shape=splits.input_shape,
+        num_classes=num_classes,
+        final_density=sparsifier.densities(),
+        update_records=read_metrics(run_dir, "update"),
+        steps=progress.step,
+        steps_per_epoch=steps_per_epoch,
+        samples_per_epoch=len(splits.train) // ddp.world,
     )
     if status != "interrupted":
         if tc.save_model and ddp.main:
