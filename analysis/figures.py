@@ -557,3 +557,60 @@ def _level_order(axis: str, levels) -> list:
 
 def _level_color(axis: str, level) -> str:
     return style(axis, level).color if axis in STYLES else "black"
+
+
+# ------------------------------------------------------------------------ cost
+def accuracy_vs_flops(summary: pd.DataFrame, setup: str, metric: str = C.DEFAULT_METRIC) -> Figure | None:
+    """Accuracy against training FLOPs as a fraction of the dense model's (log axis), one
+    panel per growth rule: a curve per criterion through its densities, static sparse
+    training, and the dense model at 1. ``summary``: `analysis.flops.flops_summary`."""
+    rows = summary[(summary[C.SETUP] == setup) & summary["flops.train_fraction"].notna() & (summary["n"] > 0)]
+    dst = rows[rows[C.KIND] == "dst"]
+    if dst.empty:
+        return None
+    growths = _growth_order(dst[C.GROWTH])
+    fig, axes = _panels(1, len(growths))
+    counts = list(rows["n"])
+    for ax, growth in zip(axes[0], growths):
+        of_growth = dst[dst[C.GROWTH] == growth]
+        series = [
+            (of_growth[of_growth[C.CRITERION] == c], style(C.CRITERION, c))
+            for c in criterion_order(of_growth[C.CRITERION])
+        ]
+        static = rows[rows[C.KIND] == "static"]
+        if len(static):
+            series.append((static, Style("static", STATIC_COLOR, STATIC_MARKER)))
+        for part, look in series:
+            part = part.sort_values("flops.train_fraction")
+            ax.errorbar(
+                part["flops.train_fraction"],
+                part["mean"],
+                yerr=part["std"].fillna(0),
+                marker=look.marker,
+                markersize=4,
+                color=look.color,
+                label=look.label,
+                capsize=2,
+                elinewidth=0.8,
+                linewidth=2 if look.label == "static" else 1.2,
+            )
+        dense = rows[rows[C.KIND] == "dense"]
+        if len(dense):
+            ax.errorbar(
+                dense["flops.train_fraction"],
+                dense["mean"],
+                yerr=dense["std"].fillna(0),
+                fmt="*",
+                markersize=9,
+                color="black",
+                label="dense",
+                capsize=2,
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.set_title(f"{setup_label(setup)} — {growth_label(growth)} growth", fontsize=10)
+        ax.set_xlabel("training FLOPs (fraction of dense)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(C.metric_label(metric))
+    _legend(fig, axes, counts)
+    return fig

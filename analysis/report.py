@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import cells, claims, grid, overlap, tables
+from . import cells, claims, flops, grid, overlap, tables
 from . import columns as C
 from .completeness import cell_accounting, completeness
 from .style import field_label, label, setup_label
@@ -288,6 +288,65 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     return section
 
 
+def _cost(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
+    """Training and inference FLOPs next to accuracy, as a fraction of the dense model's."""
+    costs = flops.run_costs(runs)
+    if not costs["flops.train"].notna().any():
+        return None
+    summary = flops.flops_summary(costs, opt.metric)
+    section = Section("The cost of training: FLOPs")
+    for setup in grid.setups(costs):
+        out.figure(
+            section,
+            lambda setup=setup: figures.accuracy_vs_flops(summary, setup, opt.metric),
+            _name("accuracy_vs_training_flops", setup),
+            f"{setup_label(setup)}: {C.metric_label(opt.metric)} against training FLOPs as a fraction of the dense "
+            f"model's (forward and backward of every step at each layer's density, the dense-gradient steps and "
+            f"the topology updates; log axis), one point per density. Points: mean over seeds; error bars: ±1 "
+            f"standard deviation over seeds.",
+        )
+    sources = sorted(set(summary["flops_source"]) - {""})
+    note = "" if sources == [flops.RECORDED] else f" FLOPs: {'; '.join(sources)} (see analysis/flops.py)."
+    out.table(
+        section,
+        Table(
+            "flops",
+            f"Training FLOPs per run and inference FLOPs per sample (2 × multiply-adds of the linear and "
+            f"convolution weights), mean over seeds, and as a fraction of the dense model's; "
+            f"{C.metric_label(opt.metric)}: mean ± standard deviation over seeds.{note}",
+            summary,
+            _flops_display(summary),
+            title="Training and inference FLOPs",
+        ),
+    )
+    return section
+
+
+def _flops_display(summary: pd.DataFrame) -> pd.DataFrame:
+    def fraction(x) -> str:
+        return "" if pd.isna(x) else f"{100 * x:.1f} %"
+
+    def number(x) -> str:
+        return "" if pd.isna(x) else f"{x:.3g}"
+
+    shown = pd.DataFrame(
+        {
+            "setup": summary[C.SETUP],
+            "growth": summary[C.GROWTH],
+            "method": summary[C.CRITERION],
+            "density": summary[C.DENSITY],
+            "accuracy": [tables.mean_std_n(m, s, n) for m, s, n in zip(summary["mean"], summary["std"], summary["n"])],
+            "training FLOPs": summary["flops.train"].map(number),
+            "training, of dense": summary["flops.train_fraction"].map(fraction),
+            "inference FLOPs": summary["flops.inference"].map(number),
+            "inference, of dense": summary["flops.inference_fraction"].map(fraction),
+        }
+    )
+    if (summary[C.VARIANT].fillna("") != "").any():
+        shown.insert(1, "variant", summary[C.VARIANT])
+    return shown
+
+
 def _figure_study(
     title: str,
     prefix: str,
@@ -422,6 +481,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
 STUDIES: list[tuple[str, Callable[[pd.DataFrame, _Output, Options], Section | None]]] = [
     ("Fig. 1 (accuracy vs density): no completed DST runs at two or more densities below 1", _accuracy),
     ("Claims (magnitude at low density, differences shrink, DST beats static): no DST density grid", _claims),
+    ("FLOPs: no completed runs whose FLOPs are recorded or can be counted", _cost),
     (
         "Fig. 4 (update frequency): no DST runs at two or more update frequencies",
         _figure_study(

@@ -162,7 +162,7 @@ def _marked(
     return cells
 
 
-_NUMBER = re.compile(r"^(?:[-+−]?\d[\d.,]*(?:e[-+]?\d+)?(?:\s*±\s*[\d.]+)?|—)[*%]?(?:\s*\(.*\))?$")
+_NUMBER = re.compile(r"^(?:[-+−]?\d[\d.,]*(?:e[-+]?\d+)?(?:\s*±\s*[\d.]+)?|—)(?:\s?%)?\*?(?:\s*\(.*\))?$")
 
 
 def is_numeric_column(values: pd.Series) -> bool:

@@ -26,6 +26,8 @@ reference is the same model at density 1 over the same samples.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -72,13 +74,19 @@ def layer_costs(model, input_shape: Sequence[int]) -> dict[str, LayerCost]:
 
 def model_costs(model_name: str, num_classes: int | None, input_shape: Sequence[int] | None = None, **kwargs):
     """`layer_costs` of a registered model, built on the meta device (``input_shape``
-    defaults to the model's own)."""
+    defaults to the model's own); computed once per model, classes, shape and kwargs."""
+    shape = None if input_shape is None else tuple(input_shape)
+    return _model_costs(model_name, num_classes, shape, json.dumps(kwargs, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_costs(model_name: str, num_classes: int | None, input_shape, kwargs: str) -> dict[str, LayerCost]:
     import torch
 
     from ..models import build_model, model_info
 
     with torch.device("meta"):
-        model = build_model(model_name, num_classes, **kwargs)
+        model = build_model(model_name, num_classes, **json.loads(kwargs))
     return layer_costs(model, input_shape or model_info(model_name).input_shape)
 
 
@@ -212,7 +220,8 @@ def initial_densities(config: Mapping, costs: Mapping[str, LayerCost]) -> dict[s
 
     from ..models import build_model
     from .density import layer_densities
-    from .reference import CLEAN, REFERENCE
+    from .functional import CLEAN
+    from .reference import REFERENCE
     from .sparsifier import masked_parameter_names
 
     sparsity, model = config["sparsity"], config["model"]
