@@ -32,7 +32,7 @@ from .style import STYLES, Style, field_label, label, setup_label, style
 
 STATIC_COLOR = STYLES[C.MODE]["static"].color  # the paper's light blue
 STATIC_MARKER = STYLES[C.MODE]["static"].marker  # the same in every panel
-BAND = "bands: ±1 std over seeds"  # what every shaded band and error bar of an accuracy figure is
+BAND = "bands, bars: ±1 std over seeds"  # what every shaded band and error bar of an accuracy figure is
 CI_LEVEL = 0.95
 DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.3}
 DROPOUT_STYLE = {"color": "tab:blue", "linestyle": ":", "linewidth": 1.6}
@@ -606,8 +606,13 @@ def accuracy_vs_flops(summary: pd.DataFrame, setup: str, metric: str = C.DEFAULT
                 label="dense",
                 capsize=2,
             )
+        low = rows["flops.train_fraction"].min()
         ax.set_xscale("log")
+        ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0) if t >= low * 0.8]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(low * 0.85, 1.15)
         ax.set_title(f"{setup_label(setup)} — {growth_label(growth)} growth", fontsize=10)
         ax.set_xlabel("training FLOPs (fraction of dense)")
         ax.grid(alpha=0.3, which="both")

@@ -680,14 +680,15 @@ def _html_table(table: Table) -> str:
         return head + f"<p>({len(shown)} rows: see the linked files)</p>"
     body = table.html()
     numeric = [tables.is_numeric_column(shown.iloc[:, i]) for i in range(shown.shape[1])]
-    if any(numeric):  # right-aligned number columns: their decimals line up
-        rows = body.split("<tr>")
-        for r, row in enumerate(rows[2:], 2):
-            cells = row.split("<td>")
+    if any(numeric) and "<tbody>" in body:  # right-aligned number columns: their decimals line up
+        top, _, rest = body.partition("<tbody>")
+        rows = rest.split("<tr>")
+        for r in range(1, len(rows)):
+            cells = rows[r].split("<td>")
             rows[r] = cells[0] + "".join(
                 ("<td class='num'>" if i < len(numeric) and numeric[i] else "<td>") + c for i, c in enumerate(cells[1:])
             )
-        body = "<tr>".join(rows)
+        body = top + "<tbody>" + "<tr>".join(rows)
     return head + f"<div class='table'>{body}</div>"
 
 
