@@ -8,14 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from . import columns as C
 from .cells import MIN_SEEDS
 from .load import load_runs
 from .report import Options, build_report
 from .stats import ALTERNATIVES
-from .style import setup_label
 
 
 def parser() -> argparse.ArgumentParser:
@@ -159,8 +156,8 @@ def not_finished(runs) -> str:
 
 
 def results_text(report_dir: Path, max_rows: int = 40) -> str:
-    """The report's per-cell results, tests along each axis and topology warnings, for the
-    terminal (at most ``max_rows`` rows of each table; the report has them all)."""
+    """The report's per-cell results, tests along each axis and warnings (one line per kind),
+    for the terminal (at most ``max_rows`` rows of each table; the report has them all)."""
     lines = []
     for name in ("cell_results", "axis_tests"):
         path = report_dir / "tables" / f"{name}.md"
@@ -171,13 +168,12 @@ def results_text(report_dir: Path, max_rows: int = 40) -> str:
         lines += ["", caption, *rows[: max_rows + 2]]
         if len(rows) > max_rows + 2:
             lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
-    warnings = report_dir / "tables" / "topology_warnings.csv"
-    if warnings.exists():
-        found = pd.read_csv(warnings)
-        lines += [
-            f"warning: {setup_label(setup)}, {where}: {advice}"
-            for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])
-        ]
+    index = report_dir / "index.md"  # its Warnings section: one line per kind, with the cells and the advice
+    if index.exists():
+        text = index.read_text()
+        if "\n## Warnings\n" in text:
+            section = text.split("\n## Warnings\n", 1)[1].split("\n## ", 1)[0]
+            lines += [f"warning: {line[2:]}" for line in section.splitlines() if line.startswith("- ")]
     return "\n".join(lines)
 
 

@@ -192,6 +192,7 @@ def to_latex(df: pd.DataFrame, caption: str, label: str, marks: pd.DataFrame | N
     after the point), columns that hold one value on every row moved to the caption, the
     best cells (``marks``) bold and starred with the not-significantly-worse ones."""
     df = df.reset_index(drop=True)
+    caption = caption[:1].upper() + caption[1:]  # a sentence
     constant = [c for c in df.columns if len(df) > 1 and df[c].map(_text).nunique() == 1 and _text(df[c].iloc[0])]
     if constant and len(constant) < len(df.columns):
         shared = "; ".join(f"{_text(c)}: {_text(df[c].iloc[0])}" for c in constant)

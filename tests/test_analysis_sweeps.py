@@ -159,7 +159,9 @@ def test_topology_updates_are_counted_and_too_few_are_warned_about(sweep, no_upd
     assert line.endswith(advice), (line, advice)
     assert set(cells.axis_tests(cells.cell_table(idle), min_seeds=1)["verdict"]) == {cells.NO_UPDATES}
     assert cli(["report", str(no_updates), "--out", str(no_updates / "report")]) == 0
-    assert "warning: LeNet-5 on synthetic data, criterion=Magnitude: no topology update (" in capsys.readouterr().out
+    assert "warning: 2 × fewer than 5 topology updates: LeNet-5 on synthetic data, criterion=Magnitude (0); " in (
+        capsys.readouterr().out
+    )
 
 
 def test_verdict_readiness_before_launch():
@@ -215,6 +217,10 @@ window.addEventListener('load', () => {
   out.id = 'probe';
   out.textContent = JSON.stringify({window: window.innerWidth, width, scroll: document.documentElement.scrollWidth,
                                     wide: wide.slice(0, 20),
+                                    headings: Array.from(document.querySelectorAll('h2,h3')).map(
+                                      h => [h.textContent, h.getBoundingClientRect().top]),
+                                    images: Array.from(document.images).map(
+                                      i => [i.getAttribute('src'), i.getBoundingClientRect().top]),
                                     errors: window.__errors});
   document.body.appendChild(out);
 });
