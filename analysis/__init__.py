@@ -19,7 +19,7 @@ import importlib
 from . import style
 from .cells import axis_tests, cell_table, sweep_axes, topology_warnings, verdict_readiness
 from .claims import check_claims
-from .completeness import Completeness, completeness
+from .completeness import Completeness, cell_accounting, completeness
 from .grid import (
     Selection,
     completed,
@@ -72,6 +72,7 @@ __all__ = [
     "axis_figure",
     "axis_tests",
     "build_report",
+    "cell_accounting",
     "cell_table",
     "check_claims",
     "compare_to_best",

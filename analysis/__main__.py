@@ -62,7 +62,12 @@ def parser() -> argparse.ArgumentParser:
         "notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs and save it with its outputs"
     )
     notebook.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
-    notebook.add_argument("--out", type=Path, help="the executed notebook (default: <first sweep dir>/aggregate.ipynb)")
+    notebook.add_argument(
+        "--out",
+        type=Path,
+        help="where the executed copy goes: a .ipynb file, or a directory for aggregate.ipynb "
+        "(default: <first sweep dir>/aggregate.ipynb); the packaged notebook is never modified",
+    )
     notebook.add_argument("--metric", default=C.DEFAULT_METRIC, help="runs-table column compared")
     notebook.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     return p
@@ -72,8 +77,9 @@ NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
 
 
 def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
-    """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
-    ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
+    """A copy of the aggregate notebook executed headless on ``sweep_dirs`` (given to its
+    kernel as ANALYSIS_SWEEP_DIRS, absolute: a relative one is from this process's working
+    directory), written with its outputs to ``out``; the packaged notebook is only read."""
     import nbclient
     import nbformat
 
@@ -83,7 +89,10 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
         nbclient.NotebookClient(
-            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(sweep_dirs[0])}}
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(sweep_dirs[0].resolve())}},
         ).execute()
     finally:
         for k, v in saved.items():
@@ -105,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
         return 1
     if args.command == "notebook":
-        out = run_notebook(
-            args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric, args.timeout
-        )
+        out = args.out or args.sweep_dirs[0]
+        if out.suffix != ".ipynb":
+            out = out / NOTEBOOK.name
+        out = run_notebook(args.sweep_dirs, out, args.metric, args.timeout)
         print(f"notebook: {out}")
         return 0
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)

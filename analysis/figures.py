@@ -129,7 +129,7 @@ def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
             loc="outside right center",
             frameon=False,
             fontsize=8,
-            title=_seeds_text(counts),
+            title=_seeds_text(counts) or None,
             title_fontsize=8,
         )
 
@@ -618,4 +618,95 @@ def accuracy_vs_flops(summary: pd.DataFrame, setup: str, metric: str = C.DEFAULT
         ax.grid(alpha=0.3, which="both")
     axes[0, 0].set_ylabel(C.metric_label(metric))
     _legend(fig, axes, counts)
+    return fig
+
+
+# ------------------------------------------------------------------------ learning curves, topology updates
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))  # one per density, in increasing order
+
+
+def learning_curves(epochs: pd.DataFrame, names: dict | None = None) -> list[Figure]:
+    """Test accuracy per epoch, mean over seeds with the seeds' range shaded, one curve per
+    cell: colour by criterion (static light blue, dense black), line style by density, one
+    panel per growth rule (the baselines in each); one figure per setup.
+
+    ``epochs``: `load_metrics(runs, "epoch")` joined with the runs' setup, cell, kind,
+    criterion, growth and density; ``names``: a label per cell (default: from those)."""
+    out = []
+    epochs = epochs.assign(**{C.GROWTH: epochs[C.GROWTH].where(epochs[C.KIND] == "dst", "")})
+    for setup, of_setup in epochs.groupby(C.SETUP):
+        densities = sorted(of_setup[C.DENSITY].where(of_setup[C.KIND] != "dense").dropna().unique())
+        dash = {d: LINE_STYLES[i % len(LINE_STYLES)] for i, d in enumerate(densities)}
+        growths = _growth_order(g for g in of_setup[C.GROWTH].unique() if g) or [""]
+        fig, axes = _panels(1, len(growths), legend_space=2.8)
+        for ax, growth in zip(axes[0], growths):
+            part = of_setup[(of_setup[C.GROWTH] == growth) | (of_setup[C.KIND] != "dst")]
+            for cell, curve in part.groupby(C.CELL):
+                first = curve.iloc[0]
+                kind = first[C.KIND]
+                color = style(C.CRITERION, first[C.CRITERION]).color if kind == "dst" else style(C.KIND, kind).color
+                line = DENSE_STYLE["linestyle"] if kind == "dense" else dash.get(first[C.DENSITY], "-")
+                by_epoch = curve.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
+                name = (names or {}).get(cell) or _cell_name(first)
+                ax.plot(by_epoch.index, by_epoch["mean"], color=color, linestyle=line, label=name, linewidth=1.4)
+                ax.fill_between(by_epoch.index, by_epoch["min"], by_epoch["max"], color=color, alpha=0.1, linewidth=0)
+            ax.set_title(f"{setup_label(setup)}" + (f" — {growth_label(growth)} growth" if growth else ""), fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel("test accuracy (%)")
+        _legend(fig, axes, [])
+        if fig.legends:
+            fig.legends[0].set_title("mean over seeds;\nshaded: the seeds' range", prop={"size": 8})
+        out.append(fig)
+    return out
+
+
+def _cell_name(row: pd.Series) -> str:
+    kind = row[C.KIND]
+    if kind == "dense":
+        return label(C.KIND, kind)
+    what = label(C.CRITERION, row[C.CRITERION]) if kind == "dst" else label(C.KIND, kind)
+    return f"{what}, d {row[C.DENSITY]:g}"
+
+
+def topology_update_curves(summary: pd.DataFrame, setup: str) -> Figure:
+    """Per density (rows): the weights pruned (and regrown) per update, and the share of
+    the regrown that the same update had pruned, one curve per criterion.
+
+    ``summary``: one row per (setup, density, criterion, step) with ``removed``,
+    ``regrown_just_pruned_share`` and ``excluded`` (all its runs had
+    ``sparsity.exclude_just_pruned``: then that share is 0 by design, and the panel says so)."""
+    of_setup = summary[summary[C.SETUP] == setup]
+    densities = sorted(of_setup[C.DENSITY].unique())
+    fig, axes = _panels(len(densities), 2, sharey=False)
+    fig.set_figheight(2.6 * len(densities) + 0.6)
+    for (left, right), density in zip(axes, densities):
+        at = of_setup[of_setup[C.DENSITY] == density]
+        for criterion in criterion_order(at[C.CRITERION]):
+            part = at[at[C.CRITERION] == criterion].sort_values("step")
+            look = style(C.CRITERION, criterion)
+            left.plot(part["step"], part["removed"], marker=look.marker, color=look.color, label=look.label)
+            right.plot(part["step"], part["regrown_just_pruned_share"], marker=look.marker, color=look.color)
+        left.set_title(f"density {density:g}: weights pruned (and regrown) per update", fontsize=9)
+        right.set_title(f"density {density:g}: share regrown that had just been pruned", fontsize=9)
+        left.set_ylabel("weights")
+        right.set_ylabel("share")
+        right.set_ylim(-0.02, 1)
+        if at["excluded"].all() and (at["regrown_just_pruned_share"] == 0).all():
+            right.text(
+                0.5,
+                0.5,
+                "0 by design: sparsity.exclude_just_pruned=true\n(growth skips what the update pruned)",
+                transform=right.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.35",
+            )
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    fig.suptitle(f"{setup_label(setup)} — topology updates (mean over seeds)", fontsize=10)
+    _legend(fig, axes, [])
     return fig

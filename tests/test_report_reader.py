@@ -238,3 +238,105 @@ def test_latex_tables_are_aligned_bold_and_carry_their_constants_in_the_caption(
     assert "3 seeds per cell" in caption and caption.rstrip().endswith(".")
     body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")]
     assert "LeNet-5" not in body and not re.search(r"\d \(3\)", body)  # no seed count in every cell
+
+
+# ------------------------------------------------------------------------ 6: the notebook
+@pytest.fixture(scope="module")
+def two_densities(tmp_path_factory) -> Path:
+    """A real smoke sweep: two criteria x two densities, one seed, one epoch (5 updates)."""
+    from tests.test_analysis_sweeps import train_sweep
+
+    return train_sweep(
+        tmp_path_factory.mktemp("dens"),
+        "criterion=magnitude,set",
+        "sparsity.density=0.3,0.6",
+        "seed=1",
+        "train.epochs=1",
+        "sparsity.update_frequency=3",
+    )
+
+
+@pytest.mark.slow
+def test_notebook_figures_tell_every_series_apart_and_show_topology_per_density(two_densities):
+    runs = analysis.load_runs(two_densities)
+    done = analysis.completed(runs)
+    epochs = analysis.load_metrics(done, "epoch").drop(columns="kind")
+    epochs = epochs.merge(done[[C.RUN_DIR, C.SETUP, C.CELL, C.KIND, C.CRITERION, C.GROWTH, C.DENSITY]], on=C.RUN_DIR)
+    [fig] = analysis.figures.learning_curves(epochs)
+    lines = [line for ax in fig.axes for line in ax.get_lines()]
+    assert len(lines) == 4
+    looks = {(line.get_color(), str(line.get_linestyle())) for line in lines}
+    assert len(looks) == 4  # criterion by colour, density by line style: no two series alike
+    assert len({line.get_color() for line in lines}) == 2 and len({str(line.get_linestyle()) for line in lines}) == 2
+
+    updates = analysis.load_metrics(done, "update").merge(
+        done[[C.RUN_DIR, C.SETUP, C.CRITERION, C.DENSITY, "sparsity.exclude_just_pruned"]], on=C.RUN_DIR
+    )
+    summary = (
+        updates.groupby([C.SETUP, C.DENSITY, C.CRITERION, "step"])
+        .agg(
+            removed=("removed", "mean"),
+            regrown_just_pruned_share=("regrown_just_pruned_share", "mean"),
+            excluded=("sparsity.exclude_just_pruned", "all"),
+        )
+        .reset_index()
+    )
+    fig = analysis.figures.topology_update_curves(summary, runs[C.SETUP].iloc[0])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert sum("density 0.3" in t for t in titles) == 2 and sum("density 0.6" in t for t in titles) == 2
+    texts = [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    assert any("0 by design: sparsity.exclude_just_pruned=true" in t for t in texts)
+
+
+@pytest.mark.slow
+def test_the_share_regrown_just_pruned_is_zero_by_design_not_by_a_bug(tmp_path):
+    """With exclude_just_pruned (the default) growth skips what the update pruned; without it
+    random growth regrows some of it, and the records say so."""
+    from tests.test_analysis_sweeps import train_sweep
+
+    def shares(*overrides) -> list[float]:
+        where = tmp_path / ("included" if overrides else "excluded")
+        root = train_sweep(
+            where,
+            "seed=1",
+            "train.epochs=1",
+            "sparsity.update_frequency=3",
+            "sparsity.density=0.6",
+            *overrides,
+        )
+        updates = analysis.load_metrics(analysis.load_runs(root), "update")
+        return updates["regrown_just_pruned_share"].tolist()
+
+    assert set(shares()) == {0.0}
+    assert max(shares("sparsity.exclude_just_pruned=false")) > 0
+
+
+@pytest.mark.slow
+def test_the_notebook_command_runs_a_copy_from_any_directory(two_densities, tmp_path):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    import nbformat
+
+    repo = Path(analysis.__file__).resolve().parents[1]
+    stored = repo / "analysis" / "notebooks" / "aggregate.ipynb"
+    before = hashlib.sha256(stored.read_bytes()).hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    relative = os.path.relpath(two_densities, elsewhere)  # a relative sweep path, from the caller's directory
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis", "notebook", relative, "--out", "out"],
+        cwd=elsewhere,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    executed = nbformat.read(elsewhere / "out" / "aggregate.ipynb", as_version=4)
+    outputs = [o for cell in executed.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert "4 runs: 4 completed" in "".join(o.get("text", "") for o in outputs)
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == before  # the packaged notebook is only read
