@@ -39,6 +39,9 @@ class Table:
     title: str = ""  # the heading in the report (default: from the name)
     _shown: pd.DataFrame | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.caption = self.caption[:1].upper() + self.caption[1:]  # a sentence
+
     @property
     def heading(self) -> str:
         return self.title or self.name.replace("_", " ").capitalize()

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("sweep_dir", type=Path, nargs="?", help="the study's run directories (runs_root/name)")
     p.add_argument("--from-csv", type=Path, help="rebuild the report from this runs.csv (no run directories)")
+    p.add_argument("--notebook", type=Path, help="also execute the aggregate notebook on the study, to this .ipynb")
     p.add_argument("--out", type=Path, required=True, help="where the record goes, e.g. results/fmnist_fig1")
     p.add_argument("--expected-seeds", type=int, default=3, help="seeds every cell should have (default 3)")
     args = p.parse_args(argv)
@@ -177,10 +178,13 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             sweep_dir = records_from_csv(args.from_csv, Path(tmp))
-            return report_main(
+            code = report_main(
                 ["report", str(sweep_dir), "--out", str(args.out / "report"), "--no-cache"]
                 + ["--expected-seeds", str(args.expected_seeds)]
             )
+            if args.notebook is not None:
+                code = code or report_main(["notebook", str(sweep_dir), "--out", str(args.notebook)])
+            return code
     if args.sweep_dir is None or not args.sweep_dir.is_dir():
         print(f"error: no study runs at {args.sweep_dir} (run `make study` first)", file=sys.stderr)
         return 2
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = throughput(table)
     (args.out / "throughput.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(f"{len(table)} runs ({stats['completed']} completed) -> {args.out / 'runs.csv'}")
-    return report_main(
+    code = report_main(
         [
             "report",
             str(args.sweep_dir),
@@ -201,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             str(args.expected_seeds),
         ]
     )
+    if args.notebook is not None:
+        code = code or report_main(["notebook", str(args.sweep_dir), "--out", str(args.notebook)])
+    return code
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from scipy import stats as sps
 import analysis
 from analysis import columns as C
 from analysis.__main__ import main as cli
-from src.records import RESULT_FORMAT, RunRecorder
+from src.records import RunRecorder
 from tests import analysis_fixtures as fx
 
 DIVERGED_LR = 1e6
@@ -97,6 +97,8 @@ def test_a_completed_result_without_its_metric_is_damaged_in_every_table(reader)
 
 
 def test_results_carry_their_format_and_a_newer_one_is_refused(tmp_path):
+    from src.records import RESULT_FORMAT
+
     cfg = fx.config()
     recorder = RunRecorder(tmp_path / "new", cfg)
     recorder.write_result(fx._result(cfg, "completed", 80.0))
