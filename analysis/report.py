@@ -385,12 +385,23 @@ def _update_frequency_table(selections: list[grid.Selection], opt: Options) -> T
         [C.GROWTH, C.DENSITY, C.CRITERION],
         C.UPDATE_FREQUENCY,
         opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        min_seeds=opt.min_seeds,
     )
 
 
 def _gamma_table(selections: list[grid.Selection], opt: Options) -> Table | None:
     return tables.study_table(
-        "mest_gamma", "MEST accuracy by gamma (columns).", selections, [C.GROWTH, C.DENSITY], C.GAMMA, opt.metric
+        "mest_gamma",
+        "MEST accuracy by gamma (columns).",
+        selections,
+        [C.GROWTH, C.DENSITY],
+        C.GAMMA,
+        opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        min_seeds=opt.min_seeds,
     )
 
 
@@ -402,6 +413,9 @@ def _sensitivity_table(selections: list[grid.Selection], opt: Options) -> Table 
         [C.GROWTH, C.CRITERION],
         C.DENSITY,
         opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        min_seeds=opt.min_seeds,
     )
 
 
@@ -425,6 +439,9 @@ def _global_table(selections: list[grid.Selection], opt: Options) -> Table | Non
         [C.GROWTH, C.CRITERION, "pruning"],
         C.DENSITY,
         opt.metric,
+        alpha=opt.alpha,
+        alternative=opt.alternative,
+        min_seeds=opt.min_seeds,
     )
 
 

@@ -391,6 +391,10 @@ def _accuracy_display(data: pd.DataFrame) -> pd.DataFrame:
     return display
 
 
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _mark_best(data: pd.DataFrame, by: Sequence[str], alpha: float, alternative: str, min_seeds: int) -> pd.DataFrame:
     """``best`` and ``not_worse`` per row: among the DST rows of each ``by`` group (one
     column of one block of a table), as in the ranking (`stats.best_of_moments`)."""
@@ -411,7 +415,8 @@ def _mark_best(data: pd.DataFrame, by: Sequence[str], alpha: float, alternative:
 def _marks(data: pd.DataFrame, index: Sequence[str], columns: str) -> pd.DataFrame:
     """The display's marks ("best", "tied", ""), laid out like `pivot` lays out the cells."""
     marks = pivot(data, index, columns, lambda r: "best" if r["best"] else "tied" if r["not_worse"] else "")
-    return marks.drop(columns=[c for c in marks.columns if c in index or c in ("growth", "variant")])
+    names = {*index, *(_short_names(i) for i in index), "growth", "variant"}
+    return marks.drop(columns=[c for c in marks.columns if c in names])
 
 
 def _best_note(alpha: float, alternative: str, min_seeds: int) -> str:
@@ -484,16 +489,50 @@ def ranking_tables(
 
 
 def study_table(
-    name: str, caption: str, grids: Sequence[Selection], by: Sequence[str], columns: str, metric: str = C.DEFAULT_METRIC
+    name: str,
+    caption: str,
+    grids: Sequence[Selection],
+    by: Sequence[str],
+    columns: str,
+    metric: str = C.DEFAULT_METRIC,
+    *,
+    alpha: float = 0.05,
+    alternative: str = "greater",
+    min_seeds: int = 2,
 ) -> Table | None:
-    """Mean ± std (n) of ``metric`` per ``by`` + ``columns`` in each selection, laid out with
-    one column per value of ``columns``."""
+    """Mean ± std of ``metric`` per ``by`` + ``columns`` in each selection, laid out with one
+    column per value of ``columns``; the best of each row bold and the ones not significantly
+    worse than it starred, as in the ranking; the seed count in the caption when every cell
+    has the same, else in every cell."""
     data = _stack([_with_selection(g, summarize(g.runs, [*by, columns], metric)) for g in grids])
     if data is None:
         return None
     data = data[[C.SETUP, C.VARIANT, *(c for c in data.columns if c not in (C.SETUP, C.VARIANT))]]
-    display = pivot(data, [C.SETUP, C.VARIANT, *by], columns, lambda r: mean_std_n(r["mean"], r["std"], r["n"]))
-    return Table(name, f"{caption} {C.metric_label(metric)}: mean ± std over seeds (number of seeds).", data, display)
+    index = [C.SETUP, C.VARIANT, *by]
+    data = _mark_best(data, index, alpha, alternative, min_seeds)
+    usual = int(data["n"].mode().max())  # the seed count most cells have: said once, in the caption
+    display = pivot(
+        data,
+        index,
+        columns,
+        lambda r: (
+            f"{r['mean']:.2f}"
+            + ("" if pd.isna(r["std"]) else f" ± {r['std']:.2f}")
+            + ("" if r["n"] == usual else f" ({r['n']})")
+        ),
+    )
+    seeds = f" over {usual} seeds per cell unless the cell says otherwise"
+    side = "one" if alternative == "greater" else "two"
+    return Table(
+        name,
+        f"{caption} {_capitalised(C.metric_label(metric))}: mean ± standard deviation{seeds}.",
+        data,
+        display,
+        marks=_marks(data, index, columns),
+        notes=f"Bold: the highest mean of its row; *: best or not significantly worse than it (Welch's t-test, "
+        f"{side}-sided, Holm-corrected within the row, alpha = {alpha:g}; only cells with ≥ {min_seeds} seeds are "
+        f"compared).",
+    )
 
 
 def baselines_table(

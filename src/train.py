@@ -490,6 +490,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         steps=progress.step,
         steps_per_epoch=steps_per_epoch,
         samples_per_epoch=len(splits.train) // ddp.world,
+        ranks=ddp.world,
     )
     if status != "interrupted":
         if tc.save_model and ddp.main:

@@ -141,3 +141,9 @@ def test_a_real_run_records_its_flops_and_they_match_its_own_records(tmp_path, o
         assert len(updates) > 0
         # the weight gradient of each update step was dense: above 3 x the sparse forward, below dense
         assert flops["inference_fraction"] < flops["train_fraction"] < 1.0
+
+
+def test_data_parallel_ranks_each_count_their_samples():
+    one = count_flops(COSTS, final_density={"a": 0.5}, updates=[], steps=10, batch_size=4, steps_per_epoch=10)
+    two = count_flops(COSTS, final_density={"a": 0.5}, updates=[], steps=10, batch_size=4, steps_per_epoch=10, ranks=2)
+    assert two["train"] == 2 * one["train"] and two["train_fraction"] == one["train_fraction"]

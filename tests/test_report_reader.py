@@ -342,3 +342,17 @@ def test_the_notebook_command_runs_a_copy_from_any_directory(two_densities, tmp_
     assert not [o for o in outputs if o.output_type == "error"]
     assert "4 runs: 4 completed" in "".join(o.get("text", "") for o in outputs)
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == before  # the packaged notebook is only read
+
+
+def test_study_tables_mark_the_best_of_each_row_and_say_their_seeds_once(tmp_path):
+    root = fx.write_everything(tmp_path / "all")
+    analysis.build_report(analysis.load_runs(root), tmp_path / "report")
+    tex = (tmp_path / "report" / "tables" / "update_frequency.tex").read_text()
+    usual = re.search(r"over (\d) seeds per cell unless the cell says otherwise", tex).group(1)
+    assert "\\textbf{" in tex
+    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)
+    assert spec.endswith("rrr")  # the update frequencies 100, 400, 800: numbers, right-aligned
+    body = tex[tex.index("\\midrule") : tex.index("\\bottomrule")]
+    assert not re.search(rf"\d \({usual}\)", body)  # the usual count is said once, in the caption
+    md = (tmp_path / "report" / "tables" / "update_frequency.md").read_text()
+    assert "**" in md and "Bold: the highest mean of its row" in md

@@ -116,11 +116,13 @@ def count_flops(
     steps_per_epoch: int,
     samples_per_epoch: int | None = None,
     dense_gradient: str = "never",
+    ranks: int = 1,
 ) -> dict:
     """A run's FLOPs (module docstring). ``final_density``: per masked weight name, its
     density at the end (others are dense); ``updates``: (step, active count per masked
     weight before the update) of each topology update, in order; ``steps``: the optimizer
-    steps run; ``samples_per_epoch``: the training samples (default: every batch full).
+    steps run; ``samples_per_epoch``: one process's training samples (default: every batch
+    full); ``ranks``: the data-parallel processes, each of which ran those steps.
 
     Returns ``train`` (forward and backward of every step, the dense gradients and the
     updates), ``train_dense`` (the dense model over the same samples), ``inference`` (one
@@ -129,7 +131,7 @@ def count_flops(
 
     def samples(step: int) -> int:  # samples in the first ``step`` steps (an epoch's last batch may be short)
         full, rest = divmod(step, steps_per_epoch)
-        return full * samples_per_epoch + rest * batch_size
+        return ranks * (full * samples_per_epoch + rest * batch_size)
 
     def forward(density: Mapping[str, float]) -> float:  # one sample's forward pass, in multiply-adds
         return sum(c.macs * density.get(name, 1.0) for name, c in costs.items())
@@ -186,6 +188,7 @@ def run_flops(
     steps: int,
     steps_per_epoch: int,
     samples_per_epoch: int | None = None,
+    ranks: int = 1,
 ) -> dict:
     """`count_flops` of one run from its config (a dict, as in config.json) and records.
     Without ``final_density`` (records older than per-layer densities) the masked layers
@@ -210,6 +213,7 @@ def run_flops(
         steps_per_epoch=steps_per_epoch,
         samples_per_epoch=samples_per_epoch,
         dense_gradient=dense_gradient_steps(sparsity),
+        ranks=ranks,
     )
 
 
