@@ -10,7 +10,8 @@
     axis_tests(table)                          # Welch's tests along each of its axes
 
 ``python -m analysis report <sweep dirs> --out <dir>`` writes everything at once;
-``python -m analysis notebook <sweep dirs>`` executes notebooks/aggregate.ipynb on them.
+``python -m analysis notebook <sweep dirs> --out <dir>`` executes a copy of notebooks/aggregate.ipynb
+on them (relative paths from the working directory; the packaged notebook is only read).
 Needs only the run directories (config.json, metrics.jsonl, result.json); never W&B.
 """
 
@@ -42,6 +43,9 @@ from .tables import Table, accuracy_table, ranking_tables
 # The figures (matplotlib) are imported on first use: reading and tabulating runs does not need them.
 _FIGURES = (
     "accuracy_vs_density",
+    "accuracy_vs_flops",
+    "learning_curves",
+    "topology_update_curves",
     "accuracy_vs_gamma",
     "accuracy_vs_update_frequency",
     "axis_figure",
@@ -67,6 +71,7 @@ __all__ = [
     "Table",
     "accuracy_table",
     "accuracy_vs_density",
+    "accuracy_vs_flops",
     "accuracy_vs_gamma",
     "accuracy_vs_update_frequency",
     "axis_figure",
@@ -88,6 +93,7 @@ __all__ = [
     "holm",
     "jaccard_matrix",
     "jaccard_pairs",
+    "learning_curves",
     "load_metrics",
     "load_runs",
     "main_grid",
@@ -105,6 +111,7 @@ __all__ = [
     "split_variants",
     "style",
     "summarize",
+    "topology_update_curves",
     "sweep_axes",
     "topology_warnings",
     "update_frequency_grids",

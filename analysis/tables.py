@@ -459,8 +459,13 @@ def ranking_tables(
         return None
     ranked = ranked[[C.SETUP, C.VARIANT, *(c for c in ranked.columns if c not in (C.SETUP, C.VARIANT))]]
     test = "one-sided" if alternative == "greater" else "two-sided"
-    display = pivot(
-        ranked, [C.SETUP, C.GROWTH, C.CRITERION], C.DENSITY, lambda r: f"{r['rank']:g}{'*' if r['best_group'] else ''}"
+    index = [C.SETUP, C.GROWTH, C.CRITERION]
+    display = pivot(ranked, index, C.DENSITY, lambda r: f"{r['rank']:g}")
+    # rank 1 bold; * (the best group) on it and on the criteria not significantly worse
+    marks = _marks(
+        ranked.assign(best=(ranked["rank"] == 1) & ranked["best_group"], not_worse=ranked["best_group"]),
+        index,
+        C.DENSITY,
     )
     summary = rank_summary(ranked, low_density=low_density, by=(C.SETUP, C.VARIANT, C.GROWTH))
     display["avg rank"] = display.merge(
@@ -471,9 +476,10 @@ def ranking_tables(
         f"Rank of each criterion by mean {C.metric_label(metric)} at each density (1 = best). "
         f"* = best or not significantly worse than the best (Welch's t-test, {test}, Holm-corrected "
         f"over the comparisons at that density, alpha = {alpha:g}); only criteria with ≥ {min_seeds} seeds are "
-        f"compared, and a density at which none could be compared has no *.",
+        f"compared, and a density at which none could be compared has no *. Bold: rank 1 in the best group.",
         ranked,
         display,
+        marks=marks,
     )
     summary_display = summary.drop(columns=C.VARIANT).rename(columns=_short_names)  # one main grid per setup
     for name in summary_display.columns[summary_display.columns.str.startswith("avg_rank")]:
