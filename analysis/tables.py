@@ -184,9 +184,24 @@ _LATEX_SPECIAL = re.compile(r"([&%$#_{}~^\\])")
 _LATEX_REPLACEMENTS = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
+_LATEX_SYMBOLS = {
+    "±": r"$\pm$",
+    "—": "--",
+    "–": "--",
+    "−": "$-$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "×": r"$\times$",
+    "γ": r"$\gamma$",
+    "½": r"$\frac{1}{2}$",
+}
+
+
 def latex_escape(text: str) -> str:
     escaped = _LATEX_SPECIAL.sub(lambda m: _LATEX_REPLACEMENTS.get(m.group(1), "\\" + m.group(1)), text)
-    return escaped.replace("±", r"$\pm$").replace("—", "--").replace("−", "$-$")
+    for text, tex in _LATEX_SYMBOLS.items():
+        escaped = escaped.replace(text, tex)
+    return escaped
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str, marks: pd.DataFrame | None = None) -> str:
