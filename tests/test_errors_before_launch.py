@@ -102,7 +102,7 @@ def test_a_dst_sweep_without_topology_updates_is_warned_about_per_cell(capsys, t
         assert line.startswith(
             f"warning: {cell}: no topology update (1 epoch x 422 steps; sparsity.update_frequency=800)"
         ), line
-        assert line.endswith("for 5 updates set sparsity.update_frequency<=84 or train.epochs>=10"), line
+        assert line.endswith("for 3 updates set sparsity.update_frequency<=140 or train.epochs>=6"), line
     assert "6 run(s)" in out
 
 
@@ -119,14 +119,14 @@ def test_a_sweep_with_too_few_seeds_per_cell_is_told_it_cannot_reach_a_verdict(c
 
 def test_few_topology_updates_are_warned_about_and_enough_are_not(capsys, tmp_path):
     code, out, err = cli(
-        capsys, "-m", "setup=smoke", "train.epochs=1", "sparsity.update_frequency=10,3", "--dry-run", runs_root=tmp_path
+        capsys, "-m", "setup=smoke", "train.epochs=1", "sparsity.update_frequency=10,5", "--dry-run", runs_root=tmp_path
     )
     assert code == 0, err
-    # smoke: 640 samples, 64 held out, batches of 32 = 18 steps: an update at step 10 only (every 3: 5 updates)
+    # smoke: 640 samples, 64 held out, batches of 32 = 18 steps: an update at step 10 only
     assert err.splitlines() == [
         "warning: sparsity.update_frequency=10: only 1 topology update (1 epoch x 18 steps; "
-        "sparsity.update_frequency=10): its criterion and growth barely act; for 5 updates set "
-        "sparsity.update_frequency<=3 or train.epochs>=3",
+        "sparsity.update_frequency=10): its criterion and growth barely act; for 3 updates set "
+        "sparsity.update_frequency<=5 or train.epochs>=2",
         "note: this sweep cannot reach a verdict: 2 of 2 cells get fewer than 3 seeds (as few as 1; a verdict "
         "needs ≥ 3 per cell)",
     ]

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 
 # A DST run with fewer topology updates than this measures little of its criterion.
-MIN_UPDATES = 5
+MIN_UPDATES = 3
 
 
 def few_updates_advice(updates: int, context: str, fixes: list[str]) -> str:
-    """``only 4 topology updates (2 epochs x 422 steps; sparsity.update_frequency=200): its
-    criterion and growth barely act; for 5 updates set sparsity.update_frequency<=168 or
+    """``only 2 topology updates (2 epochs x 422 steps; sparsity.update_frequency=400): its
+    criterion and growth barely act; for 3 updates set sparsity.update_frequency<=281 or
     train.epochs>=3``."""
     what = "no topology update" if updates == 0 else f"only {updates} topology update{'s' * (updates > 1)}"
     effect = "have no effect (it trains like static sparse)" if updates == 0 else "barely act"
