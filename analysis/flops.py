@@ -47,7 +47,7 @@ def run_costs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def _count(run: pd.Series) -> tuple[dict | None, str]:
     from src.records import CONFIG, read_metrics
-    from src.sparse.flops import run_flops
+    from src.sparse.flops import record_flops
 
     run_dir = Path(run[C.RUN_DIR])
     try:
@@ -66,7 +66,7 @@ def _count(run: pd.Series) -> tuple[dict | None, str]:
         updates, source = _scheduled_updates(config, int(run[C.TOPOLOGY_UPDATES])), FROM_SCHEDULE
     if not final:
         final, source = None, FROM_SCHEDULE
-    counted = run_flops(
+    counted = record_flops(
         config,
         input_shape=None,
         num_classes=None,
@@ -75,7 +75,7 @@ def _count(run: pd.Series) -> tuple[dict | None, str]:
         steps=steps,
         steps_per_epoch=math.ceil(total / epochs),
     )
-    return counted, source
+    return (None, "") if "error" in counted else (counted, source)
 
 
 def _scheduled_updates(config: dict, count: int) -> list[dict]:

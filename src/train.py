@@ -50,7 +50,7 @@ from .records import (
 )
 from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
-from .sparse.flops import run_flops
+from .sparse.flops import record_flops
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -481,7 +481,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         setup_time=time.perf_counter() - started - progress.elapsed,
     )
     # Training FLOPs from the densities each layer had, segment by segment (src/sparse/flops.py).
-    result["flops"] = run_flops(
+    result["flops"] = record_flops(
         config,
         input_shape=splits.input_shape,
         num_classes=num_classes,

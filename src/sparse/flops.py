@@ -241,3 +241,12 @@ def initial_densities(config: Mapping, costs: Mapping[str, LayerCost]) -> dict[s
         power_scale=sparsity.get("erk_power_scale", 1.0),
     )
     return dict(zip(names, densities))
+
+
+def record_flops(config: Mapping, **records) -> dict:
+    """`run_flops` for a run's result.json: a model the meta-device pass cannot trace is
+    recorded as ``{"error": ...}``, never a run lost at its end."""
+    try:
+        return run_flops(config, **records)
+    except Exception as e:  # noqa: BLE001 (the run's result matters more than its FLOPs)
+        return {"error": f"{type(e).__name__}: {e}"}
