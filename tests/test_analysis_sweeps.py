@@ -351,7 +351,7 @@ def test_the_notebook_runs_headless_on_a_sweep_given_as_a_parameter(sweep, tmp_p
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4  # the criterion axis, the learning curves, the topology updates, the FLOPs
     text = "".join(o.get("text", "") for o in outputs)
-    assert "6 runs: 6 completed" in text and "topology updates" in text
+    assert "6 runs: 6 completed" in text  # (3 updates per run: as many as asked for, no warning printed)
 
 
 def test_the_stored_notebook_has_its_outputs_and_stays_small():

@@ -147,3 +147,27 @@ def test_data_parallel_ranks_each_count_their_samples():
     one = count_flops(COSTS, final_density={"a": 0.5}, updates=[], steps=10, batch_size=4, steps_per_epoch=10)
     two = count_flops(COSTS, final_density={"a": 0.5}, updates=[], steps=10, batch_size=4, steps_per_epoch=10, ranks=2)
     assert two["train"] == 2 * one["train"] and two["train_fraction"] == one["train_fraction"]
+
+
+@pytest.mark.slow
+def test_the_analysis_shows_recorded_flops_and_counts_them_for_older_records(tmp_path):
+    import analysis
+    from analysis import flops as analysis_flops
+    from analysis.__main__ import main as cli
+    from tests.test_analysis_sweeps import train_sweep
+
+    root = train_sweep(tmp_path, "criterion=snip", "growth=gradient", "seed=1", "train.epochs=1")
+    [recorded] = analysis_flops.run_costs(analysis.load_runs(root, cache=False)).to_dict("records")
+    assert recorded["flops_source"] == analysis_flops.RECORDED
+    # the same run as an older record: no "flops", no format field
+    [path] = root.glob("*/result.json")
+    result = json.loads(path.read_text())
+    del result["flops"], result["format"]
+    path.write_text(json.dumps(result))
+    [counted] = analysis_flops.run_costs(analysis.load_runs(root, cache=False)).to_dict("records")
+    assert counted["flops_source"] == analysis_flops.FROM_RECORDS
+    for name in ("flops.train_fraction", "flops.inference_fraction"):
+        assert counted[name] == pytest.approx(recorded[name], rel=1e-3)  # (full batches assumed: the only gap)
+    assert cli(["report", str(root), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "tables" / "flops.csv").exists()
+    assert (tmp_path / "report" / "figures" / "accuracy_vs_training_flops__lenet5_synthetic.png").exists()
