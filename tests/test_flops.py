@@ -171,3 +171,37 @@ def test_the_analysis_shows_recorded_flops_and_counts_them_for_older_records(tmp
     assert cli(["report", str(root), "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "tables" / "flops.csv").exists()
     assert (tmp_path / "report" / "figures" / "accuracy_vs_training_flops__lenet5_synthetic.png").exists()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_counts_what_an_uninterrupted_one_counts(tmp_path):
+    from src.launch import expand
+    from src.train import train
+
+    def job(name):
+        [found] = expand(
+            [
+                "setup=smoke",
+                f"runs_root={tmp_path}",
+                f"name={name}",
+                "criterion=snip",
+                "growth=gradient",
+                "train.epochs=1",
+                "sparsity.update_frequency=3",
+            ],
+            check_data=False,
+        )
+        return found
+
+    full = job("full")
+    whole = train(full.config, full.run_dir)["flops"]
+    cut = job("cut")
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] == 8  # after 8 of 18 steps, between two updates
+
+    assert train(cut.config, cut.run_dir, should_stop=stop)["status"] == "interrupted"
+    resumed = train(cut.config, cut.run_dir)
+    assert resumed["status"] == "completed" and resumed["flops"] == whole
