@@ -482,5 +482,5 @@ class RunRecorder:
 
     def write_result(self, result: dict) -> None:
         if self.enabled:
-            result = {"format": RESULT_FORMAT, **result}
+            result.setdefault("format", RESULT_FORMAT)  # (in the caller's dict too: it is what was recorded)
             atomic_write_text(self.run_dir / RESULT, json.dumps(_finite(result), indent=2, sort_keys=True))
