@@ -10,7 +10,8 @@
     axis_tests(table)                          # Welch's tests along each of its axes
 
 ``python -m analysis report <sweep dirs> --out <dir>`` writes everything at once;
-``python -m analysis notebook <sweep dirs>`` executes notebooks/aggregate.ipynb on them.
+``python -m analysis notebook <sweep dirs> --out <dir>`` executes a copy of notebooks/aggregate.ipynb
+on them (relative paths from the working directory; the packaged notebook is only read).
 Needs only the run directories (config.json, metrics.jsonl, result.json); never W&B.
 """
 
@@ -26,7 +27,7 @@ _HOMES = {
     "cells": ("axis_tests", "cell_table", "sweep_axes", "topology_warnings"),
     "verdict": ("verdict_readiness",),
     "claims": ("check_claims",),
-    "completeness": ("Completeness",),  # (and the function `completeness`: `_Package`)
+    "completeness": ("Completeness", "cell_accounting"),  # (and the function `completeness`: `_Package`)
     "grid": (
         "Selection",
         "completed",
@@ -47,6 +48,9 @@ _HOMES = {
     "tables": ("Table", "accuracy_table", "ranking_tables"),
     "figures": (  # (matplotlib: only for these)
         "accuracy_vs_density",
+        "accuracy_vs_flops",
+        "learning_curves",
+        "topology_update_curves",
         "accuracy_vs_gamma",
         "accuracy_vs_update_frequency",
         "axis_figure",
@@ -95,11 +99,13 @@ __all__ = [
     "Table",
     "accuracy_table",
     "accuracy_vs_density",
+    "accuracy_vs_flops",
     "accuracy_vs_gamma",
     "accuracy_vs_update_frequency",
     "axis_figure",
     "axis_tests",
     "build_report",
+    "cell_accounting",
     "cell_table",
     "check_claims",
     "compare_to_best",
@@ -115,6 +121,7 @@ __all__ = [
     "holm",
     "jaccard_matrix",
     "jaccard_pairs",
+    "learning_curves",
     "load_metrics",
     "load_runs",
     "main_grid",
@@ -133,6 +140,7 @@ __all__ = [
     "style",
     "summarize",
     "sweep_axes",
+    "topology_update_curves",
     "topology_warnings",
     "update_frequency_grids",
     "verdict_readiness",

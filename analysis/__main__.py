@@ -61,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
         "notebook", help="execute analysis/notebooks/aggregate.ipynb on the sweep dirs and save it with its outputs"
     )
     notebook.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
-    notebook.add_argument("--out", type=Path, help="the executed notebook (default: <first sweep dir>/aggregate.ipynb)")
+    notebook.add_argument(
+        "--out",
+        type=Path,
+        help="where the executed copy goes: a .ipynb file, or a directory for aggregate.ipynb "
+        "(default: <first sweep dir>/aggregate.ipynb); the packaged notebook is never modified",
+    )
     notebook.add_argument("--metric", default=C.DEFAULT_METRIC, help="runs-table column compared")
     notebook.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     return p
@@ -71,10 +76,11 @@ NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
 
 
 def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
-    """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
-    ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
-    import nbclient  # only for the notebook command
-    import nbformat  # (as above)
+    """A copy of the aggregate notebook executed headless on ``sweep_dirs`` (given to its
+    kernel as ANALYSIS_SWEEP_DIRS, absolute: a relative one is from this process's working
+    directory), written with its outputs to ``out``; the packaged notebook is only read."""
+    import nbclient
+    import nbformat
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
@@ -82,7 +88,10 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
         nbclient.NotebookClient(
-            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(sweep_dirs[0])}}
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(sweep_dirs[0].resolve())}},
         ).execute()
     finally:
         for k, v in saved.items():
@@ -102,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no sweep directory {', '.join(absent)}", file=sys.stderr)
         return 1
     if args.command == "notebook":
-        out = run_notebook(
-            args.sweep_dirs, args.out or args.sweep_dirs[0] / "aggregate.ipynb", args.metric, args.timeout
-        )
+        out = args.out or args.sweep_dirs[0]
+        if out.suffix != ".ipynb":
+            out = out / NOTEBOOK.name
+        out = run_notebook(args.sweep_dirs, out, args.metric, args.timeout)
         print(f"notebook: {out}")
         return 0
     from .load import load_runs  # pandas: not on the --help path
@@ -156,8 +166,8 @@ def not_finished(runs) -> str:
 
 
 def results_text(report_dir: Path, max_rows: int = 40) -> str:
-    """The report's per-cell results, tests along each axis and topology warnings, for the
-    terminal (at most ``max_rows`` rows of each table; the report has them all)."""
+    """The report's per-cell results, tests along each axis and warnings (one line per kind),
+    for the terminal (at most ``max_rows`` rows of each table; the report has them all)."""
     lines = []
     for name in ("cell_results", "axis_tests"):
         path = report_dir / "tables" / f"{name}.md"
@@ -168,17 +178,12 @@ def results_text(report_dir: Path, max_rows: int = 40) -> str:
         lines += ["", caption, *rows[: max_rows + 2]]
         if len(rows) > max_rows + 2:
             lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
-    warnings = report_dir / "tables" / "topology_warnings.csv"
-    if warnings.exists():
-        import pandas as pd  # not on the --help path
-
-        from .style import setup_label  # (beside pandas: only with a report)
-
-        found = pd.read_csv(warnings)
-        lines += [
-            f"warning: {setup_label(setup)}, {where}: {advice}"
-            for setup, where, advice in zip(found[C.SETUP], found["description"], found["advice"])
-        ]
+    index = report_dir / "index.md"  # its Warnings section: one line per kind, with the cells and the advice
+    if index.exists():
+        text = index.read_text()
+        if "\n## Warnings\n" in text:
+            section = text.split("\n## Warnings\n", 1)[1].split("\n## ", 1)[0]
+            lines += [f"warning: {line[2:]}" for line in section.splitlines() if line.startswith("- ")]
     return "\n".join(lines)
 
 

@@ -25,13 +25,16 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from src.sparse.few_updates import MIN_UPDATES, few_updates_advice, update_fixes
+
 from . import columns as C
+from .completeness import accounted
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
 from .verdict import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
 
-FEW_UPDATES = 5  # DST runs with fewer topology updates than this are warned about
+FEW_UPDATES = MIN_UPDATES  # DST runs with fewer topology updates than this are warned about (as at launch)
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"
 BEST, NOT_WORSE, WORSE = "best", "not significantly worse", "worse"
 NO_UPDATES = "no verdict: DST runs made no topology updates"
@@ -46,12 +49,14 @@ def _not_enough(n: int, min_seeds: int) -> str:
 
 # ------------------------------------------------------------------------ axes
 def sweep_axes(runs: pd.DataFrame) -> dict[str, list[str]]:
-    """Per setup, the fields its completed runs vary (kind first, then in identity order).
+    """Per setup, the fields its runs vary (kind first, then in identity order): of every
+    run with a readable config, whatever became of it, so that a cell whose runs all
+    diverged is still told apart from the others by the field it differs in.
 
     A field is an axis when it takes two values among the runs of one kind: dense runs'
     configs hold sparsity defaults that mean nothing for them. Overlap-at-initialisation
     probes are not trained and are left out (`analysis.overlap` has them)."""
-    done = _trained(completed(runs))
+    done = _trained(runs[runs[C.IDENTITY].notna()])
     out = {}
     for setup, of_setup in done.groupby(C.SETUP, sort=True):
         fields, axes = [], set()
@@ -87,11 +92,16 @@ def _axis_values(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------ per cell
-def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFrame:
+def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC, *, unfinished: bool = False) -> pd.DataFrame:
     """One row per cell of the completed runs: setup, kind, the setup's axes, n, mean, std,
     min, max of ``metric``, best_epoch (median epoch of the best validation accuracy),
-    final_epoch (median last epoch), topology_updates (fewest of its runs; DST only), seeds."""
+    final_epoch (median last epoch), topology_updates (fewest of its runs; DST only), seeds.
+    With ``unfinished``, also the cells none of whose runs completed (n = 0)."""
     done = _trained(completed(runs)).dropna(subset=[metric])
+    if unfinished:
+        readable = _trained(runs[runs[C.IDENTITY].notna()])
+        rest = readable[~readable[C.CELL].isin(done[C.CELL])].drop_duplicates(C.CELL)
+        done = pd.concat([done, rest.assign(**{metric: np.nan})])
     axes_of = sweep_axes(runs)
     parts = []
     for setup, of_setup in done.groupby(C.SETUP, sort=True):
@@ -102,10 +112,11 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
             frame[name] = of_setup[name] if name in of_setup else np.nan
         grouped = frame.groupby(C.CELL, sort=False)
         stats = grouped[metric].agg(n="count", mean="mean", std="std", min="min", max="max")
+        stats["seeds"] = frame.dropna(subset=[metric]).groupby(C.CELL)[C.SEED].agg(seed_list)
         stats["best_epoch"] = grouped["best_val.epoch"].median()
         stats["final_epoch"] = grouped["final.epoch"].median()
         stats[C.TOPOLOGY_UPDATES] = grouped[C.TOPOLOGY_UPDATES].min()
-        stats["seeds"] = grouped[C.SEED].agg(seed_list)
+        stats["seeds"] = stats["seeds"].fillna("")
         first = grouped[[C.SETUP, C.KIND, *values.columns]].first()
         parts.append(first.join(stats).reset_index())
     columns = [
@@ -130,8 +141,10 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC) -> pd.DataFra
     return table.sort_values([C.SETUP, C.KIND, *axis_columns], na_position="first", ignore_index=True)
 
 
-def cell_display(cells: pd.DataFrame) -> pd.DataFrame:
-    """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``."""
+def cell_display(cells: pd.DataFrame, accounting: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``; with
+    ``accounting`` (`completeness.cell_accounting`), ``(2 of 3; 1 diverged)`` where a cell's
+    mean is not over all its planned runs."""
     axis_columns = [
         c
         for c in cells.columns
@@ -156,8 +169,19 @@ def cell_display(cells: pd.DataFrame) -> pd.DataFrame:
     )
     for name in axis_columns:
         out[field_label(name)] = cells[name].map(lambda v, n=name: "" if _blank(v) else label(n, v))
-    out["mean ± std (n)"] = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
-    out["min–max"] = [f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(cells["min"], cells["max"])]
+    means = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
+    if accounting is not None:
+        found = accounting.reindex(cells[C.CELL])
+        for i, row in enumerate(found.itertuples(index=False)):
+            row = row._asdict()
+            if pd.isna(row["planned"]):
+                continue
+            note = accounted(row[C.COMPLETED], row["planned"], {k: v for k, v in row.items() if k != "planned"})
+            if note:
+                head = means[i].rsplit(" (", 1)[0] if cells["n"].iloc[i] else "—"
+                means[i] = f"{head} ({note})"
+    out["mean ± std (n)"] = means
+    out["min–max"] = ["" if _blank(lo) else f"{lo:.2f}–{hi:.2f}" for lo, hi in zip(cells["min"], cells["max"])]
     out["best / final epoch"] = [f"{_num(b)} / {_num(f)}" for b, f in zip(cells["best_epoch"], cells["final_epoch"])]
     out["topology updates"] = cells[C.TOPOLOGY_UPDATES].map(lambda v: "" if _blank(v) else f"{v:g}")
     return out
@@ -178,6 +202,8 @@ def _num(value) -> str:
 
 
 def _mean_std_n(mean: float, std: float, n: int) -> str:
+    if not n:
+        return "—"
     spread = "" if pd.isna(std) else f" ± {std:.2f}"
     return f"{mean:.2f}{spread} ({int(n)})"
 
@@ -209,6 +235,7 @@ def axis_tests(
         )
     ]
     parts = []
+    cells = cells[cells["n"] > 0]  # (cells none of whose runs completed have nothing to test)
     for setup, of_setup in cells.groupby(C.SETUP, sort=True):
         present = [c for c in axis_columns if c != C.KIND and of_setup[c].notna().any()]
         axes = ([C.KIND] if of_setup[C.KIND].nunique() > 1 else []) + present
@@ -289,6 +316,7 @@ def topology_warnings(runs: pd.DataFrame, few: int = FEW_UPDATES) -> pd.DataFram
         C.STEPS_PER_EPOCH,
         "train.epochs",
         "advice",
+        "fix",
     ]
     if dst.empty or C.TOPOLOGY_UPDATES not in dst:
         return pd.DataFrame(columns=columns)
@@ -312,16 +340,19 @@ def topology_warnings(runs: pd.DataFrame, few: int = FEW_UPDATES) -> pd.DataFram
     cells["description"] = [
         _describe(first.loc[cell], axes.get(setup, [])) for cell, setup in zip(cells[C.CELL], cells[C.SETUP])
     ]
-    cells["advice"] = [
-        _advice(u, f, s, e, end, few)
-        for u, f, s, e, end in zip(
-            cells[C.TOPOLOGY_UPDATES],
-            cells[C.UPDATE_FREQUENCY],
-            cells[C.STEPS_PER_EPOCH],
-            cells["train.epochs"],
-            cells["end_fraction"],
+    fixes = [
+        _fixes(f, s, e, end)
+        for f, s, e, end in zip(
+            cells[C.UPDATE_FREQUENCY], cells[C.STEPS_PER_EPOCH], cells["train.epochs"], cells["end_fraction"]
         )
     ]
+    cells["advice"] = [
+        few_updates_advice(int(u), _context_of(f, s, e), fix)
+        for u, f, s, e, fix in zip(
+            cells[C.TOPOLOGY_UPDATES], cells[C.UPDATE_FREQUENCY], cells[C.STEPS_PER_EPOCH], cells["train.epochs"], fixes
+        )
+    ]
+    cells["fix"] = [f"for {MIN_UPDATES} updates set {' or '.join(fix)}" if fix else "" for fix in fixes]
     return cells[columns].reset_index(drop=True)
 
 
@@ -330,17 +361,14 @@ def _describe(run: pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{field_label(a)}={label(a, run[a])}" for a in shown) or "all runs"
 
 
-def _advice(updates, frequency, steps_per_epoch, epochs, end_fraction, few: int) -> str:
-    updates, frequency, epochs = int(updates), int(frequency), int(epochs)
-    end_fraction = 1.0 if _blank(end_fraction) else float(end_fraction)
-    what = "no topology updates" if updates == 0 else f"only {updates} topology update{'s' * (updates > 1)}"
+def _context_of(frequency, steps_per_epoch, epochs) -> str:
+    epochs = int(epochs)
+    steps = "" if _blank(steps_per_epoch) else f" x {steps_per_epoch:g} steps"
+    return f"{epochs} epoch{'s' * (epochs > 1)}{steps}; sparsity.update_frequency={int(frequency)}"
+
+
+def _fixes(frequency, steps_per_epoch, epochs, end_fraction) -> list[str]:
     if _blank(steps_per_epoch):
-        return f"{what}: sparsity.update_frequency={frequency}; lower it or raise train.epochs"
-    steps = steps_per_epoch * epochs * end_fraction
-    fix_frequency = max(int(steps // few), 1)
-    fix_epochs = math.ceil(few * frequency / (steps_per_epoch * end_fraction))
-    return (
-        f"{what}: sparsity.update_frequency={frequency} steps against {steps_per_epoch:g} steps per epoch × "
-        f"train.epochs={epochs} = {steps:g} steps; for {few} updates set sparsity.update_frequency ≤ "
-        f"{fix_frequency} or train.epochs ≥ {fix_epochs}"
-    )
+        return ["a lower sparsity.update_frequency", "more train.epochs"]
+    end_fraction = 1.0 if _blank(end_fraction) else float(end_fraction)
+    return update_fixes(int(frequency), float(steps_per_epoch), int(epochs), end_fraction)

@@ -108,10 +108,12 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
         sorted(family_seeds.get(tuple(key), set()) - set(seeds))
         for key, seeds in zip(cells[family].itertuples(index=False), cells["seeds"])
     ]
+    # (at least the seeds the cell has records of: a cell whose runs all diverged is short of all of them)
+    recorded = described.groupby(C.CELL)[C.SEED].nunique().reindex(cells.index).fillna(0)
     cells["expected"] = (
         expected_seeds
         if expected_seeds is not None
-        else cells.groupby(family, dropna=False)["n_seeds"].transform("max")
+        else cells.groupby(family, dropna=False)["n_seeds"].transform("max").combine(recorded, max)
     )
     cells["short"] = cells["n_seeds"] < cells["expected"]
     for name in ("seeds", "missing_seeds"):  # text, so that the table writes to CSV and parquet alike
@@ -119,3 +121,54 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     return cells.reset_index().sort_values(
         [C.SETUP, C.KIND, C.VARIANT, C.CRITERION, C.GROWTH, C.DENSITY], na_position="first", ignore_index=True
     )
+
+
+# ------------------------------------------------------------------------ every run accounted for
+# Which record of a (cell, seed) speaks for it when there are several (a failed run retried):
+# a completed one first, then the most informative state.
+_PRECEDENCE = (C.COMPLETED, "diverged", "failed", "interrupted", C.INCOMPLETE, C.DAMAGED, C.UNREADABLE)
+
+
+def cell_accounting(runs: pd.DataFrame, expected_seeds: int | None = None) -> pd.DataFrame:
+    """Per cell (index): ``planned`` seeds (every seed it has a record of, the seeds other
+    cells of its family have and it lacks, at least ``expected_seeds``), ``completed``,
+    one column per other state (diverged, failed, interrupted, incomplete, damaged,
+    unreadable) and ``missing`` (no record at all). A seed counts once, by its best record."""
+    readable = runs[runs[C.CELL].notna()]
+    states = [s for s in _PRECEDENCE if s != C.COMPLETED] + ["missing"]
+    if readable.empty:
+        return pd.DataFrame(columns=["planned", C.COMPLETED, *states])
+    rank = {s: i for i, s in enumerate(_PRECEDENCE)}
+    frame = readable[[C.CELL, C.SEED, C.SETUP, C.KIND, C.VARIANT, C.STATUS]].assign(
+        _rank=readable[C.STATUS].map(lambda s: rank.get(s, len(rank)))
+    )
+    best = frame.sort_values("_rank", kind="stable").drop_duplicates([C.CELL, C.SEED])
+    counts = best.groupby([C.CELL, C.STATUS]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=list(_PRECEDENCE), fill_value=0)
+    family = [C.SETUP, C.KIND, C.VARIANT]
+    family_seeds = best.groupby(family, dropna=False)[C.SEED].agg(lambda s: set(s.dropna()))
+    cell_family = best.groupby(C.CELL)[family].first()
+    cell_seeds = best.groupby(C.CELL)[C.SEED].agg(lambda s: set(s.dropna()))
+    missing = pd.Series(
+        [
+            len(family_seeds.get(tuple(key), set()) - cell_seeds[cell])
+            for cell, key in zip(cell_family.index, cell_family.itertuples(index=False))
+        ],
+        index=cell_family.index,
+    )
+    out = counts.assign(missing=missing.reindex(counts.index).fillna(0).astype(int))
+    present = out[list(_PRECEDENCE)].sum(axis=1) + out["missing"]
+    if expected_seeds is not None:
+        out["missing"] += (expected_seeds - present).clip(lower=0)
+    out["planned"] = out[list(_PRECEDENCE)].sum(axis=1) + out["missing"]
+    return out[["planned", C.COMPLETED, *states]]
+
+
+def accounted(completed: int, planned: int, counts: dict) -> str:
+    """``3 of 5; 2 diverged`` (``""`` when every planned seed completed): how many of a
+    cell's runs its mean is over, and what became of the others."""
+    completed, planned = int(completed), int(planned)
+    if completed >= planned:
+        return ""
+    others = [f"{int(n)} {state}" for state, n in counts.items() if state != C.COMPLETED and n]
+    return f"{completed} of {planned}" + (f"; {', '.join(others)}" if others else "")

@@ -2,9 +2,11 @@
 
 Figures are built without pyplot, so they work under any backend (Agg in scripts and
 tests, inline in notebooks) and are freed when dropped. Each accuracy figure draws the
-mean over seeds with a ±1 std band and says how many seeds each point has; a criterion has
-the same colour in every figure, static sparse training is light blue and the dense model a
-dashed black line, as in the paper.
+mean over seeds with a band of ±1 standard deviation over seeds, and says so and how many
+seeds each point has (`BAND`); differences between criteria carry their 95 % confidence
+interval (Welch). A criterion has the same colour and marker in every panel and figure,
+static sparse training is light blue with square markers and the dense model a dashed black
+line, as in the paper.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from . import columns as C
 from .grid import Baseline, Selection
 from .grid import completed as completed_runs
 from .overlap import jaccard_matrix, random_expectation
-from .stats import summarize
-from .style import STYLES, field_label, label, setup_label, style
+from .stats import summarize, welch_interval
+from .style import STYLES, Style, field_label, label, setup_label, style
 
 STATIC_COLOR = STYLES[C.MODE]["static"].color  # the paper's light blue
+STATIC_MARKER = STYLES[C.MODE]["static"].marker  # the same in every panel
+BAND = "bands, bars: ±1 std over seeds"  # what every shaded band and error bar of an accuracy figure is
+CI_LEVEL = 0.95
 DENSE_STYLE = {"color": "black", "linestyle": "--", "linewidth": 1.3}
 DROPOUT_STYLE = {"color": "tab:blue", "linestyle": ":", "linewidth": 1.6}
 RANDOM_STYLE = {"color": "0.45", "linestyle": ":", "linewidth": 1.4}
@@ -106,7 +111,8 @@ def _seeds_text(counts: Iterable[int]) -> str:
     if not counts:
         return ""
     low, high = min(counts), max(counts)
-    return f"seeds per point: {low}" if low == high else f"seeds per point: {low}–{high}"
+    seeds = f"seeds per point: {low}" if low == high else f"seeds per point: {low}–{high}"
+    return f"{seeds}\n{BAND}"
 
 
 def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
@@ -123,7 +129,7 @@ def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
             loc="outside right center",
             frameon=False,
             fontsize=8,
-            title=_seeds_text(counts),
+            title=_seeds_text(counts) or None,
             title_fontsize=8,
         )
 
@@ -172,32 +178,17 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
         of_growth = runs[runs[C.GROWTH] == growth]
         counts += _criterion_curves(ax, of_growth, C.DENSITY, metric, highlight)
         stats = summarize(of_growth, [C.CRITERION, C.DENSITY], metric)
-        best = stats.groupby(C.DENSITY)["mean"].max()
-        for criterion in criterion_order(stats[C.CRITERION]):
-            curve = stats[stats[C.CRITERION] == criterion].sort_values(C.DENSITY)
-            look = style(C.CRITERION, criterion)
-            diff_ax.plot(
-                curve[C.DENSITY],
-                curve["mean"] - best.reindex(curve[C.DENSITY]).to_numpy(),
-                marker=look.marker,
-                markersize=3.5,
-                color=look.color,
-            )
+        best = stats.loc[stats.groupby(C.DENSITY)["mean"].idxmax()].set_index(C.DENSITY)
+        curves = [(stats[stats[C.CRITERION] == c], style(C.CRITERION, c)) for c in criterion_order(stats[C.CRITERION])]
         if static is not None:
             static_stats = summarize(static.runs, [C.DENSITY], metric)
             label_ = "static" + (f" ({static.note()})" if static.differences else "")
-            _curve(ax, static_stats, C.DENSITY, label_, STATIC_COLOR, linewidth=2)
+            _curve(ax, static_stats, C.DENSITY, label_, STATIC_COLOR, STATIC_MARKER, linewidth=2)
             densities |= set(static_stats[C.DENSITY])
             counts += list(static_stats["n"])
-            shared = static_stats[static_stats[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
-            diff_ax.plot(
-                shared[C.DENSITY],
-                shared["mean"] - best.reindex(shared[C.DENSITY]).to_numpy(),
-                color=STATIC_COLOR,
-                linewidth=2,
-                marker="s",
-                markersize=3.5,
-            )
+            curves.append((static_stats, Style("static", STATIC_COLOR, STATIC_MARKER)))
+        for number, (curve, look) in enumerate(curves):
+            _difference(diff_ax, curve, best, look, number, len(curves), static=look.label == "static")
         if dense is not None:
             counts.append(_hline(ax, dense, metric, "dense", DENSE_STYLE))
         diff_ax.axhline(0, color="0.3", linewidth=0.8)
@@ -208,10 +199,42 @@ def accuracy_vs_density(selection: Selection, metric: str = C.DEFAULT_METRIC, hi
         for a in (ax, diff_ax):
             a.grid(alpha=0.3)
     axes[0, 0].set_ylabel(C.metric_label(metric))
-    axes[1, 0].set_ylabel("difference to the best\ncriterion (points)")
+    axes[1, 0].set_ylabel(f"difference to the best\ncriterion (points, {CI_LEVEL:.0%} CI)")
     _variant_title(fig, selection.label)
     _legend(fig, axes, counts)
     return fig
+
+
+def _difference(
+    ax: Axes, curve: pd.DataFrame, best: pd.DataFrame, look, number: int, count: int, static: bool = False
+) -> None:
+    """A curve's difference to the best criterion's mean at each density, with the 95 %
+    confidence interval of that difference of means (Welch); the best itself sits at 0.
+    Series are nudged apart along the (log) density axis so that their bars do not overlap."""
+    curve = curve[curve[C.DENSITY].isin(best.index)].sort_values(C.DENSITY)
+    if curve.empty:
+        return
+    ref = best.loc[curve[C.DENSITY]]
+    diff, half = welch_interval(
+        curve["mean"], curve["std"] ** 2, curve["n"], ref["mean"], ref["std"] ** 2, ref["n"], CI_LEVEL
+    )
+    if static:
+        is_best = np.zeros(len(curve), dtype=bool)
+    else:
+        is_best = curve[C.CRITERION].to_numpy() == ref[C.CRITERION].to_numpy()
+    half = np.where(is_best, np.nan, half)
+    nudge = 1.035 ** (number - (count - 1) / 2)
+    ax.errorbar(
+        curve[C.DENSITY] * nudge,
+        diff,
+        yerr=np.nan_to_num(half),
+        marker=look.marker,
+        markersize=3.5,
+        color=look.color,
+        linewidth=2 if static else 1.2,
+        elinewidth=0.9,
+        capsize=2,
+    )
 
 
 def accuracy_vs_update_frequency(selection: Selection, metric: str = C.DEFAULT_METRIC) -> Figure:
@@ -534,3 +557,157 @@ def _level_order(axis: str, levels) -> list:
 
 def _level_color(axis: str, level) -> str:
     return style(axis, level).color if axis in STYLES else "black"
+
+
+# ------------------------------------------------------------------------ cost
+def accuracy_vs_flops(summary: pd.DataFrame, setup: str, metric: str = C.DEFAULT_METRIC) -> Figure | None:
+    """Accuracy against training FLOPs as a fraction of the dense model's (log axis), one
+    panel per growth rule: a curve per criterion through its densities, static sparse
+    training, and the dense model at 1. ``summary``: `analysis.flops.flops_summary`."""
+    rows = summary[(summary[C.SETUP] == setup) & summary["flops.train_fraction"].notna() & (summary["n"] > 0)]
+    dst = rows[rows[C.KIND] == "dst"]
+    if dst.empty:
+        return None
+    growths = _growth_order(dst[C.GROWTH])
+    fig, axes = _panels(1, len(growths))
+    counts = list(rows["n"])
+    for ax, growth in zip(axes[0], growths):
+        of_growth = dst[dst[C.GROWTH] == growth]
+        series = [
+            (of_growth[of_growth[C.CRITERION] == c], style(C.CRITERION, c))
+            for c in criterion_order(of_growth[C.CRITERION])
+        ]
+        static = rows[rows[C.KIND] == "static"]
+        if len(static):
+            series.append((static, Style("static", STATIC_COLOR, STATIC_MARKER)))
+        for part, look in series:
+            part = part.sort_values("flops.train_fraction")
+            ax.errorbar(
+                part["flops.train_fraction"],
+                part["mean"],
+                yerr=part["std"].fillna(0),
+                marker=look.marker,
+                markersize=4,
+                color=look.color,
+                label=look.label,
+                capsize=2,
+                elinewidth=0.8,
+                linewidth=2 if look.label == "static" else 1.2,
+            )
+        dense = rows[rows[C.KIND] == "dense"]
+        if len(dense):
+            ax.errorbar(
+                dense["flops.train_fraction"],
+                dense["mean"],
+                yerr=dense["std"].fillna(0),
+                fmt="*",
+                markersize=9,
+                color="black",
+                label="dense",
+                capsize=2,
+            )
+        low = rows["flops.train_fraction"].min()
+        ax.set_xscale("log")
+        candidates = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+        left = min(low * 0.85, max([t for t in candidates if t <= low], default=low) * 0.95)
+        ax.xaxis.set_major_locator(FixedLocator([t for t in candidates if t >= left]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(left, 1.15)
+        ax.set_title(f"{setup_label(setup)} — {growth_label(growth)} growth", fontsize=10)
+        ax.set_xlabel("training FLOPs (fraction of dense)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].set_ylabel(C.metric_label(metric))
+    _legend(fig, axes, counts)
+    return fig
+
+
+# ------------------------------------------------------------------------ learning curves, topology updates
+LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))  # one per density, in increasing order
+
+
+def learning_curves(epochs: pd.DataFrame, names: dict | None = None) -> list[Figure]:
+    """Test accuracy per epoch, mean over seeds with the seeds' range shaded, one curve per
+    cell: colour by criterion (static light blue, dense black), line style by density, one
+    panel per growth rule (the baselines in each); one figure per setup.
+
+    ``epochs``: `load_metrics(runs, "epoch")` joined with the runs' setup, cell, kind,
+    criterion, growth and density; ``names``: a label per cell (default: from those)."""
+    out = []
+    epochs = epochs.assign(**{C.GROWTH: epochs[C.GROWTH].where(epochs[C.KIND] == "dst", "")})
+    for setup, of_setup in epochs.groupby(C.SETUP):
+        densities = sorted(of_setup[C.DENSITY].where(of_setup[C.KIND] != "dense").dropna().unique())
+        dash = {d: LINE_STYLES[i % len(LINE_STYLES)] for i, d in enumerate(densities)}
+        growths = _growth_order(g for g in of_setup[C.GROWTH].unique() if g) or [""]
+        fig, axes = _panels(1, len(growths), legend_space=2.8)
+        for ax, growth in zip(axes[0], growths):
+            part = of_setup[(of_setup[C.GROWTH] == growth) | (of_setup[C.KIND] != "dst")]
+            for cell, curve in part.groupby(C.CELL):
+                first = curve.iloc[0]
+                kind = first[C.KIND]
+                color = style(C.CRITERION, first[C.CRITERION]).color if kind == "dst" else style(C.KIND, kind).color
+                line = DENSE_STYLE["linestyle"] if kind == "dense" else dash.get(first[C.DENSITY], "-")
+                by_epoch = curve.groupby("epoch")["test_acc"].agg(["mean", "min", "max"])
+                name = (names or {}).get(cell) or _cell_name(first)
+                ax.plot(by_epoch.index, by_epoch["mean"], color=color, linestyle=line, label=name, linewidth=1.4)
+                ax.fill_between(by_epoch.index, by_epoch["min"], by_epoch["max"], color=color, alpha=0.1, linewidth=0)
+            ax.set_title(f"{setup_label(setup)}" + (f" — {growth_label(growth)} growth" if growth else ""), fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+        axes[0, 0].set_ylabel("test accuracy (%)")
+        _legend(fig, axes, [])
+        if fig.legends:
+            fig.legends[0].set_title("mean over seeds;\nshaded: the seeds' range", prop={"size": 8})
+        out.append(fig)
+    return out
+
+
+def _cell_name(row: pd.Series) -> str:
+    kind = row[C.KIND]
+    if kind == "dense":
+        return label(C.KIND, kind)
+    what = label(C.CRITERION, row[C.CRITERION]) if kind == "dst" else label(C.KIND, kind)
+    return f"{what}, d {row[C.DENSITY]:g}"
+
+
+def topology_update_curves(summary: pd.DataFrame, setup: str) -> Figure:
+    """Per density (rows): the weights pruned (and regrown) per update, and the share of
+    the regrown that the same update had pruned, one curve per criterion.
+
+    ``summary``: one row per (setup, density, criterion, step) with ``removed``,
+    ``regrown_just_pruned_share`` and ``excluded`` (all its runs had
+    ``sparsity.exclude_just_pruned``: then that share is 0 by design, and the panel says so)."""
+    of_setup = summary[summary[C.SETUP] == setup]
+    densities = sorted(of_setup[C.DENSITY].unique())
+    fig, axes = _panels(len(densities), 2, sharey=False)
+    fig.set_figheight(2.6 * len(densities) + 0.6)
+    for (left, right), density in zip(axes, densities):
+        at = of_setup[of_setup[C.DENSITY] == density]
+        for criterion in criterion_order(at[C.CRITERION]):
+            part = at[at[C.CRITERION] == criterion].sort_values("step")
+            look = style(C.CRITERION, criterion)
+            left.plot(part["step"], part["removed"], marker=look.marker, color=look.color, label=look.label)
+            right.plot(part["step"], part["regrown_just_pruned_share"], marker=look.marker, color=look.color)
+        left.set_title(f"density {density:g}: weights pruned (and regrown) per update", fontsize=9)
+        right.set_title(f"density {density:g}: share regrown that had just been pruned", fontsize=9)
+        left.set_ylabel("weights")
+        right.set_ylabel("share")
+        right.set_ylim(-0.02, 1)
+        if at["excluded"].all() and (at["regrown_just_pruned_share"] == 0).all():
+            right.text(
+                0.5,
+                0.5,
+                "0 by design: sparsity.exclude_just_pruned=true\n(growth skips what the update pruned)",
+                transform=right.transAxes,
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="0.35",
+            )
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("step")
+    fig.suptitle(f"{setup_label(setup)} — topology updates (mean over seeds)", fontsize=10)
+    _legend(fig, axes, [])
+    return fig

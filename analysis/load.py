@@ -4,8 +4,10 @@ A run directory holds ``config.json`` (written at the start), ``metrics.jsonl`` 
 the run has ended in any way, ``result.json`` (see ``src/records.py``). Runs are found by
 searching sweep directories recursively, so any launcher layout works. A run without a
 result is kept with status ``incomplete``; a record that cannot be parsed is kept with
-status ``unreadable``, and a result that is not a run result or whose metrics are damaged
-(NUL bytes, duplicated lines) with status ``damaged``; a damaged config.json is recovered
+status ``unreadable``, and a result that is not a run result, that cannot be used as what it
+says (`src.records.unusable_result`: a completed run without its final test accuracy, a
+format newer than this code) or whose metrics are damaged (NUL bytes, duplicated lines)
+with status ``damaged``; a damaged config.json is recovered
 from the copy in result.json (the ``damage`` column says so). Nothing is dropped here, the
 analyses choose what they use.
 """
@@ -24,14 +26,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.rundir import CONFIG, METRICS, RESULT, STATUSES, atomic_write, cell_identity, config_hash, metrics_damage
+from src.rundir import (
+    CONFIG,
+    METRICS,
+    RESULT,
+    STATUSES,
+    atomic_write,
+    cell_identity,
+    config_hash,
+    metrics_damage,
+    unusable_result,
+)
 
 from . import columns as C
 from .grid import variant_labels
 
 CACHE_NAME = ".analysis_cache.parquet"
 # Bump when the rows built by `read_run` change, so that old caches are rebuilt.
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
 # Present in every runs table, even one of unreadable or no records, so analyses need no guards.
@@ -176,7 +188,9 @@ def _read_run(run_dir: Path) -> dict:
         row.update(_result_columns(result))
         if config:
             row.update(_schedule(config, result))
-        damage = metrics_damage(run_dir)
+        # A result that cannot be what it says (a completed run without its final metric, a
+        # newer format) is damaged, in every table: never a completed run left out of the statistics.
+        damage = unusable_result(result) or metrics_damage(run_dir)
         if damage:
             row[C.STATUS], row[C.DAMAGE] = C.DAMAGED, damage
     if errors:

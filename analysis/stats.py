@@ -67,6 +67,22 @@ def welch_from_moments(mean_a, var_a, n_a, mean_b, var_b, n_b, alternative: str 
     return np.where((n_a < 2) | (n_b < 2), np.nan, p)
 
 
+def welch_interval(mean_a, var_a, n_a, mean_b, var_b, n_b, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The difference of means a - b and the half-width of its ``level`` confidence interval
+    by Welch's approximation (Student's t with Welch-Satterthwaite degrees of freedom); the
+    half-width is NaN where either side has fewer than two values."""
+    mean_a, var_a, n_a, mean_b, var_b, n_b = (
+        np.asarray(x, dtype=float) for x in (mean_a, var_a, n_a, mean_b, var_b, n_b)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sa, sb = var_a / n_a, var_b / n_b
+        df = (sa + sb) ** 2 / (sa**2 / (n_a - 1) + sb**2 / (n_b - 1))
+        df = np.where((sa + sb) == 0, np.inf, df)
+        half = special.stdtrit(df, 0.5 + level / 2) * np.sqrt(sa + sb)
+    half = np.where((n_a < 2) | (n_b < 2), np.nan, half)
+    return mean_a - mean_b, half
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (NaNs are not tests: they stay NaN and do not count).
 
@@ -136,33 +152,60 @@ def rank_criteria(
     alternative: str = "greater",
     by: Sequence[str] = (C.SETUP, C.GROWTH, C.DENSITY),
     item: str = C.CRITERION,
+    min_seeds: int = 2,
 ) -> pd.DataFrame:
     """`compare_to_best` of the ``item`` values within every ``by`` group of ``runs``
     (one row per run; give completed runs of one variant, e.g. `grid.main_grid(...).runs`),
-    all groups at once: the tests from each item's mean, variance and n."""
+    all groups at once: the tests from each item's mean, variance and n.
+
+    A comparison needs ``min_seeds`` values on both sides; an item that cannot be compared
+    (``tested`` false) is neither worse nor in the best group, and neither is the best of a
+    group in which nothing could be compared: ranks are descriptive, the best group is a verdict."""
     by = list(by)
-    columns = [*by, item, "n", "mean", "std", "rank", "p_value", "p_holm", "worse", "best_group"]
+    columns = [*by, item, "n", "mean", "std", "rank", "p_value", "p_holm", "tested", "worse", "best_group"]
     values = runs[list(dict.fromkeys([*by, item, metric]))].dropna(subset=[metric])
     if values.empty:
         return pd.DataFrame(columns=columns)
     table = values.groupby([*by, item], sort=True)[metric].agg(n="count", mean="mean", std="std").reset_index()
     group = table.groupby(by, sort=False).ngroup()
     table["rank"] = table.groupby(group)["mean"].rank(ascending=False, method="average")
-    best = table.groupby(group)["mean"].idxmax().reindex(group).to_numpy()  # first item among equal means
-    p = welch_from_moments(
-        table["mean"].to_numpy()[best],
-        table["std"].to_numpy()[best] ** 2,
-        table["n"].to_numpy()[best],
-        table["mean"],
-        table["std"] ** 2,
-        table["n"],
-        alternative=alternative,
-    )
-    table["p_value"] = np.where(best == np.arange(len(table)), np.nan, p)
-    table["p_holm"] = holm_within(table["p_value"], group)
-    table["worse"] = table["p_holm"] < alpha
-    table["best_group"] = ~table["worse"]
+    marks = best_of_moments(table, group, alpha=alpha, alternative=alternative, min_seeds=min_seeds)
+    table[["p_value", "p_holm", "tested", "worse", "best_group"]] = marks[
+        ["p_value", "p_holm", "tested", "worse", "not_worse"]
+    ]
     return table[columns]
+
+
+def best_of_moments(
+    table: pd.DataFrame, group, *, alpha: float = 0.05, alternative: str = "greater", min_seeds: int = 2
+) -> pd.DataFrame:
+    """Within each ``group`` of the rows of ``table`` (columns n, mean, std): ``best`` (the
+    highest mean, first among equals), each other row's Welch p-value against it and its
+    Holm correction within the group, ``tested`` (both sides have ``min_seeds`` values),
+    ``worse`` (tested and significantly worse) and ``not_worse``: the best group, i.e. the
+    best when anything in its group could be tested, and the tested rows not worse."""
+    group = pd.Series(np.asarray(group), index=table.index)
+    valid = table["n"].fillna(0) > 0
+    out = pd.DataFrame(index=table.index)
+    out["best"] = False
+    best_index = table["mean"].where(valid).groupby(group).idxmax().dropna()
+    out.loc[best_index.to_numpy(), "best"] = True
+    best_row = best_index.reindex(group).to_numpy()
+    has_best = ~pd.isna(best_row)
+    take = np.where(has_best, best_row, table.index[0])
+    best = table.loc[take]
+    p = welch_from_moments(
+        best["mean"], best["std"] ** 2, best["n"], table["mean"], table["std"] ** 2, table["n"], alternative=alternative
+    )
+    enough = (table["n"].fillna(0).to_numpy() >= min_seeds) & (best["n"].fillna(0).to_numpy() >= min_seeds)
+    tested = enough & has_best & valid.to_numpy() & ~out["best"].to_numpy()
+    out["p_value"] = np.where(tested, p, np.nan)
+    out["p_holm"] = holm_within(out["p_value"], group)
+    out["tested"] = tested
+    out["worse"] = tested & (out["p_holm"] < alpha).to_numpy()
+    any_tested = pd.Series(tested, index=table.index).groupby(group).transform("any").to_numpy()
+    out["not_worse"] = (out["best"].to_numpy() & any_tested) | (tested & ~out["worse"].to_numpy())
+    return out
 
 
 def rank_summary(

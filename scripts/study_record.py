@@ -7,7 +7,17 @@
 
     python scripts/study_record.py runs/fmnist_fig1 --out results/fmnist_fig1
 
-No run directories or checkpoints are copied: the record is small enough for git.
+No run directories or checkpoints are copied: the record is small enough for git. When the
+run directories are gone, ``--from-csv`` rebuilds the report from the committed runs.csv
+(runs.csv and throughput.json are kept as they are):
+
+    python scripts/study_record.py --from-csv results/fmnist_fig1/runs.csv --out results/fmnist_fig1
+
+Each run's config.json is composed again from the study's sweep files (the run directory
+names in runs.csv, which hash the experiment, must match) and its result.json holds what
+runs.csv kept (status, accuracies, steps, times). Such a result has no record format, no
+per-layer densities and no update lines: the report counts its FLOPs from the config and the
+schedule (`analysis.flops`), and has no learning curves.
 """
 
 from __future__ import annotations
@@ -109,15 +119,73 @@ def _union_hours(intervals) -> float:
     return total / 3600
 
 
+STUDY_SWEEPS = ("fmnist_fig1_dense", "fmnist_fig1_static", "fmnist_fig1")
+
+
+def records_from_csv(csv_path: Path, root: Path, sweeps=STUDY_SWEEPS) -> Path:
+    """The study's run directories rebuilt under ``root`` from runs.csv (module docstring)."""
+    from src.config import run_identity
+    from src.plan import expand
+    from src.rundir import RunRecorder, config_hash
+
+    table = pd.read_csv(csv_path).set_index("run")
+    jobs = [job for sweep in sweeps for job in expand([f"+sweeps={sweep}", f"runs_root={root}"], check_data=False)]
+    by_name = {job.run_dir.name: job for job in jobs}
+    unknown = sorted(set(table.index) - set(by_name))
+    if unknown:
+        raise ValueError(f"{len(unknown)} runs of {csv_path} are not in the sweeps {', '.join(sweeps)}: {unknown[:3]}")
+    for name, row in table.iterrows():
+        job = by_name[name]
+        config = job.config.to_dict()
+        epochs = config["train"]["epochs"]
+        recorder = RunRecorder(job.run_dir, config)
+        result = {
+            "status": row["status"],
+            "config": config,
+            "config_hash": config_hash(run_identity(config)),
+            "seed": int(row["seed"]),
+            "epochs_completed": epochs if row["status"] == "completed" else None,
+            "steps": int(row["steps"]),
+            "total_steps": int(row["steps"]) if row["status"] == "completed" else None,
+            "final": {"epoch": epochs, "test_acc": float(row["final_test_acc"])},
+            "best_val": {"epoch": int(row["best_val_epoch"]), "test_acc": float(row["test_acc_at_best_val"])},
+            "wall_time": float(row["wall_time_s"]),
+            "train_time": float(row["train_time_s"]),
+            "threads": None if pd.isna(row["threads"]) else int(row["threads"]),
+            "host": row["host"],
+            "cpu_model": row["cpu_model"],
+            "finished_at": row["finished_at"],
+        }
+        # (written as the records of that time were: without a format field)
+        path = job.run_dir / "result.json"
+        path.write_text(json.dumps(result, indent=2, sort_keys=True))
+        recorder.close()
+    return root / jobs[0].run_dir.parent.name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("sweep_dir", type=Path, help="the study's run directories (runs_root/name)")
+    p.add_argument("sweep_dir", type=Path, nargs="?", help="the study's run directories (runs_root/name)")
+    p.add_argument("--from-csv", type=Path, help="rebuild the report from this runs.csv (no run directories)")
+    p.add_argument("--notebook", type=Path, help="also execute the aggregate notebook on the study, to this .ipynb")
     p.add_argument("--out", type=Path, required=True, help="where the record goes, e.g. results/fmnist_fig1")
     p.add_argument("--expected-seeds", type=int, default=3, help="seeds every cell should have (default 3)")
     args = p.parse_args(argv)
-    if not args.sweep_dir.is_dir():
+    if args.from_csv is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sweep_dir = records_from_csv(args.from_csv, Path(tmp))
+            code = report_main(
+                ["report", str(sweep_dir), "--out", str(args.out / "report"), "--no-cache"]
+                + ["--expected-seeds", str(args.expected_seeds)]
+            )
+            if args.notebook is not None:
+                code = code or report_main(["notebook", str(sweep_dir), "--out", str(args.notebook)])
+            return code
+    if args.sweep_dir is None or not args.sweep_dir.is_dir():
         print(f"error: no study runs at {args.sweep_dir} (run `make study` first)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = throughput(table)
     (args.out / "throughput.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(f"{len(table)} runs ({stats['completed']} completed) -> {args.out / 'runs.csv'}")
-    return report_main(
+    code = report_main(
         [
             "report",
             str(args.sweep_dir),
@@ -137,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             str(args.expected_seeds),
         ]
     )
+    if args.notebook is not None:
+        code = code or report_main(["notebook", str(args.sweep_dir), "--out", str(args.notebook)])
+    return code
 
 
 if __name__ == "__main__":

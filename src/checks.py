@@ -21,9 +21,7 @@ from pathlib import Path
 from .config import RunConfig, field_names, has_field, schema_at
 from .config_groups import CONF_DIR, REGISTRY_GROUPS, setup_choices
 from .registry import suggest
-
-# A DST run with fewer topology updates than this measures little of its criterion.
-MIN_UPDATES = 3
+from .sparse.few_updates import MIN_UPDATES, few_updates_advice
 
 
 # ---------------------------------------------------------------------------- suggestions
@@ -206,7 +204,7 @@ def topology_updates(cfg: RunConfig, spe: int, epochs: int | None = None, update
     return sum(is_update_step(sparsity, s, total) for s in range(f, last + 1, f))
 
 
-def _update_fix(cfg: RunConfig, spe: int) -> str:
+def _update_fix(cfg: RunConfig, spe: int) -> list[str]:
     """The settings that would give MIN_UPDATES updates: a lower frequency, more epochs."""
     fixes = []
     # the largest step an update may happen at (frequency 1), then the frequency that fits MIN_UPDATES
@@ -225,7 +223,7 @@ def _update_fix(cfg: RunConfig, spe: int) -> str:
         fixes.append("train.max_steps (it stops the run first)")
     if cfg.sparsity.end_fraction < 1:
         fixes.append(f"sparsity.end_fraction (updates stop at {cfg.sparsity.end_fraction:g} of training)")
-    return " or ".join(fixes)
+    return fixes
 
 
 def update_warnings(jobs) -> list[str]:
@@ -247,13 +245,8 @@ def update_warnings(jobs) -> list[str]:
         epochs = f"{cfg.train.epochs} epoch{'s' * (cfg.train.epochs > 1)} x {spe} steps"
         if cfg.train.max_steps is not None:
             epochs += f", train.max_steps={cfg.train.max_steps}"
-        what = "no topology update" if count == 0 else f"only {count} topology update{'s' * (count > 1)}"
-        effect = "have no effect (it trains like static sparse)" if count == 0 else "barely act"
-        lines.append(
-            f"warning: {cell}: {what} ({epochs}; sparsity.update_frequency="
-            f"{cfg.sparsity.update_frequency}): its criterion and growth {effect}; for "
-            f"{MIN_UPDATES} updates set {_update_fix(cfg, spe)}"
-        )
+        context = f"{epochs}; sparsity.update_frequency={cfg.sparsity.update_frequency}"
+        lines.append(f"warning: {cell}: {few_updates_advice(count, context, _update_fix(cfg, spe))}")
     return lines
 
 

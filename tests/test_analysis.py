@@ -264,7 +264,8 @@ def test_fig1_from_records(main_grid, tmp_path):
         assert ax.get_xscale() == "log" and diff.get_xlabel() == "density"
         assert ax.get_title() == f"LeNet-5 on Fashion-MNIST — {growth} growth"  # display names, no raw ids
         if growth == "random":  # every seed of every cell there (the missing one is in gradient growth)
-            gaps = [{round(float(y), 6) for y in line.get_ydata()} for line in diff.get_lines()[:3]]
+            curves = [c[0] for c in diff.containers[:3]]  # (each difference is an error bar: its data line)
+            gaps = [{round(float(y), 6) for y in line.get_ydata()} for line in curves]
             assert gaps == [{0.0}, {fx.OFFSET["set"]}, {fx.OFFSET["snip"]}]  # magnitude, SET, SNIP vs the best
         labels = [line.get_label() for line in ax.get_lines()]
         for name in ("Magnitude", "SET", "SNIP", "static", "dense"):

@@ -22,6 +22,7 @@ from .files import (
     METRICS,
     MODEL_FINAL,
     RESULT,
+    RESULT_FORMAT,
     STATUSES,
     LinkRefused,
     RunRecorder,
@@ -36,6 +37,7 @@ from .files import (
     recorded_config,
     recorded_configs,
     run_dir_link,
+    unusable_result,
 )
 from .heartbeat import Heartbeat, read_heartbeat, unrecorded_failure, whereabouts
 from .identity import (
@@ -104,6 +106,8 @@ __all__ = [
     "read_finished_result",
     "read_heartbeat",
     "read_metrics",
+    "unusable_result",
+    "RESULT_FORMAT",
     "read_result",
     "recorded_config",
     "recorded_configs",

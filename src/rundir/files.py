@@ -28,6 +28,9 @@ CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoin
 MODEL_FINAL, LOCK, HEARTBEAT, LOG = "model_final.pt", ".lock", "heartbeat.json", "train.log"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
+# The layout of result.json, written into it as "format". 1 (no field): before FLOPs were
+# recorded; 2: adds "flops". Readers refuse what is newer than they know.
+RESULT_FORMAT = 2
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -175,6 +178,21 @@ def read_result(run_dir: Path) -> dict | None:
         )
         return None
     return result
+
+
+def unusable_result(result: dict) -> str | None:
+    """Why a result.json cannot be used as what it says it is (None when it can): a format
+    newer than this code reads, or a completed run without its final test accuracy (an
+    older or other record layout, a hand edit)."""
+    version = result.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version > RESULT_FORMAT:
+        return f"result.json format {version!r} is not one this code reads (1 to {RESULT_FORMAT})"
+    final = result.get("final")
+    if result.get("status") == "completed":
+        accuracy = final.get("test_acc") if isinstance(final, dict) else None
+        if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool):
+            return f"result.json (format {version}) says completed but has no final.test_acc"
+    return None
 
 
 def read_finished_result(run_dir: Path) -> dict | None:
@@ -328,4 +346,5 @@ class RunRecorder:
 
     def write_result(self, result: dict) -> None:
         if self.enabled:
+            result.setdefault("format", RESULT_FORMAT)  # (in the caller's dict too: it is what was recorded)
             atomic_write_text(self.run_dir / RESULT, json.dumps(_finite(result), indent=2, sort_keys=True))

@@ -20,8 +20,9 @@ from torch import nn
 from ..config import RunConfig
 from ..data import build_dataset, make_loaders
 from ..models import build_model, model_info
-from ..rundir import Heartbeat, RunRecorder, identity_hash, read_finished_result
+from ..rundir import Heartbeat, RunRecorder, identity_hash, read_finished_result, read_metrics
 from ..sparse import Sparsifier
+from ..sparse.flops import record_flops
 from .beat import HeartbeatListener
 from .checkpoints import Checkpoints, save_torch
 from .console import Console
@@ -67,6 +68,9 @@ class Training:
     acc: EpochAccumulator = field(default_factory=lambda: EpochAccumulator(torch.device("cpu")))
     lr: float = 0.0
     batch: tuple | None = None  # the latest training batch: what data-scored criteria (grasp) score on
+    input_shape: tuple = ()  # one sample's shape, and the classes: what the FLOPs count needs
+    num_classes: int = 0
+    train_samples: int = 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -117,6 +121,8 @@ def build(cfg: RunConfig, device: torch.device, ddp: Dist, recorder: RunRecorder
     ).prepare(splits.input_shape)
     run.net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     run.acc = EpochAccumulator(device)  # (on the run's device)
+    run.input_shape, run.num_classes = tuple(splits.input_shape), cfg.model.num_classes or splits.num_classes
+    run.train_samples = len(splits.train)
     return run
 
 
@@ -267,6 +273,23 @@ def run_result(run: Training, run_dir: Path, status: str, diverged: dict | None,
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
         "diverged": diverged,
+        "flops": run_flops(run, run_dir),
         "resumed_at_steps": progress.resumed_at,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def run_flops(run: Training, run_dir: Path) -> dict:
+    """Training FLOPs from the densities each layer had, segment by segment between the
+    recorded topology updates, and inference FLOPs at the end (`sparse.flops`)."""
+    return record_flops(
+        run.config,
+        input_shape=run.input_shape,
+        num_classes=run.num_classes,
+        final_density=run.sparsifier.densities(),
+        update_records=read_metrics(run_dir, "update"),
+        steps=run.progress.step,
+        steps_per_epoch=run.steps_per_epoch,
+        samples_per_epoch=run.train_samples // run.ddp.world,
+        ranks=run.ddp.world,
+    )
