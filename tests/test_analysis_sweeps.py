@@ -144,7 +144,7 @@ def test_topology_updates_are_counted_and_too_few_are_warned_about(sweep, no_upd
     assert advice.endswith("for 3 updates set sparsity.update_frequency<=5 or train.epochs>=167")
     # One threshold and one piece of advice: the launch says the same of the same cell before it runs.
     from src.checks import update_warnings
-    from src.launch import expand
+    from src.plan import expand
 
     jobs = expand(
         ["setup=smoke", "criterion=magnitude", "seed=1", "train.epochs=1", "sparsity.update_frequency=1000"],

@@ -110,7 +110,7 @@ def test_density_one_costs_what_dense_costs():
     ],
 )
 def test_a_real_run_records_its_flops_and_they_match_its_own_records(tmp_path, overrides):
-    from src.launch import expand
+    from src.plan import expand
     from src.rundir import read_metrics
     from src.train import train
 
@@ -175,7 +175,7 @@ def test_the_analysis_shows_recorded_flops_and_counts_them_for_older_records(tmp
 
 @pytest.mark.slow
 def test_a_resumed_run_counts_what_an_uninterrupted_one_counts(tmp_path):
-    from src.launch import expand
+    from src.plan import expand
     from src.train import train
 
     def job(name):
