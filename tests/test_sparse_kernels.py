@@ -139,7 +139,8 @@ def test_the_library_builds_into_a_fresh_cache_keyed_by_source_and_cpu(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     path = tmp_path / "fantastic-dst" / os.path.basename(out.stdout.strip())
     assert path.exists() and path.name.startswith("sparse_kernels_")
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    # the library, its record (key and SHA-256) and the builders' lock; no temporary left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([".lock", path.name, path.stem + ".json"])
 
 
 @needs_library
