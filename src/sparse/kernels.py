@@ -52,17 +52,22 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 def cpu_info() -> dict:
     """The CPU's model name and the vector / matrix extensions that decide kernel speed
     (recorded with every benchmark figure and keying the crossover table)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, ids = platform.processor() or platform.machine(), set(), {}
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 model = value.strip()
+            elif key.strip() in ("cpu family", "model") and key.strip() not in ids:
+                ids[key.strip()] = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
     return {
         "model": model,
+        # The model name alone does not tell CPUs apart ("AMD EPYC" is Zen 1 and Zen 4 alike).
+        "family": ids.get("cpu family", ""),
+        "model_id": ids.get("model", ""),
         "cpus": os.cpu_count(),
         "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")},
         "all_flags_sha1": hashlib.sha1(" ".join(sorted(flags)).encode()).hexdigest()[:12],
@@ -149,6 +154,22 @@ class CompiledOps:
         )
         return out
 
+    def sgd(self, param: Tensor, grad: Tensor, buf: Tensor | None, group: dict, first: bool) -> None:
+        """torch.optim.SGD's step of ``param`` (contiguous, with its contiguous gradient and
+        momentum buffer) with ``group``'s settings, in one pass over the values."""
+        getattr(self.lib, f"dst_sgd_{DTYPES[param.dtype]}")(
+            param.numel(),
+            param.data_ptr(),
+            grad.data_ptr(),
+            None if buf is None else buf.data_ptr(),
+            float(group["lr"]),
+            float(group["momentum"]),
+            float(group["dampening"]),
+            float(group["weight_decay"]),
+            int(bool(group["nesterov"])),
+            int(first),
+        )
+
     def sampled(self, crow: Tensor, col: Tensor, left: Tensor, right: Tensor) -> Tensor:
         left, right = left.contiguous(), right.contiguous()
         out = torch.empty(col.shape[0], dtype=left.dtype)
@@ -169,6 +190,19 @@ _forced_torch = os.environ.get("DST_NO_EXT", "") not in ("", "0")
 
 
 TORCH_OPS = TorchOps()
+
+
+def torch_forced() -> bool:
+    return _forced_torch
+
+
+def implementations(weight: Tensor) -> dict[str, TorchOps | CompiledOps]:
+    """The implementations of the products that can run a layer with this weight, by name."""
+    if weight.device.type == "cpu" and weight.dtype in DTYPES and not _forced_torch:
+        compiled = compiled_ops()
+        if compiled is not None:
+            return {"compiled": compiled, "torch": TORCH_OPS}
+    return {"torch": TORCH_OPS}
 
 
 def ops_for(weight: Tensor) -> TorchOps | CompiledOps:
@@ -358,6 +392,8 @@ def _load(path: Path, expected: bytes) -> ctypes.CDLL:
         getattr(lib, f"dst_spmm_{dtype}").argtypes = [i64, p, p, p, p, p, i64, p]
         getattr(lib, f"dst_sampled_{dtype}").argtypes = [i64, p, p, p, p, i64, p]
         getattr(lib, f"dst_transpose_{dtype}").argtypes = [i64, i64, p, p]
+        d, i = ctypes.c_double, ctypes.c_int
+        getattr(lib, f"dst_sgd_{dtype}").argtypes = [i64, p, p, p, d, d, d, d, i, i]
     lib.path = str(path)
     return lib
 
