@@ -317,7 +317,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
     current = {}  # the latest training batch: what data-scored criteria (grasp) score on
     sparsifier = Sparsifier(
         model, optimizer, cfg.sparsity, total_steps, seed=tc.seed, batches=lambda: current["batch"]
-    ).prepare(splits.input_shape)
+    ).prepare(splits.input_shape, cfg.data.batch_size)
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
 
     progress = Progress()
@@ -661,6 +661,7 @@ def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_
         "achieved_density": sparsifier.overall_density(),
         "achieved_layer_density": sparsifier.densities(),
         "layer_backend": dict(zip(sparsifier.names, sparsifier.backends)),  # which layers ran sparse
+        "layer_kernels": sparsifier.kernel_choices(),  # what each sparse layer's operations ran on
         "wall_time": progress.elapsed + max(setup_time, 0.0),
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
