@@ -141,9 +141,8 @@ def choose(trial: Callable[[object], dict], impls: dict[str, object], repeats: i
 
 def key(spec: dict) -> str:
     """The cache key of a trial: the CPU, the library build, torch, threads and the layer."""
-    lib = kernels.library() if not kernels.torch_forced() else None
     cpu = kernels.cpu_info()
-    build = kernels.build_key()[:16] if lib is not None else "torch-only"
+    build = kernels.build_key()[:16] if "compiled" in spec.get("implementations", ()) else "torch-only"
     machine = f"{cpu['model']}|{cpu.get('family', '')}/{cpu.get('model_id', '')}|{cpu['all_flags_sha1']}"
     return json.dumps(
         {"cpu": machine, "build": build, "torch": torch.__version__, "threads": torch.get_num_threads(), **spec},
