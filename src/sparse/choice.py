@@ -117,9 +117,10 @@ def choose(trial: Callable[[object], dict], impls: dict[str, object], repeats: i
     """Per-operation choice between ``impls`` (name -> ops). ``trial(layout_ops)`` gives, with
     the operands laid out by ``layout_ops``: {"layout": call, "forward": {name: call}, ...}.
     For each layout the fastest implementation of each product counts; the layout with the
-    least total wins. Returns {"ops": names, "sparse_ms": total, "times_ms": per layout}."""
+    least total wins. Returns {"ops": names, "sparse_ms": total, "times_ms": per layout,
+    "trial_s": the trial's own wall time}."""
     default = "compiled" if "compiled" in impls else next(iter(impls))
-    totals, picks, times = {}, {}, {}
+    totals, picks, times, started = {}, {}, {}, time.perf_counter()
     for layout_name, layout in impls.items():
         fns = trial(layout)
         _, layout_time = fastest({layout_name: fns["layout"]}, layout_name, repeats)
@@ -136,7 +137,8 @@ def choose(trial: Callable[[object], dict], impls: dict[str, object], repeats: i
         lay: {op: (v * 1e3 if not isinstance(v, dict) else {k: t * 1e3 for k, t in v.items()}) for op, v in d.items()}
         for lay, d in times.items()
     }
-    return {"ops": picks[layout], "sparse_ms": totals[layout] * 1e3, "times_ms": ms}
+    trial_s = time.perf_counter() - started
+    return {"ops": picks[layout], "sparse_ms": totals[layout] * 1e3, "times_ms": ms, "trial_s": trial_s}
 
 
 def key(spec: dict) -> str:
