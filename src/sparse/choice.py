@@ -63,7 +63,7 @@ class LayerOps:
 
     @classmethod
     def uniform(cls, ops) -> LayerOps:
-        return cls(ops, ops, ops, ops, ops if ops.name == "compiled" else None)
+        return cls(ops, ops, ops, ops, ops if hasattr(ops, "sgd") else None)
 
     def names(self) -> dict[str, str]:
         names = {op: getattr(self, op).name for op in OPERATIONS}
@@ -93,7 +93,8 @@ def from_names(names: dict[str, str], impls: dict[str, object]) -> LayerOps:
     """The `LayerOps` that ``names`` (as `LayerOps.names` gives them) describe."""
     default = impls.get("compiled", kernels.TORCH_OPS)
     ops = {op: impls.get(names.get(op, ""), default) for op in OPERATIONS}
-    sgd = impls.get("compiled") if names.get("sgd", "fused") == "fused" else None
+    compiled = impls.get("compiled")
+    sgd = compiled if names.get("sgd", "fused") == "fused" and hasattr(compiled, "sgd") else None
     return LayerOps(**ops, sgd=sgd)
 
 
