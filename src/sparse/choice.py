@@ -43,6 +43,8 @@ from . import kernels
 
 OPERATIONS = ("layout", "forward", "input_grad", "weight_grad")
 REPEATS = 7
+MIN_REPEATS = 3
+ROUNDS_BUDGET_S = 0.08
 MARGIN = 0.12
 CHOICES_FILE = "choices.json"
 
@@ -100,10 +102,15 @@ def from_names(names: dict[str, str], impls: dict[str, object]) -> LayerOps:
 
 def fastest(candidates: dict[str, Callable[[], object]], default: str, repeats: int = REPEATS) -> tuple[str, dict]:
     """The fastest of ``candidates`` (name -> call) in interleaved rounds, each one's best time
-    counting; ``default`` unless another is faster by more than `MARGIN`. Also returns the times (s)."""
+    counting; ``default`` unless another is faster by more than `MARGIN`. Also returns the times
+    (s). Rounds stop early (after `MIN_REPEATS`) once they took `ROUNDS_BUDGET_S`: on a loaded
+    machine a layer's trial stays within about a second."""
     names = list(candidates)
     best = dict.fromkeys(names, math.inf)
+    started = time.perf_counter()
     for r in range(repeats):
+        if r >= MIN_REPEATS and time.perf_counter() - started > ROUNDS_BUDGET_S:
+            break
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
             start = time.perf_counter()
             candidates[name]()
