@@ -93,10 +93,12 @@ class _SparseLayer:
         batch: int | None = None,
         input_size: tuple[int, int] | None = None,
         ops: dict[str, str] | None = None,
+        input_grad: bool = True,
     ):
-        """``batch`` / ``input_size`` (a convolution's input height, width): the shapes its
-        implementations are timed on (`choose_ops`); ``ops``: names of the implementations to
-        run instead (as `LayerOps.names` gives them: another rank's choice, a forced one)."""
+        """``batch`` / ``input_size`` (a convolution's input height, width) / ``input_grad``
+        (whether its input needs a gradient: not a first layer's): what its implementations
+        are timed on (`choose_ops`); ``ops``: names of the implementations to run instead (as
+        `LayerOps.names` gives them: another rank's choice, a forced one)."""
         self.module = module
         self.weight = module.weight
         self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
@@ -105,7 +107,7 @@ class _SparseLayer:
         if ops is not None:
             self.ops = choice.from_names(ops, impls)
         else:
-            self.ops = choose_ops(module, int(mask.sum()), impls, batch, input_size)
+            self.ops = choose_ops(module, int(mask.sum()), impls, batch, input_size, input_grad)
         self.weight.requires_grad_(False)
         self.weight.grad = None
         module.forward = self.forward  # the instance attribute shadows the class's forward
@@ -318,6 +320,7 @@ def choose_ops(
     impls: dict,
     batch: int | None = None,
     input_size: tuple[int, int] | None = None,
+    input_grad: bool = True,
 ) -> LayerOps:
     """The fastest implementation of each operation of the sparse ``module`` with ``nnz``
     active weights (`choice`): timed on its shapes once per machine, or forced
@@ -329,13 +332,14 @@ def choose_ops(
     weight = module.weight
     if len(impls) == 1 or (isinstance(module, nn.Conv2d) and input_size is None):
         return LayerOps.uniform(next(iter(impls.values())))
-    measured = layer_trial(module, nnz, impls, batch or DEFAULT_TRIAL_BATCH, input_size, weight.dtype)
+    measured = layer_trial(module, nnz, impls, batch or DEFAULT_TRIAL_BATCH, input_size, weight.dtype, input_grad)
     return choice.from_names(measured["ops"], impls)
 
 
-def layer_trial(module, nnz, impls, batch, input_size, dtype, masked: bool = False) -> dict:
+def layer_trial(module, nnz, impls, batch, input_size, dtype, input_grad: bool = True, masked: bool = False) -> dict:
     """The (cached) trial of a sparse layer like ``module`` with ``nnz`` active weights;
-    ``masked``: also the dense layer's time (forward and both gradients), for `auto`."""
+    ``input_grad``: whether its input gradient is computed (a first layer's is not);
+    ``masked``: also the dense layer's time (forward and gradients), for `auto`."""
     conv = isinstance(module, nn.Conv2d)
     spec = {
         "kind": "conv" if conv else "linear",
@@ -344,20 +348,37 @@ def layer_trial(module, nnz, impls, batch, input_size, dtype, masked: bool = Fal
         "batch": batch,
         "dtype": str(dtype).removeprefix("torch."),
         "implementations": sorted(impls),
+        "input_grad": input_grad,
     }
     if conv:
         spec.update(input_size=list(input_size), stride=list(module.stride), padding=list(module.padding))
         spec.update(dilation=list(module.dilation))
-    trial = (
-        _conv_trial(module, nnz, impls, batch, input_size, dtype)
-        if conv
-        else _linear_trial(tuple(module.weight.shape), nnz, impls, batch, dtype)
-    )
+    if conv:
+        trial = _conv_trial(module, nnz, impls, batch, input_size, dtype)
+    else:
+        trial = _linear_trial(tuple(module.weight.shape), nnz, impls, batch, dtype)
+    if not input_grad:
+        trial = _without_input_grad(trial)
     result = choice.cached(spec, lambda: choice.choose(trial, impls))
     if masked and "masked_ms" not in result:
         spec = {**spec, "masked": True}
-        result = choice.cached(spec, lambda: {**result, "masked_ms": _masked_ms(module, nnz, batch, input_size, dtype)})
+
+        def measure():
+            return {**result, "masked_ms": _masked_ms(module, nnz, batch, input_size, dtype, input_grad)}
+
+        result = choice.cached(spec, measure)
     return result
+
+
+def _without_input_grad(trial):
+    """A trial of a layer whose input gradient is never computed (a first layer)."""
+
+    def without(layout):
+        fns = trial(layout)
+        fns["input_grad"] = {name: (lambda: None) for name in fns["input_grad"]}
+        return fns
+
+    return without
 
 
 def _random_index(numel: int, nnz: int, g: torch.Generator) -> Tensor:
@@ -416,9 +437,9 @@ def _conv_trial(conv, nnz, impls, batch, size, dtype):
     return trial
 
 
-def _masked_ms(module, nnz, batch, size, dtype) -> float:
-    """The masked backend's time for the layer: the dense forward product, both gradients and
-    the mask multiply."""
+def _masked_ms(module, nnz, batch, size, dtype, input_grad: bool = True) -> float:
+    """The masked backend's time for the layer: the dense forward product, the weight gradient,
+    the input gradient where it is computed, and the mask multiply."""
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(module.weight.shape, generator=g, dtype=dtype)
     mask = torch.zeros(weight.numel(), dtype=dtype).index_fill_(0, _random_index(weight.numel(), nnz, g), 1)
@@ -433,8 +454,10 @@ def _masked_ms(module, nnz, batch, size, dtype) -> float:
 
         def step():
             nn.functional.conv2d(x, weight, None, *args)
-            torch.nn.grad.conv2d_input(x.shape, weight, grad, *args)
-            torch.nn.grad.conv2d_weight(x, weight.shape, grad, *args)
+            # what autograd runs for the masked layer's backward: both gradients in one call
+            torch.ops.aten.convolution_backward(
+                grad, x, weight, None, *args, False, [0, 0], 1, [input_grad, True, False]
+            )
             weight.mul_(mask)
     else:
         x = torch.randn(batch, weight.shape[1], generator=g, dtype=dtype)
@@ -442,7 +465,8 @@ def _masked_ms(module, nnz, batch, size, dtype) -> float:
 
         def step():
             x @ weight.t()
-            grad @ weight
+            if input_grad:
+                grad @ weight
             grad.t() @ x
             weight.mul_(mask)
 
@@ -710,6 +734,35 @@ def conv_input_sizes(
     return [seen.get(id(m)) if m is not None else None for m in modules]
 
 
+def layer_inputs(
+    model: nn.Module, modules: list[nn.Module | None], input_shape: tuple[int, ...]
+) -> tuple[list[tuple[int, int] | None], list[bool]]:
+    """For each of ``modules``: the spatial size of the input a convolution sees (as
+    `conv_input_sizes`), and whether the module's input needs a gradient (False for a layer
+    fed by the data: its input gradient is never computed). One probe pass with gradients on,
+    in eval mode; nothing is stepped and no random number is drawn."""
+    grads: dict[int, bool] = {}
+
+    def record(module, args):
+        grads.setdefault(id(module), bool(args[0].requires_grad))
+
+    wanted = {id(m) for m in modules if m is not None}
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in wanted]
+    training = {m: m.training for m in model.modules()}
+    first = next(model.parameters())
+    try:
+        model.eval()
+        with torch.enable_grad():
+            model(torch.zeros(1, *input_shape, dtype=first.dtype, device=first.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in training.items():
+            m.training = mode
+    sizes = conv_input_sizes(model, modules, input_shape)
+    return sizes, [grads.get(id(m), True) if m is not None else True for m in modules]
+
+
 def choose_backends(
     backend: str,
     params: list[Tensor],
@@ -718,19 +771,22 @@ def choose_backends(
     sparse_allowed: bool = True,
     input_sizes: list[tuple[int, int] | None] | None = None,
     batch: int | None = None,
+    input_grads: list[bool] | None = None,
 ) -> list[str]:
     """'sparse' or 'masked' for each masked tensor. `sparse_allowed`: whether the run's settings
     allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`). `input_sizes`: each
     convolution's input (height, width), which its crossover depends on (`conv_input_sizes`).
     Under `auto` a layer runs sparse below the crossover density measured on this CPU
     (`load_crossover`); where none was measured here, when its timed trial (`layer_trial`, at
-    ``batch``) is faster sparse than masked."""
+    ``batch``; ``input_grads``: whether each layer's input needs a gradient, `layer_inputs`)
+    is faster sparse than masked."""
     if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
     tables = {}  # per kind of products: a layer's crossover is measured on the kernels it runs
     input_sizes = input_sizes or [None] * len(params)
+    input_grads = input_grads or [True] * len(params)
     choices = []
-    for p, module, mask, size in zip(params, modules, masks, input_sizes):
+    for p, module, mask, size, input_grad in zip(params, modules, masks, input_sizes, input_grads):
         if not runs_sparse(module, p):
             choices.append("masked")
             continue
@@ -750,7 +806,8 @@ def choose_backends(
         elif isinstance(module, nn.Conv2d) and size is None:
             use = False  # nothing ran the model: its convolutions' inputs are unknown
         else:
-            trial = layer_trial(module, int(mask.sum()), impls, batch or DEFAULT_TRIAL_BATCH, size, p.dtype, True)
+            batch = batch or DEFAULT_TRIAL_BATCH
+            trial = layer_trial(module, int(mask.sum()), impls, batch, size, p.dtype, input_grad, masked=True)
             use = trial["sparse_ms"] < trial["masked_ms"]
         choices.append("sparse" if use else "masked")
     return choices

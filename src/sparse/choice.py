@@ -47,6 +47,7 @@ MIN_REPEATS = 3
 ROUNDS_BUDGET_S = 0.08
 MARGIN = 0.12
 CHOICES_FILE = "choices.json"
+TRIAL_VERSION = 2  # part of the cache key: a changed procedure measures again
 
 _memory: dict[str, dict] = {}
 _made: dict[str, dict] = {}  # what this process chose, by key (for the benchmarks' JSON)
@@ -155,7 +156,14 @@ def key(spec: dict) -> str:
     build = kernels.build_key()[:16] if "compiled" in spec.get("implementations", ()) else "torch-only"
     machine = f"{cpu['model']}|{cpu.get('family', '')}/{cpu.get('model_id', '')}|{cpu['all_flags_sha1']}"
     return json.dumps(
-        {"cpu": machine, "build": build, "torch": torch.__version__, "threads": torch.get_num_threads(), **spec},
+        {
+            "cpu": machine,
+            "build": build,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "trial": TRIAL_VERSION,
+            **spec,
+        },
         sort_keys=True,
     )
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .backend import SparseExecution, _distributed, choose_backends, conv_input_sizes, sparse_layer
+from .backend import SparseExecution, _distributed, choose_backends, layer_inputs, sparse_layer
 from .config import SparsityConfig
 from .criteria import get_criterion
 from .density import layer_densities
@@ -153,13 +153,13 @@ class Sparsifier:
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
         allowed = self.config.sparse_unsupported_reason() is None
-        sizes = [None] * len(self.params)
+        sizes, grads = [None] * len(self.params), [True] * len(self.params)
         if self.config.backend != "masked" and allowed and input_shape is not None:
-            sizes = conv_input_sizes(self.model, owners, tuple(input_shape))
+            sizes, grads = layer_inputs(self.model, owners, tuple(input_shape))
         backend = self.config.backend
-        self.backends = choose_backends(backend, self.params, owners, self.masks, allowed, sizes, batch_size)
+        self.backends = choose_backends(backend, self.params, owners, self.masks, allowed, sizes, batch_size, grads)
         sparse = [i for i, b in enumerate(self.backends) if b == "sparse"]
-        options = {i: {"batch": batch_size, "input_size": sizes[i]} for i in sparse}
+        options = {i: {"batch": batch_size, "input_size": sizes[i], "input_grad": grads[i]} for i in sparse}
         rank0 = not _distributed() or torch.distributed.get_rank() == 0
         layers = {i: sparse_layer(owners[i], self.masks[i], **options[i]) for i in sparse} if rank0 else {}
         if _distributed():
