@@ -45,7 +45,7 @@ class Slowed:
             return fn
 
         def slowed(*args, **kwargs):
-            time.sleep(0.025)  # far above any noise of a loaded machine
+            time.sleep(0.05)  # far above any noise of a loaded machine
             return fn(*args, **kwargs)
 
         return slowed
@@ -324,3 +324,23 @@ def test_result_json_records_each_sparse_layers_implementations(tmp_path):
     for names in recorded.values():
         assert set(names) == {*choice.OPERATIONS, "sgd"}
         assert set(names.values()) <= {"compiled", "torch", "fused"}
+
+
+def test_a_first_layer_is_timed_without_the_input_gradient_it_never_computes():
+    from src.sparse.backend import layer_inputs
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    rng = torch.get_rng_state()
+    sizes, grads = layer_inputs(model, [model[0], model[3]], (1, 8, 8))
+    assert sizes == [(8, 8), None] and grads == [False, True]
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+    impls = implementations_with({"spmm"})
+    if not HAS_LIBRARY:
+        impls["compiled"].operand = kernels.TORCH_OPS.operand
+        impls["compiled"].result = kernels.TORCH_OPS.result
+    choose_ops(model[0], 20, impls, batch=4, input_size=(8, 8), input_grad=False)
+    made = choice.choices()[-1]
+    assert made["input_grad"] is False
+    # the slowed product is not run for the input gradient: nothing is timed there
+    assert all(t < 1 for layout in made["times_ms"].values() for t in layout["input_grad"].values())
+    assert made["times_ms"]["compiled"]["forward"]["compiled"] > 40  # while the forward is slowed
