@@ -292,7 +292,10 @@ print(lib.path)
 """
 
 
-@pytest.mark.skipif(shutil.which("objdump") is None or shutil.which("g++") is None, reason="needs g++ and objdump")
+@pytest.mark.skipif(
+    shutil.which("objdump") is None or shutil.which(os.environ.get("CXX", "g++")) is None,
+    reason="needs a C++ compiler and objdump",
+)
 @pytest.mark.skipif(not kernels.cpu_info()["flags"]["avx2"], reason="not an x86 CPU with AVX2")
 @pytest.mark.parametrize("flags", ["", "-mno-avx512f"])
 def test_both_builds_compute_the_products_with_their_own_vector_width(tmp_path, flags):
