@@ -28,7 +28,10 @@ nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
 bench.crossover``), a convolution's shape including the size of the input it really sees
 (`conv_input_sizes`), on the CPU; on CUDA everything runs masked. The crossovers are measured
 per CPU and per implementation of the products (`kernels`: our compiled kernels, or torch's
-where they are unavailable), and `auto` reads the table of the ones the layer will run on.
+where they are unavailable), and `auto` reads the table of the ones the layer will run on,
+measured on this CPU; where there is none, the layer's timed trial decides (`layer_trial`).
+Each operation of a sparse layer runs on the implementation its trial found fastest
+(`choose_ops`, `choice`; docs/kernels.md).
 """
 
 from __future__ import annotations

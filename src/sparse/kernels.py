@@ -12,11 +12,15 @@ with dense operands stored batch innermost, i.e. row-major ``(rows, batch)``:
 
 `TorchOps` runs them with torch's CSR kernels (any device and dtype). `CompiledOps` runs them
 with sparse_kernels.cpp, a C++/OpenMP library compiled on first use with the machine's own
-compiler into a cache keyed by the source, the compiler flags and the CPU (``-march=native``:
-a library built for one CPU is never loaded on another). `ops_for` picks the compiled ones
-for float32 / float64 CPU tensors when they are available; otherwise, and when the build
-fails (one line says why) or ``DST_NO_EXT=1`` is set, torch's. ``python -m src.sparse.kernels``
-builds the library (`make install` does).
+compiler (``-march=native``, plus ``DST_EXT_FLAGS``, e.g. ``-mno-avx512f`` for the AVX2 build)
+into a cache keyed by the source, the flags, the compiler and the CPU, and loaded only after
+verification (docs/kernels.md, "Guarantees": a user-only cache directory, a record with the
+build key and the library's SHA-256, checked through the descriptor that is dlopened; anything
+else is rebuilt). `implementations` lists what can run a layer's weight -- both for float32 /
+float64 CPU tensors when the library loads, torch's otherwise, and torch's only when the
+library cannot be built or loaded (one warning says why) or ``DST_NO_EXT=1`` is set --, and
+`choice` picks per layer and operation between them by measurement. ``python -m
+src.sparse.kernels`` builds the library (`make install` does).
 """
 
 from __future__ import annotations
