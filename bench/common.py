@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from src.sparse import kernels
+from src.sparse import choice, kernels
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -44,10 +44,15 @@ def write_result(name: str, payload: dict) -> Path:
         "cpus": os.cpu_count(),
         "cpu": kernels.cpu_info(),
         "sparse_kernels": kernels.ops_for(torch.zeros(1)).name,
+        "kernel_build": {"flags": kernels.build_flags(), "key": kernels.build_key()[:16]},
+        # every per-layer, per-operation choice of implementation this process made (src/sparse/choice.py)
+        "kernel_choices": choice.choices(),
         "load_average": list(os.getloadavg()),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **payload,
     }
+    if extra := kernels.extra_flags():  # another build of the kernels: its own file
+        name += "_" + "".join(c if c.isalnum() else "_" for c in "".join(extra)).strip("_")
     path = RESULTS / f"{name}.json"
     from src.rundir import atomic_write_text
 

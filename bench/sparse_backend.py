@@ -229,7 +229,7 @@ def step_speed(density: float, rounds: int = 15, repeats: int = 10, threads: int
     out = {
         "layer_density": ours_sp.densities(),
         "layer_backend": dict(zip(ours_sp.names, ours_sp.backends)),
-        "kernels": {name: layer.ops.name for name, layer in zip(ours_sp.names, ours_sp._execution.layers.values())},
+        "kernels": ours_sp.kernel_choices(),
         "step_ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
         "speedup_vs_dense": {k: statistics.median(d / t for d, t in zip(times["dense"], v)) for k, v in times.items()},
         # > 1: that step takes longer than ours (median of per-round ratios, like the speed-ups)

@@ -13,6 +13,7 @@ threads, timed in interleaved rounds (medians). ``python -m bench.sparse_profile
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 
 import torch
@@ -44,6 +45,19 @@ def layer_ops(layer, ops, x: torch.Tensor, first: bool) -> dict:
     return pieces
 
 
+@contextlib.contextmanager
+def _forced(variant: str):
+    before = os.environ.get("DST_SPARSE_OPS")
+    os.environ["DST_SPARSE_OPS"] = variant
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DST_SPARSE_OPS"]
+        else:
+            os.environ["DST_SPARSE_OPS"] = before
+
+
 def dense_ops(shape) -> dict:
     out_f, in_f = shape
     w, x, g = torch.randn(out_f, in_f), torch.randn(BATCH, in_f), torch.randn(BATCH, out_f)
@@ -66,14 +80,15 @@ def profile(density: float, threads: int, rounds: int = 9, repeats: int = 20) ->
     x = _batch()[0].flatten(1)
     out = {}
     for variant in ("torch", "compiled"):
-        with kernels.torch_only() if variant == "torch" else contextlib.nullcontext():
+        # every operation on one implementation (DST_SPARSE_OPS), not the measured mix
+        with kernels.torch_only() if variant == "torch" else _forced(variant):
             sp, step = our_step(SparsityConfig(density=density, update_frequency=10**8, backend="auto"))
         layers = sp._execution.layers
         pieces = {}
         for n, (i, layer) in enumerate(layers.items()):
             if layer.ops.name != variant:
                 raise RuntimeError(f"{sp.names[i]} runs {layer.ops.name}, not {variant}")
-            for k, fn in layer_ops(layer, layer.ops, x, first=n == 0).items():
+            for k, fn in layer_ops(layer, layer.ops.forward, x, first=n == 0).items():
                 pieces[f"{sp.names[i]} {k}"] = fn
         pieces["step"] = step
         out[variant] = timed(pieces, rounds, repeats)

@@ -4,6 +4,7 @@ The training-level equivalence (masked vs sparse through topology updates, every
 growth rule) is in test_sparse_backend.py and runs on the compiled kernels wherever they build.
 """
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -79,17 +80,26 @@ def test_compiled_products_take_a_value_index_strided_operands_and_empty_pattern
     assert compiled.sampled(*empty, torch.randn(40, 9), torch.randn(30, 9)).shape == (0,)
 
 
+# Every combination the measured choice can make: each product on either implementation over
+# the compiled layout, and torch's own layout (strided views) with torch's products.
+COMBINATIONS = [
+    {"layout": "compiled", "forward": f, "input_grad": i, "weight_grad": w}
+    for f, i, w in itertools.product(("compiled", "torch"), repeat=3)
+] + [dict.fromkeys(("layout", "forward", "input_grad", "weight_grad"), "torch")]
+
+
 @needs_library
 @pytest.mark.parametrize("batch", [3, 128, 130])
-def test_sparse_linear_float32_on_compiled_kernels_matches_masked_linear(batch):
+@pytest.mark.parametrize("names", COMBINATIONS, ids=lambda n: "-".join(v[0] for v in n.values()))
+def test_sparse_linear_float32_on_every_implementation_matches_masked_linear(batch, names):
     torch.manual_seed(0)
     dense, sparse = nn.Linear(300, 200), nn.Linear(300, 200)
     mask = torch.rand(200, 300) < 0.05
     with torch.no_grad():
         dense.weight.mul_(mask)
     sparse.load_state_dict(dense.state_dict())
-    layer = SparseLinear(sparse, mask)
-    assert layer.ops.name == "compiled"
+    layer = SparseLinear(sparse, mask, ops=names)
+    assert {k: v for k, v in layer.ops.names().items() if k in names} == names
     x = torch.randn(batch, 300)
     xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
     yd, ys = dense(xd), sparse(xs)
@@ -108,7 +118,7 @@ def test_ops_are_torch_for_other_devices_dtypes_and_inside_torch_only():
     with kernels.torch_only():
         assert kernels.ops_for(torch.zeros(2)) is kernels.TORCH_OPS
         layer = SparseLinear(nn.Linear(4, 3), torch.rand(3, 4) < 0.5)
-    assert layer.ops is kernels.TORCH_OPS
+    assert layer.ops.name == "torch" and layer.ops.sgd is None
     available = kernels.library() is not None and os.environ.get("DST_NO_EXT", "") in ("", "0")
     assert kernels.ops_for(torch.zeros(2)).name == ("compiled" if available else "torch")
 
@@ -139,7 +149,8 @@ def test_the_library_builds_into_a_fresh_cache_keyed_by_source_and_cpu(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     path = tmp_path / "fantastic-dst" / os.path.basename(out.stdout.strip())
     assert path.exists() and path.name.startswith("sparse_kernels_")
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    # the library, its record (key and SHA-256) and the builders' lock; no temporary left behind
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([".lock", path.name, path.stem + ".json"])
 
 
 @needs_library

@@ -28,11 +28,15 @@ nearest measured shape of its kind (`crossover.json`, re-measured by ``python -m
 bench.crossover``), a convolution's shape including the size of the input it really sees
 (`conv_input_sizes`), on the CPU; on CUDA everything runs masked. The crossovers are measured
 per CPU and per implementation of the products (`kernels`: our compiled kernels, or torch's
-where they are unavailable), and `auto` reads the table of the ones the layer will run on.
+where they are unavailable), and `auto` reads the table of the ones the layer will run on,
+measured on this CPU; where there is none, the layer's timed trial decides (`layer_trial`).
+Each operation of a sparse layer runs on the implementation its trial found fastest
+(`choose_ops`, `choice`; docs/kernels.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -40,7 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import kernels
+from . import choice, kernels
+from .choice import LayerOps
 
 BACKENDS = ("masked", "sparse", "auto")
 INDEX_DTYPE = torch.int32
@@ -58,22 +63,23 @@ class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, layer: SparseLinear) -> Tensor:
         ctx.layer = layer
-        x_t = layer.ops.operand(x.t())
+        x_t = layer.ops.layout.operand(x.t())
         ctx.save_for_backward(x_t, values)
-        return layer.ops.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]).t()
+        return layer.ops.forward.spmm(layer.crow, layer.col, values, None, x_t, layer.weight.shape[0]).t()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x_t, values = ctx.saved_tensors
         layer, ops = ctx.layer, ctx.layer.ops
-        grad_t = ops.operand(grad_out.t())
+        grad_t = ops.layout.operand(grad_out.t())
         # Kept (not copied) so an update step can form the dense weight gradient once.
         layer.last = (x_t, grad_t)
         grad_x = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_x = ops.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, layer.weight.shape[1]).t()
+            rows = layer.weight.shape[1]
+            grad_x = ops.input_grad.spmm(layer.t_crow, layer.t_col, values, layer.t_order, grad_t, rows).t()
         if ctx.needs_input_grad[1]:
-            grad_values = ops.sampled(layer.crow, layer.col, grad_t, x_t)
+            grad_values = ops.weight_grad.sampled(layer.crow, layer.col, grad_t, x_t)
         return grad_x, grad_values, None
 
 
@@ -83,12 +89,28 @@ class _SparseLayer:
     mask after each topology update. The dense weight stays in the module, frozen, and is
     written from the values for checkpoints (a state_dict hook) and updates."""
 
-    def __init__(self, module: nn.Module, mask: Tensor):
+    def __init__(
+        self,
+        module: nn.Module,
+        mask: Tensor,
+        batch: int | None = None,
+        input_size: tuple[int, int] | None = None,
+        ops: dict[str, str] | None = None,
+        input_grad: bool = True,
+    ):
+        """``batch`` / ``input_size`` (a convolution's input height, width) / ``input_grad``
+        (whether its input needs a gradient: not a first layer's): what its implementations
+        are timed on (`choose_ops`); ``ops``: names of the implementations to run instead (as
+        `LayerOps.names` gives them: another rank's choice, a forced one)."""
         self.module = module
         self.weight = module.weight
-        self.ops = kernels.ops_for(self.weight)  # compiled or torch's products (`kernels`)
         self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
         self.build(mask)
+        impls = kernels.implementations(self.weight)
+        if ops is not None:
+            self.ops = choice.from_names(ops, impls)
+        else:
+            self.ops = choose_ops(module, int(mask.sum()), impls, batch, input_size, input_grad)
         self.weight.requires_grad_(False)
         self.weight.grad = None
         module.forward = self.forward  # the instance attribute shadows the class's forward
@@ -164,7 +186,7 @@ class SparseLinear(_SparseLayer):
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
         x_t, grad_t = self.last
-        return self.ops.sampled(self.crow, self.col, grad_t, x_t)
+        return self.ops.weight_grad.sampled(self.crow, self.col, grad_t, x_t)
 
 
 class _ConvMatrix:
@@ -218,14 +240,14 @@ class _SparseConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, values: Tensor, bias: Tensor | None, layer: SparseConv2d) -> Tensor:
         batch, _, h, w = x.shape
-        matrix = layer.matrix((h, w))
+        matrix, ops = layer.matrix((h, w)), layer.ops
         # (positions x channels, batch): of a channels-last input, a transposed view
-        cols = layer.ops.operand(x.permute(2, 3, 1, 0).reshape(-1, batch))
-        out = matrix.product(layer.ops, values, cols)
+        cols = ops.layout.operand(x.permute(2, 3, 1, 0).reshape(-1, batch))
+        out = matrix.product(ops.forward, values, cols)
         oh, ow = matrix.out_size
         # Written channels-last: the layout of the dense convolutions around it.
         y = torch.empty(batch, oh, ow, out.shape[0] // (oh * ow), dtype=x.dtype, device=x.device)
-        rows = layer.ops.result(out).view(batch, oh, ow, -1)
+        rows = ops.layout.result(out).view(batch, oh, ow, -1)
         if bias is None:
             y.copy_(rows)
         else:
@@ -238,15 +260,15 @@ class _SparseConvFn(torch.autograd.Function):
     def backward(ctx, grad_y: Tensor):
         cols, values = ctx.saved_tensors
         matrix, ops, (batch, c_in, h, w) = ctx.matrix, ctx.layer.ops, ctx.input_shape
-        grad_rows = ops.operand(grad_y.permute(2, 3, 1, 0).reshape(-1, batch))
+        grad_rows = ops.layout.operand(grad_y.permute(2, 3, 1, 0).reshape(-1, batch))
         # Kept so an update step can form the dense weight gradient once.
         ctx.layer.last = (cols, grad_rows, ctx.input_shape, grad_y.shape)
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_cols = matrix.product_t(ops, values, grad_rows)
-            grad_x = ops.result(grad_cols).reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
+            grad_cols = matrix.product_t(ops.input_grad, values, grad_rows)
+            grad_x = ops.layout.result(grad_cols).reshape(batch, h, w, c_in).contiguous().permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
-            grad_values = matrix.kernel_grad(ops, grad_rows, cols, values)
+            grad_values = matrix.kernel_grad(ops.weight_grad, grad_rows, cols, values)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_rows.view(-1, grad_y.shape[1], batch).sum((0, 2))
         return grad_x, grad_values, grad_bias, None
@@ -283,11 +305,175 @@ class SparseConv2d(_SparseLayer):
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
         cols, grad_rows, (_, _, h, w), _ = self.last
-        return self.matrix((h, w)).kernel_grad(self.ops, grad_rows, cols, self.values)
+        return self.matrix((h, w)).kernel_grad(self.ops.weight_grad, grad_rows, cols, self.values)
 
 
-def sparse_layer(module: nn.Module, mask: Tensor) -> _SparseLayer:
-    return (SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear)(module, mask)
+def sparse_layer(module: nn.Module, mask: Tensor, **options) -> _SparseLayer:
+    """The sparse layer of ``module`` (options: `_SparseLayer`)."""
+    return (SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear)(module, mask, **options)
+
+
+# ---------------------------------------------------------------------------- measured choice
+DEFAULT_TRIAL_BATCH = 128  # when the run's batch size is not known
+
+
+def choose_ops(
+    module: nn.Module,
+    nnz: int,
+    impls: dict,
+    batch: int | None = None,
+    input_size: tuple[int, int] | None = None,
+    input_grad: bool = True,
+) -> LayerOps:
+    """The fastest implementation of each operation of the sparse ``module`` with ``nnz``
+    active weights (`choice`): timed on its shapes once per machine, or forced
+    (``DST_SPARSE_OPS``); the default (compiled where available) where nothing can be timed
+    (another device, a convolution whose input size is unknown)."""
+    forced = choice.forced()
+    if forced is not None and forced in impls:
+        return LayerOps.uniform(impls[forced])
+    weight = module.weight
+    if len(impls) == 1 or (isinstance(module, nn.Conv2d) and input_size is None):
+        return LayerOps.uniform(next(iter(impls.values())))
+    measured = layer_trial(module, nnz, impls, batch or DEFAULT_TRIAL_BATCH, input_size, weight.dtype, input_grad)
+    return choice.from_names(measured["ops"], impls)
+
+
+def layer_trial(module, nnz, impls, batch, input_size, dtype, input_grad: bool = True, masked: bool = False) -> dict:
+    """The (cached) trial of a sparse layer like ``module`` with ``nnz`` active weights;
+    ``input_grad``: whether its input gradient is computed (a first layer's is not);
+    ``masked``: also the dense layer's time (forward and gradients), for `auto`."""
+    conv = isinstance(module, nn.Conv2d)
+    spec = {
+        "kind": "conv" if conv else "linear",
+        "shape": list(module.weight.shape),
+        "nnz": nnz,
+        "batch": batch,
+        "dtype": str(dtype).removeprefix("torch."),
+        "implementations": sorted(impls),
+        "input_grad": input_grad,
+    }
+    if conv:
+        spec.update(input_size=list(input_size), stride=list(module.stride), padding=list(module.padding))
+        spec.update(dilation=list(module.dilation))
+    if conv:
+        trial = _conv_trial(module, nnz, impls, batch, input_size, dtype)
+    else:
+        trial = _linear_trial(tuple(module.weight.shape), nnz, impls, batch, dtype)
+    if not input_grad:
+        trial = _without_input_grad(trial)
+    result = choice.cached(spec, lambda: choice.choose(trial, impls))
+    if masked and "masked_ms" not in result:
+        spec = {**spec, "masked": True}
+
+        def measure():
+            return {**result, "masked_ms": _masked_ms(module, nnz, batch, input_size, dtype, input_grad)}
+
+        result = choice.cached(spec, measure)
+    return result
+
+
+def _without_input_grad(trial):
+    """A trial of a layer whose input gradient is never computed (a first layer)."""
+
+    def without(layout):
+        fns = trial(layout)
+        fns["input_grad"] = {name: (lambda: None) for name in fns["input_grad"]}
+        return fns
+
+    return without
+
+
+def _random_index(numel: int, nnz: int, g: torch.Generator) -> Tensor:
+    return torch.randperm(numel, generator=g)[:nnz].sort().values
+
+
+def _linear_trial(shape, nnz, impls, batch, dtype):
+    rows, cols = shape
+    g = torch.Generator().manual_seed(0)  # its own generator: the run's random stream is untouched
+    index = _random_index(rows * cols, nnz, g)
+    crow, col, t_crow, t_col, t_order = _csr_structure(index // cols, index % cols, shape)
+    values = torch.randn(nnz, generator=g, dtype=dtype)
+    x, grad = torch.randn(batch, cols, generator=g, dtype=dtype), torch.randn(batch, rows, generator=g, dtype=dtype)
+
+    def trial(layout):
+        # Operands as the layer gets them (transposed views of batch-outermost tensors).
+        x_t, g_t = layout.operand(x.t()), layout.operand(grad.t())
+        products = impls if layout.name == "compiled" else {layout.name: layout}
+        return {
+            "layout": lambda: (layout.operand(x.t()), layout.operand(grad.t())),
+            "forward": {n: (lambda o=o: o.spmm(crow, col, values, None, x_t, rows)) for n, o in products.items()},
+            "input_grad": {
+                n: (lambda o=o: o.spmm(t_crow, t_col, values, t_order, g_t, cols)) for n, o in products.items()
+            },
+            "weight_grad": {n: (lambda o=o: o.sampled(crow, col, g_t, x_t)) for n, o in products.items()},
+        }
+
+    return trial
+
+
+def _conv_trial(conv, nnz, impls, batch, size, dtype):
+    g = torch.Generator().manual_seed(0)
+    index = _random_index(conv.weight.numel(), nnz, g)
+    matrix = _ConvMatrix(conv, index, tuple(size))
+    values = torch.randn(nnz, generator=g, dtype=dtype)
+    c_out, c_in = conv.weight.shape[:2]
+    x = torch.randn(batch, *size, c_in, generator=g, dtype=dtype)  # channels-last
+    grad = torch.randn(batch, *matrix.out_size, c_out, generator=g, dtype=dtype)
+
+    def trial(layout):
+        cols, rows = layout.operand(x.view(batch, -1).t()), layout.operand(grad.view(batch, -1).t())
+        out, grad_cols = matrix.product(layout, values, cols), matrix.product_t(layout, values, rows)
+        products = impls if layout.name == "compiled" else {layout.name: layout}
+        return {
+            "layout": lambda: (
+                layout.operand(x.view(batch, -1).t()),
+                layout.operand(grad.view(batch, -1).t()),
+                layout.result(out),
+                layout.result(grad_cols),
+            ),
+            "forward": {n: (lambda o=o: matrix.product(o, values, cols)) for n, o in products.items()},
+            "input_grad": {n: (lambda o=o: matrix.product_t(o, values, rows)) for n, o in products.items()},
+            "weight_grad": {n: (lambda o=o: matrix.kernel_grad(o, rows, cols, values)) for n, o in products.items()},
+        }
+
+    return trial
+
+
+def _masked_ms(module, nnz, batch, size, dtype, input_grad: bool = True) -> float:
+    """The masked backend's time for the layer: the dense forward product, the weight gradient,
+    the input gradient where it is computed, and the mask multiply."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(module.weight.shape, generator=g, dtype=dtype)
+    mask = torch.zeros(weight.numel(), dtype=dtype).index_fill_(0, _random_index(weight.numel(), nnz, g), 1)
+    mask = mask.view_as(weight)
+    if isinstance(module, nn.Conv2d):
+        weight, mask = (t.contiguous(memory_format=torch.channels_last) for t in (weight, mask))
+        x = torch.randn(batch, module.weight.shape[1], *size, generator=g, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        args = (module.stride, module.padding, module.dilation)
+        y = nn.functional.conv2d(x, weight, None, *args)
+        grad = torch.randn(y.shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+        def step():
+            nn.functional.conv2d(x, weight, None, *args)
+            # what autograd runs for the masked layer's backward: both gradients in one call
+            torch.ops.aten.convolution_backward(
+                grad, x, weight, None, *args, False, [0, 0], 1, [input_grad, True, False]
+            )
+            weight.mul_(mask)
+    else:
+        x = torch.randn(batch, weight.shape[1], generator=g, dtype=dtype)
+        grad = torch.randn(batch, weight.shape[0], generator=g, dtype=dtype)
+
+        def step():
+            x @ weight.t()
+            if input_grad:
+                grad @ weight
+            grad.t() @ x
+            weight.mul_(mask)
+
+    return choice.fastest({"masked": step}, "masked")[1]["masked"] * 1e3
 
 
 def _csr_structure(rows: Tensor, cols: Tensor, shape) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -325,6 +511,42 @@ class SparseExecution:
     def sync_dense(self) -> None:
         for layer in self.layers.values():
             layer.sync_dense()
+
+    @contextlib.contextmanager
+    @torch.no_grad()
+    def fused_sgd(self):
+        """Inside, the optimizer's step skips the sparse values that were just stepped by the
+        compiled fused update (torch.optim.SGD's arithmetic -- weight decay, momentum,
+        dampening, Nesterov -- in one pass; its momentum buffer stays the optimizer's state, so
+        checkpoints and updates see it as always). Only for a plain SGD with number settings."""
+        stepped = []
+        if type(self.optimizer) is torch.optim.SGD:
+            for layer in self.layers.values():
+                v, fused = layer.values, layer.ops.sgd
+                if fused is None or v.grad is None or v.grad.layout != torch.strided or not v.grad.is_contiguous():
+                    continue
+                group = next(g for g in self.optimizer.param_groups if any(p is v for p in g["params"]))
+                if group.get("maximize") or group.get("differentiable") or torch.is_tensor(group["lr"]):
+                    continue
+                state = self.optimizer.state[v]
+                buf, first = state.get("momentum_buffer"), False
+                if group["momentum"] != 0 and buf is None:
+                    buf, first = torch.empty_like(v, memory_format=torch.contiguous_format), True
+                fused.sgd(v, v.grad, buf if group["momentum"] != 0 else None, group, first)
+                if group["momentum"] != 0:
+                    state["momentum_buffer"] = buf
+                torch.autograd.graph.increment_version(v)  # written in place, outside autograd
+                stepped.append((v, v.grad))
+                v.grad = None
+        try:
+            yield
+        finally:
+            for v, grad in stepped:
+                v.grad = grad
+
+    def kernel_choices(self) -> dict[int, dict[str, str]]:
+        """Which implementation runs each operation of each sparse layer (by tensor index)."""
+        return {i: layer.ops.names() for i, layer in self.layers.items()}
 
     @torch.no_grad()
     def to_dense(self, with_grad: bool = True) -> None:
@@ -405,25 +627,36 @@ def _move_state(optimizer, old: Tensor, new: Tensor, convert) -> None:
 
 
 # ---------------------------------------------------------------------------- auto
-def load_crossover(path: Path | None = None, ops: str | None = None) -> list[dict]:
+def load_crossover(path: Path | None = None, ops: str | None = None, here_only: bool = False) -> list[dict] | None:
     """The measured crossovers (`CROSSOVER_TABLE`, or the file at `path`) for the sparse
     products ``ops`` ('compiled' or 'torch', `kernels`; by default what this process runs) on
     this CPU. The file holds one table per CPU and products (`bench.crossover` adds them):
     the one measured on this CPU model with these products, else the one with these products
-    measured elsewhere, else the first. A file with one table ({"layers": ...}) is that table."""
+    measured elsewhere, else the first. A file with one table ({"layers": ...}) is that table.
+    ``here_only``: None unless a table of the file was measured on this CPU (model, family and
+    model number, vector extensions) with these products, or the file holds one table only
+    (a table given on purpose): `auto` then times the layers itself."""
     path = Path(path or CROSSOVER_TABLE)
     if not path.exists():
-        return []
+        return None if here_only else []
     content = json.loads(path.read_text())
+    if here_only and "tables" not in content:
+        return content["layers"]
     tables = content.get("tables", [content])
     ops = ops or kernels.ops_for(torch.zeros(1)).name
     same_ops = [t for t in tables if t.get("kernels", "torch") == ops]
     here = [t for t in same_ops if _same_cpu(t.get("cpu"), kernels.cpu_info())]
+    if here_only:
+        return here[0]["layers"] if here else None
     return (here or same_ops or tables)[0]["layers"]
 
 
 def _same_cpu(measured: dict | None, cpu: dict) -> bool:
-    return bool(measured) and measured["model"] == cpu["model"] and measured["flags"] == cpu["flags"]
+    """The same CPU: model name, vector extensions and, where both record them, family and
+    model number (the model name alone is "AMD EPYC" on Zen 1 and Zen 4 alike)."""
+    if not measured or measured["model"] != cpu["model"] or measured["flags"] != cpu["flags"]:
+        return False
+    return all(measured[k] == cpu[k] for k in ("family", "model_id") if k in measured and k in cpu)
 
 
 def crossover_density(shape: tuple[int, ...], table: list[dict], input_size: tuple[int, int] | None = None) -> float:
@@ -504,6 +737,35 @@ def conv_input_sizes(
     return [seen.get(id(m)) if m is not None else None for m in modules]
 
 
+def layer_inputs(
+    model: nn.Module, modules: list[nn.Module | None], input_shape: tuple[int, ...]
+) -> tuple[list[tuple[int, int] | None], list[bool]]:
+    """For each of ``modules``: the spatial size of the input a convolution sees (as
+    `conv_input_sizes`), and whether the module's input needs a gradient (False for a layer
+    fed by the data: its input gradient is never computed). One probe pass with gradients on,
+    in eval mode; nothing is stepped and no random number is drawn."""
+    grads: dict[int, bool] = {}
+
+    def record(module, args):
+        grads.setdefault(id(module), bool(args[0].requires_grad))
+
+    wanted = {id(m) for m in modules if m is not None}
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in wanted]
+    training = {m: m.training for m in model.modules()}
+    first = next(model.parameters())
+    try:
+        model.eval()
+        with torch.enable_grad():
+            model(torch.zeros(1, *input_shape, dtype=first.dtype, device=first.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in training.items():
+            m.training = mode
+    sizes = conv_input_sizes(model, modules, input_shape)
+    return sizes, [grads.get(id(m), True) if m is not None else True for m in modules]
+
+
 def choose_backends(
     backend: str,
     params: list[Tensor],
@@ -511,16 +773,23 @@ def choose_backends(
     masks: list[Tensor],
     sparse_allowed: bool = True,
     input_sizes: list[tuple[int, int] | None] | None = None,
+    batch: int | None = None,
+    input_grads: list[bool] | None = None,
 ) -> list[str]:
     """'sparse' or 'masked' for each masked tensor. `sparse_allowed`: whether the run's settings
     allow sparse layers at all (`SparsityConfig.sparse_unsupported_reason`). `input_sizes`: each
-    convolution's input (height, width), which its crossover depends on (`conv_input_sizes`)."""
+    convolution's input (height, width), which its crossover depends on (`conv_input_sizes`).
+    Under `auto` a layer runs sparse below the crossover density measured on this CPU
+    (`load_crossover`); where none was measured here, when its timed trial (`layer_trial`, at
+    ``batch``; ``input_grads``: whether each layer's input needs a gradient, `layer_inputs`)
+    is faster sparse than masked."""
     if backend == "masked" or not sparse_allowed:
         return ["masked"] * len(params)
     tables = {}  # per kind of products: a layer's crossover is measured on the kernels it runs
     input_sizes = input_sizes or [None] * len(params)
+    input_grads = input_grads or [True] * len(params)
     choices = []
-    for p, module, mask, size in zip(params, modules, masks, input_sizes):
+    for p, module, mask, size, input_grad in zip(params, modules, masks, input_sizes, input_grads):
         if not runs_sparse(module, p):
             choices.append("masked")
             continue
@@ -528,9 +797,20 @@ def choose_backends(
             choices.append("sparse")
             continue
         density = float(mask.float().mean())
-        ops = kernels.ops_for(p).name
+        if p.device.type != "cpu":
+            choices.append("masked")
+            continue
+        impls = kernels.implementations(p)
+        ops = "compiled" if "compiled" in impls else "torch"
         if ops not in tables:
-            tables[ops] = load_crossover(ops=ops)
-        use = p.device.type == "cpu" and density < crossover_density(tuple(p.shape), tables[ops], size)
+            tables[ops] = load_crossover(ops=ops, here_only=True)
+        if tables[ops] is not None:
+            use = density < crossover_density(tuple(p.shape), tables[ops], size)
+        elif isinstance(module, nn.Conv2d) and size is None:
+            use = False  # nothing ran the model: its convolutions' inputs are unknown
+        else:
+            batch = batch or DEFAULT_TRIAL_BATCH
+            trial = layer_trial(module, int(mask.sum()), impls, batch, size, p.dtype, input_grad, masked=True)
+            use = trial["sparse_ms"] < trial["masked_ms"]
         choices.append("sparse" if use else "masked")
     return choices

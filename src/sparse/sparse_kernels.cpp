@@ -21,8 +21,17 @@
 
 namespace {
 
-constexpr int kBytes = 64;  // one vector register (AVX-512); GCC splits it where it is wider
-constexpr int kRegs = 8;    // registers per chunk of the batch: a chunk is 512 bytes
+// One vector register: 64 bytes where the CPU has AVX-512, 32 (AVX2's ymm) otherwise. A 64-byte
+// type on an AVX2 target is split into two registers, so a chunk's accumulators alone fill all
+// 16 ymm registers and spill, and the scalar-times-vector broadcast goes through the stack: the
+// products ran several times slower than torch's there (docs/kernels.md).
+#if defined(__AVX512F__)
+constexpr int kBytes = 64;
+#else
+constexpr int kBytes = 32;
+#endif
+constexpr int kRegs = 8;      // registers per chunk of the batch
+constexpr int kPrefetch = 4;  // entries ahead whose dense rows are fetched into cache
 
 template <typename T>
 struct Vec {
@@ -50,8 +59,10 @@ void spmm(int64_t rows, const int32_t* crow, const int32_t* col, const T* values
         T* y = out + r * batch;
         for (int64_t b = 0; b < full; b += chunk) {  // a whole chunk in registers
             V acc[kRegs] = {};
-            for (int64_t j = crow[r]; j < crow[r + 1]; ++j) {
-                const T w = value_at(values, value_index, j);
+            const int64_t end = crow[r + 1];
+            for (int64_t j = crow[r]; j < end; ++j) {
+                if (j + kPrefetch < end) __builtin_prefetch(dense + col[j + kPrefetch] * batch + b);
+                const V w = V{} + value_at(values, value_index, j);  // one broadcast per entry
                 const V* x = reinterpret_cast<const V*>(dense + col[j] * batch + b);
 #pragma GCC unroll 8
                 for (int k = 0; k < kRegs; ++k) acc[k] += w * x[k];
@@ -75,18 +86,30 @@ typedef float f4 __attribute__((vector_size(16)));
 typedef double d4 __attribute__((vector_size(32)));
 typedef double d2 __attribute__((vector_size(16)));
 
-inline float reduce(Vec<float>::type v) {
-    f8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+inline float reduce8(f8 a) {
     f4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-inline double reduce(Vec<double>::type v) {
-    d4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+inline double reduce4(d4 a) {
     d2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
     return b[0] + b[1];
 }
+
+#if defined(__AVX512F__)
+inline float reduce(Vec<float>::type v) {
+    return reduce8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                   __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+
+inline double reduce(Vec<double>::type v) {
+    return reduce4(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7));
+}
+#else
+inline float reduce(Vec<float>::type v) { return reduce8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)); }
+
+inline double reduce(Vec<double>::type v) { return reduce4(__builtin_shufflevector(v, v, 0, 1, 2, 3)); }
+#endif
 
 template <typename T>
 void sampled(int64_t rows, const int32_t* crow, const int32_t* col, const T* left, const T* right, int64_t batch,
@@ -101,7 +124,9 @@ void sampled(int64_t rows, const int32_t* crow, const int32_t* col, const T* lef
         for (int64_t b = 0; b < full; b += chunk) {
             V gv[kRegs];  // this row's chunk of `left`, read once for all its entries
             std::memcpy(gv, g + b, sizeof(gv));
-            for (int64_t j = crow[r]; j < crow[r + 1]; ++j) {
+            const int64_t end = crow[r + 1];
+            for (int64_t j = crow[r]; j < end; ++j) {
+                if (j + kPrefetch < end) __builtin_prefetch(right + col[j + kPrefetch] * batch + b);
                 const V* x = reinterpret_cast<const V*>(right + col[j] * batch + b);
                 // a tree, not a chain: the additions of one entry do not wait on each other
                 V s01 = gv[0] * x[0] + gv[1] * x[1], s23 = gv[2] * x[2] + gv[3] * x[3];
@@ -135,9 +160,38 @@ void transpose(int64_t rows, int64_t cols, const T* src, T* dst) {
     }
 }
 
+// torch.optim.SGD's update of one parameter in one pass over it (torch makes one pass per
+// term): d = grad + weight_decay * param; buf = momentum * buf + (1 - dampening) * d (buf = d
+// on the first step); d = d + momentum * buf (Nesterov) or buf; param -= lr * d.
+template <typename T>
+void sgd(int64_t n, T* param, const T* grad, T* buf, double lr, double momentum, double dampening,
+         double weight_decay, int nesterov, int first) {
+    const T lr_ = lr, mom = momentum, damp = 1 - dampening, wd = weight_decay;
+#pragma omp parallel for simd schedule(static) if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) {
+        T d = grad[i] + wd * param[i];
+        if (buf != nullptr) {
+            const T b = first ? d : mom * buf[i] + damp * d;
+            buf[i] = b;
+            d = nesterov ? d + mom * b : b;
+        }
+        param[i] -= lr_ * d;
+    }
+}
+
 }  // namespace
 
 extern "C" {
+
+void dst_sgd_f32(int64_t n, float* param, const float* grad, float* buf, double lr, double momentum,
+                 double dampening, double weight_decay, int nesterov, int first) {
+    sgd(n, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first);
+}
+
+void dst_sgd_f64(int64_t n, double* param, const double* grad, double* buf, double lr, double momentum,
+                 double dampening, double weight_decay, int nesterov, int first) {
+    sgd(n, param, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first);
+}
 
 void dst_transpose_f32(int64_t rows, int64_t cols, const float* src, float* dst) { transpose(rows, cols, src, dst); }
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .backend import SparseExecution, choose_backends, conv_input_sizes, sparse_layer
+from .backend import SparseExecution, _distributed, choose_backends, layer_inputs, sparse_layer
 from .config import SparsityConfig
 from .criteria import get_criterion
 from .density import layer_densities
@@ -127,10 +127,12 @@ class Sparsifier:
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
-    def prepare(self, input_shape: tuple[int, ...] | None = None) -> Sparsifier:
+    def prepare(self, input_shape: tuple[int, ...] | None = None, batch_size: int | None = None) -> Sparsifier:
         """Sample the initial masks (per-layer densities by `init`) and zero inactive weights.
-        ``input_shape``: one sample's model input shape; under ``backend=auto`` it gives each
-        convolution the input size its crossover depends on (`conv_input_sizes`)."""
+        ``input_shape``: one sample's model input shape; it gives each convolution the input
+        size its crossover and its kernels' trial depend on (`conv_input_sizes`).
+        ``batch_size``: the training batch, which the sparse layers' kernels are timed on
+        (`choice`; 128 when not given)."""
         if self.config.mode == "dense":
             return self
         cfg = self.config
@@ -141,21 +143,32 @@ class Sparsifier:
             mask.copy_(self.policy.sample_mask(param.shape, d, generator=self._generators[_INIT], device=param.device))
         self._sync_masks()
         self.apply_masks()
-        self._start_backends(input_shape)
+        self._start_backends(input_shape, batch_size)
         return self
 
-    def _start_backends(self, input_shape: tuple[int, ...] | None) -> None:
+    def _start_backends(self, input_shape: tuple[int, ...] | None, batch_size: int | None = None) -> None:
         """Hand the layers that `config.backend` runs sparse to a `SparseExecution`. Decided
         here, from the initial masks and the input's shape only, so a resumed run (which
         prepares the same way before loading its checkpoint) and every DDP rank decide alike."""
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
         allowed = self.config.sparse_unsupported_reason() is None
-        sizes = None
-        if self.config.backend == "auto" and allowed and input_shape is not None:
-            sizes = conv_input_sizes(self.model, owners, tuple(input_shape))
-        self.backends = choose_backends(self.config.backend, self.params, owners, self.masks, allowed, sizes)
-        layers = {i: sparse_layer(owners[i], self.masks[i]) for i, b in enumerate(self.backends) if b == "sparse"}
+        sizes, grads = [None] * len(self.params), [True] * len(self.params)
+        if self.config.backend != "masked" and allowed and input_shape is not None:
+            sizes, grads = layer_inputs(self.model, owners, tuple(input_shape))
+        backend = self.config.backend
+        self.backends = choose_backends(backend, self.params, owners, self.masks, allowed, sizes, batch_size, grads)
+        sparse = [i for i, b in enumerate(self.backends) if b == "sparse"]
+        options = {i: {"batch": batch_size, "input_size": sizes[i], "input_grad": grads[i]} for i in sparse}
+        rank0 = not _distributed() or torch.distributed.get_rank() == 0
+        layers = {i: sparse_layer(owners[i], self.masks[i], **options[i]) for i in sparse} if rank0 else {}
+        if _distributed():
+            # Every rank runs rank 0's choices (timed trials may differ between ranks).
+            chosen = [self.backends, {i: layer.ops.names() for i, layer in layers.items()}]
+            torch.distributed.broadcast_object_list(chosen, src=0)
+            if not rank0:
+                self.backends, names = chosen
+                layers = {i: sparse_layer(owners[i], self.masks[i], ops=n) for i, n in names.items()}
         self._execution = SparseExecution(self.optimizer, layers)
         kept = [i for i, b in enumerate(self.backends) if b == "masked"]
         self._stepped = ([self.params[i] for i in kept], [self.masks[i] for i in kept])
@@ -187,8 +200,14 @@ class Sparsifier:
 
     def _optimizer_step(self) -> None:
         self._execution.all_reduce_grads()
-        self.optimizer.step()
+        with self._execution.fused_sgd():  # the sparse values in one pass where compiled
+            self.optimizer.step()
         self.apply_masks()
+
+    def kernel_choices(self) -> dict[str, dict[str, str]]:
+        """For each layer that runs sparse, the implementation of each of its operations
+        (`choice.LayerOps.names`: compiled or torch per product, fused or torch's SGD step)."""
+        return {self.names[i]: names for i, names in self._execution.kernel_choices().items()}
 
     def is_update_step(self, step: int) -> bool:
         return is_update_step(self.config, step, self.total_steps)

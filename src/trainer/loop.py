@@ -118,7 +118,7 @@ def build(cfg: RunConfig, device: torch.device, ddp: Dist, recorder: RunRecorder
     run = Training(cfg, cfg.to_dict(), device, ddp, recorder, model, model, optimizer, None, loaders, task)  # type: ignore[arg-type]
     run.sparsifier = Sparsifier(
         model, optimizer, cfg.sparsity, run.total_steps, seed=tc.seed, batches=lambda: run.batch
-    ).prepare(splits.input_shape)
+    ).prepare(splits.input_shape, cfg.data.batch_size)
     run.net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     run.acc = EpochAccumulator(device)  # (on the run's device)
     run.input_shape, run.num_classes = tuple(splits.input_shape), cfg.model.num_classes or splits.num_classes
@@ -269,6 +269,7 @@ def run_result(run: Training, run_dir: Path, status: str, diverged: dict | None,
         "achieved_density": sparsifier.overall_density(),
         "achieved_layer_density": sparsifier.densities(),
         "layer_backend": dict(zip(sparsifier.names, sparsifier.backends)),  # which layers ran sparse
+        "layer_kernels": sparsifier.kernel_choices(),  # what each sparse layer's operations ran on
         "wall_time": progress.elapsed + max(setup_time - progress.elapsed, 0.0),
         "train_time": progress.train_time,
         "steps_per_s": progress.step / progress.train_time if progress.train_time else None,
