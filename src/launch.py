@@ -230,11 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     if multirun:
         given = any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv)
         where = [] if given or sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir}"]
+        from .scheduler import SchedulerError
+
         try:  # Hydra's sweep and launcher plugin, which run the planned jobs
             _hydra_entry(["-m", *overrides, *where])
         except SystemExit as exit_:
             if exit_.code not in (0, None):
                 print(f"hydra exited with {exit_.code}", file=sys.stderr)
+                if detach:  # nothing was submitted to follow
+                    return 1
+        except SchedulerError as error:  # sbatch refused, squeue did not answer: nothing to follow
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         if detach:
             print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
             return 0

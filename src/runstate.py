@@ -5,6 +5,8 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
 
     planned      in a launch's plan, nothing on disk yet, and the launch is still alive
     queued       its SLURM job is in the queue (pending, requeued, or running other runs first)
+    unknown      submitted to SLURM, nothing on disk says more, and squeue did not answer
+                 (the controller down or hung): "queue unknown", never guessed
     starting     a process holds the run's lock but has written no heartbeat yet
     running      a process holds the run's lock (whatever its heartbeat's age) and beats
     completed    result.json says so                   } finished: never run again
@@ -13,8 +15,10 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
     interrupted  result.json says so (checkpointed; a launch resumes it)
     stale        no lock holder and no result of this attempt: killed (or its node died)
     missing      nothing on disk, and nothing will run it (no launch alive, not queued)
-    damaged      records that are not this run's: an unreadable result.json, or the records of
-                 another experiment (its config hash is not the directory's identity)
+    damaged      records that are not this run's or cannot be used: an unreadable result.json,
+                 one of a newer record format or that lacks what its status promises (a
+                 completed run without its final metrics), or the records of another
+                 experiment (its config hash is not the directory's identity)
 
 Liveness comes from the lock first (`records.lock_probe`, a shared probe that writes
 nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
@@ -27,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from .runinfo import HEARTBEAT, process_alive
 STATES = (
     "planned",
     "queued",
+    "unknown",
     "starting",
     "running",
     "completed",
@@ -48,8 +52,10 @@ STATES = (
     "missing",
     "damaged",
 )
-ACTIVE = ("planned", "queued", "starting", "running")  # something will still change: `status --watch` waits
-OK = FINISHED + ACTIVE[1:]  # the states that are no reason for a non-zero exit (active: another launcher's)
+# something will still change (or may: a queue that did not answer): `status --watch` waits
+ACTIVE = ("planned", "queued", "unknown", "starting", "running")
+OK = (*FINISHED, "queued", "starting", "running")  # no reason for a non-zero exit (active: another launcher's)
+QUEUE_UNKNOWN = "UNKNOWN"  # `state`'s queue when squeue did not answer (`scheduler.QueueUnknown`)
 IN_QUEUE = {
     "PENDING",
     "RUNNING",
@@ -65,7 +71,8 @@ IN_QUEUE = {
 }
 DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.heartbeat_every_s` (60 s) and at each epoch
 SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
-PREEMPTION_SIGNALS = ("SIGUSR2", "SIGTERM")  # a run stopped by these checkpointed first
+# a run stopped by these checkpointed first (`train.STOP_SIGNALS`: every run handles them)
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGXCPU")
 
 
 def exit_code(states) -> int:
@@ -237,6 +244,8 @@ def state(
         )
     if queue in IN_QUEUE:
         return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
+    if queue == QUEUE_UNKNOWN:
+        return _with(row, "unknown", f"queue unknown: job {row.job or job}, squeue did not answer" + skew_note)
     if this_attempt and fresh and alive is None and lock is not NO_FLOCK:
         # a fresh heartbeat from another host, and no lock holder visible from here: the lock
         # may not reach across hosts on this file system; trust the heartbeat
@@ -339,24 +348,6 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
     except (RunLocked, OSError):
         pass
     return detail
-
-
-def queue_states(job_ids: set[str]) -> dict[str, str]:
-    """`squeue` state of each queued job / array task among `job_ids` (one call for all)."""
-    if not job_ids:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}  # no SLURM here: nothing is queued
-    states = {}
-    for line in out.stdout.splitlines():  # squeue exits 1 when every job has left the queue
-        job, _, queue_state = line.strip().partition("|")
-        states[job] = queue_state
-    return states
 
 
 def _with(row: RunState, state_: str, detail: str) -> RunState:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from .records import RESULT, lock_probe
 from .runinfo import HEARTBEAT, process_alive
-from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, classify, duration, queue_states, read_json, state
+from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, STATES, classify, duration, read_json, state
+from .scheduler import QueueUnknown, queue_states
 
 PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
 SUBMISSION = "submission.json"
@@ -190,7 +191,11 @@ def rows(
     """One tuple per planned run, in `COLUMNS` order (plain data: the command line needs no pandas)."""
     reader = reader or Reader()
     submitted = _submitted_jobs(sweep.records)
-    queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
+    unknown = None  # why the queue is unknown (squeue did not answer)
+    try:
+        queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
+    except QueueUnknown as error:
+        queued, unknown = {}, str(error)
     live = _planned_by_live_launches(sweep.plans)
     now = time.time() if now is None else now
     out = []
@@ -205,11 +210,13 @@ def rows(
             result=result,
             result_time=result_time,
             launcher_alive=run_dir in live,
-            queue=queued.get(job),
+            queue=QUEUE_UNKNOWN if unknown and job else queued.get(job),
             job=job,
             now=now,
             stale_after=stale_after,
         )
+        if row.state == "unknown":
+            row.detail = f"queue unknown: job {row.job}: {unknown}"
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
             row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields
         out.append(
@@ -280,7 +287,7 @@ def render(table: list[tuple], *, details: int = 20) -> str:
         "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         for r in [header, *body]
     ]
-    for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued"):
+    for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued", "unknown"):
         these = [r for r in table if r[3] == name]
         if these:
             lines.append(f"\n{name}:")

@@ -290,12 +290,13 @@ def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_
 # ---------------------------------------------------------------------------- one vocabulary, one rule
 def test_one_exit_code_rule():
     assert exit_code(["completed", "diverged", "running", "queued", "starting"]) == 0
-    for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned"):
+    for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned", "unknown"):
         assert exit_code(["completed", bad]) == 1, bad
     assert exit_code([]) == 0
     assert set(STATES) == {
         "planned",
         "queued",
+        "unknown",
         "starting",
         "running",
         "completed",

@@ -18,6 +18,7 @@ them in sys.modules, which string annotations on dataclasses need.)
 """
 
 import logging
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,16 @@ class PackedSlurmLauncher(SlurmLauncher):
         packs = [todo[i : i + k] for i in range(0, len(todo), k)]
         cpus = self.params.get("cpus_per_task") or 1
         threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
-        jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs) if packs else []
+        jobs = []
+        if packs:
+            from submitit.core.utils import FailedJobError
+
+            from src.scheduler import submission_error
+
+            try:
+                jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs)
+            except (FailedJobError, OSError, subprocess.SubprocessError) as error:
+                raise submission_error(error) from None
         record = write_submission(
             sweep_dir,
             overrides=list(self.config.hydra.overrides.task),
@@ -141,10 +151,13 @@ class PackedSlurmLauncher(SlurmLauncher):
 
 def _still_queued(sweep_dir: Path) -> dict:
     """run_dir -> job id, for the runs of the sweep's earlier submissions (the submission
-    records beside this launch's sweep dir) whose SLURM job is still in the queue."""
+    records beside this launch's sweep dir) whose SLURM job is still in the queue. Raises
+    `SchedulerError` when squeue does not answer: runs that may be running are not submitted
+    again on a guess."""
     import json
 
-    from src.runstate import IN_QUEUE, queue_states
+    from src.runstate import IN_QUEUE
+    from src.scheduler import QueueUnknown, SchedulerError, queue_states
 
     submitted = {}
     records = sorted(sweep_dir.parent.glob("*/submission.json"))
@@ -152,5 +165,11 @@ def _still_queued(sweep_dir: Path) -> dict:
         for job in json.loads(path.read_text()).get("jobs", []):
             for run in job["runs"]:
                 submitted[str(Path(run).resolve())] = job["job_id"]
-    states = queue_states(set(submitted.values()))
+    try:
+        states = queue_states(set(submitted.values()))
+    except QueueUnknown as error:
+        raise SchedulerError(
+            f"queue unknown: {error}; not submitting, since the sweep's earlier jobs may still be running "
+            f"its runs; launch again once squeue answers"
+        ) from None
     return {run: job for run, job in submitted.items() if states.get(job) in IN_QUEUE}
