@@ -27,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS
 from .records import RESULT, atomic_write_text, config_hash
+from .runinfo import process_start
 from .runstate import finished_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -424,7 +425,7 @@ def sweep_logs(overrides: list[str]) -> Path | None:
 def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
     """Write the plan once per launch: `<sweep dir>/plan.json` (per run: its directory, cell,
     overrides, identity hash, job number, and whether the launch skips it; the launch's
-    overrides, host and pid) and `plan-configs.jsonl` (each run's resolved config, one a line,
+    overrides, host, pid and process start time) and `plan-configs.jsonl` (each run's resolved config, one a line,
     in the same order: what the launchers run)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -433,6 +434,7 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
         "time": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "started": process_start(os.getpid()),  # (with the pid: what a reused pid cannot fake)
         "overrides": list(overrides),
         "runs": [
             {

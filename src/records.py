@@ -32,6 +32,10 @@ CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoin
 MODEL_FINAL, LOCK = "model_final.pt", ".lock"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
+# The version of result.json's format, written into every result ("format"): a reader refuses
+# a record of a newer format instead of guessing at it. Records written before formats were
+# numbered have none and are read as format 1, if they hold what their status promises.
+RECORD_FORMAT = 1
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -166,16 +170,35 @@ def code_version() -> str:
         return "unknown"
 
 
+def result_problem(result) -> str | None:
+    """Why a result.json's content cannot be used as the run's result, or None: not a run
+    result, a record format newer than this version reads, or a finished status without what
+    it promises (a completed run's final test accuracy: an older format, a hand edit)."""
+    if not isinstance(result, dict) or result.get("status") not in STATUSES:
+        return f"not a run result (status must be one of {list(STATUSES)})"
+    version = result.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= RECORD_FORMAT:
+        return f"record format {version!r}, which this version does not read (it reads 1 to {RECORD_FORMAT})"
+    final = result.get("final")
+    if result["status"] in FINISHED and not isinstance(final, dict):
+        return f"says {result['status']} but has no final metrics ('final')"
+    if result["status"] == "completed" and not isinstance(final.get("test_acc"), (int, float)):
+        return "says completed but has no final test accuracy ('final.test_acc')"
+    return None
+
+
 def read_result(run_dir: Path) -> dict | None:
     """The run's result, or None when it has none. A damaged result.json (cut short, not a
-    result) is reported on stderr with its path and read as none, so the run is run again."""
+    result, unusable by `result_problem`) is reported on stderr with its path and read as
+    none, so the run is run again."""
     path = Path(run_dir) / RESULT
     if not path.exists():
         return None
     try:
         result = json.loads(path.read_text())
-        if not isinstance(result, dict) or result.get("status") not in STATUSES:
-            raise ValueError(f"not a run result (status must be one of {list(STATUSES)})")
+        problem = result_problem(result)
+        if problem:
+            raise ValueError(problem)
     except (OSError, ValueError) as error:
         print(
             f"warning: unreadable run record {path}: {error}; the run counts as not finished",
@@ -464,4 +487,5 @@ class RunRecorder:
 
     def write_result(self, result: dict) -> None:
         if self.enabled:
+            result = {"format": RECORD_FORMAT, **result}
             atomic_write_text(self.run_dir / RESULT, json.dumps(_finite(result), indent=2, sort_keys=True))

@@ -35,7 +35,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
+from .records import (
+    CONFIG,
+    FINISHED,
+    LOCK,
+    NO_FLOCK,
+    RECORD_FORMAT,
+    RESULT,
+    config_hash,
+    lock_probe,
+    read_result,
+    result_problem,
+)
 from .runinfo import HEARTBEAT, process_alive
 
 STATES = (
@@ -204,9 +215,10 @@ def state(
         if not lock:
             return _with(row, "damaged", f"unreadable result.json: {result}")
         result = None
-    if result is not None and (not isinstance(result, dict) or result.get("status") not in STATUSES):
+    problem = result_problem(result) if result is not None else None
+    if problem:  # never counted as finished: the run is done again
         if not lock:
-            return _with(row, "damaged", f"result.json is not a run result (status must be one of {list(STATUSES)})")
+            return _with(row, "damaged", f"result.json cannot be used: {problem}")
         result = None
     status = (result or {}).get("status")
     foreign = foreign_records(run_dir, (result or {}).get("config"), expected) if result else None
@@ -336,6 +348,7 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
                 Path(run_dir) / RESULT,
                 json.dumps(
                     {
+                        "format": RECORD_FORMAT,
                         "status": "failed",
                         "error": f"{detail} (no result of its own)",
                         "config": config,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .records import RESULT, lock_probe
-from .runinfo import HEARTBEAT, process_alive
+from .runinfo import HEARTBEAT, same_process
 from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, STATES, classify, duration, read_json, state
 from .scheduler import QueueUnknown, queue_states
 
@@ -129,14 +129,15 @@ def _launch_overrides(sweep_dir: Path) -> list[str]:
 
 
 def _planned_by_live_launches(plans: list[Path]) -> set[str]:
-    """The runs in the plans of launches still alive (on this host): they will still be started."""
+    """The runs in the plans of launches still alive (on this host: the recorded pid, and its
+    start time, so that a reused pid is not taken for the launch): they will still be started."""
     live: set[str] = set()
     for path in plans:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if process_alive(record.get("host"), record.get("pid")):
+        if same_process(record.get("host"), record.get("pid"), record.get("started")):
             live.update(r["run_dir"] for r in record["runs"])
     return live
 

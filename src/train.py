@@ -238,9 +238,7 @@ def train(
         try:
             heartbeat.beat(0, 0)
             return _train(cfg, run_dir, should_stop, heartbeat)
-        except RunDirConflict:
-            raise
-        except Exception as error:
+        except Exception as error:  # (another experiment's checkpoint too: recorded, so `status` says why)
             failed = {
                 "status": "failed",
                 "error": f"{type(error).__name__}: {error}",
@@ -547,7 +545,8 @@ def _load_checkpoint(path: Path, identity: str, device) -> tuple[dict, Path] | N
         problem = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
     if problem is None and ckpt.get("config_hash", identity) != identity:
         raise RunDirConflict(
-            f"{path} is of another experiment (config hash {ckpt['config_hash']}, this run's is {identity})"
+            f"{path} is the checkpoint of another experiment (config hash {ckpt['config_hash']}, this run's is "
+            f"{identity}): copied here? refused, not resumed from; move it away to start this run"
         )
     if problem is None:
         return ckpt, path
