@@ -12,12 +12,13 @@ The command line. A run's lifecycle, one module per floor:
                       plan saved once into the launch's sweep dir
     hydra_plugins/    the launchers, which run the saved plan (local processes, SLURM packs)
     src/runner.py     running one run: signals, preemption, the child's death with its launcher
-    src/runstate.py   what state a run is in, and the one exit-code rule
+    src/rundir/       a run directory: its identity and name, files, lock, heartbeat and state,
+                      and the one exit-code rule
 
 Each run's directory is `runs_root/name/<slug>-<hash of the run's identity>`, so launching a
 sweep again skips completed runs, resumes interrupted ones from their checkpoints, and retries
 failed ones. A failing run is recorded and never stops the others; the sweep ends with a
-summary in `status`'s states and exits by `runstate.exit_code`.
+summary in `status`'s states and exits by `rundir.exit_code`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from omegaconf import DictConfig
 
 from .config_groups import REGISTRY_GROUPS, registry_names
 from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
+from .rundir import classify, exit_code, finished_status
 from .runner import die_with_launcher, run_config_file, run_one
-from .runstate import classify, exit_code, finished_status
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if multirun:
         given = any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv)
         where = [] if given or sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir}"]
-        from .scheduler import SchedulerError
+        from .execute.slurm_queue import SchedulerError
 
         try:  # Hydra's sweep and launcher plugin, which run the planned jobs
             _hydra_entry(["-m", *overrides, *where])

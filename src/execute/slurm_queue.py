@@ -1,5 +1,6 @@
-"""What the SLURM controller says, asked in one place: the queue's state of a sweep's jobs
-(`queue_states`, the one reader of `squeue`), and the scheduler's refusals as one error line.
+"""The one reader of the SLURM queue, and of the submission records that say which runs are in
+which job (`<sweep dir>/submission.json`, written by the SLURM launcher); the scheduler's
+refusals as one error line.
 
 A scheduler that does not answer is never read as an answer: an `squeue` that fails (the
 controller down) or does not return within `DST_SLURM_QUERY_TIMEOUT_S` seconds (default 30;
@@ -11,8 +12,15 @@ carrying sbatch's own message, which the launch prints as one `error:` line, exi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
+
+from ..rundir.state import IN_QUEUE
+
+SUBMISSION = "submission.json"
+
 
 # (a BaseException: it passes through Hydra's `run_and_report`, which would print any
 # Exception raised by a launcher as a traceback; `src.launch` prints it as one line)
@@ -65,6 +73,24 @@ def queue_states(job_ids: set[str]) -> dict[str, str]:
         if job:
             states[job] = queue_state
     return states
+
+
+def submitted_jobs(records: list[Path]) -> dict[str, str]:
+    """run_dir -> SLURM job id (`<array job>_<task>`) from submission records, the latest winning."""
+    jobs: dict[str, str] = {}
+    for path in sorted(records, key=lambda p: json.loads(p.read_text()).get("time", 0)):
+        for job in json.loads(path.read_text()).get("jobs", []):
+            for run in job["runs"]:
+                jobs[str(Path(run).resolve())] = job["job_id"]
+    return jobs
+
+
+def still_queued(records: list[Path]) -> dict[str, str]:
+    """run_dir -> job id, for the runs of these submissions whose SLURM job is still in the
+    queue. Raises `QueueUnknown` when squeue does not answer."""
+    submitted = submitted_jobs(records)
+    states = queue_states(set(submitted.values()))
+    return {run: job for run, job in submitted.items() if states.get(job) in IN_QUEUE}
 
 
 def submission_error(error: BaseException) -> SchedulerError:
