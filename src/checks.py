@@ -334,6 +334,12 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
             raise ValueError(
                 f"runs_root: {runs_root!r} is not a directory ({existing} is a file); choose a directory: runs_root=DIR"
             )
+        inside = enclosing_run_dir(existing)
+        if inside is not None:  # its runs would mix with that run's records (and its status)
+            raise ValueError(
+                f"runs_root: {runs_root!r} is inside the run directory {inside}; choose a directory outside "
+                f"run directories: runs_root=DIR"
+            )
         target, reason = Path(runs_root) / name, None
         try:
             if create:
@@ -350,6 +356,18 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
                 f"runs_root: cannot write the runs under {target} ({reason}); "
                 f"choose a writable directory: runs_root=DIR"
             )
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The run directory that `path` is or lies in (a `<slug>-<hash>` directory holding a run's
+    records), or None."""
+    from .rundir import CONFIG, HEARTBEAT, LOCK, RESULT
+    from .rundir.identity import hash_of_name
+
+    for directory in (path, *path.parents):
+        if hash_of_name(directory) and any((directory / f).exists() for f in (CONFIG, RESULT, HEARTBEAT, LOCK)):
+            return directory
+    return None
 
 
 def _name_max(directory: Path) -> int:

@@ -368,8 +368,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
             },
             buffer,
         )
-        if scratch:
-            scratch.parent.mkdir(parents=True, exist_ok=True)
+        if scratch and _own_scratch_dir(scratch.parent, tc.scratch_dir):  # (again: it may be gone, or replaced)
             atomic_write(scratch, buffer.getbuffer())
         if shared:
             atomic_write(recorder.checkpoint_path, buffer.getbuffer())
@@ -522,7 +521,43 @@ def _scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
         )
         return None
     where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
+    scratch = Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
+    return scratch if _own_scratch_dir(scratch.parent, scratch_dir) else None
+
+
+def _own_scratch_dir(directory: Path, scratch_dir: str) -> bool:
+    """Make the run's node-local scratch directory, or make sure it is this user's own: a
+    scratch space (`/tmp`) is shared, and a link or directory planted there by someone else
+    would take the checkpoint elsewhere, or hand in theirs. Created exclusively (mode 0700);
+    one that exists must be a real directory owned by this user and writable by no one else.
+    Otherwise it is not used (reported), and checkpoints go to the run directory only."""
+    import stat
+
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)  # the scratch space itself: the user's choice
+        os.mkdir(directory, 0o700)
+        return True
+    except FileExistsError:
+        st = os.lstat(directory)
+        if stat.S_ISLNK(st.st_mode):
+            problem = "is a symbolic link"
+        elif not stat.S_ISDIR(st.st_mode):
+            problem = "is not a directory"
+        elif st.st_uid != os.geteuid():
+            problem = f"belongs to another user (uid {st.st_uid})"
+        elif st.st_mode & 0o022:
+            problem = "is writable by other users"
+        else:
+            return True
+    except OSError as error:
+        problem = f"cannot be created ({error.strerror or error})"
+    print(
+        f"warning: train.scratch_dir {scratch_dir!r}: {directory} {problem}; not used, checkpoints go to the "
+        f"run directory only",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def _read_checkpoint(recorder: RunRecorder, identity: str, device, scratch: Path | None = None) -> dict | None:

@@ -25,12 +25,19 @@ def search_bases(root: str | os.PathLike | None, env_var: str | None) -> tuple[l
     """User-chosen base directories (``root``, then ``$env_var``), each with where it came from.
 
     Returns ``(bases, notes)``; ``notes`` records sources that contributed nothing (an unset
-    environment variable) so the not-found message can say so.
+    environment variable) so the not-found message can say so. A ``root`` that is a file is
+    refused (ValueError naming data.root): searching on would use another copy unasked.
     """
     bases: list[tuple[Path, str]] = []
     notes: list[str] = []
     if root is not None:
-        bases.append((Path(root).expanduser(), "data.root"))
+        base = Path(root).expanduser()
+        if base.exists() and not base.is_dir():  # never a silent fall-back to another copy
+            raise ValueError(
+                f"data.root: {str(root)!r} is a file, not a directory; give the directory that holds the "
+                f"dataset's files (or leave data.root unset)"
+            )
+        bases.append((base, "data.root"))
     if env_var is not None:
         if os.environ.get(env_var):
             bases.append((Path(os.environ[env_var]).expanduser(), f"${env_var}"))
