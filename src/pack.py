@@ -4,9 +4,12 @@ The SLURM launcher (hydra_plugins/dst_slurm_launcher) submits a job array whose 
 calls a `Pack` with its share of the runs. Each run is its own process (forked from the pack,
 which has imported torch once: a short run does not pay the interpreter's start-up again) in
 its own run directory (records, checkpoint, resume, train.log), with the job's CPUs split
-between the concurrent runs. On the time-limit / preemption signal every running run
-checkpoints at its next step, and once all have stopped the job is requeued (submitit
-pickles the Pack again); the requeued job skips the runs that finished and resumes the rest.
+between the concurrent runs. On any stop signal (`execute.stop`: TERM, INT, USR1, USR2, HUP,
+XCPU) no run starts and every running run checkpoints at its next step; once all have stopped,
+a time-limit / preemption warning (USR1, USR2, XCPU) has the job requeued (submitit pickles the
+Pack again; the requeued job skips the runs that finished and resumes the rest), any other
+signal ends the task non-zero, and launching again resumes them. A run dies with its pack (a
+parent-death signal), so that none trains on outside the allocation.
 A run killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the
 signal, and the task then exits non-zero (by `rundir.exit_code`, as every launcher).
 """
@@ -42,11 +45,14 @@ class Pack:
     threads: int | None = None  # per run; None: the whole allocation (one run at a time)
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
-        from .runner import PreemptionFlag, preload
+        from .execute.stop import STOP_SIGNALS, StopRequest
+        from .runner import preload
 
         preload()  # once here, inherited by every forked run
 
-        stop = PreemptionFlag()  # takes submitit's USR2 handler; hand_over() requeues
+        # any stop signal: no run starts, the running ones checkpoint (passed on to them in case
+        # SLURM did not signal the whole step); a time-limit / preemption one then requeues the job
+        stop = StopRequest(abort_on_second_interrupt=False, requeue=True).install()
         # decided again at each start: a requeued job finds the runs its last attempt finished
         todo = [r for r in runs if finished_status(Path(r.run_dir), r.config) is None]
         print(
@@ -62,12 +68,19 @@ class Pack:
             while todo and len(running) < self.concurrent_runs and not stop():
                 run = todo.pop(0)
                 print(f"run #{run.idx} started: {run.run_dir}", flush=True)
-                proc = fork.Process(target=run_in_child, args=(run, self.sweep_dir, self.threads), daemon=False)
-                proc.start()
-                running[run.idx] = (run, proc, time.time())
-            if stop() and not forwarded:  # SLURM signals the whole step; forward in case it did not
+                proc = fork.Process(
+                    target=run_in_child, args=(run, self.sweep_dir, self.threads, None, os.getpid()), daemon=False
+                )
+                # blocked while it forks: a signal that comes meanwhile reaches this run too, once
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+                try:
+                    proc.start()
+                    running[run.idx] = (run, proc, time.time())
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if stop() and not forwarded:
                 for _, proc, _ in running.values():
-                    _send(proc.pid, stop._signal)
+                    _send(proc.pid, stop.received)
                 forwarded = True
             for idx, (run, proc, started) in list(running.items()):
                 if not proc.is_alive():
@@ -86,11 +99,13 @@ class Pack:
             time.sleep(0.1)
         if stop():
             print(
-                f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
-                f"{len(todo)} not started; handing over to requeue",
+                f"stopped by {stop.name}: checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
+                f"{len(todo)} not started; "
+                + ("handing over to requeue" if stop.requeues else "not requeued (launching again resumes them)"),
                 flush=True,
             )
-            stop.hand_over()
+            stop.hand_over()  # (submitit requeues the job and exits)
+            raise RuntimeError(f"stopped by {stop.name} before its runs finished; launching again resumes them")
         elif (
             exit_code(o for o in outcomes.values() if o != "skipped") != 0
         ):  # the SLURM task fails with its runs (sacct, --dependency)
@@ -106,25 +121,28 @@ class Pack:
         return submitit.helpers.DelayedSubmission(self, runs)
 
 
-def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None) -> None:
-    """One run, in a process forked from a pack or from the local launcher (`launcher`: its
-    pid): output to `<sweep dir>/<idx>/job.log` (and the run's train.log), the stop flag
-    installed first thing. A local run also takes its own session (a Ctrl-C at the terminal
-    reaches the launcher only, which passes it on), its thread count before any parallel op,
-    and SIGTERM when the launcher dies (`runner.die_with_launcher`)."""
+def run_in_child(
+    run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None, pack: int | None = None
+) -> None:
+    """One run, in a process forked from the local launcher (`launcher`: its pid) or from a pack
+    (`pack`: its pid): output to `<sweep dir>/<idx>/job.log` (and the run's train.log), its stop
+    request (`execute.stop`: every stop signal) installed before the signals its parent blocked
+    while forking are let in, and SIGTERM -- a stop request -- when its parent dies, so that it
+    never trains on as an orphan (`die_with_parent`). A local run also takes its own session (a
+    Ctrl-C at the terminal reaches the launcher only, which passes it on), and every run its
+    thread count before any parallel op."""
     from .config import RunConfig
-    from .runner import PreemptionFlag, die_with_launcher, run_one
+    from .execute.stop import StopRequest, die_with_parent
+    from .runner import run_one
 
-    stop = None  # local: SIGTERM / SIGINT / SIGUSR2 stop the run (`train.StopOnSignal`)
-    if launcher is None:
-        stop = PreemptionFlag(requeue=False)
-    else:
-        for sig in (signal.SIGTERM, signal.SIGINT):  # not the launcher's forwarding handler
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the launcher blocks them while it forks
+    stop = StopRequest().install()  # (replaces the parent's handlers, which it inherited)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent blocks them while it forks
+    if launcher is not None:
         os.setsid()
         os.environ["DST_LAUNCHER_PID"] = str(launcher)
-        die_with_launcher()
+    parent = launcher if launcher is not None else pack
+    if parent is not None:
+        die_with_parent(parent)
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         import torch

@@ -1,41 +1,40 @@
 """Running one run: in its directory, with its output teed to its train.log, stopped at a step
-boundary by a signal (checkpointed, recorded interrupted), handed back to SLURM on preemption,
-and never outliving the local launcher that started it.
+boundary by any stop signal (`execute.stop`: checkpointed, recorded interrupted), handed back
+to SLURM on a time-limit or preemption warning, and never outliving the launcher or pack that
+started it.
 
     python -m src.launch --run-config <config.json> --run-dir <run dir>   # a local job (`run_config_file`)
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
 from .config import RunConfig
+from .execute.stop import StopRequest, die_with_parent
 from .rundir import LOG, RunLocked, exit_code, tee_output
 
 
-def run_one(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None = None) -> dict:
+def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) -> dict:
     """Run or resume one run in its directory; never raises for a failing run. Its output
     also goes to `<run_dir>/train.log`. Whether to skip it was decided by the plan
     (`rundir.finished_status`); `train` only makes sure, under the run's lock, that no other
-    launcher finished it meanwhile."""
+    launcher finished it meanwhile. `stop`: the run's stop request (installed by the process
+    that forked it, before it unblocked signals); by default one of its own."""
     with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
         return _run(run_cfg, run_dir, stop)
 
 
-def _run(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None) -> dict:
-    from .train import StopOnSignal, train
+def _run(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None) -> dict:
+    from .train import train
 
-    # On SLURM, submitit's preemption signal (or the pack's); elsewhere SIGTERM / SIGINT / SIGUSR2.
-    on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
-    if stop is None:
-        stop = PreemptionFlag() if on_slurm else StopOnSignal()
+    if stop is None:  # a run of its own (not forked by a launcher or a pack): requeued by submitit on SLURM
+        stop = StopRequest(requeue=True)
     try:
-        with contextlib.nullcontext() if isinstance(stop, PreemptionFlag) else stop:
+        with stop:
             result = train(run_cfg, run_dir, should_stop=stop)
     except RunLocked as error:  # another launcher runs it: not this one's to count
         print(f"skipped ({error})", flush=True)
@@ -48,40 +47,9 @@ def _run(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None) -> dict
         return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
     if result["status"] == "interrupted":
         print(f"interrupted at step {result['steps']}, checkpointed: {run_dir}", flush=True)
-        if isinstance(stop, PreemptionFlag):
-            stop.hand_over()  # submitit requeues the job, which then resumes
+        stop.hand_over()  # a time-limit / preemption warning: submitit requeues the job, which resumes
     print(f"{result['status']}: {run_dir}", flush=True)
     return {"status": result["status"], "run_dir": str(run_dir)}
-
-
-class PreemptionFlag:
-    """Turns the SLURM time-limit / preemption signal into a request to stop at the next
-    step boundary; the run then checkpoints and `hand_over` lets submitit requeue the job.
-
-    Outside a submitit job this is a flag that is never set. With `requeue=False` (a run of a
-    packed job) `hand_over` does nothing: the pack requeues the job once all its runs stopped.
-    """
-
-    def __init__(self, requeue: bool = True):
-        self.requested = False
-        self._submitit_handler = None
-        self._signal = None
-        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-            sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-            self._signal = sig
-            handler = signal.getsignal(sig)
-            self._submitit_handler = handler if requeue else None
-            signal.signal(sig, self._request)
-
-    def _request(self, signum, frame):
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def hand_over(self) -> None:
-        if self._submitit_handler is not None and callable(self._submitit_handler):
-            self._submitit_handler(self._signal, None)
 
 
 def run_config_file(config_file: Path, run_dir: Path) -> int:
@@ -105,14 +73,8 @@ def preload() -> None:
 
 
 def die_with_launcher() -> None:
-    """In a job started by the local launcher: get SIGTERM (checkpoint, record, exit) when the
-    launcher dies, even by SIGKILL, so that no job trains on as an orphan (Linux only)."""
+    """In a job started by the local launcher as a process of its own (`DST_LAUNCHER_PID`):
+    get SIGTERM when the launcher dies (`execute.stop.die_with_parent`)."""
     launcher = os.environ.get("DST_LAUNCHER_PID")
-    if not launcher or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if launcher:
+        die_with_parent(int(launcher))

@@ -15,9 +15,7 @@ import io
 import math
 import os
 import random
-import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from torch import nn
 from .config import RunConfig
 from .data import build_dataset, make_loaders
 from .execute.environment import available_cpus
+from .execute.stop import StopRequest
 from .models import build_model, model_info
 from .rundir import (
     CHECKPOINT,
@@ -788,45 +787,10 @@ def _wandb_log(wandb_run, kind: str, record: dict, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------- command line
-class StopOnSignal:
-    """SIGTERM, SIGINT (Ctrl-C) and SIGUSR2 ask the run to stop at the next step: it then
-    checkpoints and records itself as interrupted. A second SIGINT aborts at once.
-
-    Use as the ``should_stop`` of `train`, inside ``with``; handlers are only installed in
-    the main thread (Python delivers signals there).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.received is None:
-            try:  # os.write: print is not safe inside a signal handler
-                os.write(
-                    2,
-                    f"received {signal.Signals(signum).name}: stopping at the next step with a "
-                    f"checkpoint (Ctrl-C again to abort at once)\n".encode(),
-                )
-            except OSError:
-                pass
-        self.received = signum
-
-    def __call__(self) -> bool:
-        return self.received is not None
+# A request to stop at the next step from any stop signal (TERM, INT, USR1, USR2, HUP, XCPU):
+# the run then checkpoints and records itself interrupted; a second Ctrl-C aborts at once. The
+# one mechanism every launcher shares (`execute.stop`), under the name `python -m src.train` uses.
+StopOnSignal = StopRequest
 
 
 USAGE = """usage: python -m src.train [key=value ...] [--run-dir DIR] [--force]

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from src.plan import expand
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 from src.status import status
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 # ~0.1-0.3 s an epoch: a run that is surely still training when the test acts on it
-LONG = ["setup=smoke", "train.epochs=250", "train.log_every=5", "train.threads=1"]
+LONG = ["setup=smoke", "train.epochs=120", "train.log_every=5", "train.threads=1"]
 
 
 def cli(*args, timeout=300, env=None):
@@ -109,7 +109,7 @@ def test_every_signal_to_the_local_launcher_checkpoints_its_runs_and_ends_with_a
     assert again.returncode == 0 and "summary: 2 completed" in again.stdout, again.stdout + again.stderr
     resumed = read_result(first.run_dir)
     assert resumed["resumed_at_steps"] == [result["steps"]]
-    assert [m["epoch"] for m in read_metrics(first.run_dir, "epoch")] == list(range(1, 251))  # each epoch once
+    assert [m["epoch"] for m in read_metrics(first.run_dir, "epoch")] == list(range(1, 121))  # each epoch once
 
 
 @pytest.mark.slow
@@ -164,7 +164,7 @@ def test_sigusr1_to_a_slurm_pack_checkpoints_requeues_and_resumes_exactly(slurm_
         kill_all(child)
     result = read_result(first.run_dir)
     assert result["resumed_at_steps"], result  # checkpointed at the signal, resumed by the requeued job
-    assert [m["epoch"] for m in read_metrics(first.run_dir, "epoch")] == list(range(1, 251))
+    assert [m["epoch"] for m in read_metrics(first.run_dir, "epoch")] == list(range(1, 121))
     assert read_result(second.run_dir)["status"] == "completed"  # the unstarted run was not lost
 
 

@@ -13,10 +13,11 @@ its own session, its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREAD
 threads_per_job) run at once, so the cores are never oversubscribed. A run the launch found
 finished starts no process.
 
-Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
-jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
-no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
-kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.runner.die_with_launcher`). A job
+Jobs never outlive the launcher: every stop signal sent to it (`src.execute.stop`: TERM, INT,
+USR1, USR2, HUP, XCPU) is passed on to the running jobs (which checkpoint and record themselves
+as interrupted; a second Ctrl-C aborts them), no further job starts, and the launcher ends with
+its summary; if the launcher is killed outright, each job gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.stop.die_with_parent`). A job
 killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
 (`rundir.record_death`).
 
@@ -29,7 +30,6 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +42,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from src.execute.environment import available_cpus
+from src.execute.stop import STOP_SIGNALS, StopRequest
 from src.rundir import atomic_write, finished_status, record_death
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class LocalPoolLauncher(Launcher):
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: DictConfig | None = None
         self._running: dict = {}  # the running jobs' processes (`_run_all`)
-        self._stop_signal: int | None = None
+        # any stop signal (`execute.stop`) is passed on to the running jobs; no further job starts
+        self._stop = StopRequest(self._forward, abort_on_second_interrupt=False)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -86,14 +88,8 @@ class LocalPoolLauncher(Launcher):
         self.plan = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
 
         self.progress = SweepProgress(len(jobs), self.max_workers)
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
+        with self._stop:  # (installed in the main thread only)
             returns = self._run_all(sweep_dir, jobs)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         print(self.progress.summary(), flush=True)
         return returns
 
@@ -108,11 +104,10 @@ class LocalPoolLauncher(Launcher):
         run_cfg, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
         return Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
 
-    def _forward(self, signum, frame) -> None:
-        """Pass the signal on to the running jobs; start no more."""
+    def _forward(self, signum) -> None:
+        """Pass the signal on to the running jobs."""
         from src.pack import _send
 
-        self._stop_signal = signum
         for proc in list(self._running):  # (no waitpid here: the loop reaps them)
             _send(proc.pid, signum)
 
@@ -131,7 +126,7 @@ class LocalPoolLauncher(Launcher):
         running = {}  # process -> (job number, its JobReturn, the run, when it started)
         self._running = running
         while todo or running:
-            while todo and len(running) < self.max_workers and self._stop_signal is None:
+            while todo and len(running) < self.max_workers and not self._stop():
                 idx, overrides = todo.pop(0)
                 ret, run = self._prepare(sweep_dir, idx, overrides)
                 if run is None:
@@ -143,7 +138,7 @@ class LocalPoolLauncher(Launcher):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 # blocked while it forks: a signal that comes meanwhile reaches this job too, once
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
                 try:
                     proc.start()
                     running[proc] = (idx, ret, run, started, started_at)
@@ -153,7 +148,7 @@ class LocalPoolLauncher(Launcher):
                 idx, ret, run, started, started_at = running.pop(proc)
                 proc.join()
                 returns[idx] = self._finish(sweep_dir, idx, ret, run, proc.exitcode, started, started_at)
-            if self._stop_signal is not None:
+            if self._stop():
                 for idx, overrides in todo:  # skipped or not started
                     returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
                 todo = []
@@ -172,7 +167,7 @@ class LocalPoolLauncher(Launcher):
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             self.progress.skipped()
             return ret, None
-        if self._stop_signal is not None:
+        if self._stop():
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
             return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +181,7 @@ class LocalPoolLauncher(Launcher):
         self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float, started_at: float
     ) -> JobReturn:
         run_dir = Path(run.run_dir)
-        if self._stop_signal is None:  # (a second Ctrl-C aborts at once: interrupted by the user)
+        if not self._stop():  # (a second Ctrl-C aborts at once: interrupted by the user)
             record_death(run_dir, run.config, code, started_at)  # killed by another signal: failed, named
         self.progress.finished(run_dir, started)
         if code in (0, 1) or code < 0:  # 1: the run failed and recorded why; the sweep goes on

@@ -90,7 +90,7 @@ IN_QUEUE = {
 }
 DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.heartbeat_every_s` (60 s) and at each epoch
 SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
-# a run stopped by these checkpointed first (`train.STOP_SIGNALS`: every run handles them)
+# a run stopped by these checkpointed first (`execute.stop.STOP_SIGNALS`: every run handles them)
 PREEMPTION_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGXCPU")
 
 
