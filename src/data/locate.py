@@ -25,19 +25,12 @@ def search_bases(root: str | os.PathLike | None, env_var: str | None) -> tuple[l
     """User-chosen base directories (``root``, then ``$env_var``), each with where it came from.
 
     Returns ``(bases, notes)``; ``notes`` records sources that contributed nothing (an unset
-    environment variable) so the not-found message can say so. A ``root`` that is a file is
-    refused (ValueError naming data.root): searching on would use another copy unasked.
+    environment variable) so the not-found message can say so.
     """
     bases: list[tuple[Path, str]] = []
     notes: list[str] = []
     if root is not None:
-        base = Path(root).expanduser()
-        if base.exists() and not base.is_dir():  # never a silent fall-back to another copy
-            raise ValueError(
-                f"data.root: {str(root)!r} is a file, not a directory; give the directory that holds the "
-                f"dataset's files (or leave data.root unset)"
-            )
-        bases.append((base, "data.root"))
+        bases.append((Path(root).expanduser(), "data.root"))
     if env_var is not None:
         if os.environ.get(env_var):
             bases.append((Path(os.environ[env_var]).expanduser(), f"${env_var}"))
@@ -84,8 +77,15 @@ class FileLayout:
     how_to_get: str = ""
 
     def find(self, dataset: str, root: str | os.PathLike | None) -> Path:
-        """The first directory holding every required entry; raises :class:`DatasetNotFoundError`."""
+        """The first directory holding every required entry; raises :class:`DatasetNotFoundError`,
+        and ValueError naming data.root when ``root`` is a file."""
         bases, notes = search_bases(root, self.env_var)
+        if root is not None and bases[0][0].exists() and not bases[0][0].is_dir():
+            # these files live in a directory: searching on would use another copy unasked
+            raise ValueError(
+                f"data.root: {str(root)!r} is a file, not a directory; give the directory that holds the "
+                f"{dataset} files (or leave data.root unset)"
+            )
         checked = [(base / sub, origin) for base, origin in bases for sub in self.subdirs]
         checked += [(Path(d), "default location") for d in self.system_dirs]
         for directory, _ in checked:
