@@ -21,8 +21,8 @@ from .files import (
     LOG,
     METRICS,
     MODEL_FINAL,
-    RECORD_FORMAT,
     RESULT,
+    RESULT_FORMAT,
     STATUSES,
     LinkRefused,
     RunRecorder,
@@ -34,7 +34,7 @@ from .files import (
     read_metrics,
     read_result,
     recorded_config,
-    result_problem,
+    unusable_result,
 )
 from .heartbeat import Heartbeat, read_heartbeat, unrecorded_failure, whereabouts
 from .identity import (
@@ -74,7 +74,7 @@ __all__ = [
     "METRICS",
     "MODEL_FINAL",
     "NO_FLOCK",
-    "RECORD_FORMAT",
+    "RESULT_FORMAT",
     "RESULT",
     "STATES",
     "STATUSES",
@@ -104,7 +104,7 @@ __all__ = [
     "read_metrics",
     "read_result",
     "recorded_config",
-    "result_problem",
+    "unusable_result",
     "record_death",
     "run_dir_conflict",
     "run_directory",

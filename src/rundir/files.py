@@ -31,7 +31,7 @@ FINISHED = ("completed", "diverged")  # never run again; failed runs are retried
 # The version of result.json's format, written into every result ("format"): a reader refuses
 # a record of a newer format instead of guessing at it. Records written before formats were
 # numbered have none and are read as format 1, if they hold what their status promises.
-RECORD_FORMAT = 1
+RESULT_FORMAT = 1
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -128,15 +128,15 @@ def _finite(obj):
     return obj
 
 
-def result_problem(result) -> str | None:
+def unusable_result(result) -> str | None:
     """Why a result.json's content cannot be used as the run's result, or None: not a run
     result, a record format newer than this version reads, or a finished status without what
     it promises (a completed run's final test accuracy: an older format, a hand edit)."""
     if not isinstance(result, dict) or result.get("status") not in STATUSES:
         return f"not a run result (status must be one of {list(STATUSES)})"
     version = result.get("format", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= RECORD_FORMAT:
-        return f"record format {version!r}, which this version does not read (it reads 1 to {RECORD_FORMAT})"
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= RESULT_FORMAT:
+        return f"record format {version!r}, which this version does not read (it reads 1 to {RESULT_FORMAT})"
     final = result.get("final")
     if result["status"] in FINISHED and not isinstance(final, dict):
         return f"says {result['status']} but has no final metrics ('final')"
@@ -147,14 +147,14 @@ def result_problem(result) -> str | None:
 
 def read_result(run_dir: Path) -> dict | None:
     """The run's result, or None when it has none. A damaged result.json (cut short, not a
-    result, unusable by `result_problem`) is reported on stderr with its path and read as
+    result, unusable by `unusable_result`) is reported on stderr with its path and read as
     none, so the run is run again."""
     path = Path(run_dir) / RESULT
     if not path.exists():
         return None
     try:
         result = json.loads(path.read_text())
-        problem = result_problem(result)
+        problem = unusable_result(result)
         if problem:
             raise ValueError(problem)
     except (OSError, ValueError) as error:
@@ -302,5 +302,5 @@ class RunRecorder:
 
     def write_result(self, result: dict) -> None:
         if self.enabled:
-            result = {"format": RECORD_FORMAT, **result}
+            result = {"format": RESULT_FORMAT, **result}
             atomic_write_text(self.run_dir / RESULT, json.dumps(_finite(result), indent=2, sort_keys=True))

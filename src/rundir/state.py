@@ -45,13 +45,13 @@ from .files import (
     LOCK,
     METRICS,
     MODEL_FINAL,
-    RECORD_FORMAT,
     RESULT,
+    RESULT_FORMAT,
     atomic_write_text,
     read_result,
     recorded_config,
     remove_stale_temp_files,
-    result_problem,
+    unusable_result,
 )
 from .heartbeat import process_alive
 from .identity import hash_of_name, identity_diff, identity_hash, run_identity
@@ -242,7 +242,7 @@ def state(
         if not lock:
             return _with(row, "damaged", f"unreadable result.json: {result}")
         result = None
-    problem = result_problem(result) if result is not None else None
+    problem = unusable_result(result) if result is not None else None
     if problem:  # never counted as finished: the run is done again
         if not lock:
             return _with(row, "damaged", f"result.json cannot be used: {problem}")
@@ -371,7 +371,7 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
                 Path(run_dir) / RESULT,
                 json.dumps(
                     {
-                        "format": RECORD_FORMAT,
+                        "format": RESULT_FORMAT,
                         "status": "failed",
                         "error": f"{detail} (no result of its own)",
                         "config": config,
