@@ -96,4 +96,4 @@ def still_queued(records: list[Path]) -> dict[str, str]:
 def submission_error(error: BaseException) -> SchedulerError:
     """sbatch's refusal (as submitit raises it) as a `SchedulerError` with sbatch's message."""
     text = " ".join(str(error).split()) or type(error).__name__
-    return SchedulerError(f"sbatch refused the submission: {text}")
+    return SchedulerError(f"submitting to SLURM failed: {text}")

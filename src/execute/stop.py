@@ -49,7 +49,7 @@ class StopRequest:
         self.requeue = requeue
         self._previous: dict = {}
         self._submitit_handler = None
-        self.installed = False
+        self.installed = self._installed_here = False
 
     def install(self) -> StopRequest:
         if self.installed or threading.current_thread() is not threading.main_thread():
@@ -68,10 +68,12 @@ class StopRequest:
         self._previous, self.installed = {}, False
 
     def __enter__(self) -> StopRequest:
+        self._installed_here = not self.installed
         return self.install()
 
     def __exit__(self, *exc) -> None:
-        self.restore()
+        if self._installed_here:  # (one installed before, by the process that forked the run, stays)
+            self.restore()
 
     def _handle(self, signum, frame) -> None:
         if self.received is not None and signum == signal.SIGINT and self.abort_on_second_interrupt:
