@@ -10,7 +10,7 @@ SWEEP    ?= $(RUNS)/fmnist_quick
 OUT      ?= $(SWEEP)/report
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install kernels data browser test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
+.PHONY: install kernels data browser lint test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,10 +40,17 @@ browser:
 		|| echo "note: could not install chromium; the HTML report's browser test will be skipped"; \
 	fi
 
-test: install browser
+# The habits: one format, lint-clean, and types checked (pyproject.toml configures all three).
+LINTED := src analysis hydra_plugins
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED) tests bench scripts
+	$(VENV)/bin/ruff format --check $(LINTED) tests bench scripts
+	$(PY) -m mypy $(LINTED)
+
+test: install browser lint
 	$(PY) -m pytest -q
 
-test-fast: install browser
+test-fast: install browser lint
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 bench: install

@@ -16,47 +16,55 @@ Needs only the run directories (config.json, metrics.jsonl, result.json); never 
 
 import importlib
 
-from . import style
-from .cells import axis_tests, cell_table, sweep_axes, topology_warnings, verdict_readiness
-from .claims import check_claims
-from .completeness import Completeness, completeness
-from .grid import (
-    Selection,
-    completed,
-    density_grids,
-    density_one_grids,
-    gamma_grids,
-    global_pruning_grids,
-    main_grid,
-    sensitivity_grids,
-    setups,
-    split_variants,
-    update_frequency_grids,
-)
-from .load import find_run_dirs, load_metrics, load_runs
-from .overlap import jaccard_matrix, jaccard_pairs, overlap_at_init, overlap_trajectories, random_expectation
-from .report import Options, build_report
-from .stats import compare_to_best, holm, rank_criteria, rank_summary, summarize, welch_pvalue
-from .tables import Table, accuracy_table, ranking_tables
-
-# The figures (matplotlib) are imported on first use: reading and tabulating runs does not need them.
-_FIGURES = (
-    "accuracy_vs_density",
-    "accuracy_vs_gamma",
-    "accuracy_vs_update_frequency",
-    "axis_figure",
-    "density_one",
-    "global_vs_layerwise",
-    "overlap_heatmaps",
-    "overlap_trajectory_curves",
-    "save_figure",
-)
+# Every name is imported from its module on first use (PEP 562): `import analysis` and
+# `python -m analysis --help` stay light, and the launch reads the verdict rule
+# (`analysis.verdict`) without pandas.
+_HOMES = {
+    "style": (),
+    "cells": ("axis_tests", "cell_table", "sweep_axes", "topology_warnings"),
+    "verdict": ("verdict_readiness",),
+    "claims": ("check_claims",),
+    "completeness": ("Completeness", "completeness"),
+    "grid": (
+        "Selection",
+        "completed",
+        "density_grids",
+        "density_one_grids",
+        "gamma_grids",
+        "global_pruning_grids",
+        "main_grid",
+        "sensitivity_grids",
+        "setups",
+        "split_variants",
+        "update_frequency_grids",
+    ),
+    "load": ("find_run_dirs", "load_metrics", "load_runs"),
+    "overlap": ("jaccard_matrix", "jaccard_pairs", "overlap_at_init", "overlap_trajectories", "random_expectation"),
+    "report": ("Options", "build_report"),
+    "stats": ("compare_to_best", "holm", "rank_criteria", "rank_summary", "summarize", "welch_pvalue"),
+    "tables": ("Table", "accuracy_table", "ranking_tables"),
+    "figures": (  # (matplotlib: only for these)
+        "accuracy_vs_density",
+        "accuracy_vs_gamma",
+        "accuracy_vs_update_frequency",
+        "axis_figure",
+        "density_one",
+        "global_vs_layerwise",
+        "overlap_heatmaps",
+        "overlap_trajectory_curves",
+        "save_figure",
+    ),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 
 def __getattr__(name: str):
-    if name == "figures" or name in _FIGURES:
-        figures = importlib.import_module(".figures", __name__)  # (not "from . import": it would come back here)
-        return figures if name == "figures" else getattr(figures, name)
+    if name in _HOMES:  # a submodule
+        return importlib.import_module(f".{name}", __name__)
+    if name in _HOME_OF:
+        value = getattr(importlib.import_module(f".{_HOME_OF[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'analysis' has no attribute {name!r}")
 
 

@@ -8,14 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from . import columns as C
-from .cells import MIN_SEEDS
-from .load import load_runs
-from .report import Options, build_report
-from .stats import ALTERNATIVES
-from .style import setup_label
+from .verdict import ALTERNATIVES, MIN_SEEDS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,8 +71,8 @@ NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
 def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
     """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
     ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
-    import nbclient
-    import nbformat
+    import nbclient  # only for the notebook command
+    import nbformat  # (as above)
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
@@ -113,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"notebook: {out}")
         return 0
+    from .load import load_runs  # pandas: not on the --help path
+    from .report import Options, build_report  # pandas: not on the --help path
+
     runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
     if runs.empty:
         where = ", ".join(map(str, args.sweep_dirs))
@@ -173,6 +170,10 @@ def results_text(report_dir: Path, max_rows: int = 40) -> str:
             lines.append(f"... {len(rows) - max_rows - 2} more rows in {path}")
     warnings = report_dir / "tables" / "topology_warnings.csv"
     if warnings.exists():
+        import pandas as pd  # not on the --help path
+
+        from .style import setup_label  # (beside pandas: only with a report)
+
         found = pd.read_csv(warnings)
         lines += [
             f"warning: {setup_label(setup)}, {where}: {advice}"

@@ -25,12 +25,11 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from src.checks import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
-
 from . import columns as C
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
+from .verdict import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a launch applies too)
 
 FEW_UPDATES = 5  # DST runs with fewer topology updates than this are warned about
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"

@@ -19,8 +19,7 @@ import pandas as pd
 from scipy import special
 
 from . import columns as C
-
-ALTERNATIVES = ("greater", "two-sided")
+from .verdict import ALTERNATIVES  # noqa: E402,F401  (the verdict rule's; re-exported)
 
 
 def summarize(runs: pd.DataFrame, by: Sequence[str], metric: str = C.DEFAULT_METRIC) -> pd.DataFrame:

@@ -149,7 +149,7 @@ def run_project(impl: str, cell: dict, seed: int, epochs: int, run_dir: Path) ->
     from omegaconf import OmegaConf
 
     from src.config import RunConfig
-    from src.train import train
+    from src.trainer import train
 
     dotlist = [
         "model.name=lenet5",

@@ -4,7 +4,6 @@ messages that say how to fix what they find.
 * `model_fits_data`: the model takes the dataset's inputs (and has enough outputs);
 * `check_places`: `name` and `runs_root` give directories that can be made and written;
 * `update_warnings`: DST runs that would make no (or very few) topology updates, per cell;
-* `verdict_readiness`: whether a planned sweep can reach a verdict at all (seeds per cell);
 * `suggest` / `explain`: close matches for a mistyped field, config-group option or sweep
   name, in place of Hydra's hints (`+train.epoch=3` for `train.epoch=3`).
 """
@@ -14,62 +13,29 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import is_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-from .config import LaunchConfig, RunConfig
+from .config import RunConfig, field_names, has_field, schema_at
+from .config_groups import CONF_DIR, REGISTRY_GROUPS, setup_choices
 from .registry import suggest
+from .rundir import CONFIG, HEARTBEAT, LOCK, RESULT
+from .rundir.identity import hash_of_name
 
 # A DST run with fewer topology updates than this measures little of its criterion.
 MIN_UPDATES = 3
-# Completed seeds per cell (both sides of a test) the analysis needs for a verdict.
-MIN_SEEDS = 3
 
 
 # ---------------------------------------------------------------------------- suggestions
-def _section(path: str):
-    """The schema (a dataclass type, `dict` for a free-form mapping, or None: a value) at a
-    dotted field path of the launch config; KeyError where there is no such field."""
-    node = LaunchConfig
-    for part in path.split(".") if path else ():
-        if node is dict:
-            return dict
-        if not is_dataclass(node):
-            raise KeyError(path)
-        field = {f.name: f for f in fields(node)}.get(part)
-        if field is None:
-            raise KeyError(path)
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        node = type(default) if is_dataclass(default) else dict if isinstance(default, dict) else None
-    return node
-
-
-def _has(path: str) -> bool:
-    try:
-        _section(path)
-        return True
-    except KeyError:
-        return False
-
-
-def field_names(section: str) -> list[str]:
-    """The fields of a section of the launch config (`train`, '' for the top level)."""
-    node = _section(section)
-    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
-
-
 def unknown_field_message(path: str) -> str | None:
     """For a dotted path the config has no field at: which field was probably meant."""
-    from .config_groups import REGISTRY_GROUPS
-
     parent, _, leaf = path.rpartition(".")
     try:
-        node = _section(parent)
+        node = schema_at(parent)
     except KeyError:  # a section on the way is misspelt: name the first one
         parts = parent.split(".")
-        first = next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if not _has(".".join(parts[:i])))
+        first = next(".".join(parts[:i]) for i in range(1, len(parts) + 1) if not has_field(".".join(parts[:i])))
         return unknown_field_message(first)
     if node is dict:  # model.kwargs.x: a keyword; or a field of the section above it
         section = parent.rpartition(".")[0]
@@ -88,8 +54,6 @@ def unknown_field_message(path: str) -> str | None:
 
 
 def _conf_dir() -> Path:
-    from .config_groups import CONF_DIR
-
     return CONF_DIR
 
 
@@ -97,7 +61,7 @@ def _conf_dir() -> Path:
 def explain(error: BaseException, overrides: list[str]) -> str | None:
     """A message that says how to fix a launch's error, where Hydra's own would lead
     nowhere; None to keep Hydra's."""
-    from hydra.errors import MissingConfigException
+    from hydra.errors import MissingConfigException  # Hydra: not on the --help path
 
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
         group, _, option = error.missing_cfg_file.rpartition("/")
@@ -117,18 +81,19 @@ def explain(error: BaseException, overrides: list[str]) -> str | None:
 
 def _chain(error: BaseException):
     seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        yield cause
+        cause = cause.__cause__ or cause.__context__
 
 
 NAME_RULE = "one path component of ASCII letters, digits, '_', '.' and '-' (not starting with '.'), at most {} bytes"
 
 
 def _unparsable(overrides: list[str]) -> str | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # Hydra: not on the --help path
+    from hydra.errors import HydraException  # (as above)
 
     parser = OverridesParser.create()
     for line in overrides:
@@ -148,10 +113,18 @@ def _unparsable(overrides: list[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------- model and data
+def validated(cfg: RunConfig) -> RunConfig:
+    """The one validation of a run's config, before anything runs: each field's own range
+    (`RunConfig.validate`) and that the model takes the dataset's inputs (`model_fits_data`)."""
+    cfg.validate()
+    model_fits_data(cfg)
+    return cfg
+
+
 @lru_cache(maxsize=256)
 def _output_shape(model: str, input_shape: tuple, num_classes, kwargs: tuple) -> tuple[int, ...] | str | None:
     """The model's output shape, or why the input does not fit it; None: cannot tell here."""
-    from .models.registry import output_shape
+    from .models.registry import output_shape  # (torch, as in `model_fits_data`)
 
     try:
         return output_shape(model, input_shape, num_classes, **dict(kwargs))
@@ -166,9 +139,8 @@ def model_fits_data(cfg: RunConfig) -> None:
     classes, naming both shapes and what fits. Where the dataset's input shape differs from
     the model's registered one, a shape-only forward pass on the meta device decides (the
     first costs seconds: torch imports its meta kernels)."""
-    from .config_groups import setup_choices
-    from .data import DATASETS
-    from .models import MODELS
+    from .data import DATASETS  # torch: the checks stay importable without it (--help)
+    from .models import MODELS  # (as above)
 
     model, data = cfg.model.name, cfg.data.name
     info = DATASETS[data].describe(**cfg.data.kwargs)
@@ -215,8 +187,7 @@ def _shape(shape) -> str:
 def steps_per_epoch(cfg: RunConfig) -> int:
     """Optimizer steps in one epoch: the training split in batches (the last one partial),
     as the trainer's loader makes them (one process; DDP divides them by its ranks)."""
-    from .data import DATASETS
-    from .data.splits import Holdout, ValidationPolicy
+    from .data import DATASETS, Holdout, ValidationPolicy  # (torch, as in `model_fits_data`)
 
     source = DATASETS[cfg.data.name]
     holdout = source.reference_holdout if cfg.data.reference_splits else Holdout.RANDOM
@@ -227,7 +198,7 @@ def steps_per_epoch(cfg: RunConfig) -> int:
 
 def topology_updates(cfg: RunConfig, spe: int, epochs: int | None = None, update_frequency: int | None = None) -> int:
     """How many topology updates a run makes (`Sparsifier.is_update_step` over its steps)."""
-    from .sparse.sparsifier import is_update_step
+    from .sparse.sparsifier import is_update_step  # (torch, as in `model_fits_data`)
 
     sparsity = cfg.sparsity if update_frequency is None else replace(cfg.sparsity, update_frequency=update_frequency)
     total = (cfg.train.epochs if epochs is None else epochs) * spe
@@ -287,35 +258,6 @@ def update_warnings(jobs) -> list[str]:
     return lines
 
 
-def verdict_readiness(
-    seeds_per_cell: Mapping[str, int] | Iterable[int],
-    *,
-    min_seeds: int = MIN_SEEDS,
-    topology_updates: Iterable[int] | None = None,
-) -> str | None:
-    """One line saying why a planned sweep cannot reach a verdict, or None when it can.
-
-    ``seeds_per_cell``: the seeds each planned cell gets (a mapping cell -> seeds, or the
-    counts); ``topology_updates``: optionally, the updates each planned DST run makes."""
-    counts = list(seeds_per_cell.values() if isinstance(seeds_per_cell, Mapping) else seeds_per_cell)
-    problems = []
-    if counts and min(counts) < min_seeds:
-        short = sum(n < min_seeds for n in counts)
-        problems.append(
-            f"{short} of {len(counts)} cells get fewer than {min_seeds} seeds (as few as {min(counts)}; "
-            f"a verdict needs ≥ {min_seeds} per cell)"
-        )
-    if topology_updates is not None:
-        updates = list(topology_updates)
-        if updates and min(updates) < 1:
-            problems.append(
-                "DST runs would make no topology updates (lower sparsity.update_frequency or raise train.epochs)"
-            )
-    if not problems:
-        return None
-    return "this sweep cannot reach a verdict: " + "; ".join(problems)
-
-
 # ---------------------------------------------------------------------------- names and paths
 def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
     """Each `(runs_root, name)` of a launch gives a directory that can be made and written
@@ -361,9 +303,6 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
 def enclosing_run_dir(path: Path) -> Path | None:
     """The run directory that `path` is or lies in (a `<slug>-<hash>` directory holding a run's
     records), or None."""
-    from .rundir import CONFIG, HEARTBEAT, LOCK, RESULT
-    from .rundir.identity import hash_of_name
-
     for directory in (path, *path.parents):
         if hash_of_name(directory) and any((directory / f).exists() for f in (CONFIG, RESULT, HEARTBEAT, LOCK)):
             return directory

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from .registry import unknown
+from .registry import suggest, unknown
 from .sparse.config import SparsityConfig
 
 OPTIMIZERS = ("sgd", "adam")
@@ -106,8 +106,9 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ValueError naming the field and its allowed values; return self."""
-        from .data import DATASETS
-        from .models import MODELS
+        from . import data, models  # the registries import torch: the schema stays light
+
+        DATASETS, MODELS = data.DATASETS, models.MODELS
 
         _choice("model.name", self.model.name, sorted(MODELS))
         _choice("data.name", self.data.name, sorted(DATASETS))
@@ -147,9 +148,6 @@ class RunConfig:
             "data.kwargs", self.data.kwargs, type(DATASETS[self.data.name]).load, skip=("self", "location", "policy")
         )
         self.sparsity.validate()
-        from .checks import model_fits_data
-
-        model_fits_data(self)
         return self
 
 
@@ -166,6 +164,38 @@ class LaunchConfig(RunConfig):
     runs_root: str = "runs"
 
 
+# ---------------------------------------------------------------------------- the schema's fields
+def schema_at(path: str):
+    """The schema (a dataclass type, `dict` for a free-form mapping, or None: a value) at a
+    dotted field path of the launch config; KeyError where there is no such field."""
+    node: Any = LaunchConfig
+    for part in path.split(".") if path else ():
+        if node is dict:
+            return dict
+        if not is_dataclass(node):
+            raise KeyError(path)
+        field_ = {f.name: f for f in fields(node)}.get(part)
+        if field_ is None:
+            raise KeyError(path)
+        default = field_.default_factory() if callable(field_.default_factory) else field_.default
+        node = type(default) if is_dataclass(default) else dict if isinstance(default, dict) else None
+    return node
+
+
+def has_field(path: str) -> bool:
+    try:
+        schema_at(path)
+        return True
+    except KeyError:
+        return False
+
+
+def field_names(section: str) -> list[str]:
+    """The fields of a section of the launch config (`train`, '' for the top level)."""
+    node = schema_at(section)
+    return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
 def _choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise unknown(name, value, allowed)
@@ -179,9 +209,6 @@ def _keywords(name: str, given: dict, builder, skip: tuple[str, ...]) -> None:
     valid = sorted(k for k, p in params.items() if k not in skip and p.kind is not inspect.Parameter.VAR_POSITIONAL)
     unknown = sorted(set(given) - set(valid))
     if unknown:
-        from .checks import field_names
-        from .registry import suggest
-
         hints = []
         for key in unknown:
             before, colon, after = key.partition(":")
@@ -200,8 +227,6 @@ def _build(cls, d: dict, path: str = ""):
     known = {f.name: f for f in fields(cls)}
     unknown = set(d) - set(known)
     if unknown:
-        from .registry import suggest
-
         where = path.rstrip(".") or cls.__name__
         hints = "".join(
             f"; {path}{key}: {suggest(key, known, prefix=path)}" for key in sorted(unknown) if suggest(key, known)
@@ -209,7 +234,8 @@ def _build(cls, d: dict, path: str = ""):
         raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; valid: {sorted(known)}{hints}")
     kwargs = {}
     for name, value in d.items():
-        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        factory: Any = known[name].default_factory
+        default = factory() if callable(factory) else None
         if is_dataclass(default) and isinstance(value, dict):
             value = _build(type(default), value, f"{path}{name}.")
         kwargs[name] = value

@@ -11,7 +11,7 @@ The command line. A run's lifecycle, one module per floor:
                       sweep, naming the field), its run directory, whether it is skipped; the
                       plan saved once into the launch's sweep dir
     hydra_plugins/    the launchers, which run the saved plan (local processes, SLURM packs)
-    src/runner.py     running one run: signals, preemption, the child's death with its launcher
+    src/execute/      running runs: the pool, the child entry, stop requests, the SLURM queue
     src/rundir/       a run directory: its identity and name, files, lock, heartbeat and state,
                       and the one exit-code rule
 
@@ -25,23 +25,26 @@ from __future__ import annotations
 
 import gc
 import os
+import shlex
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
 
-from hydra.errors import HydraException
-from omegaconf import DictConfig
+from analysis.verdict import verdict_readiness  # the analysis' rule, applied before launch
 
-from .config_groups import REGISTRY_GROUPS, registry_names
-from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
+from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, REPO, declared_names
+from .execute.child import die_with_launcher, run_config_file, run_one
+from .execute.slurm_queue import SchedulerError
 from .rundir import classify, exit_code, finished_status
-from .runner import die_with_launcher, run_config_file, run_one
 
 
-def run_job(cfg: DictConfig) -> dict:
+def run_job(cfg) -> dict:
     """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as
     hydra-submitit's does for DDP) in its run directory; never raises for a failing run."""
+    from .plan import job_of  # Hydra: only in a job Hydra composed
+
     run_cfg, run_dir = job_of(cfg)
     status = finished_status(run_dir, run_cfg.to_dict())
     if status is not None:
@@ -50,7 +53,7 @@ def run_job(cfg: DictConfig) -> dict:
     return run_one(run_cfg, run_dir)
 
 
-def summarize(jobs: list[Job]) -> dict[str, int]:
+def summarize(jobs: list) -> dict[str, int]:
     """Count the launch's runs by state (`runstate`), the runs it skipped (finished before it)
     apart; failed runs' errors are printed."""
     counts: dict[str, int] = {}
@@ -68,12 +71,10 @@ def summarize(jobs: list[Job]) -> dict[str, int]:
 
 def help_page() -> str:
     """`python -m src.launch --help`: usage, flags, the config groups and their options, examples."""
-    import textwrap
-
     groups = {
         name: sorted(
             {q.stem for q in (CONF_DIR / name).glob("*.yaml")}
-            | set(registry_names(name) if name in REGISTRY_GROUPS else ())
+            | set(declared_names(name) if name in REGISTRY_GROUPS else ())
         )
         for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})
     }
@@ -119,14 +120,16 @@ def help_page() -> str:
 def hydra_message(error: Exception) -> str:
     """The error with its causes (Hydra wraps the useful one: `Error merging override
     sparsity.density=abc` <- `Value 'abc' ... could not be converted to Float`)."""
-    parts, seen = [], set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        text = str(error).strip() if not parts else str(error).strip().split("\n")[0]
+    parts: list[str] = []
+    seen = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        text = str(cause).strip() if not parts else str(cause).strip().split("\n")[0]
         # (OmegaConf chains its message template, `Value '$VALUE' ...`: not worth showing)
         if text and not (parts and "$VALUE" in text) and not any(text in p for p in parts):
             parts.append(text)
-        error = error.__cause__ or error.__context__
+        cause = cause.__cause__ or cause.__context__
     message = "\n  because: ".join(parts)
     if "INTERVAL_SWEEP" in message:
         message += (
@@ -137,8 +140,6 @@ def hydra_message(error: Exception) -> str:
 
 
 def _user_overrides(overrides: list[str]) -> list[str]:
-    import shlex
-
     return [shlex.quote(o) for o in overrides if not o.startswith("hydra.launcher.detach")]
 
 
@@ -146,10 +147,10 @@ def _user_overrides(overrides: list[str]) -> list[str]:
 def _hydra_entry(argv: list[str]) -> None:
     """Hydra's own entry point with these command-line arguments: a sweep's launch (its
     launcher runs the planned jobs), or Hydra's flags (--cfg job, --info ...)."""
-    import hydra
+    import hydra  # not on the --help / status paths
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    def task(cfg: DictConfig) -> dict:  # for launchers that run Hydra's task (hydra-submitit's, for DDP)
+    def task(cfg) -> dict:  # for launchers that run Hydra's task (hydra-submitit's, for DDP)
         return run_job(cfg)
 
     saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # (hydra.main reads its arguments there)
@@ -159,7 +160,7 @@ def _hydra_entry(argv: list[str]) -> None:
         sys.argv = saved
 
 
-def _sweep_dir(argv: list[str], jobs: list[Job]) -> Path | None:
+def _sweep_dir(argv: list[str], jobs: list) -> Path | None:
     """Each launch logs to its own Hydra directory (time and pid), so that two launches in
     the same second never write each other's job logs; its plan is saved there. None when
     the command line names a directory with interpolations (`${now:...}`)."""
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
     if argv[:1] == ["status"]:
-        from .status import main as status_main
+        from .status import main as status_main  # (its own light path: no Hydra, no torch)
 
         return status_main(argv[1:])
     if argv[:1] == ["--run-config"] and argv[2:3] == ["--run-dir"] and len(argv) == 4:
@@ -195,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         _hydra_entry(argv)
         return 0
     overrides = [a for a in argv if not a.startswith("-")]
-    from .checks import explain, update_warnings, verdict_readiness
+    from hydra.errors import HydraException  # Hydra: not on the --help / status paths
+
+    from .checks import explain, update_warnings  # (beside the planner)
+    from .plan import plan, write_plan  # (Hydra)
 
     try:
         jobs = plan(overrides, check_data=not dry_run, detach=detach)
@@ -231,8 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     if multirun:
         given = any(a.startswith(("hydra.sweep.dir=", "hydra.run.dir=")) for a in argv)
         where = [] if given or sweep_dir is None else [f"hydra.sweep.dir={sweep_dir}", f"hydra.run.dir={sweep_dir}"]
-        from .execute.slurm_queue import SchedulerError
-
         try:  # Hydra's sweep and launcher plugin, which run the planned jobs
             _hydra_entry(["-m", *overrides, *where])
         except SystemExit as exit_:

@@ -17,25 +17,19 @@ signal, and the task then exits non-zero (by `rundir.exit_code`, as every launch
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rundir import atomic_write_text, classify, exit_code, finished_status, open_run_file, record_death
+from .execute.child import PackedRun, preload
+from .execute.pool import Pool
+from .execute.slurm_queue import SUBMISSION
+from .execute.stop import StopRequest
+from .rundir import atomic_write_text, classify, exit_code, finished_status, record_death
 
-SUBMISSION = "submission.json"
-
-
-@dataclass
-class PackedRun:
-    idx: int  # the run's job number in the Hydra sweep (its `<sweep dir>/<idx>/job.log`)
-    overrides: list[str]
-    run_dir: str
-    config: dict  # the run's resolved RunConfig, composed and validated at submission
+__all__ = ["Pack", "PackedRun", "write_submission"]
 
 
 @dataclass
@@ -45,14 +39,11 @@ class Pack:
     threads: int | None = None  # per run; None: the whole allocation (one run at a time)
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
-        from .execute.stop import STOP_SIGNALS, StopRequest
-        from .runner import preload
-
         preload()  # once here, inherited by every forked run
-
-        # any stop signal: no run starts, the running ones checkpoint (passed on to them in case
-        # SLURM did not signal the whole step); a time-limit / preemption one then requeues the job
-        stop = StopRequest(abort_on_second_interrupt=False, requeue=True).install()
+        pool = Pool(self.sweep_dir, self.concurrent_runs, self.threads, launcher=None, poll_s=0.1)
+        # every stop signal, submitit's preemption handler kept (hand_over() requeues); SLURM
+        # signals the whole step, but the request is passed on to the runs in case it did not
+        pool.stop = stop = StopRequest.preemption(forward=pool.forward)
         # decided again at each start: a requeued job finds the runs its last attempt finished
         todo = [r for r in runs if finished_status(Path(r.run_dir), r.config) is None]
         print(
@@ -60,55 +51,31 @@ class Pack:
             f"{self.concurrent_runs} at a time, {self.threads or 'all'} thread(s) each",
             flush=True,
         )
-        fork = multiprocessing.get_context("fork")
-        running: dict[int, tuple[PackedRun, multiprocessing.Process, float]] = {}
         outcomes = {r.run_dir: "skipped" for r in runs if r not in todo}
-        forwarded = False
-        while todo or running:
-            while todo and len(running) < self.concurrent_runs and not stop():
-                run = todo.pop(0)
-                print(f"run #{run.idx} started: {run.run_dir}", flush=True)
-                proc = fork.Process(
-                    target=run_in_child, args=(run, self.sweep_dir, self.threads, None, os.getpid()), daemon=False
-                )
-                # blocked while it forks: a signal that comes meanwhile reaches this run too, once
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-                try:
-                    proc.start()
-                    running[run.idx] = (run, proc, time.time())
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            if stop() and not forwarded:
-                for _, proc, _ in running.values():
-                    _send(proc.pid, stop.received)
-                forwarded = True
-            for idx, (run, proc, started) in list(running.items()):
-                if not proc.is_alive():
-                    proc.join()
-                    del running[idx]
-                    record_death(Path(run.run_dir), run.config, proc.exitcode, started)
-                    row = classify(Path(run.run_dir), expected=run.config)
-                    outcomes[run.run_dir] = row.state
-                    print(
-                        f"run #{run.idx} {row.state}: {run.run_dir}"
-                        + (f" ({row.detail})" if row.state in ("failed", "stale", "damaged") else ""),
-                        flush=True,
-                    )
-            if stop() and not running:
-                break
-            time.sleep(0.1)
+
+        def start(run: PackedRun) -> PackedRun:
+            print(f"run #{run.idx} started: {run.run_dir}", flush=True)
+            return run
+
+        def exited(run: PackedRun, code: int, started_at: float, started: float) -> None:
+            record_death(Path(run.run_dir), run.config, code, started_at)
+            row = classify(Path(run.run_dir), expected=run.config)
+            outcomes[run.run_dir] = row.state
+            detail = f" ({row.detail})" if row.state in ("failed", "stale", "damaged") else ""
+            print(f"run #{run.idx} {row.state}: {run.run_dir}{detail}", flush=True)
+
+        not_started = pool.run(todo, start, exited)
         if stop():
             print(
                 f"stopped by {stop.name}: checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
-                f"{len(todo)} not started; "
+                f"{len(not_started)} not started; "
                 + ("handing over to requeue" if stop.requeues else "not requeued (launching again resumes them)"),
                 flush=True,
             )
-            stop.hand_over()  # (submitit requeues the job and exits)
+            stop.hand_over()  # (a time-limit / preemption warning: submitit requeues the job and exits)
             raise RuntimeError(f"stopped by {stop.name} before its runs finished; launching again resumes them")
-        elif (
-            exit_code(o for o in outcomes.values() if o != "skipped") != 0
-        ):  # the SLURM task fails with its runs (sacct, --dependency)
+        elif exit_code(o for o in outcomes.values() if o != "skipped") != 0:
+            # the SLURM task fails with its runs (sacct, --dependency)
             bad = sorted(f"{o}: {d}" for d, o in outcomes.items() if o != "skipped" and exit_code([o]))
             raise RuntimeError(f"{len(bad)} of the pack's {len(runs)} run(s) did not finish:\n  " + "\n  ".join(bad))
         return [{"run_dir": r.run_dir, "status": outcomes.get(r.run_dir, "not started")} for r in runs]
@@ -116,58 +83,9 @@ class Pack:
     def checkpoint(self, runs: list[PackedRun]):
         """submitit's hook on the time-limit / preemption signal: run the same pack again
         (finished runs are skipped then, interrupted ones resume from their checkpoints)."""
-        import submitit
+        import submitit  # only in a SLURM job (the pack is pickled without it)
 
         return submitit.helpers.DelayedSubmission(self, runs)
-
-
-def run_in_child(
-    run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None, pack: int | None = None
-) -> None:
-    """One run, in a process forked from the local launcher (`launcher`: its pid) or from a pack
-    (`pack`: its pid): output to `<sweep dir>/<idx>/job.log` (and the run's train.log), its stop
-    request (`execute.stop`: every stop signal) installed before the signals its parent blocked
-    while forking are let in, and SIGTERM -- a stop request -- when its parent dies, so that it
-    never trains on as an orphan (`die_with_parent`). A local run also takes its own session (a
-    Ctrl-C at the terminal reaches the launcher only, which passes it on), and every run its
-    thread count before any parallel op."""
-    from .config import RunConfig
-    from .execute.stop import StopRequest, die_with_parent
-    from .runner import run_one
-
-    stop = StopRequest().install()  # (replaces the parent's handlers, which it inherited)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent blocks them while it forks
-    if launcher is not None:
-        os.setsid()
-        os.environ["DST_LAUNCHER_PID"] = str(launcher)
-    parent = launcher if launcher is not None else pack
-    if parent is not None:
-        die_with_parent(parent)
-    if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
-        import torch
-
-        torch.set_num_threads(threads)
-    job_dir = Path(sweep_dir) / str(run.idx)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    log = open_run_file(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    cfg = RunConfig.from_dict(run.config)
-    cfg.train.progress = False
-    if threads is not None:
-        cfg.train.threads = threads
-    result = run_one(cfg, Path(run.run_dir), stop)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(exit_code([result["status"]]))
-
-
-def _send(pid: int, sig) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def write_submission(

@@ -11,6 +11,7 @@ when it finished there with this identity (`rundir.finished_status`).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import os
@@ -19,18 +20,23 @@ import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from omegaconf.nodes import ValueNode
 
+from . import checks
 from .config import LaunchConfig, RunConfig
-from .config_groups import REGISTRY_GROUPS
+from .config_groups import CONF_DIR, GROUPS, REPO  # noqa: F401  (REPO: part of the planner's API)
 from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_directory
 from .rundir.heartbeat import process_start
 
-REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
 PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 
@@ -58,7 +64,7 @@ class Job:
 
 def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
     """The RunConfig of a composed Hydra config, and the launch-level fields."""
-    data = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    data = _plain(cfg)
     launch = OmegaConf.create({k: data.pop(k) for k in LAUNCH_KEYS})
     return RunConfig.from_dict(data), launch
 
@@ -72,10 +78,8 @@ def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
 def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
     """The launch's jobs, each composed and validated once, its launcher options checked and
     whether it is skipped decided (finished here, with this identity)."""
-    from .checks import check_plan
-
     jobs = expand(overrides, check_data=check_data, detach=detach)
-    check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
+    checks.check_plan(jobs, create=check_data)  # name and runs_root: writable (made, with check_data)
     for job in jobs:
         if (job.run_dir / RESULT).exists():
             job.finished = finished_status(job.run_dir, job.config_dict())
@@ -88,17 +92,14 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
     with the field and the allowed values on the first invalid job or launcher option,
     FileNotFoundError for missing dataset files (unless `check_data` is false), and
     ValueError if two jobs are the same experiment (they would share a run directory)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .data import check_dataset
+    from .data import check_dataset  # torch: only when planning, never for status' light path
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         # with the config loader, as Hydra's sweeper has it: glob() lists a group's options
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         parsed = parser.parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        fixed = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
         # (without --detach's option: its absence from a local launcher is reported by check_launcher)
         base = compose(
             "config",
@@ -112,7 +113,8 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
         composers: dict[tuple[str, ...], _Composer] = {}
         if combinations == [fixed] and not any(o.startswith("hydra.launcher.detach") for o in fixed):
             composers[tuple(fixed)] = _Composer(base, parser)  # no sweep: the launch's own composition
-        jobs, checked, validated = [], set(), {}
+        jobs, checked = [], set()
+        validated: dict = {}
         for combo in combinations:
             # Composing is slow (tens of ms), so each distinct choice of config groups is
             # composed once (`_Composer`), and plain `key=value` overrides are applied to it.
@@ -130,7 +132,7 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
                 )
                 cell = validated.get(seedless)
                 if cell is None:
-                    cell = validated[seedless] = RunConfig.from_dict(data).validate()
+                    cell = validated[seedless] = checks.validated(RunConfig.from_dict(data))
                 run_cfg = replace(cell, train=replace(cell.train, seed=data["train"]["seed"]))
                 identity = identity_hash(data)
                 run_dir = run_directory(launch["runs_root"], launch["name"], data, identity)
@@ -163,14 +165,13 @@ class _Composer:
 
     def __init__(self, cfg: DictConfig, parser):
         self.cfg, self.parser = cfg, parser
-        keys = [k for k in cfg if k != "hydra"]
-        self.plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
-        raw = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=False)
+        self.plain = _plain(cfg)
+        raw = _plain(cfg, resolve=False)
         self.refs: dict[str, str] = {}  # key -> the key its value interpolates (`${seed}`)
         self.simple = _collect_refs(raw, "", self.refs)
         # `seed=N` sets the seed and nothing else (conf/config.yaml: train.seed: ${seed})
         self.seed_only = self.simple and [k for k, v in self.refs.items() if v == "seed"] == ["train.seed"]
-        self.values: dict[str, tuple[str, object]] = {}  # override line -> (key, value after it)
+        self.values: dict[str, tuple[str | None, object]] = {}  # override line -> (key, value after it)
 
     def job(self, lines: list[str]) -> dict:
         if not self.simple:
@@ -211,7 +212,6 @@ class _Composer:
 
     def _value(self, line: str) -> tuple[str | None, object]:
         """The key an override sets and its value after Hydra's rules (validated, converted)."""
-        import copy
 
         override = self.parser.parse_override(line)
         key = override.key_or_group.lstrip("+~")
@@ -237,19 +237,24 @@ class _Composer:
         return key, node
 
     def _general(self, lines: list[str]) -> dict:
-        import copy
 
         cfg = copy.deepcopy(self.cfg)
         for line in lines:
             _apply(cfg, self.parser.parse_override(line))
-        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+        return _plain(cfg)
+
+
+def _plain(cfg: DictConfig, resolve: bool = True) -> dict:
+    """A composed config as plain data, without Hydra's own section."""
+    return cast(
+        dict, OmegaConf.to_container(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]), resolve=resolve)
+    )
 
 
 def _value_node(cfg: DictConfig, key: str):
     """The value node (not a container, not an interpolation) at `key` of a composed config, or None."""
-    from omegaconf.nodes import ValueNode
 
-    node = cfg
+    node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, DictConfig) or part not in node:
             return None
@@ -330,7 +335,6 @@ def sweep_combinations(overrides) -> list[list[str]]:
     """The jobs of a sweep (parsed overrides) as Hydra's basic sweeper forms them: one value
     per key (a later override of a key replaces an earlier one), the product over the keys in
     order. The app's sweeper (hydra_plugins/dst_config/sweeper.py) forms them with this too."""
-    from hydra.errors import HydraException
 
     axes: dict[str, list[str]] = {}
     for override in overrides:
@@ -344,9 +348,6 @@ def sweep_combinations(overrides) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes.values())]
 
 
-GROUPS = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | set(REGISTRY_GROUPS) | {"sweeps", "hydra/launcher"}
-
-
 def _is_group_choice(line: str) -> bool:
     """`criterion=snip`, `+sweeps=mlp_dst`: a choice of config group (composed by Hydra)."""
     key = line.split("=", 1)[0].lstrip("+~")
@@ -356,7 +357,6 @@ def _is_group_choice(line: str) -> bool:
 def _apply(cfg: DictConfig, override) -> None:
     """Apply a `key=value` / `+key=value` / `++key=value` override to a composed config by
     Hydra's rules for them (Hydra has no public API for this step of its composition)."""
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     key, value = override.key_or_group, override.value()
     if override.is_delete():
@@ -388,14 +388,11 @@ def check_launcher(launcher: DictConfig, detach: bool) -> None:
 def sweep_logs(overrides: list[str]) -> Path | None:
     """`runs_root/.hydra/<name>`: where the launches of these overrides log and save their
     plans (one composition of the launch's fixed overrides); None when they do not compose."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-            fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+            fixed = [str(o.input_line) for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
             cfg = compose("config", overrides=[o for o in fixed if not o.startswith("hydra.")])
     except Exception:  # (any composition error: status then plans anew, and reports it there)
         return None

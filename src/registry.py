@@ -56,7 +56,7 @@ class Registry(dict):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self[name] = entry
 
-    def get(self, name: str) -> Any:  # noqa: D102  (unlike dict.get: no default, a clear error)
+    def get(self, name: str) -> Any:  # type: ignore[override]  # noqa: D102  (unlike dict.get: no default, a clear error)
         if name not in self:
             raise unknown(self.kind, name, self.list())
         return self[name]

@@ -16,9 +16,11 @@ In a notebook: `from src.status import status; status(["+sweeps=mlp_dst"])` -> D
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,7 +99,7 @@ class Sweep:
     @classmethod
     def from_overrides(cls, overrides: list[str], plan: bool = True) -> Sweep:
         """The latest saved plan of a launch with these overrides; planned anew without one."""
-        from .plan import expand, sweep_logs
+        from .plan import expand, sweep_logs  # Hydra: only for a sweep named by its overrides
 
         overrides = [o for o in overrides if not o.startswith("hydra.launcher.detach")]
         logs = sweep_logs(overrides)
@@ -121,7 +123,7 @@ def _launch_overrides(sweep_dir: Path) -> list[str]:
     """The overrides of a launch that saved no plan: its submission record's, or Hydra's."""
     if (sweep_dir / SUBMISSION).exists():
         return json.loads((sweep_dir / SUBMISSION).read_text())["overrides"]
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # only for a launch that saved no plan
 
     return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
 
@@ -147,7 +149,7 @@ class Reader:
     few files that changed."""
 
     def __init__(self):
-        self._cache: dict[Path, tuple] = {}
+        self._cache: dict[str, tuple] = {}
 
     def read(self, path: str):
         try:
@@ -194,7 +196,7 @@ def rows(
             result=result,
             result_time=result_time,
             launcher_alive=run_dir in live,
-            queue=QUEUE_UNKNOWN if unknown and job else queued.get(job),
+            queue=(QUEUE_UNKNOWN if unknown else queued.get(job)) if job else None,
             job=job,
             now=now,
             stale_after=stale_after,
@@ -232,7 +234,7 @@ def status(
 ):
     """One row per planned run (a DataFrame): run_dir, cell, state, detail, and where it runs
     (host, pid, job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
-    import pandas as pd
+    import pandas as pd  # the table for a notebook; the command line needs no pandas
 
     return pd.DataFrame(
         rows(sweep or Sweep.of(target), stale_after=stale_after, now=now, reader=reader), columns=COLUMNS
@@ -241,7 +243,7 @@ def status(
 
 def counts(table):
     """Runs per cell and state (a DataFrame), with a `total` row; columns `runs`, then STATES."""
-    import pandas as pd
+    import pandas as pd  # (as `status`)
 
     grid = _grid(list(zip(table["cell"], table["state"])))
     return pd.DataFrame.from_dict(grid, orient="index", columns=["runs", *STATES]).rename_axis("cell")
@@ -282,7 +284,6 @@ def render(table: list[tuple], *, details: int = 20) -> str:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
 
     p = argparse.ArgumentParser(
         prog="python -m src.launch status",
@@ -339,7 +340,6 @@ class SweepProgress:
     Thread-safe: the launcher's workers call `started` / `finished` / `skipped`."""
 
     def __init__(self, total: int, workers: int, out=None):
-        import threading
 
         self.total, self.workers, self.out = total, workers, out
         self.done = self.running = 0

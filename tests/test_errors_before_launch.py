@@ -12,7 +12,7 @@ import torch
 from src import launch, train
 from src.checks import steps_per_epoch, topology_updates
 from src.data import build_dataset, make_loaders
-from src.launch import expand
+from src.plan import expand
 from src.sparse import Sparsifier
 
 

@@ -17,9 +17,10 @@ from omegaconf import OmegaConf
 import analysis
 from analysis import columns as C
 from src.config import RunConfig
-from src.launch import expand
+from src.execute.stop import StopRequest
+from src.plan import expand
 from src.rundir import RunDirConflict, metrics_damage, read_metrics, read_result
-from src.train import StopOnSignal, train
+from src.trainer import train
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -284,7 +285,7 @@ def test_a_signal_checkpoints_at_the_next_step_and_records_interrupted(tmp_path,
 
 
 def test_a_second_ctrl_c_aborts_at_once():
-    with StopOnSignal() as stop:
+    with StopRequest.on_signals() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop() and stop.received == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):

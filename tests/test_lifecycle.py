@@ -382,11 +382,11 @@ def test_no_floor_imports_the_one_above_it():
     for module, above in (
         (
             "src.rundir",
-            ("src.plan", "src.launch", "src.status", "src.pack", "src.runner", "src.config", "torch", "hydra"),
+            ("src.plan", "src.launch", "src.status", "src.pack", "src.execute.child", "src.config", "torch", "hydra"),
         ),
-        ("src.plan", ("src.launch", "src.status", "src.pack", "src.runner")),
-        ("src.runner", ("src.launch", "src.status", "src.pack", "src.plan")),
-        ("src.status", ("src.launch", "src.pack", "src.runner", "src.plan")),
+        ("src.plan", ("src.launch", "src.status", "src.pack", "src.execute.child")),
+        ("src.execute.child", ("src.launch", "src.status", "src.pack", "src.plan")),
+        ("src.status", ("src.launch", "src.pack", "src.execute.child", "src.plan")),
         ("src.pack", ("src.launch", "src.status", "src.plan")),
     ):
         code = f"import sys, {module}; print([m for m in {above!r} if m in sys.modules])"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from src.launch import expand
+from src.plan import expand
 from src.rundir import read_result
 from tests.test_faults import PY, REPO, _alive, holder_pid, lines, sweep_args, wait_for
 
@@ -61,17 +61,17 @@ def test_runs_are_forked_from_the_launcher_and_die_with_it(tmp_path):
 
 
 def test_a_forked_run_imports_nothing_from_torch_that_its_parent_did_not(tmp_path):
-    """`runner.preload` is what the local launcher and a SLURM pack import before they fork: a run
+    """`execute.child.preload` is what the local launcher and a SLURM pack import before they fork: a run
     started after it imports no more of torch (torch builds its first optimizer through
     `torch._dynamo`, ~1.5 s, which every forked run paid again before)."""
     script = f"""
 import sys
-from src.runner import preload
+from src.execute.child import preload
 preload()
 import threading, torch
 assert threading.active_count() == 1 and not torch.cuda.is_initialized()  # still safe to fork
 before = set(sys.modules)
-from src.train import train
+from src.trainer import train
 from tests.test_train import tiny
 cfg = tiny(); cfg.train.epochs = 1
 assert train(cfg, {str(tmp_path / "run")!r})["status"] == "completed"

@@ -300,7 +300,7 @@ def test_lenet5_initialisation_matches_reference(ref):
 def test_learning_rate_schedule_matches_reference():
     """The paper's MultiStepLR (x0.1 at int(E/2) and int(3E/4), stepped per epoch)."""
     from src.config import RunConfig
-    from src.train import learning_rate
+    from src.trainer.optim import learning_rate
 
     cfg = RunConfig().optim
     cfg.lr, cfg.lr_schedule, cfg.warmup_epochs = 0.01, "multistep", 0

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.launch import Job, summarize
+from src.launch import summarize
+from src.plan import Job
 from src.rundir import LinkRefused, read_heartbeat, read_metrics, read_result, tee_output
-from src.train import train
+from src.trainer import train
 from tests.test_faults import PY, REPO, args, config, lines, start_train, stop_after, strip_times, wait_for
 
 
@@ -54,7 +55,7 @@ def test_a_forked_runs_job_log_is_never_written_through_a_link(tmp_path):
     """A local or packed run's output file under the sweep dir (`<sweep>/<idx>/job.log`)."""
     import multiprocessing
 
-    from src.pack import PackedRun, run_in_child
+    from src.execute.child import PackedRun, run_in_child
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep\n")

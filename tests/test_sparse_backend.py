@@ -494,7 +494,7 @@ def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path, model):
 
 
 def train_run(cfg, run_dir, **kwargs):
-    from src.train import train
+    from src.trainer import train
 
     return train(cfg, run_dir, **kwargs)
 
@@ -553,7 +553,7 @@ def test_overlap_and_loading_weights_keep_the_sparse_layers_consistent():
 
 
 def test_launcher_refuses_sparse_backend_under_reference_semantics_before_launching():
-    from src.launch import expand
+    from src.plan import expand
 
     with pytest.raises(ValueError, match=r"sparsity\.backend: 'sparse' cannot run with sparsity\.compat=true"):
         expand(["setup=smoke", "compat=reference", "sparsity.backend=sparse"], check_data=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from src.launch import expand
 from src.launch import main as launch_main
+from src.plan import expand
 from src.rundir import read_heartbeat
 from src.status import counts, status
 from src.train import main as train_main

@@ -10,7 +10,8 @@ import torch
 from src.config import RunConfig
 from src.rundir import read_metrics, read_result
 from src.sparse import SparsityConfig
-from src.train import learning_rate, train
+from src.trainer import train
+from src.trainer.optim import learning_rate
 
 
 def tiny(**sparsity) -> RunConfig:
@@ -209,7 +210,7 @@ def test_invalid_config_names_field_and_choices(tmp_path):
     cfg = tiny()
     cfg.model.name = "resnet9000"
     with pytest.raises(ValueError, match=r"unknown model.name 'resnet9000'; choose from \[.*'lenet5'"):
-        train(cfg, tmp_path)
+        cfg.validate()  # (once, by the entry points: the trainer takes a validated config)
     with pytest.raises(ValueError, match=r"RunConfig: unknown field\(s\) \['modle'\]"):
         RunConfig.from_dict({"modle": {}})
 
@@ -327,7 +328,7 @@ def test_wandb_run_is_grouped_by_sweep_and_logs_epochs_and_updates(tmp_path, mon
 
 def test_evaluation_in_cpu_chunks_equals_whole_batches():
     from src.models import build_model
-    from src.train import CPU_EVAL_CHUNK, Task, evaluate
+    from src.trainer.evaluation import CPU_EVAL_CHUNK, Task, evaluate
 
     torch.manual_seed(0)
     model = build_model("lenet5", 10)

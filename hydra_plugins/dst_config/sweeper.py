@@ -19,6 +19,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from src.plan import sweep_combinations
+
 
 @dataclass
 class PlannedSweeperConf:
@@ -43,8 +45,6 @@ class PlannedSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from src.plan import sweep_combinations
-
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         jobs = sweep_combinations(parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments))

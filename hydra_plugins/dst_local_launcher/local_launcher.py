@@ -17,7 +17,7 @@ Jobs never outlive the launcher: every stop signal sent to it (`src.execute.stop
 USR1, USR2, HUP, XCPU) is passed on to the running jobs (which checkpoint and record themselves
 as interrupted; a second Ctrl-C aborts them), no further job starts, and the launcher ends with
 its summary; if the launcher is killed outright, each job gets SIGTERM from the kernel
-(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.stop.die_with_parent`). A job
+(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.child.die_with_parent`). A job
 killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
 (`rundir.record_death`).
 
@@ -28,9 +28,6 @@ them in sys.modules, which string annotations on dataclasses need.)
 import json
 import logging
 import os
-import signal
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +38,14 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from src.checks import validated
+from src.execute.child import PackedRun, preload
 from src.execute.environment import available_cpus
+from src.execute.pool import Pool
 from src.execute.stop import STOP_SIGNALS, StopRequest
+from src.plan import PLAN, Job, job_of, planned_jobs
 from src.rundir import atomic_write, finished_status, record_death
+from src.status import SweepProgress
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,6 @@ class LocalPoolLauncher(Launcher):
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: DictConfig | None = None
-        self._running: dict = {}  # the running jobs' processes (`_run_all`)
-        # any stop signal (`execute.stop`) is passed on to the running jobs; no further job starts
-        self._stop = StopRequest(self._forward, abort_on_second_interrupt=False)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -80,86 +79,50 @@ class LocalPoolLauncher(Launcher):
             f"{self.threads_per_job} thread(s) each"
         )
         jobs = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        from src.plan import PLAN, planned_jobs
-        from src.status import SweepProgress
-
         # the launch's saved plan; a launch that did not go through `src.launch` (Hydra flags
-        # such as --config-dir) has none: each job is composed then (`_compose`)
+        # such as --config-dir) has none: each job is composed then (`_job`)
         self.plan = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
-
         self.progress = SweepProgress(len(jobs), self.max_workers)
-        with self._stop:  # (installed in the main thread only)
-            returns = self._run_all(sweep_dir, jobs)
+        returns = self._run_all(sweep_dir, jobs)
         print(self.progress.summary(), flush=True)
         return returns
 
     def _job(self, overrides):
-        from src.plan import Job, job_of
-
         if self.plan is not None:
             job = self.plan.get(tuple(overrides))
             if job is None:
                 raise RuntimeError(f"not a job of this launch's plan: {' '.join(overrides)}")
             return job
         run_cfg, run_dir = job_of(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
-        return Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
-
-    def _forward(self, signum) -> None:
-        """Pass the signal on to the running jobs."""
-        from src.pack import _send
-
-        for proc in list(self._running):  # (no waitpid here: the loop reaps them)
-            _send(proc.pid, signum)
+        return Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
 
     def _run_all(self, sweep_dir: Path, jobs) -> list[JobReturn]:
-        """Start the jobs `max_workers` at a time, from this single-threaded loop, and collect them."""
-        import multiprocessing
-
-        from src.pack import run_in_child
-        from src.runner import preload
-
+        """Run the jobs in the pool, `max_workers` at a time; every stop signal (`execute.stop`)
+        is passed on to the running jobs and starts no more."""
         preload()  # once here, inherited by every forked run
+        pool = Pool(str(sweep_dir), self.max_workers, self.threads_per_job, launcher=os.getpid())
+        pool.stop = self.stop = StopRequest(STOP_SIGNALS, forward=pool.forward)
+        returns: dict[int, JobReturn] = {}
 
-        fork = multiprocessing.get_context("fork")
-        returns = {}
-        todo = list(jobs)
-        running = {}  # process -> (job number, its JobReturn, the run, when it started)
-        self._running = running
-        while todo or running:
-            while todo and len(running) < self.max_workers and not self._stop():
-                idx, overrides = todo.pop(0)
-                ret, run = self._prepare(sweep_dir, idx, overrides)
-                if run is None:
-                    returns[idx] = ret
-                    continue
+        def start(job):
+            idx, overrides = job
+            ret, run = self._prepare(sweep_dir, idx, overrides)
+            returns[idx] = ret
+            if run is not None:
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                started, started_at = self.progress.started(), time.time()
-                proc = fork.Process(target=run_in_child, args=(run, str(sweep_dir), self.threads_per_job, os.getpid()))
-                sys.stdout.flush()
-                sys.stderr.flush()
-                # blocked while it forks: a signal that comes meanwhile reaches this job too, once
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
-                try:
-                    proc.start()
-                    running[proc] = (idx, ret, run, started, started_at)
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for proc in [p for p in running if p.exitcode is not None]:
-                idx, ret, run, started, started_at = running.pop(proc)
-                proc.join()
-                returns[idx] = self._finish(sweep_dir, idx, ret, run, proc.exitcode, started, started_at)
-            if self._stop():
-                for idx, overrides in todo:  # skipped or not started
-                    returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
-                todo = []
-            if running:
-                time.sleep(0.05)
+                self.progress.started()
+            return run
+
+        def exited(run: PackedRun, code: int, started_at: float, started: float) -> None:
+            returns[run.idx] = self._finish(sweep_dir, returns[run.idx], run, code, started, started_at)
+
+        with self.stop:
+            for idx, overrides in pool.run(jobs, start, exited):  # skipped or not started
+                returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
         return [returns[idx] for idx, _ in jobs]
 
     def _prepare(self, sweep_dir: Path, idx: int, overrides: list[str]):
         """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
-        from src.pack import PackedRun
-
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
         job = self._job(overrides)
@@ -167,7 +130,7 @@ class LocalPoolLauncher(Launcher):
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "skipped"}
             self.progress.skipped()
             return ret, None
-        if self._stop():
+        if self.stop():
             ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "not started"}
             return ret, None
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -177,11 +140,9 @@ class LocalPoolLauncher(Launcher):
         atomic_write(job_dir / "config.json", json.dumps(config, indent=2, sort_keys=True).encode(), durable=False)
         return ret, PackedRun(idx, list(overrides), str(job.run_dir), config)
 
-    def _finish(
-        self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float, started_at: float
-    ) -> JobReturn:
-        run_dir = Path(run.run_dir)
-        if not self._stop():  # (a second Ctrl-C aborts at once: interrupted by the user)
+    def _finish(self, sweep_dir: Path, ret: JobReturn, run, code: int, started: float, started_at: float) -> JobReturn:
+        idx, run_dir = run.idx, Path(run.run_dir)
+        if not self.stop():  # (a second Ctrl-C aborts at once: interrupted by the user)
             record_death(run_dir, run.config, code, started_at)  # killed by another signal: failed, named
         self.progress.finished(run_dir, started)
         if code in (0, 1) or code < 0:  # 1: the run failed and recorded why; the sweep goes on

@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import submitit
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
-from src.execute.slurm_queue import QueueUnknown, SchedulerError, still_queued
+from src.checks import validated
+from src.execute.slurm_queue import QueueUnknown, SchedulerError, still_queued, submission_error
+from src.pack import Pack, PackedRun, write_submission
+from src.plan import PLAN, Job, job_of, planned_jobs
 from src.rundir import finished_status
 
 log = logging.getLogger(__name__)
@@ -58,8 +62,6 @@ class PackedSlurmLauncher(SlurmLauncher):
         self.runs_per_job, self.concurrent_runs, self.detach = runs_per_job, min(concurrent_runs, runs_per_job), detach
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from src.pack import Pack, PackedRun, write_submission
-        from src.plan import PLAN, Job, job_of, planned_jobs
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -83,7 +85,7 @@ class PackedSlurmLauncher(SlurmLauncher):
                 run_cfg, run_dir = job_of(
                     self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
                 )
-                job = Job(list(overrides), run_cfg.validate(), run_dir, finished_status(run_dir, run_cfg.to_dict()))
+                job = Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
             runs.append(
                 PackedRun(initial_job_idx + i, list(overrides), str(job.run_dir.resolve()), job.config.to_dict())
             )
@@ -102,13 +104,9 @@ class PackedSlurmLauncher(SlurmLauncher):
         threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
         jobs = []
         if packs:
-            from submitit.core.utils import FailedJobError
-
-            from src.execute.slurm_queue import submission_error
-
             try:
                 jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs)
-            except (FailedJobError, OSError, subprocess.SubprocessError) as error:
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:  # (submitit's FailedJobError)
                 raise submission_error(error) from None
         record = write_submission(
             sweep_dir,
@@ -145,8 +143,6 @@ class PackedSlurmLauncher(SlurmLauncher):
 
     def _executor(self):
         """The submitit executor, with the parameters mapped as hydra-submitit-launcher does."""
-        import submitit
-
         init_keys = {"submitit_folder", "max_num_timeout"}
         executor = submitit.AutoExecutor(
             folder=self.params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=self.params["max_num_timeout"]

@@ -25,3 +25,11 @@ def export_distributed() -> None:
         from submitit.helpers import TorchDistributedEnvironment  # only in a multi-task SLURM job
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def set_threads(cfg) -> None:
+    """The run's thread count before any parallel op: `train.threads`, else the CPUs this
+    process may use (its SLURM allocation)."""
+    import torch  # the run's process imports it anyway; this module stays light for the launcher
+
+    torch.set_num_threads(cfg.train.threads or available_cpus())

@@ -1,18 +1,19 @@
-"""The one stop-request mechanism: every signal a scheduler or a user may send to a run, to the
-local launcher or to a SLURM pack asks it to stop at the next step boundary with a checkpoint.
+"""The one stop-request mechanism: a signal asks every run to stop at its next step boundary
+(the trainer polls the request as `should_stop`; the run then checkpoints and records itself
+interrupted). Every signal a scheduler or a user may send (`STOP_SIGNALS`) is such a request,
+to a run, to the local launcher and to a SLURM pack alike; none kills a process that runs
+training unhandled:
 
-    TERM  scancel, a preemption, the end of a session, `kill`
-    INT   Ctrl-C (a second one aborts a run at once)
-    USR1  what many sites send before a time limit (`--signal=USR1@...`)
-    USR2  submitit's time-limit / preemption warning
-    HUP   a closed terminal or ssh session
-    XCPU  a CPU-time limit reached
+    TERM  scancel, a preemption, `kill`         USR2  submitit's time-limit / preemption warning
+    INT   Ctrl-C (a second one aborts a run)    HUP   a closed terminal or ssh session
+    USR1  many sites' time-limit warning        XCPU  a CPU-time limit reached
 
-None of them kills a process that runs training unhandled: a run checkpoints and records itself
-interrupted, a launcher or a pack passes the signal on to its running runs, starts no more, and
-ends with its summary once they stopped. A SLURM pack stopped by a time-limit or preemption
-warning (`REQUEUE_SIGNALS`) then hands over to submitit, which requeues the job (the requeued job
-resumes the runs); stopped by another signal it ends, and a relaunch resumes the runs.
+    StopRequest.on_signals()        a run (at a terminal, in a local launch, in a pack)
+    StopRequest.preemption(requeue) a run or pack in a submitit SLURM job: after a time-limit /
+                                    preemption warning (`REQUEUE_SIGNALS`) `hand_over()` lets
+                                    submitit requeue the job; after another signal it does not
+    StopRequest(signals, forward=f) a launcher (local pool, SLURM pack): the request is also
+                                    passed on to the running runs (`f(signum)`)
 """
 
 from __future__ import annotations
@@ -27,72 +28,58 @@ REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)  # a time lim
 
 
 class StopRequest:
-    """Set by any of `STOP_SIGNALS`; polled between steps (`train`'s ``should_stop``) or by a
-    launcher's loop. Handlers are installed by `install` (or ``with``), in the main thread only
-    (Python delivers signals there), and put back by `restore`.
-
-    forward: called with each signal received (a launcher passes it on to its running runs).
-    abort_on_second_interrupt: a second SIGINT raises KeyboardInterrupt (a run: Ctrl-C twice).
-    requeue: in a submitit job, keep submitit's requeue handler for `hand_over`.
-    """
+    """Set by one of `signals` once its handlers are installed (`install`, or `with`; only in the
+    main thread, where Python delivers signals). Call it to ask whether a stop was requested."""
 
     def __init__(
         self,
-        forward: Callable[[int], None] | None = None,
+        signals: tuple[int, ...] = (),
         *,
-        abort_on_second_interrupt: bool = True,
-        requeue: bool = False,
+        forward: Callable[[int], None] | None = None,
+        announce: bool = False,
+        abort_on_second_sigint: bool = False,
     ):
+        self.signals, self.forward = tuple(signals), forward
+        self.announce, self.abort_on_second_sigint = announce, abort_on_second_sigint
         self.received: int | None = None
-        self.forward = forward
-        self.abort_on_second_interrupt = abort_on_second_interrupt
-        self.requeue = requeue
         self._previous: dict = {}
-        self._submitit_handler = None
-        self.installed = self._installed_here = False
+        self._hand_over: Callable | None = None  # submitit's handler of the preemption signal
+
+    @classmethod
+    def on_signals(cls) -> StopRequest:
+        return cls(STOP_SIGNALS, announce=True, abort_on_second_sigint=True)
+
+    @classmethod
+    def preemption(cls, *, requeue: bool = True, forward: Callable[[int], None] | None = None) -> StopRequest:
+        """Installed at once, for every stop signal (submitit's own handler of its preemption
+        signal kept for `hand_over`). Outside a submitit SLURM job a request that is never made.
+        With `requeue=False` `hand_over` does nothing."""
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            return cls(forward=forward)
+        preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        submitit_handler = signal.getsignal(preempt)
+        request = cls(STOP_SIGNALS, forward=forward).install()
+        request._hand_over = submitit_handler if requeue and callable(submitit_handler) else None
+        return request
+
+    def __call__(self) -> bool:
+        return self.received is not None
 
     def install(self) -> StopRequest:
-        if self.installed or threading.current_thread() is not threading.main_thread():
-            return self
-        if self.requeue and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-            preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-            handler = signal.getsignal(preempt)
-            self._submitit_handler = handler if callable(handler) else None
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-        self.installed = True
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
         return self
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous, self.installed = {}, False
+            signal.signal(sig, handler)
+        self._previous = {}
 
     def __enter__(self) -> StopRequest:
-        self._installed_here = not self.installed
         return self.install()
 
     def __exit__(self, *exc) -> None:
-        if self._installed_here:  # (one installed before, by the process that forked the run, stays)
-            self.restore()
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT and self.abort_on_second_interrupt:
-            raise KeyboardInterrupt
-        if self.received is None:
-            try:  # os.write: print is not safe inside a signal handler
-                os.write(
-                    2,
-                    f"received {signal.Signals(signum).name}: stopping at the next step with a checkpoint"
-                    f"{' (Ctrl-C again to abort at once)' if self.abort_on_second_interrupt else ''}\n".encode(),
-                )
-            except OSError:
-                pass
-            self.received = signum
-        if self.forward is not None:
-            self.forward(signum)
-
-    def __call__(self) -> bool:
-        return self.received is not None
+        self.restore()
 
     @property
     def name(self) -> str | None:
@@ -101,25 +88,34 @@ class StopRequest:
     @property
     def requeues(self) -> bool:
         """Stopped by a time-limit / preemption warning in a submitit job: `hand_over` requeues it."""
-        return self._submitit_handler is not None and self.received in REQUEUE_SIGNALS
+        return self._hand_over is not None and self.received in REQUEUE_SIGNALS
 
     def hand_over(self) -> None:
-        """Let submitit checkpoint and requeue the job (it exits); a no-op unless `requeues`."""
+        """After the runs checkpointed on a time-limit / preemption warning: submitit's handler
+        requeues the job (and exits). Nothing after another stop signal."""
         if self.requeues:
-            self._submitit_handler(self.received, None)
+            self._hand_over(self.received, None)
+
+    def _handle(self, signum, frame) -> None:
+        if self.abort_on_second_sigint and self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.announce and self.received is None:
+            try:  # os.write: print is not safe inside a signal handler
+                os.write(
+                    2,
+                    f"received {signal.Signals(signum).name}: stopping at the next step with a "
+                    f"checkpoint (Ctrl-C again to abort at once)\n".encode(),
+                )
+            except OSError:
+                pass
+        self.received = signum
+        if self.forward is not None:
+            self.forward(signum)
 
 
-def die_with_parent(parent: int) -> None:
-    """Get SIGTERM (a stop request: checkpoint, record, exit) when process `parent` (the local
-    launcher, a SLURM pack) dies, even by SIGKILL, so that no run trains on as an orphan, outside
-    its launch or its allocation (Linux only)."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+def send(pid: int, sig: int) -> None:
+    """`os.kill`, where a process that has just exited is no error."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from ..registry import Registry
@@ -75,8 +76,6 @@ def output_shape(name: str, input_shape: tuple[int, ...], num_classes: int | Non
     """Per-sample output shape of model ``name`` on inputs of ``input_shape``, from a forward
     pass on the meta device (shapes only: no memory, no arithmetic, no random draws).
     Raises ``RuntimeError`` (torch's own message) when the input does not fit the model."""
-    import torch
-
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = build_model(name, num_classes, **kwargs).eval()
         return tuple(model(torch.empty(2, *input_shape)).shape[1:])

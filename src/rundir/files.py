@@ -233,7 +233,7 @@ class RunRecorder:
     def __init__(self, run_dir: Path, config: dict, *, enabled: bool = True):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self._metrics = None  # the open metrics.jsonl (a raw file, closed when collected)
+        self._metrics: Any = None  # the open metrics.jsonl (a raw file, closed when collected)
         self._size = 0  # its size (one writer: the lock's holder)
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ def slurm_ids() -> dict:
     task of a job array), or None outside SLURM."""
     env = os.environ
     task = env.get("SLURM_ARRAY_TASK_ID")
+    job: str | None
     if task is not None and env.get("SLURM_ARRAY_JOB_ID"):
         job = f"{env['SLURM_ARRAY_JOB_ID']}_{task}"
     else:

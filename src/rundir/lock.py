@@ -78,7 +78,7 @@ def _flock_exclusive(fd: int, tries: int = 100) -> None:
 FREE, NO_FLOCK = "", None
 
 
-def lock_probe(run_dir: Path) -> str | None:
+def lock_probe(run_dir: str | Path) -> str | None:
     """Who holds the run's lock, without writing anything: "host H, pid P" of the process
     running the run now, `FREE` ("") when none does, `NO_FLOCK` (None) when this file
     system has no working flock. A non-blocking shared lock on a read-only descriptor: the

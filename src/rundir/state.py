@@ -115,13 +115,14 @@ class RunState:
     test_acc: float | None = None
 
 
-def foreign_records(run_dir: Path, recorded: dict | None, expected: dict | None = None) -> str | None:
+def foreign_records(run_dir: str | Path, recorded: dict | None, expected: dict | None = None) -> str | None:
     """Why the records in `run_dir` are not this run's, or None when they are (or say nothing):
     their config's identity hash is not the directory's (or not that of `expected`, the run's
     planned config), with both hashes and, when `expected` is known, the differing fields."""
     if not isinstance(recorded, dict) or not recorded:
         return None
     theirs = identity_hash(recorded)
+    ours: str | None
     if expected is not None:
         ours = identity_hash(expected)
         if theirs == ours:
@@ -173,7 +174,7 @@ def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
         print(f"removed a stale temporary file: {path}", file=sys.stderr, flush=True)
 
 
-def read_json(path: Path):
+def read_json(path: str | Path):
     """A record file's content, `None` when absent, or the error (a string) when unreadable."""
     try:
         with open(path, "rb") as f:
@@ -205,7 +206,7 @@ def heartbeat_of(run_dir: Path) -> dict | None:
 
 
 def state(
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     lock: str | None = "",
     heartbeat: dict | None = None,
@@ -224,29 +225,17 @@ def state(
     launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
     the run's planned config (`expected`) when known. Use `classify` to read them from disk."""
     now = time.time() if now is None else now
-    row = RunState("missing", job=job)
-    beat_pid = None
-    if heartbeat:
-        age = now - heartbeat["time"]
-        row.host, beat_pid = heartbeat.get("host"), heartbeat.get("pid")
-        row.pid, row.step, row.epoch = beat_pid, heartbeat.get("step"), heartbeat.get("epoch")
-        row.job = heartbeat.get("slurm_job_id") or job
-        row.heartbeat_age_s = round(age, 1)
-    skew = heartbeat is not None and now - heartbeat["time"] < -SKEW_TOLERANCE_S
+    row = _where(RunState("missing", job=job), heartbeat, now)
+    beat_pid = row.pid
+    beat_time: float = heartbeat["time"] if heartbeat else 0.0
+    skew = heartbeat is not None and now - beat_time < -SKEW_TOLERANCE_S
     skew_note = (
-        f" (its heartbeat is {duration(heartbeat['time'] - now)} in the future: clock skew between hosts?)"
-        if skew
-        else ""
+        f" (its heartbeat is {duration(beat_time - now)} in the future: clock skew between hosts?)" if skew else ""
     )
-    if isinstance(result, str):  # result.json that is not JSON
-        if not lock:
-            return _with(row, "damaged", f"unreadable result.json: {result}")
-        result = None
-    problem = unusable_result(result) if result is not None else None
-    if problem:  # never counted as finished: the run is done again
-        if not lock:
-            return _with(row, "damaged", f"result.json cannot be used: {problem}")
-        result = None
+    damage = _damage(result)
+    if damage and not lock:
+        return _with(row, "damaged", damage)
+    result = None if damage else result
     status = (result or {}).get("status")
     foreign = foreign_records(run_dir, (result or {}).get("config"), expected) if result else None
 
@@ -254,12 +243,7 @@ def state(
         row.pid = row.pid if beat_pid is not None else _pid_of(lock)
         job_note = f" job {row.job}" if row.job else ""
         if heartbeat and _pid_of(lock) in (None, beat_pid):
-            return _with(
-                row,
-                "running",
-                f"{row.host} pid {beat_pid}{job_note} step {heartbeat.get('step')} "
-                f"epoch {heartbeat.get('epoch')}" + skew_note,
-            )
+            return _with(row, "running", _at(row, job_note) + skew_note)
         return _with(row, "starting", f"{lock}{job_note}, no heartbeat yet")
     if foreign:
         return _with(row, "damaged", foreign)
@@ -271,16 +255,11 @@ def state(
     if isinstance(failure, dict) and (failure.get("time") or 0) > result_time:
         return _with(row, "failed", f"could not record the result (disk full?): {failure.get('error')}")
     # a new attempt since the result (a skewed heartbeat's time cannot say: the result stands)
-    this_attempt = heartbeat is not None and (result is None or (not skew and heartbeat["time"] > result_time))
+    this_attempt = heartbeat is not None and (result is None or (not skew and beat_time > result_time))
     alive = process_alive(row.host, beat_pid) if this_attempt else None
-    fresh = this_attempt and not skew and now - heartbeat["time"] <= stale_after
+    fresh = this_attempt and not skew and now - beat_time <= stale_after
     if lock is NO_FLOCK and fresh and alive is not False:  # no lock to ask: the heartbeat says
-        return _with(
-            row,
-            "running",
-            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-            f"{heartbeat.get('epoch')} (no working flock here: from its heartbeat)",
-        )
+        return _with(row, "running", _at(row) + " (no working flock here: from its heartbeat)")
     if queue in IN_QUEUE:
         return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
     if queue == QUEUE_UNKNOWN:
@@ -288,12 +267,7 @@ def state(
     if this_attempt and fresh and alive is None and lock is not NO_FLOCK:
         # a fresh heartbeat from another host, and no lock holder visible from here: the lock
         # may not reach across hosts on this file system; trust the heartbeat
-        return _with(
-            row,
-            "running",
-            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-            f"{heartbeat.get('epoch')} (lock not visible from this host)",
-        )
+        return _with(row, "running", _at(row) + " (lock not visible from this host)")
     if status in ("failed", "interrupted") and not this_attempt:
         first = (result.get("error") or "").strip().splitlines()
         return _with(row, status, (first[0] if first else f"at step {result.get('steps')}") + skew_note)
@@ -384,6 +358,29 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
     except (RunLocked, OSError):
         pass
     return detail
+
+
+def _damage(result) -> str | None:
+    """What is wrong with a result.json as read (`read_json`), or None."""
+    if isinstance(result, str):  # result.json that is not JSON
+        return f"unreadable result.json: {result}"
+    problem = unusable_result(result) if result is not None else None
+    return f"result.json cannot be used: {problem}" if problem else None
+
+
+def _where(row: RunState, heartbeat: dict | None, now: float) -> RunState:
+    """The row with where and how far the run is, from its heartbeat."""
+    if heartbeat:
+        row.host, row.pid = heartbeat.get("host"), heartbeat.get("pid")
+        row.step, row.epoch = heartbeat.get("step"), heartbeat.get("epoch")
+        row.job = heartbeat.get("slurm_job_id") or row.job
+        row.heartbeat_age_s = round(now - heartbeat["time"], 1)
+    return row
+
+
+def _at(row: RunState, job_note: str = "") -> str:
+    """`host pid P[ job J] step S epoch E`: where a running run is, from its heartbeat."""
+    return f"{row.host} pid {row.pid}{job_note} step {row.step} epoch {row.epoch}"
 
 
 def _with(row: RunState, state_: str, detail: str) -> RunState:

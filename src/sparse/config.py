@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import yaml
+
 from ..registry import unknown
 
 REFERENCE_PRESET = Path(__file__).resolve().parents[2] / "conf" / "compat" / "reference.yaml"
@@ -66,33 +68,29 @@ class SparsityConfig:
         """The paper's reference implementation's semantics, overridable field by field.
 
         Defined once, as the `compat=reference` config group option (conf/compat/reference.yaml)."""
-        import yaml
-
         fields = yaml.safe_load(REFERENCE_PRESET.read_text())
         return replace(cls(**fields), **overrides)
 
     def validate(self) -> SparsityConfig:
         """Raise ValueError naming the field and its allowed values; return self."""
-        from .backend import BACKENDS
-        from .criteria import BOTH_ENDS, CRITERIA, SIGN_SPLIT_LEGACY
-        from .density import INITS
-        from .functional import NORM_REDUCTIONS, NORMALIZATIONS, RESCALES
-        from .growth import GROWTH_RULES
-        from .schedules import SCHEDULES
+        # the registries import torch: not at import time (reading results needs no torch)
+        from . import backend, criteria, density, functional, growth, schedules
+
+        CRITERIA = criteria.CRITERIA
 
         choices = {
             "mode": MODES,
-            "init": INITS,
-            "prune_rate_schedule": SCHEDULES,
+            "init": density.INITS,
+            "prune_rate_schedule": schedules.SCHEDULES,
             "criterion": sorted(CRITERIA),
-            "normalization": NORMALIZATIONS,
-            "norm_reduction": NORM_REDUCTIONS,
-            "rescale": RESCALES,
-            "growth": sorted(GROWTH_RULES),
+            "normalization": functional.NORMALIZATIONS,
+            "norm_reduction": functional.NORM_REDUCTIONS,
+            "rescale": functional.RESCALES,
+            "growth": sorted(growth.GROWTH_RULES),
             "regrow_init": REGROW_INITS,
             "optimizer_state": OPTIMIZER_STATE_POLICIES,
             "update_order": UPDATE_ORDERS,
-            "backend": BACKENDS,
+            "backend": backend.BACKENDS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -112,7 +110,7 @@ class SparsityConfig:
             raise ValueError(f"sparsity.update_frequency: must be >= 1, got {self.update_frequency}")
         if not self.gamma >= 0:
             raise ValueError(f"sparsity.gamma: must be >= 0, got {self.gamma}")
-        if self.global_pruning and CRITERIA[self.criterion].remove in (BOTH_ENDS, SIGN_SPLIT_LEGACY):
+        if self.global_pruning and CRITERIA[self.criterion].remove in (criteria.BOTH_ENDS, criteria.SIGN_SPLIT_LEGACY):
             raise ValueError(f"sparsity.criterion: {self.criterion!r} has no global variant")
         if self.global_pruning and self.compat and self.criterion == "grasp":
             # PAPER_SPEC §2.6: its global GraSP keeps S < tau on scores without the +inf of
@@ -132,23 +130,22 @@ class SparsityConfig:
 
     def sparse_unsupported_reason(self) -> str | None:
         """Why these settings need dense masked weights everywhere (no sparse layer), or None."""
-        from .criteria import get_criterion
-        from .growth import get_growth
+        from . import criteria, growth  # (torch, as in `validate`)
 
         if self.compat:
             return "sparsity.compat=true (the reference's semantics read and keep state at inactive weights)"
         if self.optimizer_state == "keep":
             return "sparsity.optimizer_state='keep' (regrown weights keep moments accumulated while inactive)"
-        if get_growth(self.growth).needs_momentum:
+        if growth.get_growth(self.growth).needs_momentum:
             return f"sparsity.growth={self.growth!r} (it ranks the optimizer momentum of inactive weights)"
-        if self.mode == "dst" and get_criterion(self.criterion).needs_batch:
+        if self.mode == "dst" and criteria.get_criterion(self.criterion).needs_batch:
             return f"sparsity.criterion={self.criterion!r} (it differentiates a dense copy of the model twice)"
         return None
 
     def step_first(self) -> bool:
         """True when the optimizer steps before the topology update."""
         if self.update_order == "reference":
-            from .reference import STEP_FIRST
+            from .reference import STEP_FIRST  # (torch, as in `validate`)
 
             return self.criterion in STEP_FIRST
         return self.update_order == "step_then_prune"

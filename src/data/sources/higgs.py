@@ -102,7 +102,7 @@ def _label_column(table: pd.DataFrame, requested: str | None, task_target: str |
 
 
 def _numeric_features(table: pd.DataFrame) -> np.ndarray:
-    from pandas.api.types import is_numeric_dtype
+    from pandas.api.types import is_numeric_dtype  # pandas: only for the CSV source
 
     non_numeric = [column for column in table.columns if not is_numeric_dtype(table[column])]
     if non_numeric:

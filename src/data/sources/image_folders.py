@@ -43,7 +43,7 @@ class ImageFileDataset(Dataset):
 def _transforms():
     """torchvision's transforms, imported only by the datasets that use them: importing
     torchvision costs ~1 s of every run's start-up (it loads torch._dynamo)."""
-    from torchvision import transforms
+    from torchvision import transforms  # torchvision: only for image folders
 
     return transforms
 
@@ -66,7 +66,7 @@ def _streamed_splits(
     input_shape: tuple[int, ...],
     train_augment: BatchAugment | None = None,
 ) -> DataSplits:
-    from torchvision.datasets.folder import find_classes
+    from torchvision.datasets.folder import find_classes  # (as above)
 
     classes, class_to_idx = find_classes(str(location / "train"))
     train = folder_samples(location / "train", class_to_idx)

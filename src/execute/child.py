@@ -1,0 +1,145 @@
+"""A run's process: the one child entry point (`run_in_child`, forked by the pool of the local
+launcher and of a SLURM pack), and `run_one`, which every way of running a run goes through:
+in its directory, with its output teed to its train.log, stopped at a step boundary by any
+stop signal (checkpointed, recorded interrupted), handed back to SLURM on a time-limit or
+preemption warning, and never outliving the launcher or pack that started it.
+
+    python -m src.launch --run-config <config.json> --run-dir <run dir>   # a local job, by hand
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..checks import validated
+from ..config import RunConfig
+from ..rundir import LOG, RunLocked, exit_code, open_run_file, tee_output
+from .environment import export_distributed, set_threads
+from .stop import STOP_SIGNALS, StopRequest
+
+
+@dataclass
+class PackedRun:
+    """A run as a pool starts it."""
+
+    idx: int  # the run's job number in the Hydra sweep (its `<sweep dir>/<idx>/job.log`)
+    overrides: list[str]
+    run_dir: str
+    config: dict  # the run's resolved RunConfig, composed and validated at planning
+
+
+def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) -> dict:
+    """Run or resume one (validated) run in its directory; never raises for a failing run. Its
+    output also goes to `<run_dir>/train.log`. Whether to skip it was decided by the plan
+    (`rundir.finished_status`); the trainer only makes sure, under the run's lock, that no
+    other launcher finished it meanwhile. Without `stop`: a request of its own for every stop
+    signal (`execute.stop`), in a submitit job one that requeues on a time-limit warning."""
+    from ..trainer import train  # torch: not on the launcher's light paths (--help, status)
+
+    export_distributed()  # several SLURM tasks: torchrun's variables, before the rank is asked
+    set_threads(run_cfg)
+    if stop is None:
+        on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        stop = StopRequest.preemption() if on_slurm else StopRequest.on_signals().install()
+    with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
+        try:
+            result = train(run_cfg, run_dir, should_stop=stop)
+        except RunLocked as error:  # another launcher runs it: not this one's to count
+            print(f"skipped ({error})", flush=True)
+            return {"status": "running", "run_dir": str(run_dir)}
+        except Exception as error:  # recorded in result.json by train(); the sweep goes on
+            traceback.print_exc()
+            print(f"failed: {run_dir}: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            return {"status": "failed", "run_dir": str(run_dir), "error": str(error)}
+        finally:
+            stop.restore()
+        if result["status"] == "interrupted":
+            print(f"interrupted at step {result['steps']}, checkpointed: {run_dir}", flush=True)
+            stop.hand_over()  # in a submitit job: it requeues the job, which then resumes
+        print(f"{result['status']}: {run_dir}", flush=True)
+    return {"status": result["status"], "run_dir": str(run_dir)}
+
+
+def run_in_child(
+    run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None, parent: int | None = None
+) -> None:
+    """One run, in a process forked from a pool (a SLURM pack's, or the local launcher's:
+    `launcher` is then its pid; `parent`: the forking process's pid): output to
+    `<sweep dir>/<idx>/job.log` (and the run's train.log), its stop request (every stop signal)
+    installed before the signals the pool blocked while forking are let in, and SIGTERM -- a
+    stop request -- when its parent dies, so that it never trains on as an orphan, outside its
+    launch or its allocation (`die_with_parent`). A local run also takes its own session (a
+    Ctrl-C at the terminal reaches the launcher only, which passes it on); every run its thread
+    count before any parallel op. (A packed run does not requeue: its pack does, once all its
+    runs stopped.)"""
+    for sig in STOP_SIGNALS:  # not the pool's forwarding handlers, which the fork copied
+        signal.signal(sig, signal.SIG_DFL)
+    stop = StopRequest.on_signals().install()
+    if launcher is not None:
+        os.setsid()
+        os.environ["DST_LAUNCHER_PID"] = str(launcher)
+    if launcher is not None or parent is not None:
+        die_with_parent(launcher if launcher is not None else parent)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the pool blocks them while it forks
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    job_dir = Path(sweep_dir) / str(run.idx)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log = open_run_file(job_dir / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    cfg = RunConfig.from_dict(run.config)
+    cfg.train.progress = False
+    if threads is not None:
+        cfg.train.threads = threads
+    result = run_one(cfg, Path(run.run_dir), stop)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(exit_code([result["status"]]))
+
+
+def run_config_file(config_file: Path, run_dir: Path) -> int:
+    """`python -m src.launch --run-config FILE --run-dir DIR`: run a resolved run config (a
+    local launcher's job, by hand), validated here; its exit status by `rundir.exit_code`."""
+    cfg = validated(RunConfig.from_dict(json.loads(Path(config_file).read_text())))
+    return exit_code([run_one(cfg, Path(run_dir))["status"]])
+
+
+def preload() -> None:
+    """What every run imports, imported once by a process that forks runs (a SLURM pack, the
+    local launcher) so that no forked run pays for it again: the trainer; `torch._dynamo`,
+    which torch imports lazily when a run builds its first optimizer (~1.5 s on a 2-core
+    machine, as long again as the interpreter's start-up); and `torch.utils.serialization`
+    (the first checkpoint's `torch.save`). None of it starts a thread or initialises CUDA, so
+    the process still forks safely."""
+    import torch._dynamo  # noqa: F401  (the point: imported before the fork)
+    import torch.utils.serialization  # noqa: F401  (the point: imported before the fork)
+
+    from .. import trainer  # noqa: F401  (the point: imported before the fork)
+
+
+def die_with_launcher() -> None:
+    """In a job started by the local launcher as a process of its own (`DST_LAUNCHER_PID`):
+    SIGTERM when the launcher dies (`die_with_parent`)."""
+    launcher = os.environ.get("DST_LAUNCHER_PID")
+    if launcher:
+        die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM (a stop request: checkpoint, record, exit) when process `parent` (the local
+    launcher, a SLURM pack) dies, even by SIGKILL, so that no run trains on as an orphan (Linux
+    only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
