@@ -240,9 +240,11 @@ def test_a_launchers_pid_reused_by_a_live_process_does_not_keep_runs_planned(tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    other = subprocess.Popen(["sleep", "600"])  # a live process that is not the launcher
+    other = None
     try:
         wait_for(lambda: training(first.run_dir) or launcher.poll() is not None, what="run 1 to train")
+        # a live process that is not the launcher, started later (as a process reusing its pid would be)
+        other = subprocess.Popen(["sleep", "600"])
         assert list(status(args).state) == ["running", "planned"]
         launcher.kill()  # its run checkpoints on its way out (parent-death signal); run 2 never starts
         launcher.wait()
