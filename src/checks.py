@@ -21,6 +21,8 @@ from pathlib import Path
 from .config import RunConfig, field_names, has_field, schema_at
 from .config_groups import CONF_DIR, REGISTRY_GROUPS, setup_choices
 from .registry import suggest
+from .rundir import CONFIG, HEARTBEAT, LOCK, RESULT
+from .rundir.identity import hash_of_name
 from .sparse.few_updates import MIN_UPDATES, few_updates_advice
 
 
@@ -268,6 +270,12 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
             raise ValueError(
                 f"runs_root: {runs_root!r} is not a directory ({existing} is a file); choose a directory: runs_root=DIR"
             )
+        inside = enclosing_run_dir(existing)
+        if inside is not None:  # its runs would mix with that run's records (and its status)
+            raise ValueError(
+                f"runs_root: {runs_root!r} is inside the run directory {inside}; choose a directory outside "
+                f"run directories: runs_root=DIR"
+            )
         target, reason = Path(runs_root) / name, None
         try:
             if create:
@@ -284,6 +292,15 @@ def check_places(places: set[tuple[str, str]], *, create: bool) -> None:
                 f"runs_root: cannot write the runs under {target} ({reason}); "
                 f"choose a writable directory: runs_root=DIR"
             )
+
+
+def enclosing_run_dir(path: Path) -> Path | None:
+    """The run directory that `path` is or lies in (a `<slug>-<hash>` directory holding a run's
+    records), or None."""
+    for directory in (path, *path.parents):
+        if hash_of_name(directory) and any((directory / f).exists() for f in (CONFIG, RESULT, HEARTBEAT, LOCK)):
+            return directory
+    return None
 
 
 def _name_max(directory: Path) -> int:

@@ -36,6 +36,7 @@ from analysis.verdict import verdict_readiness  # the analysis' rule, applied be
 
 from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, REPO, declared_names
 from .execute.child import die_with_launcher, run_config_file, run_one
+from .execute.slurm_queue import SchedulerError
 from .rundir import classify, exit_code, finished_status, run_dir_link
 
 
@@ -260,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             if exit_.code not in (0, None):
                 print(f"hydra exited with {exit_.code}", file=sys.stderr)
+                if detach:  # nothing was submitted to follow
+                    return 1
+        except SchedulerError as error:  # sbatch refused, squeue did not answer: nothing to follow
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         if detach:
             print(f"detached; follow with: python -m src.launch status {' '.join(_user_overrides(overrides))}")
             return 0

@@ -4,9 +4,12 @@ The SLURM launcher (hydra_plugins/dst_slurm_launcher) submits a job array whose 
 calls a `Pack` with its share of the runs. Each run is its own process (forked from the pack,
 which has imported torch once: a short run does not pay the interpreter's start-up again) in
 its own run directory (records, checkpoint, resume, train.log), with the job's CPUs split
-between the concurrent runs. On the time-limit / preemption signal every running run
-checkpoints at its next step, and once all have stopped the job is requeued (submitit
-pickles the Pack again); the requeued job skips the runs that finished and resumes the rest.
+between the concurrent runs. On any stop signal (`execute.stop`: TERM, INT, USR1, USR2, HUP,
+XCPU) no run starts and every running run checkpoints at its next step; once all have stopped,
+a time-limit / preemption warning (USR1, USR2, XCPU) has the job requeued (submitit pickles the
+Pack again; the requeued job skips the runs that finished and resumes the rest), any other
+signal ends the task non-zero, and launching again resumes them. A run dies with its pack (a
+parent-death signal), so that none trains on outside the allocation.
 A run killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the
 signal, and the task then exits non-zero (by `rundir.exit_code`, as every launcher).
 """
@@ -41,8 +44,8 @@ class Pack:
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
         preload()  # once here, inherited by every forked run
         pool = Pool(self.sweep_dir, self.concurrent_runs, self.threads, launcher=None, poll_s=0.1)
-        # takes submitit's preemption handler (hand_over() requeues); SLURM signals the whole
-        # step, but the request is passed on to the runs in case it did not
+        # every stop signal, submitit's preemption handler kept (hand_over() requeues); SLURM
+        # signals the whole step, but the request is passed on to the runs in case it did not
         pool.stop = stop = StopRequest.preemption(forward=pool.forward)
         # decided again at each start: a requeued job finds the runs its last attempt finished
         todo = [r for r in runs if finished_status(Path(r.run_dir), r.config) is None]
@@ -67,11 +70,13 @@ class Pack:
         not_started = pool.run(todo, start, exited)
         if stop():
             print(
-                f"checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
-                f"{len(not_started)} not started; handing over to requeue",
+                f"stopped by {stop.name}: checkpointed {sum(o == 'interrupted' for o in outcomes.values())} run(s); "
+                f"{len(not_started)} not started; "
+                + ("handing over to requeue" if stop.requeues else "not requeued (launching again resumes them)"),
                 flush=True,
             )
-            stop.hand_over()
+            stop.hand_over()  # (a time-limit / preemption warning: submitit requeues the job and exits)
+            raise RuntimeError(f"stopped by {stop.name} before its runs finished; launching again resumes them")
         elif exit_code(o for o in outcomes.values() if o != "skipped") != 0:
             # the SLURM task fails with its runs (sacct, --dependency)
             bad = sorted(f"{o}: {d}" for d, o in outcomes.items() if o != "skipped" and exit_code([o]))

@@ -36,6 +36,7 @@ from .config import LaunchConfig, RunConfig
 from .config_groups import CONF_DIR, GROUPS, REPO  # noqa: F401  (REPO: part of the planner's API)
 from .planfile import PLAN, PLAN_CONFIGS, PlanDamaged, read_plan, read_plan_configs  # noqa: F401  (the API)
 from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_dir_link, run_directory
+from .rundir.heartbeat import process_start
 
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 
@@ -405,7 +406,7 @@ def sweep_logs(overrides: list[str]) -> Path | None:
 def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
     """Write the plan once per launch: `<sweep dir>/plan.json` (per run: its directory, cell,
     overrides, identity hash, job number, and whether the launch skips it; the launch's
-    overrides, host and pid) and `plan-configs.jsonl` (each run's resolved config, one a line,
+    overrides, host, pid and process start time) and `plan-configs.jsonl` (each run's resolved config, one a line,
     in the same order: what the launchers run)."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -414,6 +415,7 @@ def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:
         "time": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "started": process_start(os.getpid()),  # (with the pid: what a reused pid cannot fake)
         "overrides": list(overrides),
         "runs": [
             {

@@ -24,11 +24,11 @@ import threading
 import time
 from pathlib import Path
 
-from .execute.slurm_queue import SUBMISSION, queue_states, submitted_jobs
+from .execute.slurm_queue import SUBMISSION, QueueUnknown, queue_states, submitted_jobs
 from .planfile import PLAN, PlanDamaged, read_plan, read_plan_configs
 from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe, refused_link
-from .rundir.heartbeat import process_alive
-from .rundir.state import DEFAULT_STALE_AFTER_S, duration, read_json, state
+from .rundir.heartbeat import same_process
+from .rundir.state import DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, duration, read_json, state
 
 COLUMNS = [
     "run_dir",
@@ -150,14 +150,15 @@ def _intact_plans(paths: list[Path]) -> list[tuple[Path, dict]]:
 
 
 def _planned_by_live_launches(plans: list[Path]) -> set[str]:
-    """The runs in the plans of launches still alive (on this host): they will still be started."""
+    """The runs in the plans of launches still alive (on this host: the recorded pid, and its
+    start time, so that a reused pid is not taken for the launch): they will still be started."""
     live: set[str] = set()
     for path in plans:
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if process_alive(record.get("host"), record.get("pid")):
+        if same_process(record.get("host"), record.get("pid"), record.get("started")):
             live.update(r["run_dir"] for r in record["runs"])
     return live
 
@@ -197,7 +198,11 @@ def rows(
     """One tuple per planned run, in `COLUMNS` order (plain data: the command line needs no pandas)."""
     reader = reader or Reader()
     submitted = submitted_jobs(sweep.records)
-    queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
+    unknown = None  # why the queue is unknown (squeue did not answer)
+    try:
+        queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
+    except QueueUnknown as error:
+        queued, unknown = {}, str(error)
     live = _planned_by_live_launches(sweep.plans)
     now = time.time() if now is None else now
     out = []
@@ -212,12 +217,14 @@ def rows(
             result=result,
             result_time=result_time,
             launcher_alive=run_dir in live,
-            queue=queued.get(job) if job else None,
+            queue=(QUEUE_UNKNOWN if unknown else queued.get(job)) if job else None,
             job=job,
             now=now,
             stale_after=stale_after,
             link=refused_link(run_dir, sweep.job_log(i)),
         )
+        if row.state == "unknown":
+            row.detail = f"queue unknown: job {row.job}: {unknown}"
         if row.state == "damaged" and "another experiment" in row.detail and sweep.plan_dir is not None:
             row.detail = state(run_dir, result=result, expected=sweep.config(i)).detail  # the differing fields
         out.append(
@@ -288,7 +295,7 @@ def render(table: list[tuple], *, details: int = 20) -> str:
         "  ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths)))
         for r in [header, *body]
     ]
-    for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued"):
+    for name in ("starting", "running", "failed", "interrupted", "stale", "damaged", "queued", "unknown"):
         these = [r for r in table if r[3] == name]
         if these:
             lines.append(f"\n{name}:")

@@ -61,7 +61,7 @@ def test_a_launch_composes_per_choice_of_config_groups_not_per_job(tmp_path, mon
         args = ["-m", "setup=smoke", f"seed={seeds}", f"runs_root={tmp_path}", "name=s"]
         for job in expand(args[1:], check_data=False):  # finished runs: the launch starts no process
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            (job.run_dir / "result.json").write_text('{"status": "completed"}')
+            (job.run_dir / "result.json").write_text('{"status": "completed", "final": {"test_acc": 90.0}}')
         calls.clear()
         assert main(args) == 0
         # the launch's config and its one choice of config groups, then Hydra's own two of the

@@ -124,7 +124,9 @@ def test_a_run_holding_its_lock_before_its_first_heartbeat_is_starting_and_watch
     args = [*SMOKE, "seed=1,2", f"runs_root={tmp_path}", "name=w"]
     first, second = expand(args, check_data=False)
     (first.run_dir / "result.json").parent.mkdir(parents=True)
-    (first.run_dir / "result.json").write_text(json.dumps({"status": "completed", "config": first.config.to_dict()}))
+    (first.run_dir / "result.json").write_text(
+        json.dumps({"status": "completed", "config": first.config.to_dict(), "final": {"test_acc": 90.0}})
+    )
     holder = hold_lock(second.run_dir)  # the launcher has just started the last run
     try:
         table = status(args)
@@ -289,12 +291,13 @@ def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_
 # ---------------------------------------------------------------------------- one vocabulary, one rule
 def test_one_exit_code_rule():
     assert exit_code(["completed", "diverged", "running", "queued", "starting"]) == 0
-    for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned"):
+    for bad in ("failed", "interrupted", "stale", "missing", "damaged", "planned", "unknown"):
         assert exit_code(["completed", bad]) == 1, bad
     assert exit_code([]) == 0
     assert set(STATES) == {
         "planned",
         "queued",
+        "unknown",
         "starting",
         "running",
         "completed",
@@ -471,7 +474,9 @@ def test_a_watch_refresh_reads_only_the_record_files_that_changed(tmp_path):
         f.write(json.dumps({"status": "failed", "steps": 3, "error": "x"})[: st.st_size].ljust(st.st_size))
     os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "interrupted"]
-    (runs[1] / "result.json").write_text(json.dumps({"status": "completed", "steps": 9}))  # changed: read
+    (runs[1] / "result.json").write_text(
+        json.dumps({"status": "completed", "steps": 9, "final": {"test_acc": 90.0}})
+    )  # changed: read
     assert [r[3] for r in rows(sweep, reader=reader)] == ["interrupted", "completed"]
     assert rows(sweep)[0][3] == "damaged"  # a fresh reader reads it all (the in-place write cut it short)
 

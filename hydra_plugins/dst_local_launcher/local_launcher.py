@@ -13,10 +13,11 @@ its own session, its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREAD
 threads_per_job) run at once, so the cores are never oversubscribed. A run the launch found
 finished starts no process.
 
-Jobs never outlive the launcher: SIGTERM / SIGINT sent to it are passed on to the running
-jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C aborts them) and
-no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
-kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.execute.child.die_with_launcher`). A job
+Jobs never outlive the launcher: every stop signal sent to it (`src.execute.stop`: TERM, INT,
+USR1, USR2, HUP, XCPU) is passed on to the running jobs (which checkpoint and record themselves
+as interrupted; a second Ctrl-C aborts them), no further job starts, and the launcher ends with
+its summary; if the launcher is killed outright, each job gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.child.die_with_parent`). A job
 killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
 (`rundir.record_death`).
 
@@ -27,7 +28,6 @@ them in sys.modules, which string annotations on dataclasses need.)
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +43,7 @@ from src.checks import validated
 from src.execute.child import PackedRun, preload
 from src.execute.environment import available_cpus
 from src.execute.pool import Pool
-from src.execute.stop import StopRequest
+from src.execute.stop import STOP_SIGNALS, StopRequest
 from src.plan import Job, job_of, launch_plan
 from src.rundir import atomic_write, finished_status, record_death, run_dir_link
 from src.status import SweepProgress
@@ -99,11 +99,11 @@ class LocalPoolLauncher(Launcher):
         return Job(list(overrides), validated(run_cfg), run_dir, finished_status(run_dir, run_cfg.to_dict()))
 
     def _run_all(self, sweep_dir: Path, jobs) -> list[JobReturn]:
-        """Run the jobs in the pool, `max_workers` at a time; SIGTERM / SIGINT are passed on to
-        the running jobs and start no more."""
+        """Run the jobs in the pool, `max_workers` at a time; every stop signal (`execute.stop`)
+        is passed on to the running jobs and starts no more."""
         preload()  # once here, inherited by every forked run
         pool = Pool(str(sweep_dir), self.max_workers, self.threads_per_job, launcher=os.getpid())
-        pool.stop = self.stop = StopRequest((signal.SIGTERM, signal.SIGINT), forward=pool.forward)
+        pool.stop = self.stop = StopRequest(STOP_SIGNALS, forward=pool.forward)
         returns: dict[int, JobReturn] = {}
 
         def start(job):

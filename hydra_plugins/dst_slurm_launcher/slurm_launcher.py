@@ -18,6 +18,7 @@ them in sys.modules, which string annotations on dataclasses need.)
 """
 
 import logging
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 from src.checks import validated
-from src.execute.slurm_queue import still_queued
+from src.execute.slurm_queue import QueueUnknown, SchedulerError, still_queued, submission_error
 from src.pack import Pack, PackedRun, submission_lock, write_submission
 from src.plan import Job, job_of, launch_plan
 from src.rundir import finished_status
@@ -69,7 +70,13 @@ class PackedSlurmLauncher(SlurmLauncher):
         # this submission's record: two launches at once never submit a run twice.
         with submission_lock(sweep_dir.parent):
             # the runs of the sweep's earlier submissions (records beside this launch's sweep dir) still queued
-            in_queue = still_queued(sorted(sweep_dir.parent.glob("*/submission.json")))
+            try:
+                in_queue = still_queued(sorted(sweep_dir.parent.glob("*/submission.json")))
+            except QueueUnknown as error:  # its earlier jobs may be running these runs: no guessing
+                raise SchedulerError(
+                    f"queue unknown: {error}; nothing submitted, since the sweep's earlier jobs may still be "
+                    f"running its runs; launch again once squeue answers"
+                ) from None
             runs, todo, jobs_of_runs = [], [], []  # todo: the runs not finished (the plan decided it) nor queued
             for i, overrides in enumerate(job_overrides):
                 if planned is not None:
@@ -99,9 +106,12 @@ class PackedSlurmLauncher(SlurmLauncher):
             packs = [todo[i : i + k] for i in range(0, len(todo), k)]
             cpus = self.params.get("cpus_per_task") or 1
             threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
-            jobs = (
-                self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs) if packs else []
-            )
+            jobs = []
+            if packs:
+                try:
+                    jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as error:  # (submitit's FailedJobError)
+                    raise submission_error(error) from None
             record = write_submission(
                 sweep_dir,
                 overrides=list(self.config.hydra.overrides.task),

@@ -77,8 +77,15 @@ class FileLayout:
     how_to_get: str = ""
 
     def find(self, dataset: str, root: str | os.PathLike | None) -> Path:
-        """The first directory holding every required entry; raises :class:`DatasetNotFoundError`."""
+        """The first directory holding every required entry; raises :class:`DatasetNotFoundError`,
+        and ValueError naming data.root when ``root`` is a file."""
         bases, notes = search_bases(root, self.env_var)
+        if root is not None and bases[0][0].exists() and not bases[0][0].is_dir():
+            # these files live in a directory: searching on would use another copy unasked
+            raise ValueError(
+                f"data.root: {str(root)!r} is a file, not a directory; give the directory that holds the "
+                f"{dataset} files (or leave data.root unset)"
+            )
         checked = [(base / sub, origin) for base, origin in bases for sub in self.subdirs]
         checked += [(Path(d), "default location") for d in self.system_dirs]
         for directory, _ in checked:

@@ -1,8 +1,8 @@
 """A run's process: the one child entry point (`run_in_child`, forked by the pool of the local
 launcher and of a SLURM pack), and `run_one`, which every way of running a run goes through:
-in its directory, with its output teed to its train.log, stopped at a step boundary by a
-stop request (checkpointed, recorded interrupted), handed back to SLURM on preemption, and
-never outliving the local launcher that started it.
+in its directory, with its output teed to its train.log, stopped at a step boundary by any
+stop signal (checkpointed, recorded interrupted), handed back to SLURM on a time-limit or
+preemption warning, and never outliving the launcher or pack that started it.
 
     python -m src.launch --run-config <config.json> --run-dir <run dir>   # a local job, by hand
 """
@@ -22,7 +22,7 @@ from ..checks import validated
 from ..config import RunConfig
 from ..rundir import LOG, RunLocked, exit_code, open_in_directory, run_dir_conflict, tee_output
 from .environment import export_distributed, set_threads
-from .stop import StopRequest
+from .stop import STOP_SIGNALS, StopRequest
 
 
 @dataclass
@@ -39,8 +39,8 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) 
     """Run or resume one (validated) run in its directory; never raises for a failing run. Its
     output also goes to `<run_dir>/train.log`. Whether to skip it was decided by the plan
     (`rundir.finished_status`); the trainer only makes sure, under the run's lock, that no
-    other launcher finished it meanwhile. Without `stop`: SLURM's preemption signal in a
-    submitit job, else SIGTERM / SIGINT / SIGUSR2."""
+    other launcher finished it meanwhile. Without `stop`: a request of its own for every stop
+    signal (`execute.stop`), in a submitit job one that requeues on a time-limit warning."""
     from ..trainer import train  # torch: not on the launcher's light paths (--help, status)
 
     export_distributed()  # several SLURM tasks: torchrun's variables, before the rank is asked
@@ -74,19 +74,26 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) 
     return {"status": result["status"], "run_dir": str(run_dir)}
 
 
-def run_in_child(run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None) -> None:
+def run_in_child(
+    run: PackedRun, sweep_dir: str, threads: int | None, launcher: int | None = None, parent: int | None = None
+) -> None:
     """One run, in a process forked from a pool (a SLURM pack's, or the local launcher's:
-    `launcher` is then its pid): output to `<sweep dir>/<idx>/job.log` (and the run's
-    train.log), the stop request installed first thing. A local run also takes its own session
-    (a Ctrl-C at the terminal reaches the launcher only, which passes it on) and SIGTERM when
-    the launcher dies (`die_with_launcher`); every run its thread count before any parallel op."""
-    if launcher is None:  # (SIGTERM keeps submitit's handler: SLURM sends it along with preemption's)
-        stop = StopRequest.preemption(requeue=False)
-    else:
-        stop = StopRequest.on_signals().install()  # (not the pool's forwarding handlers)
+    `launcher` is then its pid; `parent`: the forking process's pid): output to
+    `<sweep dir>/<idx>/job.log` (and the run's train.log), its stop request (every stop signal)
+    installed before the signals the pool blocked while forking are let in, and SIGTERM -- a
+    stop request -- when its parent dies, so that it never trains on as an orphan, outside its
+    launch or its allocation (`die_with_parent`). A local run also takes its own session (a
+    Ctrl-C at the terminal reaches the launcher only, which passes it on); every run its thread
+    count before any parallel op. (A packed run does not requeue: its pack does, once all its
+    runs stopped.)"""
+    for sig in STOP_SIGNALS:  # not the pool's forwarding handlers, which the fork copied
+        signal.signal(sig, signal.SIG_DFL)
+    stop = StopRequest.on_signals().install()
+    if launcher is not None:
         os.setsid()
         os.environ["DST_LAUNCHER_PID"] = str(launcher)
-        die_with_launcher()
+    if launcher is not None or parent is not None:
+        die_with_parent(launcher if launcher is not None else parent)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the pool blocks them while it forks
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -128,12 +135,20 @@ def preload() -> None:
 
 
 def die_with_launcher() -> None:
-    """In a job started by the local launcher: get SIGTERM (checkpoint, record, exit) when the
-    launcher dies, even by SIGKILL, so that no job trains on as an orphan (Linux only)."""
+    """In a job started by the local launcher as a process of its own (`DST_LAUNCHER_PID`):
+    SIGTERM when the launcher dies (`die_with_parent`)."""
     launcher = os.environ.get("DST_LAUNCHER_PID")
-    if not launcher or not sys.platform.startswith("linux"):
+    if launcher:
+        die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM (a stop request: checkpoint, record, exit) when process `parent` (the local
+    launcher, a SLURM pack) dies, even by SIGKILL, so that no run trains on as an orphan (Linux
+    only)."""
+    if not sys.platform.startswith("linux"):
         return
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != int(launcher):  # it died before the request took effect
+    if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)

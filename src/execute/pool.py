@@ -6,6 +6,7 @@ is passed on to the running runs and starts no more."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .child import PackedRun, run_in_child
-from .stop import StopRequest, send
+from .stop import STOP_SIGNALS, StopRequest, send
 
 
 class Pool:
@@ -58,11 +59,13 @@ class Pool:
         return todo
 
     def _start(self, fork, run: PackedRun) -> None:
-        proc = fork.Process(target=run_in_child, args=(run, self.sweep_dir, self.threads, self.launcher), daemon=False)
+        proc = fork.Process(
+            target=run_in_child, args=(run, self.sweep_dir, self.threads, self.launcher, os.getpid()), daemon=False
+        )
         sys.stdout.flush()
         sys.stderr.flush()
         # blocked while it forks: a stop signal that comes meanwhile reaches this run too, once
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(self.stop.signals))
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
         try:
             proc.start()
             self.running[proc] = (run, time.time(), time.monotonic())

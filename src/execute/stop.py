@@ -1,11 +1,17 @@
 """The one stop-request mechanism: a signal asks every run to stop at its next step boundary
 (the trainer polls the request as `should_stop`; the run then checkpoints and records itself
-interrupted). Where the signal comes from decides which to listen for:
+interrupted). Every signal a scheduler or a user may send (`STOP_SIGNALS`) is such a request,
+to a run, to the local launcher and to a SLURM pack alike; none kills a process that runs
+training unhandled:
 
-    StopRequest.on_signals()        a run at a terminal or in a local launch: SIGTERM, SIGINT
-                                    (Ctrl-C; a second one aborts at once) and SIGUSR2
-    StopRequest.preemption(requeue) a run or pack in a submitit SLURM job: its time-limit /
-                                    preemption signal; `hand_over()` then lets submitit requeue
+    TERM  scancel, a preemption, `kill`         USR2  submitit's time-limit / preemption warning
+    INT   Ctrl-C (a second one aborts a run)    HUP   a closed terminal or ssh session
+    USR1  many sites' time-limit warning        XCPU  a CPU-time limit reached
+
+    StopRequest.on_signals()        a run (at a terminal, in a local launch, in a pack)
+    StopRequest.preemption(requeue) a run or pack in a submitit SLURM job: after a time-limit /
+                                    preemption warning (`REQUEUE_SIGNALS`) `hand_over()` lets
+                                    submitit requeue the job; after another signal it does not
     StopRequest(signals, forward=f) a launcher (local pool, SLURM pack): the request is also
                                     passed on to the running runs (`f(signum)`)
 """
@@ -16,6 +22,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP, signal.SIGXCPU)
+REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)  # a time limit or a preemption is coming
 
 
 class StopRequest:
@@ -38,19 +47,18 @@ class StopRequest:
 
     @classmethod
     def on_signals(cls) -> StopRequest:
-        return cls((signal.SIGTERM, signal.SIGINT, signal.SIGUSR2), announce=True, abort_on_second_sigint=True)
+        return cls(STOP_SIGNALS, announce=True, abort_on_second_sigint=True)
 
     @classmethod
     def preemption(cls, *, requeue: bool = True, forward: Callable[[int], None] | None = None) -> StopRequest:
-        """Installed at once. Outside a submitit SLURM job a request that is never made. With
-        `requeue=False` (a run of a pack) `hand_over` does nothing: the pack requeues the job
-        once all its runs stopped."""
+        """Installed at once, for every stop signal (submitit's own handler of its preemption
+        signal kept for `hand_over`). Outside a submitit SLURM job a request that is never made.
+        With `requeue=False` `hand_over` does nothing."""
         if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
             return cls(forward=forward)
-        sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
-        request = cls((sig,), forward=forward)
-        submitit_handler = signal.getsignal(sig)
-        request.install()
+        preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+        submitit_handler = signal.getsignal(preempt)
+        request = cls(STOP_SIGNALS, forward=forward).install()
         request._hand_over = submitit_handler if requeue and callable(submitit_handler) else None
         return request
 
@@ -73,10 +81,20 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         self.restore()
 
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
+
+    @property
+    def requeues(self) -> bool:
+        """Stopped by a time-limit / preemption warning in a submitit job: `hand_over` requeues it."""
+        return self._hand_over is not None and self.received in REQUEUE_SIGNALS
+
     def hand_over(self) -> None:
-        """After the runs checkpointed on preemption: submitit's handler requeues the job."""
-        if self._hand_over is not None:
-            self._hand_over(self.signals[0], None)
+        """After the runs checkpointed on a time-limit / preemption warning: submitit's handler
+        requeues the job (and exits). Nothing after another stop signal."""
+        if self.requeues:
+            self._hand_over(self.received, None)
 
     def _handle(self, signum, frame) -> None:
         if self.abort_on_second_sigint and self.received is not None and signum == signal.SIGINT:

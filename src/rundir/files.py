@@ -160,16 +160,35 @@ def _finite(obj):
     return obj
 
 
+def unusable_result(result) -> str | None:
+    """Why a result.json's content cannot be used as the run's result, or None: not a run
+    result, a record format newer than this version reads, or a finished status without what
+    it promises (a completed run's final test accuracy: an older format, a hand edit)."""
+    if not isinstance(result, dict) or result.get("status") not in STATUSES:
+        return f"not a run result (status must be one of {list(STATUSES)})"
+    version = result.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= RESULT_FORMAT:
+        return f"record format {version!r}, which this version does not read (it reads 1 to {RESULT_FORMAT})"
+    final = result.get("final")
+    if result["status"] in FINISHED and not isinstance(final, dict):
+        return f"says {result['status']} but has no final metrics ('final')"
+    if result["status"] == "completed" and not isinstance(final.get("test_acc"), (int, float)):
+        return "says completed but has no final.test_acc (its final test accuracy)"
+    return None
+
+
 def read_result(run_dir: Path) -> dict | None:
     """The run's result, or None when it has none. A damaged result.json (cut short, not a
-    result) is reported on stderr with its path and read as none, so the run is run again."""
+    result, unusable by `unusable_result`) is reported on stderr with its path and read as
+    none, so the run is run again."""
     path = Path(run_dir) / RESULT
     if not path.exists():
         return None
     try:
         result = json.loads(path.read_text())
-        if not isinstance(result, dict) or result.get("status") not in STATUSES:
-            raise ValueError(f"not a run result (status must be one of {list(STATUSES)})")
+        problem = unusable_result(result)
+        if problem:
+            raise ValueError(problem)
     except (OSError, ValueError) as error:
         print(
             f"warning: unreadable run record {path}: {error}; the run counts as not finished",
@@ -178,21 +197,6 @@ def read_result(run_dir: Path) -> dict | None:
         )
         return None
     return result
-
-
-def unusable_result(result: dict) -> str | None:
-    """Why a result.json cannot be used as what it says it is (None when it can): a format
-    newer than this code reads, or a completed run without its final test accuracy (an
-    older or other record layout, a hand edit)."""
-    version = result.get("format", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version > RESULT_FORMAT:
-        return f"result.json format {version!r} is not one this code reads (1 to {RESULT_FORMAT})"
-    final = result.get("final")
-    if result.get("status") == "completed":
-        accuracy = final.get("test_acc") if isinstance(final, dict) else None
-        if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool):
-            return f"result.json (format {version}) says completed but has no final.test_acc"
-    return None
 
 
 def read_finished_result(run_dir: Path) -> dict | None:

@@ -108,3 +108,25 @@ def process_alive(host: str | None, pid: int | None) -> bool | None:
     except PermissionError:
         return True
     return True
+
+
+def process_start(pid: int) -> str | None:
+    """What a reused pid cannot fake about process `pid`: this boot's id and the process's
+    start time (clock ticks after boot, field 22 of /proc/<pid>/stat); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # (the name in parentheses may hold spaces)
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{boot}:{fields[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+def same_process(host: str | None, pid: int | None, started: str | None) -> bool:
+    """Whether the process recorded as `pid` on `host`, started at `started` (`process_start`),
+    still lives: its pid alone is not enough (a pid is reused once its process is gone). A
+    record without a start time (an older one) is judged by the pid."""
+    if not process_alive(host, pid):
+        return False
+    return started is None or process_start(pid) in (started, None)

@@ -5,6 +5,8 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
 
     planned      in a launch's plan, nothing on disk yet, and the launch is still alive
     queued       its SLURM job is in the queue (pending, requeued, or running other runs first)
+    unknown      submitted to SLURM, nothing on disk says more, and squeue did not answer
+                 (the controller down or hung): "queue unknown", never guessed
     starting     a process holds the run's lock but has written no heartbeat yet
     running      a process holds the run's lock (whatever its heartbeat's age) and beats
     completed    result.json says so                   } finished: never run again
@@ -13,9 +15,11 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
     interrupted  result.json says so (checkpointed; a launch resumes it)
     stale        no lock holder and no result of this attempt: killed (or its node died)
     missing      nothing on disk, and nothing will run it (no launch alive, not queued)
-    damaged      records that are not this run's: an unreadable result.json, the records of
-                 another experiment (its config hash is not the directory's identity), or a
-                 symbolic link where its directory, a file of it or its job log should be
+    damaged      records that are not this run's or cannot be used: an unreadable result.json,
+                 one of a newer record format or that lacks what its status promises (a
+                 completed run without its final metrics), the records of another experiment
+                 (its config hash is not the directory's identity), or a symbolic link where
+                 its directory, a file of it or its job log should be
 
 Liveness comes from the lock first (`lock.lock_probe`, a shared probe that writes
 nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
@@ -45,13 +49,14 @@ from .files import (
     METRICS,
     MODEL_FINAL,
     RESULT,
-    STATUSES,
+    RESULT_FORMAT,
     LinkRefused,
     atomic_write_text,
     read_result,
     recorded_configs,
     remove_stale_temp_files,
     run_dir_link,
+    unusable_result,
 )
 from .heartbeat import process_alive
 from .identity import hash_of_name, identity_diff, identity_hash, run_identity
@@ -60,6 +65,7 @@ from .lock import NO_FLOCK, RunLock, RunLocked, lock_probe
 STATES = (
     "planned",
     "queued",
+    "unknown",
     "starting",
     "running",
     "completed",
@@ -70,8 +76,10 @@ STATES = (
     "missing",
     "damaged",
 )
-ACTIVE = ("planned", "queued", "starting", "running")  # something will still change: `status --watch` waits
-OK = FINISHED + ACTIVE[1:]  # the states that are no reason for a non-zero exit (active: another launcher's)
+# something will still change (or may: a queue that did not answer): `status --watch` waits
+ACTIVE = ("planned", "queued", "unknown", "starting", "running")
+OK = (*FINISHED, "queued", "starting", "running")  # no reason for a non-zero exit (active: another launcher's)
+QUEUE_UNKNOWN = "UNKNOWN"  # `state`'s queue when squeue did not answer (`execute.slurm_queue.QueueUnknown`)
 IN_QUEUE = {
     "PENDING",
     "RUNNING",
@@ -87,7 +95,8 @@ IN_QUEUE = {
 }
 DEFAULT_STALE_AFTER_S = 900.0  # a heartbeat comes every `train.heartbeat_every_s` (60 s) and at each epoch
 SKEW_TOLERANCE_S = 60.0  # a heartbeat further ahead of this clock than this is clock skew
-PREEMPTION_SIGNALS = ("SIGUSR2", "SIGTERM")  # a run stopped by these checkpointed first
+# a run stopped by these checkpointed first (`execute.stop.STOP_SIGNALS`: every run handles them)
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGXCPU")
 
 
 def exit_code(states) -> int:
@@ -304,6 +313,8 @@ def state(
         return _with(row, "running", _at(row) + " (no working flock here: from its heartbeat)")
     if queue in IN_QUEUE:
         return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
+    if queue == QUEUE_UNKNOWN:
+        return _with(row, "unknown", f"queue unknown: job {row.job or job}, squeue did not answer" + skew_note)
     if this_attempt and fresh and alive is None and lock is not NO_FLOCK:
         # a fresh heartbeat from another host, and no lock holder visible from here: the lock
         # may not reach across hosts on this file system; trust the heartbeat
@@ -388,6 +399,7 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
                 Path(run_dir) / RESULT,
                 json.dumps(
                     {
+                        "format": RESULT_FORMAT,
                         "status": "failed",
                         "error": f"{detail} (no result of its own)",
                         "config": config,
@@ -406,9 +418,8 @@ def _damage(result) -> str | None:
     """What is wrong with a result.json as read (`read_json`), or None."""
     if isinstance(result, str):  # result.json that is not JSON
         return f"unreadable result.json: {result}"
-    if result is not None and (not isinstance(result, dict) or result.get("status") not in STATUSES):
-        return f"result.json is not a run result (status must be one of {list(STATUSES)})"
-    return None
+    problem = unusable_result(result) if result is not None else None
+    return f"result.json cannot be used: {problem}" if problem else None
 
 
 def _where(row: RunState, heartbeat: dict | None, now: float) -> RunState:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ class Checkpoints(Listener):
         self.every, self.interval_min = train_cfg.checkpoint_every, train_cfg.checkpoint_interval_min
         self.recorder, self.identity, self.main = recorder, identity, main
         self.path = recorder.checkpoint_path
+        self.scratch_dir = train_cfg.scratch_dir
         self.scratch = scratch_checkpoint(train_cfg.scratch_dir, Path(run_dir))
         self.last_shared = time.monotonic()
 
@@ -80,7 +82,8 @@ class Checkpoints(Listener):
             problem = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         if problem is None and ckpt.get("config_hash", self.identity) != self.identity:
             raise RunDirConflict(
-                f"{path} is of another experiment (config hash {ckpt['config_hash']}, this run's is {self.identity})"
+                f"{path} is the checkpoint of another experiment (config hash {ckpt['config_hash']}, this run's "
+                f"is {self.identity}): copied here? refused, not resumed from; move it away to start this run"
             )
         if problem is None:
             return ckpt, path
@@ -126,8 +129,7 @@ class Checkpoints(Listener):
             },
             buffer,
         )
-        if self.scratch:
-            self.scratch.parent.mkdir(parents=True, exist_ok=True)
+        if self.scratch and own_scratch_dir(self.scratch.parent, self.scratch_dir):  # (again: gone, or replaced?)
             atomic_write(self.scratch, buffer.getbuffer())
         if shared:
             atomic_write(self.path, buffer.getbuffer())
@@ -149,7 +151,41 @@ def scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
         )
         return None
     where = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:10]
-    return Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
+    scratch = Path(local) / f"{run_dir.name}-{where}" / CHECKPOINT
+    return scratch if own_scratch_dir(scratch.parent, scratch_dir) else None
+
+
+def own_scratch_dir(directory: Path, scratch_dir: str) -> bool:
+    """Make the run's node-local scratch directory, or make sure it is this user's own: a
+    scratch space (`/tmp`) is shared, and a link or directory planted there by someone else
+    would take the checkpoint elsewhere, or hand in theirs. Created exclusively (mode 0700);
+    one that exists must be a real directory owned by this user and writable by no one else.
+    Otherwise it is not used (reported), and checkpoints go to the run directory only."""
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)  # the scratch space itself: the user's choice
+        os.mkdir(directory, 0o700)
+        return True
+    except FileExistsError:
+        st = os.lstat(directory)
+        if stat.S_ISLNK(st.st_mode):
+            problem = "is a symbolic link"
+        elif not stat.S_ISDIR(st.st_mode):
+            problem = "is not a directory"
+        elif st.st_uid != os.geteuid():
+            problem = f"belongs to another user (uid {st.st_uid})"
+        elif st.st_mode & 0o022:
+            problem = "is writable by other users"
+        else:
+            return True
+    except OSError as error:
+        problem = f"cannot be created ({error.strerror or error})"
+    print(
+        f"warning: train.scratch_dir {scratch_dir!r}: {directory} {problem}; not used, checkpoints go to the "
+        f"run directory only",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def set_aside(path: Path, problem: str) -> None:

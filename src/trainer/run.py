@@ -45,9 +45,7 @@ def train(
         try:
             heartbeat.beat(0, 0)
             return fit(cfg, run_dir, should_stop, heartbeat)
-        except RunDirConflict:
-            raise
-        except Exception as error:
+        except Exception as error:  # (another experiment's checkpoint too: recorded, so `status` says why)
             if main_rank:
                 record_failure(cfg, run_dir, error, heartbeat)
             raise
