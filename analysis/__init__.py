@@ -15,6 +15,8 @@ Needs only the run directories (config.json, metrics.jsonl, result.json); never 
 """
 
 import importlib
+import sys
+import types
 
 # Every name is imported from its module on first use (PEP 562): `import analysis` and
 # `python -m analysis --help` stay light, and the launch reads the verdict rule
@@ -24,7 +26,7 @@ _HOMES = {
     "cells": ("axis_tests", "cell_table", "sweep_axes", "topology_warnings"),
     "verdict": ("verdict_readiness",),
     "claims": ("check_claims",),
-    "completeness": ("Completeness", "completeness"),
+    "completeness": ("Completeness",),  # (and the function `completeness`: `_Package`)
     "grid": (
         "Selection",
         "completed",
@@ -56,6 +58,24 @@ _HOMES = {
     ),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+class _Package(types.ModuleType):
+    """`analysis.completeness` is the function, as it always was, not its submodule: also once
+    the submodule is imported (the import system then sets the attribute, ignored here)."""
+
+    @property
+    def completeness(self):
+        from .completeness import completeness  # pandas: on first use, as every name here
+
+        return completeness
+
+    @completeness.setter
+    def completeness(self, module) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
