@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 
+import src.plan
 from src.config_groups import REGISTRY_GROUPS, registry_names
 from src.launch import main
 from src.plan import CONF_DIR, expand, to_run_config, write_plan
@@ -24,7 +25,7 @@ def counting_compose(monkeypatch) -> list:
         calls.append(kwargs.get("overrides"))
         return compose(*args, **kwargs)
 
-    monkeypatch.setattr(hydra, "compose", counted)
+    monkeypatch.setattr(src.plan, "compose", counted)  # (the planner's Hydra import)
     return calls
 
 
@@ -114,7 +115,8 @@ def test_the_local_launcher_runs_the_saved_plan_starts_no_process_for_a_finished
     write_plan(sweep, [job], ["setup=smoke"])
     launcher = LocalPoolLauncher(threads_per_job=1)
     launcher.progress, launcher.plan = SweepProgress(1, 1), planned_jobs(sweep)
-    monkeypatch.setattr(hydra, "compose", lambda *a, **k: pytest.fail("composed"))
+    for module in (hydra, src.plan):  # (the planner's Hydra import too)
+        monkeypatch.setattr(module, "compose", lambda *a, **k: pytest.fail("composed"))
     ret, run = launcher._prepare(sweep, 0, list(job.key))
     assert run is None and ret.return_value == {"status": "skipped"} and not (sweep / "0").exists()
     with pytest.raises(RuntimeError, match="not a job of this launch's plan"):

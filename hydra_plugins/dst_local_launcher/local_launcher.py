@@ -66,6 +66,7 @@ class LocalPoolLauncher(Launcher):
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: DictConfig | None = None
+        self.stop = StopRequest()  # (`_run_all` installs the one that listens)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config

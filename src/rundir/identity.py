@@ -43,7 +43,7 @@ OBSERVE_ONLY = ("sparsity.overlap_with",)
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a sweep's `name`: one path component
 HASH_LENGTH = 10  # hex digits of the identity hash in a run directory's name
 _HASH_SUFFIX = re.compile(rf"-([0-9a-f]{{{HASH_LENGTH}}})$")
-_SEED_AND_HASH = re.compile(rf"-s\d+-[0-9a-f]{{{HASH_LENGTH}}}$")
+_SEED_AND_HASH = re.compile(r"-s\d+-[0-9a-f]+$")  # (a hash of any length: names given by hand too)
 
 
 def config_hash(config: dict) -> str:
