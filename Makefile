@@ -12,10 +12,10 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: install kernels data browser test test-fast bench bench-peers sweep demo study report fidelity-stats slurm-up slurm-down clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP) kernels data

@@ -7,9 +7,7 @@ enough. A YAML file `conf/<group>/<name>.yaml` is an option with more settings t
 
 from __future__ import annotations
 
-from pathlib import Path
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .resources import CONF_DIR
 
 # group -> (the field its option sets, the package that field is in)
 REGISTRY_GROUPS = {

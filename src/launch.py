@@ -33,7 +33,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from .config_groups import REGISTRY_GROUPS, registry_names
-from .plan import CONF_DIR, GROUPS, REPO, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
+from .plan import CONF_DIR, GROUPS, SWEEPS_DIR, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
 from .runner import die_with_launcher, run_config_file, run_one
 from .runstate import classify, exit_code, finished_status
 
@@ -76,7 +76,7 @@ def help_page() -> str:
         )
         for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})
     }
-    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
+    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in SWEEPS_DIR.glob("*.yaml"))
     lines = [
         "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
         "       python -m src.launch status [the same overrides | SWEEP_DIR | RUNS_DIR] [--watch [S]] [--stale-after S]",

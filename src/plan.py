@@ -27,10 +27,9 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import LaunchConfig, RunConfig, run_identity
 from .config_groups import REGISTRY_GROUPS
 from .records import RESULT, atomic_write_text, config_hash
+from .resources import CONF_DIR, SWEEPS_DIR  # noqa: F401  (hydra_plugins/dst_config puts sweeps/ on the search path)
 from .runstate import finished_status
 
-REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
 PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")

@@ -696,6 +696,9 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
     local files go to `logging.wandb_dir` (default `<sweep dir>/.wandb`), not the run dir."""
     if cfg.logging.wandb == "off":
         return None
+    from .config import require_wandb
+
+    require_wandb(f"logging.wandb={cfg.logging.wandb}")
     import wandb
 
     from .config import cell_identity
