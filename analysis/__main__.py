@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.resources import NOTEBOOK  # analysis/notebooks/aggregate.ipynb, shipped with the package
+from src.resources import notebook as packaged_notebook
 
 from . import columns as C
 from .cells import MIN_SEEDS
@@ -79,7 +79,7 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     import nbclient
     import nbformat
 
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = nbformat.read(packaged_notebook(), as_version=4)
     env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment

@@ -21,4 +21,9 @@ def _root() -> Path:
 ROOT = _root()  # holds conf/ and sweeps/ (Hydra's search path gets it: sweeps/ is the `sweeps` group)
 CONF_DIR = ROOT / "conf"
 SWEEPS_DIR = ROOT / "sweeps"
-NOTEBOOK = Path(str(files("analysis") / "notebooks" / "aggregate.ipynb"))
+
+
+def notebook() -> Path:
+    """The aggregate notebook, shipped with the `analysis` package (looked up when asked for:
+    importing `analysis` here would be circular)."""
+    return Path(str(files("analysis") / "notebooks" / "aggregate.ipynb"))
