@@ -170,6 +170,19 @@ def _sweep_dir(argv: list[str], jobs: list[Job]) -> Path | None:
     return sweep.parent / ".hydra" / sweep.name / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
 
 
+def _local_workers(overrides: list[str]) -> int | None:
+    """Runs at a time on this machine for a local launch (as the local launcher counts them);
+    None for a SLURM one."""
+    from .runinfo import available_cpus
+
+    given = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    if given.get("launcher", "local") != "local":
+        return None
+    threads = int(given.get("hydra.launcher.threads_per_job", 1))
+    workers = given.get("hydra.launcher.max_workers", "null")
+    return int(workers) if workers.isdigit() else max(1, available_cpus() // threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
@@ -215,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
         return 2
-    done = sum(job.finished is not None for job in jobs)
-    print(f"{len(jobs)} run(s); {done} already finished (will be skipped)")
+    from .cost import estimate
+    from .runinfo import available_cpus
+
+    workers = _local_workers(overrides) if multirun else 1
+    threads = int(dict(o.split("=", 1) for o in overrides if "=" in o).get("hydra.launcher.threads_per_job", 1))
+    for line in estimate(jobs, workers=workers, threads=threads if multirun else available_cpus()):
+        print(line)
     if dry_run:
         for job in jobs[:5]:
             print(f"  {job.run_dir}  <- {' '.join(job.overrides)}")

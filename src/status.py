@@ -316,8 +316,16 @@ def main(argv: list[str]) -> int:
     )
     args, extra = p.parse_known_args([a for a in argv if a not in ("-m", "--multirun", "--detach", "--dry-run")])
     target = args.target + extra
-    if not target:
-        target = []  # the default config: one run
+    paths = [t for t in target if "=" not in t and not t.startswith("~")]  # (every override has a '=')
+    if paths and not all(Path(t).is_dir() for t in paths):
+        missing = next(t for t in paths if not Path(t).is_dir())
+        what = "is not a directory" if Path(missing).exists() else "does not exist"
+        print(
+            f"error: {missing} {what}: status takes a sweep's directory (runs_root/<name>, or a launch's "
+            f"sweep dir under runs_root/.hydra/) or the launch's overrides (key=value ...)",
+            file=sys.stderr,
+        )
+        return 2
     reader, sweep = Reader(), None
     while True:
         try:
