@@ -6,7 +6,7 @@ the derived columns below; everything else in the package refers to columns by t
 
 from __future__ import annotations
 
-from src.records import STATUSES
+from src.rundir import STATUSES
 
 # Config columns the analyses group by.
 MODEL, DATA = "model.name", "data.name"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from src.runstate import classify
+from src.rundir import classify
 
 from . import columns as C
 
@@ -69,7 +69,7 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
     ]
     not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
     problems = not_completed[[c for c in problem_columns if c in not_completed]]
-    # what `status` says of each (src.runstate: running / stale / failed / damaged ...)
+    # what `status` says of each (src.rundir.state: running / stale / failed / damaged ...)
     states = [classify(d) for d in problems[C.RUN_DIR]]
     problems = problems.assign(state=[s.state for s in states], state_detail=[s.detail for s in states])
     done = readable[readable[C.STATUS] == C.COMPLETED]

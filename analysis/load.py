@@ -24,8 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.config import cell_identity
-from src.records import CONFIG, METRICS, RESULT, STATUSES, config_hash, metrics_damage
+from src.rundir import CONFIG, METRICS, RESULT, STATUSES, cell_identity, config_hash, metrics_damage
 
 from . import columns as C
 from .grid import variant_labels

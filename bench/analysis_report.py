@@ -1,6 +1,6 @@
 """The analysis report at 10,000 runs: `python -m analysis report` from the run records,
 first (no cache) and cached, on a synthetic paper-scale sweep written in the real format
-(`src.records.RunRecorder`: config.json, metrics.jsonl, result.json; only the numbers are
+(`src.rundir.RunRecorder`: config.json, metrics.jsonl, result.json; only the numbers are
 made up). Target: the cached report (load + every table and figure) in ≤ 5 s.
 
     python -m bench.analysis_report [--runs 10000]   # -> bench/results/analysis_report.json
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src.config import RunConfig, run_identity
-from src.records import RunRecorder, config_hash
+from src.config import RunConfig
+from src.rundir import RunRecorder, config_hash, run_identity
 
 from .common import write_result
 

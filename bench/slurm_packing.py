@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from src.records import read_result
+from src.rundir import read_result
 
 from .common import write_result
 

@@ -263,7 +263,7 @@ def update_cost(density: float, step_ms: float) -> dict:
 
 def epoch_speed(epochs: int = 3, threads: int = 2) -> dict:
     from src.config import RunConfig
-    from src.records import read_metrics
+    from src.rundir import read_metrics
     from src.train import train
 
     def run(mode: str, torch_kernels: bool = False) -> dict:

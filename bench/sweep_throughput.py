@@ -69,8 +69,8 @@ def forked(slice_: list[str], root: Path) -> float:
 
 
 def per_run_interpreter(slice_: list[str], root: Path) -> float:
+    from src.execute.environment import available_cpus
     from src.plan import expand
-    from src.runinfo import available_cpus
 
     start = time.perf_counter()
     _run([sys.executable, "-m", "src.launch", "-m", *slice_, f"runs_root={root}", "--dry-run"], root / "launch.log")
@@ -106,7 +106,7 @@ def per_run_interpreter(slice_: list[str], root: Path) -> float:
 
 def measure(name: str, slice_: list[str], repeats: int) -> dict:
     from src.plan import expand
-    from src.records import read_result
+    from src.rundir import read_result
 
     runs = len(expand([*slice_, "runs_root=/nonexistent"], check_data=False))
     times: dict[str, list[float]] = {"per_run_interpreter": [], "forked": []}

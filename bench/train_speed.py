@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 
 from .common import RESULTS, write_result
 

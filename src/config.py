@@ -168,60 +168,6 @@ class LaunchConfig(RunConfig):
     runs_root: str = "runs"
 
 
-# Fields that change how a run is executed, not what it computes: excluded from the run's
-# identity (its directory hash), so relaunching with more threads or on another node reuses it.
-# (The sparsity section's own say: `SparsityConfig.identity`.)
-LAUNCH_ONLY = (
-    "train.threads",
-    "train.progress",
-    "train.log_every",
-    "train.device",
-    "train.checkpoint_every",
-    "train.checkpoint_interval_min",
-    "train.scratch_dir",
-    "train.heartbeat_every_s",
-    "data.root",
-    "data.download",
-    "data.num_workers",
-    "logging",
-)
-
-
-def run_identity(config: dict) -> dict:
-    """The part of a resolved run config that identifies the experiment.
-
-    Launch-only fields are dropped, and the sparsity section keeps the fields its config says
-    matter (`SparsityConfig.identity`: e.g. only the mode for dense runs), so that a dense
-    baseline launched with another default criterion is recognised as done.
-    """
-    identity = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
-    for key in LAUNCH_ONLY:
-        section, _, field_name = key.partition(".")
-        if field_name:
-            identity.get(section, {}).pop(field_name, None)
-        else:
-            identity.pop(section, None)
-    if isinstance(identity.get("sparsity"), dict):
-        identity["sparsity"] = SparsityConfig.identity(identity["sparsity"])
-    return identity
-
-
-# Recorded, and part of the run's identity (its records differ), but not of what it computes:
-# overlap tracking draws from its own random generator, so a run with `overlap_with` set
-# trains exactly like one without.
-OBSERVE_ONLY = ("sparsity.overlap_with",)
-
-
-def cell_identity(config: dict) -> dict:
-    """What an experiment computes, seed aside: runs with equal cell identities are seeds of
-    one cell (the analysis aggregates over them)."""
-    identity = run_identity(config)
-    for key in ("train.seed", *OBSERVE_ONLY):
-        section, _, field_name = key.partition(".")
-        identity.get(section, {}).pop(field_name, None)
-    return identity
-
-
 WANDB_INSTALL = "pip install 'fantastic-dst[wandb]' (or pip install wandb)"
 
 

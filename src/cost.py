@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runstate import duration
+from .rundir.state import duration
 
 TABLE = Path(__file__).with_name("epoch_seconds.json")
 MAX_RECORDS = 2000  # result.json files read per launch at most (the newest sweeps' first)

@@ -12,12 +12,13 @@ The command line. A run's lifecycle, one module per floor:
                       plan saved once into the launch's sweep dir
     hydra_plugins/    the launchers, which run the saved plan (local processes, SLURM packs)
     src/runner.py     running one run: signals, preemption, the child's death with its launcher
-    src/runstate.py   what state a run is in, and the one exit-code rule
+    src/rundir/       a run directory: its identity and name, files, lock, heartbeat and state,
+                      and the one exit-code rule
 
 Each run's directory is `runs_root/name/<slug>-<hash of the run's identity>`, so launching a
 sweep again skips completed runs, resumes interrupted ones from their checkpoints, and retries
 failed ones. A failing run is recorded and never stops the others; the sweep ends with a
-summary in `status`'s states and exits by `runstate.exit_code`.
+summary in `status`'s states and exits by `rundir.exit_code`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from omegaconf import DictConfig
 
 from .config_groups import REGISTRY_GROUPS, registry_names
 from .plan import CONF_DIR, GROUPS, SWEEPS_DIR, Job, expand, job_of, plan, write_plan  # noqa: F401  (the API)
+from .rundir import classify, exit_code, finished_status
 from .runner import die_with_launcher, run_config_file, run_one
-from .runstate import classify, exit_code, finished_status
 
 
 def run_job(cfg: DictConfig) -> dict:
@@ -173,7 +174,7 @@ def _sweep_dir(argv: list[str], jobs: list[Job]) -> Path | None:
 def _local_workers(overrides: list[str]) -> int | None:
     """Runs at a time on this machine for a local launch (as the local launcher counts them);
     None for a SLURM one."""
-    from .runinfo import available_cpus
+    from .execute.environment import available_cpus
 
     given = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
     if given.get("launcher", "local") != "local":
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
         return 2
     from .cost import estimate
-    from .runinfo import available_cpus
+    from .execute.environment import available_cpus
 
     workers = _local_workers(overrides) if multirun else 1
     threads = int(dict(o.split("=", 1) for o in overrides if "=" in o).get("hydra.launcher.threads_per_job", 1))

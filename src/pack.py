@@ -8,7 +8,7 @@ between the concurrent runs. On the time-limit / preemption signal every running
 checkpoints at its next step, and once all have stopped the job is requeued (submitit
 pickles the Pack again); the requeued job skips the runs that finished and resumes the rest.
 A run killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the
-signal, and the task then exits non-zero (by `runstate.exit_code`, as every launcher).
+signal, and the task then exits non-zero (by `rundir.exit_code`, as every launcher).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import atomic_write_text, open_run_file
-from .runstate import classify, exit_code, finished_status, record_death
+from .rundir import atomic_write_text, classify, exit_code, finished_status, open_run_file, record_death
 
 SUBMISSION = "submission.json"
 

@@ -6,7 +6,7 @@ whether it is skipped, and the plan written once into the launch's sweep directo
     read_plan(sweep_dir)                       # what the launchers, packs and `status` read
 
 A run's directory is `runs_root/name/<slug>-<hash of the run's identity>`; a run is skipped
-when it finished there with this identity (`runstate.finished_status`).
+when it finished there with this identity (`rundir.finished_status`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import LaunchConfig, RunConfig, run_identity
+from .config import LaunchConfig, RunConfig
 from .config_groups import REGISTRY_GROUPS
-from .records import RESULT, atomic_write_text, config_hash
 from .resources import CONF_DIR, SWEEPS_DIR  # noqa: F401  (hydra_plugins/dst_config puts sweeps/ on the search path)
-from .runstate import finished_status
+from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_directory
 
 PLAN, PLAN_CONFIGS = "plan.json", "plan-configs.jsonl"
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)  # conf/config.yaml's schema
 
@@ -44,7 +42,7 @@ class Job:
     run_dir: Path
     finished: str | None = None  # "completed" / "diverged" when the launch skips it (`finished_status`)
     cell: str = "all"  # the overrides that vary across the sweep's cells (seed aside)
-    hash: str = field(default="", repr=False)  # config_hash of the run's identity
+    hash: str = field(default="", repr=False)  # the run's identity hash (`rundir.identity_hash`)
     data: dict | None = field(default=None, repr=False)  # `config` as a dict (`config.to_dict()`), when planned
 
     def config_dict(self) -> dict:
@@ -63,28 +61,10 @@ def to_run_config(cfg: DictConfig) -> tuple[RunConfig, DictConfig]:
     return RunConfig.from_dict(data), launch
 
 
-def run_directory(runs_root: str, name: str, run_cfg: RunConfig, identity_hash: str | None = None) -> Path:
-    """`runs_root/name/<slug>-<hash>`: readable, and unique per experiment identity."""
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
-        raise ValueError(
-            f"name: {name!r} must be one path component of letters, digits, '_', '.' and '-' "
-            f"(not starting with '.'), so that runs stay under runs_root"
-        )
-    s = run_cfg.sparsity
-    parts = [run_cfg.model.name, s.mode]
-    if s.mode != "dense":
-        parts.append(f"d{s.density:g}")
-    if s.mode == "dst":
-        parts += [s.criterion, s.growth]
-    parts.append(f"s{run_cfg.train.seed}")
-    identity_hash = identity_hash or config_hash(run_identity(run_cfg.to_dict()))
-    return Path(runs_root) / name / ("-".join(parts) + "-" + identity_hash[:10])
-
-
 def job_of(cfg: DictConfig) -> tuple[RunConfig, Path]:
     """The run a composed Hydra config describes, and its directory."""
     run_cfg, launch = to_run_config(cfg)
-    return run_cfg, run_directory(launch.runs_root, launch.name, run_cfg)
+    return run_cfg, run_directory(launch.runs_root, launch.name, run_cfg.to_dict())
 
 
 def plan(overrides: list[str], *, check_data: bool = True, detach: bool = False) -> list[Job]:
@@ -150,8 +130,8 @@ def expand(overrides: list[str], *, check_data: bool = True, detach: bool = Fals
                 if cell is None:
                     cell = validated[seedless] = RunConfig.from_dict(data).validate()
                 run_cfg = replace(cell, train=replace(cell.train, seed=data["train"]["seed"]))
-                identity = config_hash(run_identity(data))
-                run_dir = run_directory(launch["runs_root"], launch["name"], run_cfg, identity)
+                identity = identity_hash(data)
+                run_dir = run_directory(launch["runs_root"], launch["name"], data, identity)
             except (ValueError, OmegaConfBaseException) as error:
                 raise ValueError(f"{error}\n  (in the job with overrides: {' '.join(combo)})") from None
             key = (run_cfg.data.name, run_cfg.data.root, run_cfg.data.download)

@@ -15,17 +15,14 @@ import sys
 from pathlib import Path
 
 from .config import RunConfig
-from .records import RunLocked
-from .runstate import exit_code
+from .rundir import LOG, RunLocked, exit_code, tee_output
 
 
 def run_one(run_cfg: RunConfig, run_dir: Path, stop: PreemptionFlag | None = None) -> dict:
     """Run or resume one run in its directory; never raises for a failing run. Its output
     also goes to `<run_dir>/train.log`. Whether to skip it was decided by the plan
-    (`runstate.finished_status`); `train` only makes sure, under the run's lock, that no other
+    (`rundir.finished_status`); `train` only makes sure, under the run's lock, that no other
     launcher finished it meanwhile."""
-    from .runinfo import LOG, tee_output
-
     with tee_output(run_dir / LOG, enabled=int(os.environ.get("RANK", "0")) == 0):
         return _run(run_cfg, run_dir, stop)
 
@@ -89,7 +86,7 @@ class PreemptionFlag:
 
 def run_config_file(config_file: Path, run_dir: Path) -> int:
     """`python -m src.launch --run-config FILE --run-dir DIR`: run a resolved run config (a
-    local launcher's job); its exit status by `runstate.exit_code`."""
+    local launcher's job); its exit status by `rundir.exit_code`."""
     result = run_one(RunConfig.from_dict(json.loads(Path(config_file).read_text())), Path(run_dir))
     return exit_code([result["status"]])
 

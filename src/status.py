@@ -6,7 +6,7 @@
 
 A sweep's runs are the ones its launch planned: the plan it saved in its sweep dir
 (`plan.json`), found again for the same overrides (the latest such launch), never planned
-anew when there is one. Each run is in exactly one state of `src.runstate` (planned, queued,
+anew when there is one. Each run is in exactly one state of `src.rundir.state` (planned, queued,
 starting, running, completed, diverged, failed, interrupted, stale, missing, damaged); a
 held run lock means alive, whatever the heartbeat says. The queue is read with one `squeue`
 call for the whole sweep, for the jobs named in the submission records (`submission.json`)
@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
-from .records import RESULT, lock_probe
-from .runinfo import HEARTBEAT, process_alive
-from .runstate import ACTIVE, DEFAULT_STALE_AFTER_S, STATES, classify, duration, queue_states, read_json, state
+from .execute.slurm_queue import SUBMISSION, queue_states, submitted_jobs
+from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe
+from .rundir.heartbeat import process_alive
+from .rundir.state import DEFAULT_STALE_AFTER_S, duration, read_json, state
 
 PLAN = "plan.json"  # (src.plan writes it; not imported here, so that status needs no Hydra)
-SUBMISSION = "submission.json"
 COLUMNS = [
     "run_dir",
     "run",
@@ -82,7 +81,7 @@ class Sweep:
             )
             logs = path.parent / ".hydra" / path.name
             return cls(
-                [(str(r.resolve()), _slug_cell(r.name)) for r in runs],
+                [(str(r.resolve()), cell_of_name(r)) for r in runs],
                 sorted(logs.glob(f"*/{SUBMISSION}")),
                 sorted(logs.glob(f"*/{PLAN}")),
             )
@@ -140,21 +139,6 @@ def _planned_by_live_launches(plans: list[Path]) -> set[str]:
     return live
 
 
-def _slug_cell(slug: str) -> str:
-    """`lenet5-dst-d0.1-snip-gradient-s3-<hash>` -> `lenet5-dst-d0.1-snip-gradient`."""
-    return re.sub(r"-s\d+-[0-9a-f]{10}$", "", slug)
-
-
-def _submitted_jobs(records: list[Path]) -> dict[str, str]:
-    """run_dir -> SLURM job id (`<array job>_<task>`), the latest submission winning."""
-    jobs: dict[str, str] = {}
-    for path in sorted(records, key=lambda p: json.loads(p.read_text()).get("time", 0)):
-        for job in json.loads(path.read_text()).get("jobs", []):
-            for run in job["runs"]:
-                jobs[str(Path(run).resolve())] = job["job_id"]
-    return jobs
-
-
 # ---------------------------------------------------------------------------- the table
 class Reader:
     """Reads a run's records, again only when a file changed (its size, time or inode): a
@@ -189,7 +173,7 @@ def rows(
 ) -> list[tuple]:
     """One tuple per planned run, in `COLUMNS` order (plain data: the command line needs no pandas)."""
     reader = reader or Reader()
-    submitted = _submitted_jobs(sweep.records)
+    submitted = submitted_jobs(sweep.records)
     queued = queue_states({submitted[r] for r, _ in sweep.runs if r in submitted})
     live = _planned_by_live_launches(sweep.plans)
     now = time.time() if now is None else now

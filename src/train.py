@@ -15,7 +15,6 @@ import io
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -30,26 +29,31 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import RunConfig, run_identity
+from .config import RunConfig
 from .data import build_dataset, make_loaders
+from .execute.environment import available_cpus
 from .models import build_model, model_info
-from .records import (
+from .rundir import (
     CHECKPOINT,
+    LOG,
+    Heartbeat,
     RunDirConflict,
     RunLock,
     RunLocked,
     RunRecorder,
-    atomic_torch_save,
     atomic_write,
+    cell_hash,
+    cell_of_name,
     claim_run_dir,
-    code_version,
-    config_hash,
+    exit_code,
+    identity_hash,
     read_finished_result,
     read_metrics,
     run_dir_conflict,
+    tee_output,
 )
-from .runinfo import LOG, Heartbeat, available_cpus, provenance, tee_output
 from .sparse import Sparsifier
+from .trainer.provenance import code_version, provenance
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -245,7 +249,7 @@ def train(
                 "status": "failed",
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc(),
-                **_provenance(cfg.to_dict(), run_dir),
+                **provenance(cfg.to_dict(), run_dir),
             }
             if main_rank:
                 try:
@@ -322,7 +326,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
 
     progress = Progress()
     acc = _EpochAccumulator(device)
-    identity = config_hash(run_identity(config))
+    identity = identity_hash(config)
     scratch = _scratch_checkpoint(tc.scratch_dir, run_dir)
     ckpt = _read_checkpoint(recorder, identity, device, scratch)
     if ckpt is None:
@@ -482,7 +486,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
     if status != "interrupted":
         if tc.save_model and ddp.main:
             masks = dict(zip(sparsifier.names, sparsifier.state_dict()["masks"]))
-            atomic_torch_save({"model": model.state_dict(), "masks": masks}, run_dir / "model_final.pt")
+            _save_torch({"model": model.state_dict(), "masks": masks}, run_dir / "model_final.pt")
         recorder.write_result(result)
         if ddp.main:
             for path in (recorder.checkpoint_path, scratch):
@@ -495,6 +499,14 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         wandb_run.summary.update({k: v for k, v in result.items() if isinstance(v, (int, float, str))})
         wandb_run.finish()
     return result
+
+
+def _save_torch(obj, path: Path) -> None:
+    # Serialised in memory first: a failing write (a full disk) then raises the plain OSError
+    # ("No space left on device") instead of an opaque error from inside torch's zip writer.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getbuffer())
 
 
 def _scratch_checkpoint(scratch_dir: str | None, run_dir: Path) -> Path | None:
@@ -634,23 +646,11 @@ def _update_metrics(record) -> dict:
     return out
 
 
-def _provenance(config: dict, run_dir: Path) -> dict:
-    """What every result.json says about where it came from: the experiment, the code, and
-    the host, job, hardware and log of the process that ran it."""
-    return {
-        "config": config,
-        "config_hash": config_hash(run_identity(config)),
-        "code_version": code_version(),
-        "seed": config["train"]["seed"],
-        **provenance(run_dir),
-    }
-
-
 def _result(cfg, config, run_dir, status, progress, sparsifier, diverged, total_steps, setup_time) -> dict:
     last, best = progress.last, progress.best
     return {
         "status": status,
-        **_provenance(config, run_dir),
+        **provenance(config, run_dir),
         "epochs_completed": progress.epoch,
         "steps": progress.step,
         "total_steps": total_steps,
@@ -701,11 +701,9 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
     require_wandb(f"logging.wandb={cfg.logging.wandb}")
     import wandb
 
-    from .config import cell_identity
-
     where = run_dir.resolve()
     sweep, s = where.parent.name, cfg.sparsity  # runs_root/<sweep name>/<run slug>
-    cell = config_hash(cell_identity(config))[:8]
+    cell = cell_hash(config)[:8]
     axes = {
         "sweep": sweep,
         "cell": cell,
@@ -719,10 +717,10 @@ def _start_wandb(cfg: RunConfig, config: dict, run_dir: Path):
         *(f"{k}:{v:g}" if isinstance(v, float) else f"{k}:{v}" for k, v in axes.items() if v is not None),
         f"code:{code_version()}",
     ]
-    slug = re.sub(r"-s\d+-[0-9a-f]+$", "", run_dir.name)  # the run's name without seed and hash
+    slug = cell_of_name(run_dir)  # the run's name without seed and hash
     local = Path(cfg.logging.wandb_dir or where.parent / ".wandb")
     local.mkdir(parents=True, exist_ok=True)
-    run_id = hashlib.sha256(f"{where}\0{config_hash(run_identity(config))}".encode()).hexdigest()[:20]
+    run_id = hashlib.sha256(f"{where}\0{identity_hash(config)}".encode()).hexdigest()[:20]
     return wandb.init(
         project=cfg.logging.wandb_project,
         entity=cfg.logging.wandb_entity,
@@ -868,8 +866,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['status']}: final test acc {result['final']['test_acc']}, "
         f"best-val test acc {result['best_val']['test_acc']}, records in {run_dir}"
     )
-    from .runstate import exit_code  # the one rule: a diverged run is a result, not an error
-
     return exit_code([result["status"]])
 
 

@@ -1,7 +1,7 @@
 """Synthetic run records with known answers, written by the trainer's own record writer.
 
 Configs are the real resolved `RunConfig` with a few fields overridden, and the records are
-written with `src.records.RunRecorder`, so the files have exactly the on-disk format of
+written with `src.rundir.RunRecorder`, so the files have exactly the on-disk format of
 real runs; only the numbers are made up.
 
 The main grid (`write_sweep`): LeNet-5 / Fashion-MNIST, criteria x growth x density x seeds,
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.config import RunConfig, run_identity
-from src.records import RunRecorder, config_hash
+from src.config import RunConfig
+from src.rundir import RunRecorder, config_hash, run_identity
 
 SETUP = "lenet5/fashion_mnist"
 DENSITIES = (0.05, 0.1, 0.2, 0.5)

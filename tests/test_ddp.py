@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 from src.sparse import Sparsifier, SparsityConfig
 
 

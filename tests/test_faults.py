@@ -18,7 +18,7 @@ import analysis
 from analysis import columns as C
 from src.config import RunConfig
 from src.launch import expand
-from src.records import RunDirConflict, metrics_damage, read_metrics, read_result
+from src.rundir import RunDirConflict, metrics_damage, read_metrics, read_result
 from src.train import StopOnSignal, train
 
 REPO = Path(__file__).resolve().parent.parent

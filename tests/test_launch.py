@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from src.plan import expand, run_directory
-from src.records import read_result
+from src.plan import expand
+from src.rundir import read_result, run_directory
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,7 +135,7 @@ def test_run_directory_ignores_launch_only_and_irrelevant_fields():
     b = expand(["setup=smoke", "sparsity=dense", "criterion=mest", "train.threads=1"], check_data=False)[0]
     c = expand(["setup=smoke", "sparsity=dense", "seed=4"], check_data=False)[0]
     assert a.run_dir == b.run_dir != c.run_dir
-    assert run_directory("r", "n", a.config).parent == Path("r/n")
+    assert run_directory("r", "n", a.config.to_dict()).parent == Path("r/n")
 
 
 @pytest.mark.parametrize(

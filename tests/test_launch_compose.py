@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from src.config_groups import REGISTRY_GROUPS, registry_names
 from src.launch import main
 from src.plan import CONF_DIR, expand, to_run_config, write_plan
-from src.records import read_result
+from src.rundir import read_result
 
 
 def counting_compose(monkeypatch) -> list:

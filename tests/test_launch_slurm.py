@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 
 from .slurm_cluster import launch, slurm_args
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from src.plan import expand, read_plan
-from src.records import RunLock, RunLocked, lock_probe
-from src.runstate import STATES, classify, exit_code
+from src.rundir import STATES, RunLock, RunLocked, classify, exit_code, lock_probe
 from src.status import status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +40,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     """A real second process that takes the run's lock as a starting run does, and keeps it."""
     code = textwrap.dedent(f"""
         import sys, time
-        from src.records import RunLock
+        from src.rundir import RunLock
         with RunLock({str(run_dir)!r}):
             print("locked", flush=True)
             time.sleep(600)
@@ -217,7 +216,7 @@ def test_the_lock_probe_writes_nothing_and_never_refuses_a_run_start(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import time
-        from src.records import lock_probe
+        from src.rundir import lock_probe
         runs = {[str(r) for r in runs]!r}
         deadline = time.monotonic() + 60
         print("probing", flush=True)
@@ -341,19 +340,20 @@ def test_detach_does_not_resubmit_runs_whose_job_is_still_queued(slurm_cluster, 
             subprocess.run(["scancel", *ids], check=False)
 
 
-# ---------------------------------------------------------------------------- identity, asked of the sparsity config
-def test_run_identity_asks_the_sparsity_config_which_fields_matter(monkeypatch):
-    from src.config import RunConfig, run_identity
+# ---------------------------------------------------------------------------- identity: one definition
+def test_run_identity_keeps_the_sparsity_fields_that_matter_for_the_mode(monkeypatch):
+    from src.config import RunConfig
+    from src.rundir import identity, run_identity
     from src.sparse.config import SparsityConfig
 
     dst = RunConfig().to_dict()
-    assert run_identity(dst)["sparsity"] == SparsityConfig.identity(dst["sparsity"])
+    assert run_identity(dst)["sparsity"] == identity.sparsity_identity(dst["sparsity"])
     assert "backend" not in run_identity(dst)["sparsity"] and "criterion" in run_identity(dst)["sparsity"]
     dense = RunConfig(sparsity=SparsityConfig(mode="dense", criterion="snip")).to_dict()
     assert run_identity(dense)["sparsity"] == {"mode": "dense"}
     static = RunConfig(sparsity=SparsityConfig(mode="static")).to_dict()
-    assert set(run_identity(static)["sparsity"]) == set(SparsityConfig.STATIC_FIELDS)
-    monkeypatch.setattr(SparsityConfig, "STATIC_FIELDS", ("mode", "density", "growth"))
+    assert set(run_identity(static)["sparsity"]) == set(identity.SPARSITY_STATIC_FIELDS)
+    monkeypatch.setattr(identity, "SPARSITY_STATIC_FIELDS", ("mode", "density", "growth"))
     assert set(run_identity(static)["sparsity"]) == {"mode", "density", "growth"}  # no list of its own
 
 
@@ -377,7 +377,10 @@ def test_the_completeness_table_says_what_status_says_of_an_unfinished_run(tmp_p
 def test_no_floor_imports_the_one_above_it():
     """The classifier knows nothing of planning or launching; status and packs nothing of the CLI."""
     for module, above in (
-        ("src.runstate", ("src.plan", "src.launch", "src.status", "src.pack", "src.runner")),
+        (
+            "src.rundir",
+            ("src.plan", "src.launch", "src.status", "src.pack", "src.runner", "src.config", "torch", "hydra"),
+        ),
         ("src.plan", ("src.launch", "src.status", "src.pack", "src.runner")),
         ("src.runner", ("src.launch", "src.status", "src.pack", "src.plan")),
         ("src.status", ("src.launch", "src.pack", "src.runner", "src.plan")),
@@ -436,8 +439,8 @@ def test_a_run_waiting_in_a_live_launch_is_planned_and_missing_once_the_launch_i
 def test_without_a_working_flock_liveness_comes_from_the_heartbeat(tmp_path):
     """(`lock_probe` says NO_FLOCK where flock fails with ENOLCK / EOPNOTSUPP; given here as the
     classifier's input: no file system of this machine refuses flock.)"""
-    from src.records import NO_FLOCK
-    from src.runstate import state
+    from src.rundir import NO_FLOCK
+    from src.rundir.state import state
 
     now = time.time()
     beat = {"host": "node3", "pid": 77, "step": 40, "epoch": 2}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from src.launch import expand
-from src.records import read_result
+from src.rundir import read_result
 from tests.test_faults import PY, REPO, _alive, holder_pid, lines, sweep_args, wait_for
 
 

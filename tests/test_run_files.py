@@ -13,8 +13,7 @@ import pytest
 import torch
 
 from src.launch import Job, summarize
-from src.records import LinkRefused, read_metrics, read_result
-from src.runinfo import read_heartbeat, tee_output
+from src.rundir import LinkRefused, read_heartbeat, read_metrics, read_result, tee_output
 from src.train import train
 from tests.test_faults import PY, REPO, args, config, lines, start_train, stop_after, strip_times, wait_for
 

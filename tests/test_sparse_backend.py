@@ -408,7 +408,7 @@ def test_trainer_picks_conv_backend_by_input_size_and_resumes_bit_identically(tm
     3x3) runs it sparse; the table with the sizes swapped runs it masked; a run interrupted
     and resumed makes the same choice and the same numbers."""
     import src.sparse.backend
-    from src.records import read_metrics
+    from src.rundir import read_metrics
     from tests.test_train import strip_times, tiny
 
     layers = [row for row in load_crossover() if row.get("out_channels") != 50]
@@ -457,7 +457,7 @@ def test_momentum_growth_and_compat_run_masked_under_auto():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp_cifar10_dropout", "lenet5"])
 def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path, model):
-    from src.records import read_metrics
+    from src.rundir import read_metrics
     from tests.test_train import assert_same_model, final_state, strip_times, tiny
 
     # (LeNet-5 at density 0.1 does not learn these few steps, with either backend)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 from src.status import status
 
 from .slurm_cluster import launch, slurm_args

@@ -14,7 +14,7 @@ import tomllib
 
 from src.launch import expand
 from src.launch import main as launch_main
-from src.runinfo import read_heartbeat
+from src.rundir import read_heartbeat
 from src.status import counts, status
 from src.train import main as train_main
 
@@ -137,7 +137,7 @@ def test_console_scripts_point_at_entry_points():
 @pytest.mark.slow
 def test_a_pack_runs_its_runs_side_by_side_and_skips_finished_ones(tmp_path):
     from src.pack import Pack, PackedRun
-    from src.records import read_result
+    from src.rundir import read_result
 
     jobs = expand(["setup=smoke", "train.epochs=1", "seed=1,2,3", f"runs_root={tmp_path}"], check_data=False)
     runs = [PackedRun(i, j.overrides, str(j.run_dir), j.config.to_dict()) for i, j in enumerate(jobs)]

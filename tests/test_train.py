@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src.config import RunConfig
-from src.records import read_metrics, read_result
+from src.rundir import read_metrics, read_result
 from src.sparse import SparsityConfig
 from src.train import learning_rate, train
 

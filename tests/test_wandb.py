@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.records import read_metrics
+from src.rundir import read_metrics
 from src.train import train
 from tests.test_faults import args, config, lines, start_train, stop_after, wait_for
 

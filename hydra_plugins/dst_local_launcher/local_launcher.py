@@ -18,7 +18,7 @@ jobs (which checkpoint and record themselves as interrupted; a second Ctrl-C abo
 no further job starts; if the launcher is killed outright, each job gets SIGTERM from the
 kernel (PR_SET_PDEATHSIG, set by the job itself, see `src.runner.die_with_launcher`). A job
 killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
-(`runstate.record_death`).
+(`rundir.record_death`).
 
 (No `from __future__ import annotations` here: Hydra imports plugins without registering
 them in sys.modules, which string annotations on dataclasses need.)
@@ -41,6 +41,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from src.execute.environment import available_cpus
+from src.rundir import atomic_write, finished_status, record_death
+
 log = logging.getLogger(__name__)
 
 
@@ -56,8 +59,6 @@ ConfigStore.instance().store(group="hydra/launcher", name="dst_local", node=Loca
 
 class LocalPoolLauncher(Launcher):
     def __init__(self, threads_per_job: int = 1, max_workers: int | None = None) -> None:
-        from src.runinfo import available_cpus
-
         self.threads_per_job = threads_per_job
         self.max_workers = max_workers or max(1, available_cpus() // threads_per_job)
         self.config: DictConfig | None = None
@@ -98,7 +99,6 @@ class LocalPoolLauncher(Launcher):
 
     def _job(self, overrides):
         from src.plan import Job, job_of
-        from src.runstate import finished_status
 
         if self.plan is not None:
             job = self.plan.get(tuple(overrides))
@@ -164,7 +164,6 @@ class LocalPoolLauncher(Launcher):
     def _prepare(self, sweep_dir: Path, idx: int, overrides: list[str]):
         """The job's JobReturn, and the run to fork (None: already finished, or the launcher was stopped)."""
         from src.pack import PackedRun
-        from src.records import atomic_write
 
         job_dir = sweep_dir / str(idx)
         ret = JobReturn(overrides=overrides, working_dir=str(job_dir), task_name="src.launch")
@@ -186,8 +185,6 @@ class LocalPoolLauncher(Launcher):
     def _finish(
         self, sweep_dir: Path, idx: int, ret: JobReturn, run, code: int, started: float, started_at: float
     ) -> JobReturn:
-        from src.runstate import record_death
-
         run_dir = Path(run.run_dir)
         if self._stop_signal is None:  # (a second Ctrl-C aborts at once: interrupted by the user)
             record_death(run_dir, run.config, code, started_at)  # killed by another signal: failed, named

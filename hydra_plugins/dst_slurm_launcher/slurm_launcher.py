@@ -29,6 +29,9 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from src.execute.slurm_queue import still_queued
+from src.rundir import finished_status
+
 log = logging.getLogger(__name__)
 
 
@@ -59,13 +62,13 @@ class PackedSlurmLauncher(SlurmLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from src.pack import Pack, PackedRun, write_submission
         from src.plan import PLAN, Job, job_of, planned_jobs
-        from src.runstate import finished_status
 
         assert self.config is not None and self.hydra_context is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         planned = planned_jobs(sweep_dir) if (sweep_dir / PLAN).exists() else None
-        in_queue = _still_queued(sweep_dir)
+        # the runs of the sweep's earlier submissions (records beside this launch's sweep dir) still queued
+        in_queue = still_queued(sorted(sweep_dir.parent.glob("*/submission.json")))
         runs, todo = [], []  # todo: the runs not finished (the launch's plan decided it) nor queued
         for i, overrides in enumerate(job_overrides):
             if planned is not None:
@@ -143,20 +146,3 @@ class PackedSlurmLauncher(SlurmLauncher):
             **{k if k in base else f"slurm_{k}": v for k, v in self.params.items() if k not in init_keys}
         )
         return executor
-
-
-def _still_queued(sweep_dir: Path) -> dict:
-    """run_dir -> job id, for the runs of the sweep's earlier submissions (the submission
-    records beside this launch's sweep dir) whose SLURM job is still in the queue."""
-    import json
-
-    from src.runstate import IN_QUEUE, queue_states
-
-    submitted = {}
-    records = sorted(sweep_dir.parent.glob("*/submission.json"))
-    for path in sorted(records, key=lambda p: json.loads(p.read_text()).get("time", 0)):
-        for job in json.loads(path.read_text()).get("jobs", []):
-            for run in job["runs"]:
-                submitted[str(Path(run).resolve())] = job["job_id"]
-    states = queue_states(set(submitted.values()))
-    return {run: job for run, job in submitted.items() if states.get(job) in IN_QUEUE}

@@ -145,22 +145,6 @@ class SparsityConfig:
             return f"sparsity.criterion={self.criterion!r} (it differentiates a dense copy of the model twice)"
         return None
 
-    # The fields that decide what a run computes, per mode (the rest cannot affect it); `backend`
-    # (how layers are computed, not what) is never one of them.
-    STATIC_FIELDS = ("mode", "density", "init", "erk_power_scale", "include", "exclude", "compat")
-    LAUNCH_ONLY = ("backend",)
-
-    @classmethod
-    def identity(cls, fields: dict) -> dict:
-        """The part of a sparsity config (as a dict) that identifies the experiment: the mode
-        alone for dense runs, the initial mask's fields for static ones, all but `backend` for
-        DST. (`src.config.run_identity` asks this for the `sparsity` section.)"""
-        if fields.get("mode") == "dense":
-            return {"mode": "dense"}
-        if fields.get("mode") == "static":
-            return {k: fields[k] for k in cls.STATIC_FIELDS if k in fields}
-        return {k: v for k, v in fields.items() if k not in cls.LAUNCH_ONLY}
-
     def step_first(self) -> bool:
         """True when the optimizer steps before the topology update."""
         if self.update_order == "reference":

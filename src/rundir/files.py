@@ -5,6 +5,8 @@
     <run_dir>/checkpoint.pt   the latest checkpoint (while the run is unfinished)
     <run_dir>/result.json     written atomically when the run ends or stops (any status)
     <run_dir>/.lock           held (flock) by the process running the run, with its host and pid
+    <run_dir>/heartbeat.json  where and how far the run is (`heartbeat`)
+    <run_dir>/train.log       the run's output (`log`)
     <run_dir>/checkpoint.pt.corrupt-*   an unreadable checkpoint, kept for inspection
 
 Everything the analysis needs is in these files; W&B is an optional mirror.
@@ -14,22 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
-import io
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
-MODEL_FINAL, LOCK = "model_final.pt", ".lock"
+MODEL_FINAL, LOCK, HEARTBEAT, LOG = "model_final.pt", ".lock", "heartbeat.json", "train.log"
 STATUSES = ("completed", "diverged", "failed", "interrupted")
 FINISHED = ("completed", "diverged")  # never run again; failed runs are retried, interrupted resumed
 _UMASK = os.umask(0o022)
@@ -67,16 +63,6 @@ def write_all(fd: int, data) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same directory and rename (atomic on POSIX)."""
     atomic_write(Path(path), text.encode())
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch  # here, so that reading records (the analysis) does not need torch
-
-    # Serialised in memory first: a failing write (a full disk) then raises the plain OSError
-    # ("No space left on device") instead of an opaque error from inside torch's zip writer.
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(Path(path), buffer.getbuffer())
 
 
 def atomic_write(path: Path, data, *, durable: bool = True) -> None:
@@ -136,34 +122,6 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def config_hash(config: dict) -> str:
-    """A stable short hash of a resolved config (key order does not matter)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def code_version() -> str:
-    """`git describe` of the source tree, or the package version outside a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fantastic-dst")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -231,149 +189,6 @@ def metrics_damage(run_dir: Path) -> str | None:
                 return f"{path}:{number}: update at step {row.get('step')} after step {step} (duplicated records)"
             step = row["step"]
     return None
-
-
-class RunLocked(RuntimeError):
-    """Another process holds the run directory's lock."""
-
-
-class RunLock:
-    """An exclusive lock on a run directory, held for the whole life of the run, so that two
-    launchers never train the same run: the second gets `RunLocked` naming the holder.
-
-    `flock` is released by the kernel when the holder dies in any way (kill -9 included). On
-    network file systems it is only as good as their lock manager: NFS (v4, or v3 with lockd)
-    maps it to a POSIX lock, Lustre needs the `flock` mount option.
-    """
-
-    def __init__(self, run_dir: Path, *, enabled: bool = True):
-        self.path = Path(run_dir) / LOCK
-        self.enabled = enabled
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        if self.enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_run_file(self.path, os.O_RDWR | os.O_CREAT)
-            try:
-                _flock_exclusive(fd)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RunLocked(f"running elsewhere ({holder}): {self.path.parent}") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode())
-            self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock; the file stays (unlinking it would race)
-            self._fd = None
-
-
-def _flock_exclusive(fd: int, tries: int = 100) -> None:
-    """Take the exclusive lock without waiting for a runner, but past a `lock_probe`: its shared
-    lock lasts microseconds, and a start it refused would be a run lost to a read-only look.
-    A runner holds the lock exclusively, so when a shared lock can be had, only probes hold it."""
-    for _ in range(tries):
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise BlockingIOError("held by a runner") from None
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            time.sleep(0.001)
-    raise BlockingIOError("held by probes")
-
-
-# What `lock_probe` says about a run's lock: a holder ("host H, pid P"), FREE, or NO_FLOCK (the
-# file system refuses flock: liveness then comes from the heartbeat alone).
-FREE, NO_FLOCK = "", None
-
-
-def lock_probe(run_dir: Path) -> str | None:
-    """Who holds the run's lock, without writing anything: "host H, pid P" of the process
-    running the run now, `FREE` ("") when none does, `NO_FLOCK` (None) when this file
-    system has no working flock. A non-blocking shared lock on a read-only descriptor: the
-    lock file is neither created nor rewritten, and a run starting meanwhile is not refused
-    (`_flock_exclusive` waits out a probe)."""
-    try:
-        fd = os.open(os.path.join(run_dir, LOCK), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:  # no lock file: the run never started here (or the directory is unreadable)
-        return FREE
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.read(fd, 200).decode(errors="replace").strip() or "unknown"
-        except OSError as error:
-            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return NO_FLOCK
-            raise
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return FREE
-    finally:
-        os.close(fd)
-
-
-class RunDirConflict(ValueError):
-    """The run directory holds the records of another experiment."""
-
-
-def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
-    """Why ``run_dir`` cannot take the run of ``config`` (it holds another experiment's
-    records: both hashes and the differing fields), or None. Reads only: a refused directory
-    is left as it was."""
-    from .config import run_identity
-
-    existing = recorded_config(run_dir)
-    if existing is None:
-        return None
-    old, new = run_identity(existing), run_identity(config)
-    if old == new:
-        return None
-    a, b = _flat(old), _flat(new)
-    diff = [
-        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-        for k in sorted(set(a) | set(b))
-        if a.get(k, "<absent>") != b.get(k, "<absent>")
-    ]
-    return (
-        f"{run_dir} holds the records of another experiment (config hash {config_hash(old)}, "
-        f"this run's is {config_hash(new)}); differing fields:\n  "
-        + "\n  ".join(diff)
-        + "\n(use another run directory, or --force to delete those records and start over)"
-    )
-
-
-def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
-    """Make sure ``run_dir`` belongs to the experiment of ``config`` before anything in it is
-    written: records of another experiment raise `RunDirConflict` (`run_dir_conflict`),
-    unless ``force``, which deletes them and starts over. Also removes the temporary files of
-    a killed run. (Call with the run's lock held.)"""
-    run_dir = Path(run_dir)
-    conflict = run_dir_conflict(run_dir, config)
-    if conflict and not force:
-        raise RunDirConflict(conflict)
-    if conflict:
-        for name in (CONFIG, METRICS, CHECKPOINT, RESULT, MODEL_FINAL):
-            (run_dir / name).unlink(missing_ok=True)
-    for path in remove_stale_temp_files(run_dir):
-        print(f"removed a stale temporary file: {path}", file=sys.stderr, flush=True)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def read_metrics(run_dir: Path, kind: str | None = None) -> list[dict]:

@@ -16,7 +16,7 @@ launchers, packs, the analysis' completeness table) asks `state`; none decides o
     damaged      records that are not this run's: an unreadable result.json, or the records of
                  another experiment (its config hash is not the directory's identity)
 
-Liveness comes from the lock first (`records.lock_probe`, a shared probe that writes
+Liveness comes from the lock first (`lock.lock_probe`, a shared probe that writes
 nothing): a held lock is a live process, however old its heartbeat (a SIGSTOPped run, a busy
 node). A heartbeat from the future is reported as clock skew and not trusted. Where the file
 system has no working flock, the heartbeat is all there is: fresh means running.
@@ -27,13 +27,30 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .records import CONFIG, FINISHED, LOCK, NO_FLOCK, RESULT, STATUSES, config_hash, lock_probe, read_result
-from .runinfo import HEARTBEAT, process_alive
+from .files import (
+    CHECKPOINT,
+    CONFIG,
+    FINISHED,
+    HEARTBEAT,
+    LOCK,
+    METRICS,
+    MODEL_FINAL,
+    RESULT,
+    STATUSES,
+    atomic_write_text,
+    read_result,
+    recorded_config,
+    remove_stale_temp_files,
+)
+from .heartbeat import process_alive
+from .identity import hash_of_name, identity_diff, identity_hash, run_identity
+from .lock import NO_FLOCK, RunLock, RunLocked, lock_probe
 
 STATES = (
     "planned",
@@ -89,41 +106,62 @@ class RunState:
     test_acc: float | None = None
 
 
-def identity_hash(run_dir: Path) -> str | None:
-    """The identity hash in a run directory's name (`<slug>-<10 hex digits>`), or None."""
-    match = re.search(r"-([0-9a-f]{10})$", os.path.basename(run_dir))
-    return match.group(1) if match else None
-
-
 def foreign_records(run_dir: Path, recorded: dict | None, expected: dict | None = None) -> str | None:
     """Why the records in `run_dir` are not this run's, or None when they are (or say nothing):
     their config's identity hash is not the directory's (or not that of `expected`, the run's
     planned config), with both hashes and, when `expected` is known, the differing fields."""
-    from .config import run_identity  # (no torch)
-
     if not isinstance(recorded, dict) or not recorded:
         return None
-    theirs = config_hash(run_identity(recorded))
+    theirs = identity_hash(recorded)
     if expected is not None:
-        ours = config_hash(run_identity(expected))
+        ours = identity_hash(expected)
         if theirs == ours:
             return None
     else:
-        ours = identity_hash(run_dir)
+        ours = hash_of_name(run_dir)
         if ours is None or theirs.startswith(ours):
             return None
     detail = f"records of another experiment (config hash {theirs}, this directory's is {ours})"
     if expected is not None:
-        from .records import _flat
-
-        a, b = _flat(run_identity(recorded)), _flat(run_identity(expected))
-        diff = [
-            f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>")
-        ]
-        detail += "; differing fields: " + ", ".join(diff)
+        detail += "; differing fields: " + ", ".join(identity_diff(recorded, expected))
     return detail + "; not counted as finished"
+
+
+class RunDirConflict(ValueError):
+    """The run directory holds the records of another experiment."""
+
+
+def run_dir_conflict(run_dir: Path, config: dict) -> str | None:
+    """Why ``run_dir`` cannot take the run of ``config`` (it holds another experiment's
+    records: both hashes and the differing fields), or None. Reads only: a refused directory
+    is left as it was."""
+    existing = recorded_config(run_dir)
+    if existing is None:
+        return None
+    if run_identity(existing) == run_identity(config):
+        return None
+    return (
+        f"{run_dir} holds the records of another experiment (config hash {identity_hash(existing)}, "
+        f"this run's is {identity_hash(config)}); differing fields:\n  "
+        + "\n  ".join(identity_diff(existing, config))
+        + "\n(use another run directory, or --force to delete those records and start over)"
+    )
+
+
+def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
+    """Make sure ``run_dir`` belongs to the experiment of ``config`` before anything in it is
+    written: records of another experiment raise `RunDirConflict` (`run_dir_conflict`),
+    unless ``force``, which deletes them and starts over. Also removes the temporary files of
+    a killed run. (Call with the run's lock held.)"""
+    run_dir = Path(run_dir)
+    conflict = run_dir_conflict(run_dir, config)
+    if conflict and not force:
+        raise RunDirConflict(conflict)
+    if conflict:
+        for name in (CONFIG, METRICS, CHECKPOINT, RESULT, MODEL_FINAL):
+            (run_dir / name).unlink(missing_ok=True)
+    for path in remove_stale_temp_files(run_dir):
+        print(f"removed a stale temporary file: {path}", file=sys.stderr, flush=True)
 
 
 def read_json(path: Path):
@@ -147,8 +185,6 @@ def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
         return None
     foreign = foreign_records(run_dir, result.get("config"), config)
     if foreign:
-        import sys
-
         print(f"warning: {run_dir}: {foreign}", file=sys.stderr, flush=True)
         return None
     return result["status"]
@@ -173,7 +209,7 @@ def state(
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
 ) -> RunState:
-    """The state of one run from what is known of it: `lock` (`records.lock_probe`: holder,
+    """The state of one run from what is known of it: `lock` (`lock.lock_probe`: holder,
     FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
     result.json was written), whether the
     launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
@@ -298,8 +334,6 @@ def classify(
 def died(code: int) -> str | None:
     """`failed`'s detail for a run process that exited with `code` (a Popen / multiprocessing
     exit code; negative: killed by that signal), unless a preemption signal stopped it."""
-    import signal
-
     if code >= 0:
         return None
     try:
@@ -314,8 +348,6 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
     one (a segfault, an OOM kill) without a result of its own: write its result.json as failed,
     naming the signal, so that every reader says `failed` and a launch retries it. Returns the
     detail, or None when it did not so die. (Under the run's lock: free, its holder is dead.)"""
-    from .records import RunLock, RunLocked, atomic_write_text
-
     detail = died(code)
     if detail is None:
         return None
@@ -339,24 +371,6 @@ def record_death(run_dir: Path, config: dict, code: int, started: float) -> str 
     except (RunLocked, OSError):
         pass
     return detail
-
-
-def queue_states(job_ids: set[str]) -> dict[str, str]:
-    """`squeue` state of each queued job / array task among `job_ids` (one call for all)."""
-    if not job_ids:
-        return {}
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(arrays)], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}  # no SLURM here: nothing is queued
-    states = {}
-    for line in out.stdout.splitlines():  # squeue exits 1 when every job has left the queue
-        job, _, queue_state = line.strip().partition("|")
-        states[job] = queue_state
-    return states
 
 
 def _with(row: RunState, state_: str, detail: str) -> RunState:

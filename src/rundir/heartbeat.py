@@ -1,11 +1,10 @@
-"""Where and how a run is running: its heartbeat, its log, and the provenance in result.json.
+"""Where and how a run is running: its heartbeat.
 
     <run_dir>/heartbeat.json   written when the run starts, then rewritten atomically at most
                                every `train.heartbeat_every_s` seconds (checked at each step):
                                {host, pid, slurm_job_id, slurm_array_task_id, step, epoch, time}
                                and, when the run failed and could not write result.json (a full
                                disk), "unrecorded_failure": {error, time}, rewritten in place
-    <run_dir>/train.log        the run's stdout and stderr (also still on the console)
 
 `python -m src.launch status` reads heartbeats to tell a running run (fresh heartbeat) from
 a killed one (stale heartbeat, or a dead pid on this host).
@@ -13,17 +12,13 @@ a killed one (stale heartbeat, or a dead pid on this host).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
-from .records import atomic_write, open_run_file, write_all
-
-HEARTBEAT, LOG = "heartbeat.json", "train.log"
+from .files import HEARTBEAT, atomic_write, open_run_file
 
 
 def slurm_ids() -> dict:
@@ -36,13 +31,6 @@ def slurm_ids() -> dict:
     else:
         job = env.get("SLURM_JOB_ID")
     return {"slurm_job_id": job, "slurm_array_task_id": int(task) if task is not None else None}
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: the SLURM allocation, else the affinity mask."""
-    if os.environ.get("SLURM_CPUS_PER_TASK"):
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def whereabouts() -> dict:
@@ -119,83 +107,3 @@ def process_alive(host: str | None, pid: int | None) -> bool | None:
     except PermissionError:
         return True
     return True
-
-
-def provenance(run_dir: Path) -> dict:
-    """Host, SLURM job, hardware, torch and thread count of this process, and the run's log."""
-    import torch
-
-    from .sparse.kernels import cpu_info  # (the one reader of /proc/cpuinfo)
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {
-        "host": socket.gethostname(),
-        **slurm_ids(),
-        "cpu_model": cpu_info()["model"],
-        "gpu_model": gpu,
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "log": str(Path(run_dir).resolve() / LOG),
-    }
-
-
-class _Tee:
-    """The console first, then the log file: when the file cannot be written (a full disk, a
-    read-only file system) the console still gets every line, and the file's error is
-    reported there once."""
-
-    def __init__(self, stream, fd: int, path: Path):
-        self.stream, self.fd, self.path = stream, fd, path
-        self.broken = False
-
-    def write(self, text):
-        n = self.stream.write(text)
-        self.stream.flush()
-        if not self.broken:
-            try:
-                write_all(self.fd, text.encode(errors="replace"))
-            except OSError as error:
-                self.broken = True
-                self.stream.write(
-                    f"warning: {self.path} cannot be written ({error}); output goes to the console only\n"
-                )
-                self.stream.flush()
-        return n
-
-    def flush(self):
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextlib.contextmanager
-def tee_output(path: Path, *, enabled: bool = True):
-    """Copy this process's stdout and stderr (Python-level writes) to `path`, appended, so
-    a run's log sits in its own directory across resumes. Never through a symbolic link."""
-    if not enabled:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = open_run_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Tee(sys.stdout, fd, path), _Tee(sys.stderr, fd, path)
-    job = slurm_ids()["slurm_job_id"]
-    try:
-        print(
-            f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} pid {os.getpid()}"
-            f"{' job ' + str(job) if job else ''}",
-            file=_Tee(_Null(), fd, path),
-        )
-        yield
-    finally:
-        sys.stdout, sys.stderr = saved
-        os.close(fd)
-
-
-class _Null:
-    def write(self, text):
-        return len(text)
-
-    def flush(self):
-        pass
