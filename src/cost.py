@@ -1,7 +1,7 @@
 """What a launch commits to, said before it starts: its runs x epochs, and how long that takes
 on this kind of machine where a rate is known.
 
-    6 run(s) x 100 epochs = 600 epochs; 0 already finished (will be skipped)
+    6 run(s); 0 already finished (will be skipped); to train: 6 x 100 epochs = 600 epochs
     estimate: 1.1 run-hours (6.6 s/epoch for lenet5 on fashion_mnist, dst (measured: ..., AMD EPYC x1)); about 33 min here, 2 run(s) at a time
 
 A rate is seconds per epoch (wall time of a run over its epochs: training, evaluation and
@@ -109,12 +109,11 @@ def estimate(jobs: Iterable, *, workers: int | None, threads: int = 1) -> list[s
     ``threads``: each run's threads where its config does not set them."""
     jobs = list(jobs)
     todo = [job for job in jobs if job.finished is None]
-    epochs = sorted({job.config.train.epochs for job in jobs})
-    total = sum(job.config.train.epochs for job in jobs)
-    per_run = f"{epochs[0]} epoch{'s' * (epochs[0] > 1)}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs"
-    lines = [
-        f"{len(jobs)} run(s) x {per_run} = {total} epochs; {len(jobs) - len(todo)} already finished (will be skipped)"
-    ]
+    lines = [f"{len(jobs)} run(s); {len(jobs) - len(todo)} already finished (will be skipped)"]
+    if todo:
+        epochs = sorted({job.config.train.epochs for job in todo})
+        each = f"{epochs[0]} epoch{'s' * (epochs[0] > 1)}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]} epochs"
+        lines[0] += f"; to train: {len(todo)} x {each} = {sum(job.config.train.epochs for job in todo)} epochs"
     if not todo:
         return lines
     runs_root = todo[0].run_dir.parent.parent  # runs_root/<name>/<run>

@@ -340,7 +340,10 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         progress = Progress(**ckpt["progress"])
         progress.resumed_at.append(progress.step)
         acc.load_state_dict(ckpt["accumulator"])
-    heartbeat.beat(progress.step, progress.epoch)
+    latest = {f"{k}_acc": progress.last[f"{k}_acc"] for k in ("val", "test") if f"{k}_acc" in progress.last}
+    heartbeat.beat(progress.step, progress.epoch, **latest)
+    total_steps = min(tc.epochs * steps_per_epoch, tc.max_steps or tc.epochs * steps_per_epoch)
+    heartbeat.training(epochs=tc.epochs, total_steps=total_steps, start_step=progress.step)
 
     last_shared = time.monotonic()
 
@@ -455,7 +458,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
-        heartbeat.maybe_beat(progress.step, progress.epoch)
+        heartbeat.beat(progress.step, progress.epoch, val_acc=val["acc"], test_acc=test["acc"])
         _wandb_log(wandb_run, "epoch", epoch_record, progress.step)
         if ddp.main:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)

@@ -22,7 +22,7 @@ def _launch(*args, cwd=REPO):
 def test_the_design_cards_sweep_says_six_100_epoch_runs_before_anything_starts(tmp_path):
     out = _launch("-m", "criterion=magnitude,mest", "seed=1,2,3", f"runs_root={tmp_path}", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "6 run(s) x 100 epochs = 600 epochs" in out.stdout
+    assert "6 run(s); 0 already finished (will be skipped); to train: 6 x 100 epochs = 600 epochs" in out.stdout
     estimate = [line for line in out.stdout.splitlines() if line.startswith("estimate:")]
     assert estimate, out.stdout
     from src.sparse.kernels import cpu_info
@@ -39,7 +39,7 @@ def test_the_rate_is_learned_from_runs_that_completed_here(tmp_path):
     assert "estimate: no measured rate" in first.stdout  # nothing known yet for this set-up
     out = _launch("-m", "setup=smoke", "seed=2,3", "train.epochs=10", f"runs_root={tmp_path}", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "2 run(s) x 10 epochs = 20 epochs; 0 already finished" in out.stdout
+    assert "2 run(s); 0 already finished (will be skipped); to train: 2 x 10 epochs = 20 epochs" in out.stdout
     line = next(line for line in out.stdout.splitlines() if line.startswith("estimate:"))
     assert f"1 completed run(s) under {tmp_path}" in line
     rate = float(re.search(r"([\d.]+) s/epoch", line).group(1))

@@ -130,6 +130,7 @@ class LocalPoolLauncher(Launcher):
         todo = list(jobs)
         running = {}  # process -> (job number, its JobReturn, the run, when it started)
         self._running = running
+        next_poll = 0.0
         while todo or running:
             while todo and len(running) < self.max_workers and self._stop_signal is None:
                 idx, overrides = todo.pop(0)
@@ -138,7 +139,7 @@ class LocalPoolLauncher(Launcher):
                     returns[idx] = ret
                     continue
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                started, started_at = self.progress.started(), time.time()
+                started, started_at = self.progress.started(run.run_dir), time.time()
                 proc = fork.Process(target=run_in_child, args=(run, str(sweep_dir), self.threads_per_job, os.getpid()))
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -158,6 +159,9 @@ class LocalPoolLauncher(Launcher):
                     returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
                 todo = []
             if running:
+                if time.monotonic() >= next_poll:  # the running runs' epochs, from their heartbeats
+                    self.progress.poll()
+                    next_poll = time.monotonic() + 0.5
                 time.sleep(0.05)
         return [returns[idx] for idx, _ in jobs]
 

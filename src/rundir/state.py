@@ -48,7 +48,7 @@ from .files import (
     recorded_config,
     remove_stale_temp_files,
 )
-from .heartbeat import process_alive
+from .heartbeat import process_alive, progress_text
 from .identity import hash_of_name, identity_diff, identity_hash, run_identity
 from .lock import NO_FLOCK, RunLock, RunLocked, lock_probe
 
@@ -247,8 +247,7 @@ def state(
             return _with(
                 row,
                 "running",
-                f"{row.host} pid {beat_pid}{job_note} step {heartbeat.get('step')} "
-                f"epoch {heartbeat.get('epoch')}" + skew_note,
+                f"{row.host} pid {beat_pid}{job_note} {progress_text(heartbeat, now)}" + skew_note,
             )
         return _with(row, "starting", f"{lock}{job_note}, no heartbeat yet")
     if foreign:
@@ -268,8 +267,7 @@ def state(
         return _with(
             row,
             "running",
-            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-            f"{heartbeat.get('epoch')} (no working flock here: from its heartbeat)",
+            f"{row.host} pid {beat_pid} {progress_text(heartbeat, now)} (no working flock here: from its heartbeat)",
         )
     if queue in IN_QUEUE:
         return _with(row, "queued", f"in job {row.job or job} ({queue.lower()})" + skew_note)
@@ -279,8 +277,7 @@ def state(
         return _with(
             row,
             "running",
-            f"{row.host} pid {beat_pid} step {heartbeat.get('step')} epoch "
-            f"{heartbeat.get('epoch')} (lock not visible from this host)",
+            f"{row.host} pid {beat_pid} {progress_text(heartbeat, now)} (lock not visible from this host)",
         )
     if status in ("failed", "interrupted") and not this_attempt:
         first = (result.get("error") or "").strip().splitlines()
