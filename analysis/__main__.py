@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.resources import notebook as packaged_notebook
+from src import resources
 
 from . import columns as C
 from .cells import MIN_SEEDS
@@ -73,13 +73,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+NOTEBOOK = resources.notebook()  # shipped with the package
+
+
 def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
     """The aggregate notebook executed headless on ``sweep_dirs`` (given to its kernel as
     ANALYSIS_SWEEP_DIRS), written with its outputs to ``out``."""
     import nbclient
     import nbformat
 
-    notebook = nbformat.read(packaged_notebook(), as_version=4)
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
     env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment

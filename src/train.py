@@ -458,7 +458,7 @@ def _train(cfg: RunConfig, run_dir: Path, should_stop, heartbeat: Heartbeat) -> 
         if val["acc"] > progress.best_val_acc:  # ties keep the earlier epoch
             progress.best_val_acc, progress.best = val["acc"], epoch_record
         recorder.log("epoch", **epoch_record)
-        heartbeat.beat(progress.step, progress.epoch, val_acc=val["acc"], test_acc=test["acc"])
+        heartbeat.epoch_end(progress.step, progress.epoch, val_acc=val["acc"], test_acc=test["acc"])
         _wandb_log(wandb_run, "epoch", epoch_record, progress.step)
         if ddp.main:
             print(_epoch_line(epoch_record, tc.epochs), flush=True)

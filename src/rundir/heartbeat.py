@@ -1,8 +1,10 @@
 """Where and how a run is running: its heartbeat.
 
-    <run_dir>/heartbeat.json   written when the run starts, after its first training step, at
-                               the end of every epoch, and otherwise at most every
-                               `train.heartbeat_every_s` seconds (checked at each step):
+    <run_dir>/heartbeat.json   written when the run starts, after its first training step and
+                               at the end of its first epoch (so that a new run shows its pace
+                               and first accuracies at once), then at most every
+                               `train.heartbeat_every_s` seconds (checked at each step; one beat
+                               a minute keeps the metadata load of 1,000s of runs low):
                                {host, pid, slurm_job_id, slurm_array_task_id, step, epoch, time}
                                and, once training started, {epochs, total_steps, start_step,
                                pace_from: [step, time] of this attempt's first step} (for the
@@ -54,6 +56,7 @@ class Heartbeat:
         self.where = whereabouts()
         self.last = {"step": 0, "epoch": 0}
         self._next = 0.0
+        self._epochs_seen = 0  # epochs ended in this attempt
 
     def beat(self, step: int, epoch: int, **latest) -> None:
         """Write now; ``latest``: the latest epoch's accuracies (val_acc, test_acc), kept until replaced."""
@@ -72,6 +75,17 @@ class Heartbeat:
         self.last.update(epochs=epochs, total_steps=total_steps, start_step=start_step)
         self.last.pop("pace_from", None)
         self._next = 0.0
+        self._epochs_seen = 0
+
+    def epoch_end(self, step: int, epoch: int, **accuracies) -> None:
+        """An epoch ended with these accuracies: written at once after this attempt's first
+        epoch, otherwise carried by the next beat that is due."""
+        self._epochs_seen += 1
+        if self._epochs_seen == 1:
+            self.beat(step, epoch, **accuracies)
+        else:
+            self.last.update(accuracies)
+            self.maybe_beat(step, epoch)
 
     def maybe_beat(self, step: int, epoch: int) -> None:
         if self.enabled and time.monotonic() >= self._next:
