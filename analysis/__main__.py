@@ -1,5 +1,5 @@
-"""Command line: ``python -m analysis report <sweep dirs...> --out <dir>``, and
-``python -m analysis notebook <sweep dirs...> [--out <file.ipynb>]``."""
+"""Command line: ``dst-report <sweep dirs...> [--out <dir>]`` (also ``dst-report report ...``
+and ``python -m analysis report ...``), and ``dst-report notebook <sweep dirs...> [--out <file.ipynb>]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from src import resources
 from src.rundir import atomic_write_text
 
 from . import columns as C
@@ -15,7 +16,7 @@ from .verdict import ALTERNATIVES, MIN_SEEDS
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    p = argparse.ArgumentParser(prog=program(), description=__doc__)
     commands = p.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="write every table and figure the runs support, with an index page")
     report.add_argument("sweep_dirs", nargs="+", type=Path, help="directories searched recursively for runs")
@@ -72,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-NOTEBOOK = Path(__file__).parent / "notebooks" / "aggregate.ipynb"
+NOTEBOOK = resources.notebook()  # shipped with the package
 
 
 def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METRIC, timeout: int = 600) -> Path:
@@ -104,7 +105,18 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     return out
 
 
+def program() -> str:
+    """The name this command was called by: `dst-report` (the installed script) or `python -m analysis`."""
+    return "dst-report" if Path(sys.argv[0]).name == "dst-report" else "python -m analysis"
+
+
+COMMANDS = ("report", "notebook")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "report")  # `dst-report DIR`: the report is the default command
     args = parser().parse_args(argv)
     absent = [str(d) for d in args.sweep_dirs if not d.is_dir()]
     if absent:

@@ -115,6 +115,8 @@ class RunConfig:
         _choice("optim.name", self.optim.name, OPTIMIZERS)
         _choice("optim.lr_schedule", self.optim.lr_schedule, LR_SCHEDULES)
         _choice("logging.wandb", self.logging.wandb, WANDB_MODES)
+        if self.logging.wandb != "off":
+            require_wandb(f"logging.wandb={self.logging.wandb}")
         _choice("train.device", self.train.device, DEVICES)
         for name, value, low in (
             ("train.epochs", self.train.epochs, 1),
@@ -194,6 +196,17 @@ def field_names(section: str) -> list[str]:
     """The fields of a section of the launch config (`train`, '' for the top level)."""
     node = schema_at(section)
     return sorted(f.name for f in fields(node)) if is_dataclass(node) else []
+
+
+WANDB_INSTALL = "pip install 'fantastic-dst[wandb]' (or pip install wandb)"
+
+
+def require_wandb(what: str) -> None:
+    """W&B is an optional dependency: a run that asks for it fails before it starts when it is absent."""
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"{what}: needs the wandb package, which is not installed; {WANDB_INSTALL}")
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"  # (hydra_plugins/dst_config adds REPO, so sweeps/ is the `sweeps` group)
+from .resources import CONF_DIR
 
 # group -> (the field its option sets, the package that field is in)
 REGISTRY_GROUPS = {

@@ -34,9 +34,11 @@ from pathlib import Path
 
 from analysis.verdict import verdict_readiness  # the analysis' rule, applied before launch
 
-from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, REPO, declared_names
+from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, declared_names
 from .execute.child import die_with_launcher, run_config_file, run_one
+from .execute.environment import available_cpus
 from .execute.slurm_queue import SchedulerError
+from .resources import SWEEPS_DIR
 from .rundir import classify, exit_code, finished_status, run_dir_link
 
 
@@ -78,7 +80,7 @@ def help_page() -> str:
         )
         for name in sorted(GROUPS - {"sweeps", "hydra/launcher"})
     }
-    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in (REPO / "sweeps").glob("*.yaml"))
+    groups["sweeps (add with +sweeps=NAME)"] = sorted(q.stem for q in SWEEPS_DIR.glob("*.yaml"))
     lines = [
         "usage: python -m src.launch [-m] [key=value | group=option ...] [--dry-run] [--detach]",
         "       python -m src.launch status [the same overrides | SWEEP_DIR | RUNS_DIR] [--watch [S]] [--stale-after S]",
@@ -188,6 +190,35 @@ def _save_plan(sweep_dir: Path, jobs: list, overrides: list[str]) -> str | None:
     return None
 
 
+def _print_cost(jobs: list, overrides: list[str], multirun: bool) -> None:
+    """What the launch commits to (runs x epochs) and an estimate of its time, before anything starts."""
+    from .cost import estimate  # (reads torch's thread count: not on the --help path)
+
+    workers = _local_workers(overrides) if multirun else 1
+    threads = int(dict(o.split("=", 1) for o in overrides if "=" in o).get("hydra.launcher.threads_per_job", 1))
+    for line in estimate(jobs, workers=workers, threads=threads if multirun else available_cpus()):
+        print(line)
+
+
+def _print_dry_run(jobs: list) -> None:
+    for job in jobs[:5]:
+        print(f"  {job.run_dir}  <- {' '.join(job.overrides)}")
+    if len(jobs) > 5:
+        print(f"  ... and {len(jobs) - 5} more")
+    print("note: dataset files were not checked (--dry-run); a launch checks them before starting")
+
+
+def _local_workers(overrides: list[str]) -> int | None:
+    """Runs at a time on this machine for a local launch (as the local launcher counts them);
+    None for a SLURM one."""
+    given = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    if given.get("launcher", "local") != "local":
+        return None
+    threads = int(given.get("hydra.launcher.threads_per_job", 1))
+    workers = given.get("hydra.launcher.max_workers", "null")
+    return int(workers) if workers.isdigit() else max(1, available_cpus() // threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
@@ -236,14 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if not multirun and len(jobs) > 1:
         print(f"error: these overrides describe {len(jobs)} runs; add -m to launch a sweep", file=sys.stderr)
         return 2
-    done = sum(job.finished is not None for job in jobs)
-    print(f"{len(jobs)} run(s); {done} already finished (will be skipped)")
+    _print_cost(jobs, overrides, multirun)
     if dry_run:
-        for job in jobs[:5]:
-            print(f"  {job.run_dir}  <- {' '.join(job.overrides)}")
-        if len(jobs) > 5:
-            print(f"  ... and {len(jobs) - 5} more")
-        print("note: dataset files were not checked (--dry-run); a launch checks them before starting")
+        _print_dry_run(jobs)
         return 0
     sweep_dir = _sweep_dir(argv, jobs)
     refused = _save_plan(sweep_dir, jobs, overrides) if sweep_dir is not None else None

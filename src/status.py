@@ -330,8 +330,16 @@ def main(argv: list[str]) -> int:
     )
     args, extra = p.parse_known_args([a for a in argv if a not in ("-m", "--multirun", "--detach", "--dry-run")])
     target = args.target + extra
-    if not target:
-        target = []  # the default config: one run
+    paths = [t for t in target if "=" not in t and not t.startswith("~")]  # (every override has a '=')
+    if paths and not all(Path(t).is_dir() for t in paths):
+        missing = next(t for t in paths if not Path(t).is_dir())
+        what = "is not a directory" if Path(missing).exists() else "does not exist"
+        print(
+            f"error: {missing} {what}: status takes a sweep's directory (runs_root/<name>, or a launch's "
+            f"sweep dir under runs_root/.hydra/) or the launch's overrides (key=value ...)",
+            file=sys.stderr,
+        )
+        return 2
     reader, sweep = Reader(), None
     while True:
         try:
@@ -355,11 +363,16 @@ def main(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------- a local sweep, live
 class SweepProgress:
-    """The line a local sweep prints as each run ends, and its closing summary:
+    """The lines a local sweep prints: one as each running run finishes an epoch, one as each
+    run ends, and its closing summary:
 
+        epoch 3/10 lenet5-dst-d0.1-snip-gradient-s1-<hash> val 85.9 % test 85.1 % — run ETA 4 min, sweep ETA 1 h 22 min
         [12/550] completed lenet5-dst-d0.1-snip-gradient-s1-<hash> test 86.1 % (41 s) — 6 running, ETA 1 h 20 min
 
-    Thread-safe: the launcher's workers call `started` / `finished` / `skipped`."""
+    The sweep's ETA follows the runs in flight: each running run's own ETA from its heartbeat
+    (its pace so far), the runs still to start at the mean duration of the finished ones (or,
+    before any finished, of the running ones' projected durations), `workers` at a time.
+    Thread-safe: the launcher calls `started` / `poll` / `finished` / `skipped`."""
 
     def __init__(self, total: int, workers: int, out=None):
 
@@ -368,6 +381,7 @@ class SweepProgress:
         self.durations: list[float] = []
         self.outcomes: dict[str, int] = {}
         self.start = time.monotonic()
+        self.in_flight: dict[str, tuple[float, int]] = {}  # run dir -> (started, epoch last shown)
         self._lock = threading.Lock()
 
     def skipped(self) -> None:
@@ -375,23 +389,76 @@ class SweepProgress:
             self.done += 1
             self.outcomes["skipped"] = self.outcomes.get("skipped", 0) + 1
 
-    def started(self) -> float:
+    def started(self, run_dir: Path | str | None = None) -> float:
+        now = time.monotonic()
         with self._lock:
             self.running += 1
-        return time.monotonic()
+            if run_dir is not None:
+                self.in_flight[str(run_dir)] = (now, 0)
+        return now
+
+    def _eta(self, beats: dict[str, dict | None]) -> float:
+        """Seconds until the sweep ends (see the class)."""
+        from .rundir.heartbeat import eta_s
+
+        now, left = time.monotonic(), []
+        projected = []  # running runs' whole durations, from their pace
+        for run_dir, (started, _) in self.in_flight.items():
+            eta = eta_s(beats[run_dir]) if beats.get(run_dir) else None
+            if eta is None and self.durations:
+                eta = max(0.0, sum(self.durations) / len(self.durations) - (now - started))
+            if eta is not None:
+                left.append(eta)
+                projected.append(now - started + eta)
+        mean = sum(self.durations) / len(self.durations) if self.durations else None
+        mean = mean if mean is not None else (sum(projected) / len(projected) if projected else 0.0)
+        waiting = self.total - self.done - len(self.in_flight)
+        return (sum(left) + waiting * mean) / max(1, min(self.workers, waiting + len(self.in_flight)))
+
+    def _beats(self) -> dict[str, dict | None]:
+        from .rundir.heartbeat import read_heartbeat
+
+        return {run_dir: read_heartbeat(Path(run_dir)) for run_dir in self.in_flight}
+
+    def poll(self) -> None:
+        """A line for each running run that finished an epoch since the last poll."""
+        from .rundir.heartbeat import eta_s
+
+        beats = self._beats()
+        with self._lock:
+            for run_dir, beat in beats.items():
+                started, shown = self.in_flight.get(run_dir, (0.0, 0))
+                epoch = (beat or {}).get("epoch") or 0
+                if not beat or epoch <= shown or "test_acc" not in beat:
+                    continue
+                self.in_flight[run_dir] = (started, epoch)
+                accuracies = " ".join(
+                    f"{name} {beat[key]:.1f} %"
+                    for key, name in (("val_acc", "val"), ("test_acc", "test"))
+                    if key in beat
+                )
+                eta = eta_s(beat)
+                print(
+                    f"epoch {epoch}/{beat.get('epochs', '?')} {Path(run_dir).name} {accuracies}"
+                    f" — run ETA {duration(eta) if eta is not None else '?'}, sweep ETA {duration(self._eta(beats))}",
+                    file=self.out or sys.stdout,
+                    flush=True,
+                )
 
     def finished(self, run_dir: Path, started: float) -> str:
         took = time.monotonic() - started
         row = classify(run_dir)
         state, acc = row.state, row.test_acc
+        beats = self._beats()
         with self._lock:
             self.running -= 1
             self.done += 1
             self.durations.append(took)
+            self.in_flight.pop(str(run_dir), None)
+            beats.pop(str(run_dir), None)
             self.outcomes[state] = self.outcomes.get(state, 0) + 1
             left = self.total - self.done
-            # the runs still to start, at the mean duration so far, `workers` at a time
-            eta = sum(self.durations) / len(self.durations) * left / max(1, min(self.workers, left)) if left else 0
+            eta = self._eta(beats) if left else 0
             line = (
                 f"[{self.done}/{self.total}] {state} {Path(run_dir).name}"
                 f"{f' test {acc:.1f} %' if acc is not None else ''} ({duration(took)})"

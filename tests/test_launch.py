@@ -63,7 +63,7 @@ PAPER_GRIDS = {
     "resnet50_imagenet_static": 1,
     "resnet50_imagenet_dst": 6,
     "fmnist_quick": 18,
-    "fmnist_quick_dense": 2,
+    "fmnist_quick_dense": 3,
     "fmnist_quick_static": 6,
     "fmnist_fig1": 150,
     "fmnist_fig1_dense": 3,

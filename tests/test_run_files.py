@@ -277,8 +277,11 @@ def test_the_heartbeat_is_on_a_time_interval_and_there_from_the_start(tmp_path):
         return False
 
     cfg = config(args(**{"train.heartbeat_every_s": 3600, "train.log_every": 1}))
-    assert train(cfg, tmp_path, should_stop=watch)["status"] == "completed"
-    assert set(steps) == {0}  # no step-count beats: the next one is due in an hour
+    result = train(cfg, tmp_path, should_stop=watch)
+    assert result["status"] == "completed"
+    per_epoch = result["total_steps"] // cfg.train.epochs
+    # the first step's beat and the first epoch's end; no step-count beats: the next is due in an hour
+    assert set(steps) == {1, per_epoch}, steps
 
 
 @pytest.mark.parametrize(

@@ -53,7 +53,8 @@ def test_status_shows_a_running_run_and_a_killed_one_as_stale(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, table.to_dict("records")
             time.sleep(0.5)
         run = table.iloc[0]
-        assert (run.pid, run.job) == (proc.pid, None) and run.detail.startswith(f"{run.host} pid {proc.pid} step")
+        assert (run.pid, run.job) == (proc.pid, None) and run.detail.startswith(f"{run.host} pid {proc.pid} epoch ")
+        assert "/500 step " in run.detail, run.detail
         assert table.loc[1, "state"] == "missing"
         # its lock is held: running, however old its heartbeat looks
         assert status(sweep, stale_after=60, now=time.time() + 3600).loc[0, "state"] == "running"

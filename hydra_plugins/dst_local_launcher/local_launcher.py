@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,14 +114,22 @@ class LocalPoolLauncher(Launcher):
             returns[idx] = ret
             if run is not None:
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-                self.progress.started()
+                self.progress.started(run.run_dir)
             return run
 
         def exited(run: PackedRun, code: int, started_at: float, started: float) -> None:
             returns[run.idx] = self._finish(sweep_dir, returns[run.idx], run, code, started, started_at)
 
+        next_poll = 0.0
+
+        def waiting() -> None:  # the running runs' epochs, from their heartbeats
+            nonlocal next_poll
+            if time.monotonic() >= next_poll:
+                self.progress.poll()
+                next_poll = time.monotonic() + 0.5
+
         with self.stop:
-            for idx, overrides in pool.run(jobs, start, exited):  # skipped or not started
+            for idx, overrides in pool.run(jobs, start, exited, waiting):  # skipped or not started
                 returns[idx], _ = self._prepare(sweep_dir, idx, overrides)
         return [returns[idx] for idx, _ in jobs]
 

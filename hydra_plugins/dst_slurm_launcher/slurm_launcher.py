@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import submitit
 from hydra.core.config_store import ConfigStore
@@ -46,6 +46,9 @@ class PackedSlurmConf(SlurmQueueConf):
     runs_per_job: int = 1
     concurrent_runs: int = 1
     detach: bool = False
+    # The command that runs Python in the job (default: the interpreter that submitted it), e.g.
+    # "apptainer exec --nv image.sif python" or another environment's python
+    python: Optional[str] = None  # noqa: UP045  (OmegaConf reads Optional, not str | None)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="dst_slurm", node=PackedSlurmConf, provider="dst")
@@ -148,9 +151,12 @@ class PackedSlurmLauncher(SlurmLauncher):
 
     def _executor(self):
         """The submitit executor, with the parameters mapped as hydra-submitit-launcher does."""
-        init_keys = {"submitit_folder", "max_num_timeout"}
+        init_keys = {"submitit_folder", "max_num_timeout", "python"}
         executor = submitit.AutoExecutor(
-            folder=self.params["submitit_folder"], cluster="slurm", slurm_max_num_timeout=self.params["max_num_timeout"]
+            folder=self.params["submitit_folder"],
+            cluster="slurm",
+            slurm_max_num_timeout=self.params["max_num_timeout"],
+            slurm_python=self.params.get("python"),
         )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(

@@ -37,10 +37,11 @@ class Pool:
         items: list,
         prepare: Callable[[Any], PackedRun | None],
         on_exit: Callable[[PackedRun, int, float, float], None],
+        on_wait: Callable[[], None] | None = None,
     ) -> list:
         """Start `prepare(item)`'s run for each item (None: nothing to start), `concurrent` at a
-        time; `on_exit(run, exit code, started_at, started)` as each exits. Returns the items
-        not started because a stop was requested."""
+        time; `on_exit(run, exit code, started_at, started)` as each exits, `on_wait()` at each
+        poll while runs are running. Returns the items not started because a stop was requested."""
         fork = multiprocessing.get_context("fork")
         todo = list(items)
         while todo or self.running:
@@ -55,6 +56,8 @@ class Pool:
             if self.stop() and not self.running:
                 break
             if self.running:
+                if on_wait is not None:
+                    on_wait()
                 time.sleep(self.poll_s)
         return todo
 

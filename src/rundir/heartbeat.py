@@ -1,8 +1,14 @@
 """Where and how a run is running: its heartbeat.
 
-    <run_dir>/heartbeat.json   written when the run starts, then rewritten atomically at most
-                               every `train.heartbeat_every_s` seconds (checked at each step):
+    <run_dir>/heartbeat.json   written when the run starts, after its first training step and
+                               at the end of its first epoch (so that a new run shows its pace
+                               and first accuracies at once), then at most every
+                               `train.heartbeat_every_s` seconds (checked at each step; one beat
+                               a minute keeps the metadata load of 1,000s of runs low):
                                {host, pid, slurm_job_id, slurm_array_task_id, step, epoch, time}
+                               and, once training started, {epochs, total_steps, start_step,
+                               pace_from: [step, time] of this attempt's first step} (for the
+                               ETA) and the latest epoch's {val_acc, test_acc}
                                and, when the run failed and could not write result.json (a full
                                disk), "unrecorded_failure": {error, time}, rewritten in place
 
@@ -51,13 +57,36 @@ class Heartbeat:
         self.where = whereabouts()
         self.last = {"step": 0, "epoch": 0}
         self._next = 0.0
+        self._epochs_seen = 0  # epochs ended in this attempt
 
-    def beat(self, step: int, epoch: int) -> None:
+    def beat(self, step: int, epoch: int, **latest) -> None:
+        """Write now; ``latest``: the latest epoch's accuracies (val_acc, test_acc), kept until replaced."""
         if not self.enabled:
             return
-        self.last = {"step": step, "epoch": epoch}
+        self.last = {**self.last, "step": step, "epoch": epoch, **latest}
+        if "pace_from" not in self.last and step > self.last.get("start_step", step):
+            # the pace is counted from the first step on: it leaves out the first step's warm-up
+            self.last["pace_from"] = [step, time.time()]
         atomic_write(self.path, self._content().encode(), durable=False)
         self._next = time.monotonic() + self.every_s
+
+    def training(self, *, epochs: int, total_steps: int, start_step: int) -> None:
+        """Training starts (or resumes) at ``start_step``: the schedule goes into every beat from
+        now on, and the first step's `maybe_beat` writes at once (not after `every_s`)."""
+        self.last.update(epochs=epochs, total_steps=total_steps, start_step=start_step)
+        self.last.pop("pace_from", None)
+        self._next = 0.0
+        self._epochs_seen = 0
+
+    def epoch_end(self, step: int, epoch: int, **accuracies) -> None:
+        """An epoch ended with these accuracies: written at once after this attempt's first
+        epoch, otherwise carried by the next beat that is due."""
+        self._epochs_seen += 1
+        if self._epochs_seen == 1:
+            self.beat(step, epoch, **accuracies)
+        else:
+            self.last.update(accuracies)
+            self.maybe_beat(step, epoch)
 
     def maybe_beat(self, step: int, epoch: int) -> None:
         if self.enabled and time.monotonic() >= self._next:
@@ -80,6 +109,36 @@ class Heartbeat:
             os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
+
+
+def eta_s(beat: dict, now: float | None = None) -> float | None:
+    """Seconds until the run ends, from its pace since this attempt's first step (evaluation
+    included), counted from `now`: it follows a run that slows down or speeds up,
+    and goes on counting down between beats. None before its first step."""
+    try:
+        first_step, first_time = beat["pace_from"]
+        done = beat["step"] - first_step
+        pace = (beat["time"] - first_time) / done  # seconds per step
+        left = (beat["total_steps"] - beat["step"]) * pace - ((time.time() if now is None else now) - beat["time"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return max(0.0, left)
+
+
+def progress_text(beat: dict, now: float | None = None) -> str:
+    """`epoch 3/10 step 1266/4220 val 85.1 % test 84.9 % ETA 2 min` (what a heartbeat says)."""
+    from .state import duration
+
+    epochs, total = beat.get("epochs"), beat.get("total_steps")
+    parts = [
+        f"epoch {beat.get('epoch')}" + (f"/{epochs}" if epochs else ""),
+        f"step {beat.get('step')}" + (f"/{total}" if total else ""),
+    ]
+    parts += [f"{name} {beat[key]:.1f} %" for key, name in (("val_acc", "val"), ("test_acc", "test")) if key in beat]
+    eta = eta_s(beat, now)
+    if eta is not None:
+        parts.append(f"ETA {duration(eta)}")
+    return " ".join(parts)
 
 
 def read_heartbeat(run_dir: Path) -> dict | None:

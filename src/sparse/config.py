@@ -6,13 +6,13 @@ results (`analysis`) never loads torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import yaml
 
 from ..registry import unknown
+from ..resources import CONF_DIR
 
-REFERENCE_PRESET = Path(__file__).resolve().parents[2] / "conf" / "compat" / "reference.yaml"
+REFERENCE_PRESET = CONF_DIR / "compat" / "reference.yaml"
 MODES = ("dense", "static", "dst")
 UPDATE_ORDERS = ("prune_then_step", "step_then_prune", "reference")
 OPTIMIZER_STATE_POLICIES = ("zero", "keep")
