@@ -367,7 +367,7 @@ def test_the_stored_notebook_has_its_outputs_and_stays_small():
     assert "168 runs: 168 completed" in "".join(o.get("text", "") for o in outputs)
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
     assert NOTEBOOK.stat().st_size < 1_000_000
-    assert "ANALYSIS_SWEEP_DIRS" in (Path(__file__).parents[1] / "README.md").read_text()
+    assert "dst-report notebook" in (Path(__file__).parents[1] / "README.md").read_text()
 
 
 # ------------------------------------------------------------------------ 6: a repeated report
