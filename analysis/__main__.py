@@ -80,8 +80,8 @@ def run_notebook(sweep_dirs: list[Path], out: Path, metric: str = C.DEFAULT_METR
     """A copy of the aggregate notebook executed headless on ``sweep_dirs`` (given to its
     kernel as ANALYSIS_SWEEP_DIRS, absolute: a relative one is from this process's working
     directory), written with its outputs to ``out``; the packaged notebook is only read."""
-    import nbclient
-    import nbformat
+    import nbclient  # only for the notebook command (the notebook extra)
+    import nbformat  # (as above)
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     env = {"ANALYSIS_SWEEP_DIRS": os.pathsep.join(str(d.resolve()) for d in sweep_dirs), "ANALYSIS_METRIC": metric}
@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run_notebook(args.sweep_dirs, out, args.metric, args.timeout)
         print(f"notebook: {out}")
         return 0
-    from .load import load_runs  # pandas: not on the --help path
-    from .report import Options, build_report  # pandas: not on the --help path
+    from . import load, report  # pandas: not on the --help path
 
-    runs = load_runs(*args.sweep_dirs, cache=not args.no_cache)
+    runs = load.load_runs(*args.sweep_dirs, cache=not args.no_cache)
     if runs.empty:
         where = ", ".join(map(str, args.sweep_dirs))
         print(f"error: no runs (config.json / result.json) under {where}", file=sys.stderr)
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no column {args.metric!r} in the runs table", file=sys.stderr)
         return 2
     out = args.out or args.sweep_dirs[0] / "report"
-    options = Options(
+    options = report.Options(
         metric=args.metric,
         alpha=args.alpha,
         alternative=args.alternative,
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         expected_seeds=args.expected_seeds,
         min_seeds=args.min_seeds,
     )
-    index = build_report(runs, out, options, sources=args.sweep_dirs)
+    index = report.build_report(runs, out, options, sources=args.sweep_dirs)
     print(f"{len(runs)} runs from {', '.join(map(str, args.sweep_dirs))}")
     print(results_text(out))
     print(f"report: {index} (and {index.with_suffix('.md')})")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.rundir import CONFIG, read_metrics
+
 from . import columns as C
 from .grid import completed
 
@@ -46,8 +48,7 @@ def run_costs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _count(run: pd.Series) -> tuple[dict | None, str]:
-    from src.rundir import CONFIG, read_metrics
-    from src.sparse.flops import record_flops
+    from src.sparse.flops import record_flops  # torch: only for older records, which carry no FLOPs
 
     run_dir = Path(run[C.RUN_DIR])
     try:
@@ -80,7 +81,7 @@ def _count(run: pd.Series) -> tuple[dict | None, str]:
 
 def _scheduled_updates(config: dict, count: int) -> list[dict]:
     """The update lines a run of the schedule made, at its initial per-layer densities."""
-    from src.sparse.flops import initial_densities, model_costs
+    from src.sparse.flops import initial_densities, model_costs  # (torch, as in `_count`)
 
     model = config["model"]
     costs = model_costs(model["name"], model.get("num_classes"), None, **model.get("kwargs", {}))

@@ -6,6 +6,7 @@ plain Python objects for everything else (`RunConfig.from_dict`, `to_dict`).
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
@@ -203,8 +204,6 @@ WANDB_INSTALL = "pip install 'fantastic-dst[wandb]' (or pip install wandb)"
 
 def require_wandb(what: str) -> None:
     """W&B is an optional dependency: a run that asks for it fails before it starts when it is absent."""
-    import importlib.util
-
     if importlib.util.find_spec("wandb") is None:
         raise ValueError(f"{what}: needs the wandb package, which is not installed; {WANDB_INSTALL}")
 

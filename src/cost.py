@@ -35,10 +35,10 @@ class Rate:
 def machine(device: str) -> str:
     """`cpu:<model>` or `gpu:<model>`: what a rate is valid for (with its thread count)."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # only for a GPU run's device name: the launch stays light
 
         return f"gpu:{torch.cuda.get_device_name() if torch.cuda.is_available() else 'unknown'}"
-    from .sparse.kernels import cpu_info
+    from .sparse.kernels import cpu_info  # (torch, imported by the kernels module)
 
     return f"cpu:{cpu_info()['model']}"
 

@@ -33,7 +33,7 @@ from omegaconf.nodes import ValueNode
 
 from . import checks
 from .config import LaunchConfig, RunConfig
-from .config_groups import CONF_DIR, GROUPS, REPO  # noqa: F401  (REPO: part of the planner's API)
+from .config_groups import CONF_DIR, GROUPS  # noqa: F401  (CONF_DIR: part of the planner's API)
 from .planfile import PLAN, PLAN_CONFIGS, PlanDamaged, read_plan, read_plan_configs  # noqa: F401  (the API)
 from .resources import SWEEPS_DIR  # noqa: F401  (hydra_plugins/dst_config puts sweeps/ on the search path)
 from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_dir_link, run_directory

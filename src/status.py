@@ -27,7 +27,7 @@ from pathlib import Path
 from .execute.slurm_queue import SUBMISSION, QueueUnknown, queue_states, submitted_jobs
 from .planfile import PLAN, PlanDamaged, read_plan, read_plan_configs
 from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe, refused_link
-from .rundir.heartbeat import same_process
+from .rundir.heartbeat import eta_s, read_heartbeat, same_process
 from .rundir.state import DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, duration, read_json, state
 
 COLUMNS = [
@@ -399,8 +399,6 @@ class SweepProgress:
 
     def _eta(self, beats: dict[str, dict | None]) -> float:
         """Seconds until the sweep ends (see the class)."""
-        from .rundir.heartbeat import eta_s
-
         now, left = time.monotonic(), []
         projected = []  # running runs' whole durations, from their pace
         for run_dir, (started, _) in self.in_flight.items():
@@ -416,14 +414,10 @@ class SweepProgress:
         return (sum(left) + waiting * mean) / max(1, min(self.workers, waiting + len(self.in_flight)))
 
     def _beats(self) -> dict[str, dict | None]:
-        from .rundir.heartbeat import read_heartbeat
-
         return {run_dir: read_heartbeat(Path(run_dir)) for run_dir in self.in_flight}
 
     def poll(self) -> None:
         """A line for each running run that finished an epoch since the last poll."""
-        from .rundir.heartbeat import eta_s
-
         beats = self._beats()
         with self._lock:
             for run_dir, beat in beats.items():

@@ -24,10 +24,14 @@ def __getattr__(name: str):
     """`from src.train import train`: the trainer's entry, imported on first use (so that
     `--help` answers without torch)."""
     if name == "train":
-        from .trainer import train  # torch: not on the --help path
-
-        return train
+        return _trainer_entry()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _trainer_entry():
+    from .trainer import train  # torch: not on the --help path
+
+    return train
 
 
 USAGE = """usage: python -m src.train [key=value ...] [--run-dir DIR] [--force]
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf.errors import ConfigKeyError, OmegaConfBaseException  # (as above)
 
     from .checks import unknown_field_message, validated  # (hints: the launch's close matches)
-    from .trainer import train  # torch: not on the --help path
+
+    train = _trainer_entry()
 
     run_dir = "runs/train"
     if "--run-dir" in argv:

@@ -8,11 +8,11 @@ registries (`src.config_groups`). Other Hydra apps are left alone.
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
+from src.resources import CONF_DIR, ROOT
+
 
 class DstConfigSources(SearchPathPlugin):
     def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        from src.resources import CONF_DIR, ROOT
-
         if any(element.path in (str(CONF_DIR), f"file://{CONF_DIR}") for element in search_path.get_path()):
             from src.config_groups import store_registry_groups  # here: only for this app (it imports torch)
 

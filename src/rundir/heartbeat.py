@@ -127,8 +127,6 @@ def eta_s(beat: dict, now: float | None = None) -> float | None:
 
 def progress_text(beat: dict, now: float | None = None) -> str:
     """`epoch 3/10 step 1266/4220 val 85.1 % test 84.9 % ETA 2 min` (what a heartbeat says)."""
-    from .state import duration
-
     epochs, total = beat.get("epochs"), beat.get("total_steps")
     parts = [
         f"epoch {beat.get('epoch')}" + (f"/{epochs}" if epochs else ""),
@@ -189,3 +187,12 @@ def same_process(host: str | None, pid: int | None, started: str | None) -> bool
     if not process_alive(host, pid):
         return False
     return started is None or process_start(pid) in (started, None)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"

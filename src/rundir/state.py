@@ -58,7 +58,7 @@ from .files import (
     run_dir_link,
     unusable_result,
 )
-from .heartbeat import process_alive, progress_text
+from .heartbeat import duration, process_alive, progress_text  # noqa: F401  (duration: part of this API)
 from .identity import hash_of_name, identity_diff, identity_hash, run_identity
 from .lock import NO_FLOCK, RunLock, RunLocked, lock_probe
 
@@ -446,12 +446,3 @@ def _with(row: RunState, state_: str, detail: str) -> RunState:
 def _pid_of(holder: str) -> int | None:
     match = re.search(r"pid (\d+)", holder or "")
     return int(match.group(1)) if match else None
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 90:
-        return f"{seconds} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds // 3600} h {round(seconds % 3600 / 60)} min"

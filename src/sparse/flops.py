@@ -26,10 +26,23 @@ reference is the same model at density 1 over the same samples.
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models import build_model, model_info
+from .config import SparsityConfig
+from .criteria import get_criterion
+from .density import layer_densities
+from .functional import CLEAN
+from .growth import get_growth
+from .reference import REFERENCE
+from .sparsifier import masked_parameter_names
 
 METHOD = (
     "2 x multiply-adds of the linear and convolution weights at the layer densities of the run; "
@@ -46,11 +59,6 @@ class LayerCost:
 def layer_costs(model, input_shape: Sequence[int]) -> dict[str, LayerCost]:
     """Per weight name (``conv1.weight``), its `LayerCost`, from one forward pass of a
     meta-device copy of ``model``'s structure (``model`` itself is not run)."""
-    import copy
-
-    import torch
-    from torch import nn
-
     meta = copy.deepcopy(model).to("meta")
     costs: dict[str, LayerCost] = {}
     hooks = []
@@ -81,9 +89,6 @@ def model_costs(model_name: str, num_classes: int | None, input_shape: Sequence[
 
 @functools.lru_cache(maxsize=64)
 def _model_costs(model_name: str, num_classes: int | None, input_shape, kwargs: str) -> dict[str, LayerCost]:
-    import torch
-
-    from ..models import build_model, model_info
 
     with torch.device("meta"):
         model = build_model(model_name, num_classes, **json.loads(kwargs))
@@ -93,9 +98,6 @@ def _model_costs(model_name: str, num_classes: int | None, input_shape, kwargs: 
 def dense_gradient_steps(sparsity) -> str:
     """When a run's backward pass forms dense weight gradients: ``never``, at ``updates``
     (an update that reads gradients) or ``every step`` (momentum growth)."""
-    from .criteria import get_criterion
-    from .growth import get_growth
-
     if sparsity.mode != "dst":
         return "never"
     growth = get_growth(sparsity.growth)
@@ -193,8 +195,6 @@ def run_flops(
     """`count_flops` of one run from its config (a dict, as in config.json) and records.
     Without ``final_density`` (records older than per-layer densities) the masked layers
     keep their initial densities (exact where growth preserves every layer's count)."""
-    from .config import SparsityConfig
-
     sparsity = SparsityConfig(
         **{k: v for k, v in config["sparsity"].items() if k in SparsityConfig.__dataclass_fields__}
     )
@@ -220,13 +220,6 @@ def run_flops(
 def initial_densities(config: Mapping, costs: Mapping[str, LayerCost]) -> dict[str, float]:
     """The per-layer densities a run's masks start from (its ``sparsity.init`` over the
     weights it masks), computed as the `Sparsifier` computes them."""
-    import torch
-
-    from ..models import build_model
-    from .density import layer_densities
-    from .functional import CLEAN
-    from .reference import REFERENCE
-    from .sparsifier import masked_parameter_names
 
     sparsity, model = config["sparsity"], config["model"]
     with torch.device("meta"):
