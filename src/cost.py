@@ -117,7 +117,9 @@ def estimate(jobs: Iterable, *, workers: int | None, threads: int = 1) -> list[s
     if not todo:
         return lines
     runs_root = todo[0].run_dir.parent.parent  # runs_root/<name>/<run>
-    learned, table, seconds, unknown, sources = learned_rates(runs_root), table_rates(), 0.0, set(), {}
+    learned, table, seconds = learned_rates(runs_root), table_rates(), 0.0
+    unknown: set = set()
+    sources: dict = {}
     for job in todo:
         config = job.config_dict()
         here = machine(config["train"].get("device", "cpu"))

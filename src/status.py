@@ -402,7 +402,8 @@ class SweepProgress:
         now, left = time.monotonic(), []
         projected = []  # running runs' whole durations, from their pace
         for run_dir, (started, _) in self.in_flight.items():
-            eta = eta_s(beats[run_dir]) if beats.get(run_dir) else None
+            beat = beats.get(run_dir)
+            eta = eta_s(beat) if beat else None
             if eta is None and self.durations:
                 eta = max(0.0, sum(self.durations) / len(self.durations) - (now - started))
             if eta is not None:

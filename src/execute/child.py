@@ -92,8 +92,9 @@ def run_in_child(
     if launcher is not None:
         os.setsid()
         os.environ["DST_LAUNCHER_PID"] = str(launcher)
-    if launcher is not None or parent is not None:
-        die_with_parent(launcher if launcher is not None else parent)
+    watched = launcher if launcher is not None else parent
+    if watched is not None:
+        die_with_parent(watched)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the pool blocks them while it forks
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)

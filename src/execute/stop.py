@@ -93,7 +93,7 @@ class StopRequest:
     def hand_over(self) -> None:
         """After the runs checkpointed on a time-limit / preemption warning: submitit's handler
         requeues the job (and exits). Nothing after another stop signal."""
-        if self.requeues:
+        if self.requeues and self._hand_over is not None:
             self._hand_over(self.received, None)
 
     def _handle(self, signum, frame) -> None:

@@ -172,7 +172,7 @@ def unusable_result(result) -> str | None:
     final = result.get("final")
     if result["status"] in FINISHED and not isinstance(final, dict):
         return f"says {result['status']} but has no final metrics ('final')"
-    if result["status"] == "completed" and not isinstance(final.get("test_acc"), (int, float)):
+    if result["status"] == "completed" and not isinstance((final or {}).get("test_acc"), (int, float)):
         return "says completed but has no final.test_acc (its final test accuracy)"
     return None
 

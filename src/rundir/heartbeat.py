@@ -23,6 +23,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from .files import HEARTBEAT, atomic_write, open_run_file
 
@@ -55,7 +56,7 @@ class Heartbeat:
         self.enabled = enabled
         self.every_s = every_s
         self.where = whereabouts()
-        self.last = {"step": 0, "epoch": 0}
+        self.last: dict[str, Any] = {"step": 0, "epoch": 0}
         self._next = 0.0
         self._epochs_seen = 0  # epochs ended in this attempt
 
@@ -184,7 +185,7 @@ def same_process(host: str | None, pid: int | None, started: str | None) -> bool
     """Whether the process recorded as `pid` on `host`, started at `started` (`process_start`),
     still lives: its pid alone is not enough (a pid is reused once its process is gone). A
     record without a start time (an older one) is judged by the pid."""
-    if not process_alive(host, pid):
+    if pid is None or not process_alive(host, pid):
         return False
     return started is None or process_start(pid) in (started, None)
 

@@ -432,10 +432,10 @@ def _where(row: RunState, heartbeat: dict | None, now: float) -> RunState:
     return row
 
 
-def _at(row: RunState, heartbeat: dict, now: float, job_note: str = "") -> str:
+def _at(row: RunState, heartbeat: dict | None, now: float, job_note: str = "") -> str:
     """`host pid P[ job J] epoch 3/10 step 1266/4220 val 85.1 % test 84.9 % ETA 2 min`: where a
     running run is and how far it has come, from its heartbeat."""
-    return f"{row.host} pid {row.pid}{job_note} {progress_text(heartbeat, now)}"
+    return f"{row.host} pid {row.pid}{job_note} {progress_text(heartbeat or {}, now)}"
 
 
 def _with(row: RunState, state_: str, detail: str) -> RunState:
