@@ -114,7 +114,7 @@ study: install
 	exit $$status
 
 # make report [SWEEP=runs/fmnist_quick] [OUT=dir]
-report: install
+report: $(STAMP)  # (reads records only: no kernels, no dataset)
 	$(PY) -m analysis report $(SWEEP) --out $(OUT)
 
 # Whole runs of the paper's code and of this project side by side, with Welch's tests
