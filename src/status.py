@@ -26,7 +26,17 @@ from pathlib import Path
 
 from .execute.slurm_queue import SUBMISSION, QueueUnknown, queue_states, submitted_jobs
 from .planfile import PLAN, PlanDamaged, read_plan, read_plan_configs
-from .rundir import ACTIVE, HEARTBEAT, RESULT, STATES, cell_of_name, classify, lock_probe, refused_link
+from .rundir import (
+    ACTIVE,
+    HEARTBEAT,
+    RESULT,
+    STATES,
+    cells_of_directories,
+    classify,
+    lock_probe,
+    recorded_config,
+    refused_link,
+)
 from .rundir.heartbeat import eta_s, read_heartbeat, same_process
 from .rundir.state import DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, duration, read_json, state
 
@@ -91,8 +101,9 @@ class Sweep:
                 and ((p / "config.json").exists() or (p / HEARTBEAT).exists() or (p / ".lock").exists())
             )
             logs = path.parent / ".hydra" / path.name
+            cells = cells_of_directories({str(r.resolve()): recorded_config(r) for r in runs})
             return cls(
-                [(str(r.resolve()), cell_of_name(r)) for r in runs],
+                list(cells.items()),
                 sorted(logs.glob(f"*/{SUBMISSION}")),
                 sorted(logs.glob(f"*/{PLAN}")),
             )

@@ -149,3 +149,18 @@ def test_a_pack_runs_its_runs_side_by_side_and_skips_finished_ones(tmp_path):
     assert len({r["host"] for r in results}) == 1 and "epoch 1/1" in (jobs[0].run_dir / "train.log").read_text()
     assert (tmp_path / "sweep" / "2" / "job.log").exists()
     assert [o["status"] for o in pack(runs)] == ["skipped"] * 3
+
+
+def test_status_of_a_directory_tells_apart_cells_its_names_do_not(tmp_path):
+    """Two launches into one sweep name that differ only in the learning rate (a field the
+    run directories' names do not carry): `status DIR` shows two cells, each labelled with
+    its lr, not one cell of four runs."""
+    for lr in ("0.01", "0.1"):
+        args = ["-m", "setup=smoke", "train.max_steps=2", "seed=1,2", f"optim.lr={lr}", f"runs_root={tmp_path}"]
+        assert launch_main([*args, "name=lr"]) == 0
+    names = sorted(p.name for p in (tmp_path / "lr").iterdir() if not p.name.startswith("."))
+    assert len(names) == 4 and len({n.rsplit("-s", 1)[0] for n in names}) == 1, names  # one name-cell
+    table = status(str(tmp_path / "lr"))
+    assert sorted(set(table.cell)) == [f"{names[0].rsplit('-s', 1)[0]} optim.lr={lr}" for lr in (0.01, 0.1)]
+    out = cli("src.launch", "status", str(tmp_path / "lr"))
+    assert out.returncode == 0 and "optim.lr=0.01" in out.stdout and "optim.lr=0.1" in out.stdout, out.stdout

@@ -154,6 +154,24 @@ def cell_of_name(run_dir: str | Path) -> str:
     return _SEED_AND_HASH.sub("", Path(run_dir).name)
 
 
+def cells_of_directories(configs: dict[str, dict | None]) -> dict[str, str]:
+    """Each run directory's cell label, given its recorded config (None: none yet): its name's
+    (`cell_of_name`), and where directories of one name hold different cells (they differ in
+    a field the name does not carry: an lr, a schedule), the fields that tell them apart, so
+    that no table merges two cells."""
+    by_name: dict[str, list[str]] = {}
+    for run_dir in configs:
+        by_name.setdefault(cell_of_name(run_dir), []).append(run_dir)
+    labels = {}
+    for name, group in by_name.items():
+        flat = {r: _flat(cell_identity(c)) for r in group if (c := configs[r]) is not None}
+        varying = sorted({k for f in flat.values() for k in f if len({repr(g.get(k)) for g in flat.values()}) > 1})
+        for r in group:
+            extra = " ".join(f"{k}={flat[r].get(k)}" for k in varying) if r in flat else ""
+            labels[r] = f"{name} {extra}".rstrip()
+    return labels
+
+
 def sweep_of(run_dir: str | Path) -> str:
     """The sweep a run directory belongs to (`runs_root/<sweep>/<run>`)."""
     return Path(run_dir).parent.name
