@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from . import columns as C
@@ -118,7 +120,7 @@ def _seeds_text(counts: Iterable[int]) -> str:
 def _legend(fig: Figure, axes: np.ndarray, counts: Iterable[int]) -> None:
     """One legend for all panels, right of them (labels deduplicated, in drawing order),
     titled with how many seeds the points average."""
-    entries = {}
+    entries: dict[str, Artist] = {}
     for ax in axes.flat:
         for handle, text in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(text, handle)
@@ -657,7 +659,7 @@ def learning_curves(epochs: pd.DataFrame, names: dict | None = None) -> list[Fig
         axes[0, 0].set_ylabel("test accuracy (%)")
         _legend(fig, axes, [])
         if fig.legends:
-            fig.legends[0].set_title("mean over seeds;\nshaded: the seeds' range", prop={"size": 8})
+            fig.legends[0].set_title("mean over seeds;\nshaded: the seeds' range", prop=FontProperties(size=8))
         out.append(fig)
     return out
 

@@ -277,7 +277,7 @@ def _derived(config: dict) -> dict:
     }
 
 
-def _kind(flat: dict) -> str:
+def _kind(flat: dict) -> str | None:
     """dense, static, dst, or overlap_init: a DST run stopped before it trained (learning
     rate 0, a step limit) to compare the criteria's pruned sets at initialisation."""
     mode = flat.get(C.MODE)

@@ -18,6 +18,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,7 +161,7 @@ def _accuracy(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         mains.append(main)
         out.figure(
             section,
-            lambda main=main: figures.accuracy_vs_density(main, opt.metric),
+            partial(figures.accuracy_vs_density, main, opt.metric),
             _name("fig1_accuracy_vs_density", setup),
             f"{_title(main)}: {C.metric_label(opt.metric)} against density. Lines: mean over seeds; shaded bands: "
             f"±1 standard deviation over seeds; lower panels: each curve's difference to the best criterion's mean "
@@ -279,7 +280,7 @@ def _per_cell(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         for axis in axes:
             out.figure(
                 section,
-                lambda setup=setup, axis=axis: figures.axis_figure(runs, setup, axis, opt.metric),
+                partial(figures.axis_figure, runs, setup, axis, opt.metric),
                 _name(f"by_{slug(axis.rsplit('.', 1)[-1])}", setup),
                 f"{setup_label(setup)}: {C.metric_label(opt.metric)} by {field_label(axis)}. "
                 "Dots: single seeds; points or lines: mean over seeds; bars or bands: ±1 standard deviation over seeds.",
@@ -297,7 +298,7 @@ def _cost(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
     for setup in grid.setups(costs):
         out.figure(
             section,
-            lambda setup=setup: figures.accuracy_vs_flops(summary, setup, opt.metric),
+            partial(figures.accuracy_vs_flops, summary, setup, opt.metric),
             _name("accuracy_vs_training_flops", setup),
             f"{setup_label(setup)}: {C.metric_label(opt.metric)} against training FLOPs as a fraction of the dense "
             f"model's (forward and backward of every step at each layer's density, the dense-gradient steps and "
@@ -363,7 +364,7 @@ def _figure_study(
             for number, selection in enumerate(found, 1):
                 out.figure(
                     section,
-                    lambda selection=selection: draw(selection, opt.metric),
+                    partial(draw, selection, opt.metric),
                     _name(prefix, setup, number if len(found) > 1 else None),
                     f"{_title(selection)}. {BAND_CAPTION}",
                 )
@@ -466,7 +467,7 @@ def _overlap_init(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | N
     for setup in sorted(at_init[C.SETUP].unique()):
         out.figure(
             section,
-            lambda setup=setup: figures.overlap_heatmaps(at_init, setup),
+            partial(figures.overlap_heatmaps, at_init, setup),
             _name("fig6a_overlap_init", setup),
             f"{setup_label(setup)}: Jaccard similarity of the criteria's pruned sets at initialisation, mean over seeds",
         )
@@ -484,7 +485,7 @@ def _overlap_trajectories(runs: pd.DataFrame, out: _Output, opt: Options) -> Sec
         for number, ((variant, density), part) in enumerate(parts, 1):
             out.figure(
                 section,
-                lambda part=part: figures.overlap_trajectory_curves(part),
+                partial(figures.overlap_trajectory_curves, part),
                 _name("fig6b_overlap_trajectory", setup, number if len(parts) > 1 else None),
                 f"{setup_label(setup)}{f' ({variant})' if variant else ''}, density {density:g}: overlap along "
                 f"training. {BAND_CAPTION}",
@@ -618,13 +619,13 @@ def _collapsed_warnings(sections: list[Section], status) -> list[str]:
         )
     lines = []
     for kind, items in kinds.items():
-        advice = list(dict.fromkeys(a for _, a in items if a))
+        advices = list(dict.fromkeys(a for _, a in items if a))
         where = "; ".join(w for w, _ in items)
         line = f"{len(items)} × {kind}: {where}"
-        if len(advice) == 1:
-            line += f". {advice[0][0].upper()}{advice[0][1:]}"
-        elif advice:
-            line += ". " + " / ".join(advice)
+        if len(advices) == 1:
+            line += f". {advices[0][0].upper()}{advices[0][1:]}"
+        elif advices:
+            line += ". " + " / ".join(advices)
         lines.append(line)
     return lines
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import special
 
 from . import columns as C
@@ -33,7 +34,7 @@ def summarize(runs: pd.DataFrame, by: Sequence[str], metric: str = C.DEFAULT_MET
     return out.reset_index()
 
 
-def welch_pvalue(best: Sequence[float], other: Sequence[float], alternative: str = "greater") -> float:
+def welch_pvalue(best: ArrayLike, other: ArrayLike, alternative: str = "greater") -> float:
     """p-value of Welch's t-test of ``best`` against ``other``.
 
     ``greater``: H1 mean(best) > mean(other); ``two-sided``: H1 the means differ. NaN with

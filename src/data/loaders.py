@@ -218,7 +218,7 @@ class StreamLoader(_EpochCursor):
         )
         self.num_workers = num_workers
         self._seed, self._rank = seed, rank
-        self._sampler = DistributedSampler(
+        self._sampler: DistributedSampler[int] = DistributedSampler(
             split.dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
         )
         self._generator = torch.Generator().manual_seed(_derived_seed(seed, rank))
@@ -280,7 +280,7 @@ def make_loader(
     distributed: shard the samples over the ranks of the initialised process group.
     """
     num_replicas, rank = _process_group() if distributed else (1, 0)
-    common = dict(
+    common: dict[str, Any] = dict(
         shuffle=shuffle,
         seed=seed,
         augment=augment,
@@ -337,7 +337,7 @@ def make_loaders(
     evaluates the whole split.
     """
     eval_batch_size = eval_batch_size or batch_size
-    common = dict(device=device, memory_format=memory_format, num_workers=num_workers)
+    common: dict[str, Any] = dict(device=device, memory_format=memory_format, num_workers=num_workers)
     train = make_loader(
         splits.train,
         batch_size,

@@ -71,8 +71,10 @@ class DatasetSource(ABC):
         return None if self.layout is None else self.layout.find(self.name, root)
 
     @abstractmethod
-    def load(self, location: Path | None, policy: ValidationPolicy, **options: Any) -> DataSplits:
+    def load(self, location: Path | None, policy: ValidationPolicy, *args: Any, **options: Any) -> DataSplits:
         """Read the files at ``location`` (from :meth:`locate`) into CPU splits."""
+        # ``*args, **options``: each source declares its own keyword options (an unknown one is a
+        # TypeError), which a type checker accepts as an override of "any further parameters".
 
     def describe(self, **options: Any) -> DatasetInfo:
         """Its :class:`DatasetInfo` with these ``load`` options (``data.kwargs``)."""
@@ -96,20 +98,22 @@ class DatasetSource(ABC):
         """Fetch the files with torchvision into ``root`` (or the environment variable's directory)."""
         if not self.downloadable:
             raise DatasetNotFoundError(self.no_download_message())
-        bases, _ = search_bases(root, self.layout.env_var)
+        layout, torchvision_name = self.layout, self.torchvision_name
+        # A downloadable source names a torchvision class and has files on disk.
+        assert layout is not None and torchvision_name is not None
+        bases, _ = search_bases(root, layout.env_var)
         if not bases:
             raise ValueError(
                 f"data.download: {self.name} needs a directory to download into: "
-                f"data.root=DIR (root= in Python) or ${self.layout.env_var}"
+                f"data.root=DIR (root= in Python) or ${layout.env_var}"
             )
         import torchvision.datasets  # only needed here; slow to import
 
         try:
-            getattr(torchvision.datasets, self.torchvision_name)(str(bases[0][0]), download=True)
+            getattr(torchvision.datasets, torchvision_name)(str(bases[0][0]), download=True)
         except (OSError, RuntimeError) as error:  # no network, a read-only or full directory ...
             raise DatasetNotFoundError(
-                f"data.download: {self.name} could not be downloaded into "
-                f"{bases[0][0]}: {error}. {self.layout.how_to_get}"
+                f"data.download: {self.name} could not be downloaded into {bases[0][0]}: {error}. {layout.how_to_get}"
             ) from error
 
 

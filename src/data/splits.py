@@ -13,10 +13,10 @@ Both carry a batch ``transform`` (normalisation) the loader applies on the targe
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -70,7 +70,9 @@ class StreamedSplit:
     transform: Normalize | None = None
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        # A map-style dataset (an image folder or a Subset of one) has a length; torch's
+        # Dataset type leaves __len__ out.
+        return len(cast(Sized, self.dataset))
 
     @property
     def device(self) -> torch.device:

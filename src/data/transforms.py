@@ -82,7 +82,7 @@ class BatchAugment:
             span = 2 * self.padding + 1
             dy = torch.randint(0, span, (n,), generator=generator)
             dx = torch.randint(0, span, (n,), generator=generator)
-            x = crop_windows(F.pad(x, (self.padding,) * 4, mode=self.pad_mode), dy, dx, x.shape[-2:])
+            x = crop_windows(F.pad(x, (self.padding,) * 4, mode=self.pad_mode), dy, dx, (x.shape[-2], x.shape[-1]))
         if self.hflip:
             x = flip_some(x, torch.rand(n, generator=generator) < 0.5)
         return x

@@ -82,6 +82,7 @@ def vgg16(num_classes: int, input_size: int = 32) -> nn.Module:
             n_pool += 1
             layers.append((f"pool{n_pool}", nn.MaxPool2d(2)))
         else:
+            assert isinstance(v, int)  # the table holds channel widths and "M"
             n_conv += 1
             layers += [
                 (f"conv{n_conv}", nn.Conv2d(in_channels, v, 3, padding=1, bias=False)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -39,6 +40,14 @@ class ModelInfo:
     is_conv: bool
 
 
+class RegisteredBuilder(Protocol):
+    """A builder once registered: it carries its :class:`ModelInfo` as ``info``."""
+
+    info: ModelInfo
+
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module: ...
+
+
 MODELS = Registry("model")  # name -> builder; its ModelInfo is the builder's `info`
 
 
@@ -49,7 +58,8 @@ def register_model(
 
     def decorator(builder: Builder) -> Builder:
         MODELS.register(name, builder)
-        builder.info = ModelInfo(tuple(input_shape), default_num_classes, is_conv)
+        # A function takes attributes, which its Callable type cannot express.
+        cast(RegisteredBuilder, builder).info = ModelInfo(tuple(input_shape), default_num_classes, is_conv)
         return builder
 
     return decorator

@@ -40,8 +40,10 @@ import contextlib
 import json
 import math
 from pathlib import Path
+from typing import Any, overload
 
 import torch
+import torch.nn.grad
 from torch import Tensor, nn
 
 from . import choice, kernels
@@ -103,8 +105,11 @@ class _SparseLayer:
         are timed on (`choose_ops`); ``ops``: names of the implementations to run instead (as
         `LayerOps.names` gives them: another rank's choice, a forced one)."""
         self.module = module
-        self.weight = module.weight
-        self.last = None  # what the last backward pass leaves for `dense_grad` / `pattern_grad`
+        weight = module.weight
+        assert isinstance(weight, Tensor)  # a Linear's or a Conv2d's weight
+        self.weight: Tensor = weight
+        # What the last backward pass leaves for `dense_grad` / `pattern_grad`.
+        self.last: tuple[Any, ...] | None = None
         self.build(mask)
         impls = kernels.implementations(self.weight)
         if ops is not None:
@@ -185,6 +190,7 @@ class SparseLinear(_SparseLayer):
 
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
+        assert self.last is not None  # called after a backward pass
         x_t, grad_t = self.last
         return self.ops.weight_grad.sampled(self.crow, self.col, grad_t, x_t)
 
@@ -200,6 +206,7 @@ class _ConvMatrix:
 
     def __init__(self, conv: nn.Conv2d, index: Tensor, size: tuple[int, int]):
         c_out, c_in, kh, kw = conv.weight.shape
+        assert not isinstance(conv.padding, str)  # `runs_sparse`: padding given in numbers
         (h, w), (sh, sw), (ph, pw), (dh, dw) = size, conv.stride, conv.padding, conv.dilation
         self.out_size = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
         oh, ow = self.out_size
@@ -279,6 +286,8 @@ class SparseConv2d(_SparseLayer):
     batch (`_ConvMatrix`, built once per input size and pattern), so its cost is proportional
     to the active weights, with no unfolded copy of the input."""
 
+    module: nn.Conv2d  # `sparse_layer` makes one for a Conv2d only
+
     def build_structure(self) -> None:
         self._matrices: dict[tuple[int, int], _ConvMatrix] = {}
 
@@ -304,6 +313,7 @@ class SparseConv2d(_SparseLayer):
 
     @torch.no_grad()
     def pattern_grad(self) -> Tensor:
+        assert self.last is not None  # called after a backward pass
         cols, grad_rows, (_, _, h, w), _ = self.last
         return self.matrix((h, w)).kernel_grad(self.ops.weight_grad, grad_rows, cols, self.values)
 
@@ -451,6 +461,7 @@ def _masked_ms(module, nnz, batch, size, dtype, input_grad: bool = True) -> floa
         weight, mask = (t.contiguous(memory_format=torch.channels_last) for t in (weight, mask))
         x = torch.randn(batch, module.weight.shape[1], *size, generator=g, dtype=dtype)
         x = x.contiguous(memory_format=torch.channels_last)
+        assert not isinstance(module.padding, str)  # `runs_sparse`: padding given in numbers
         args = (module.stride, module.padding, module.dilation)
         y = nn.functional.conv2d(x, weight, None, *args)
         grad = torch.randn(y.shape, generator=g, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -603,6 +614,10 @@ def _distributed() -> bool:
     )
 
 
+@overload
+def _all_reduced(grad: Tensor) -> Tensor: ...
+@overload
+def _all_reduced(grad: None) -> None: ...
 def _all_reduced(grad: Tensor | None) -> Tensor | None:
     """Under DDP, the mean over ranks (what DDP gives the masked backend's dense gradients)."""
     if grad is not None and _distributed():
@@ -804,8 +819,9 @@ def choose_backends(
         ops = "compiled" if "compiled" in impls else "torch"
         if ops not in tables:
             tables[ops] = load_crossover(ops=ops, here_only=True)
-        if tables[ops] is not None:
-            use = density < crossover_density(tuple(p.shape), tables[ops], size)
+        table = tables[ops]
+        if table is not None:
+            use = density < crossover_density(tuple(p.shape), table, size)
         elif isinstance(module, nn.Conv2d) and size is None:
             use = False  # nothing ran the model: its convolutions' inputs are unknown
         else:

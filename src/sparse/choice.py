@@ -33,7 +33,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +58,10 @@ class LayerOps:
     """The implementation of each operation of one sparse layer (each a `kernels` ops object),
     and the fused optimizer step when the compiled library is there."""
 
-    layout: object
-    forward: object
-    input_grad: object
-    weight_grad: object
+    layout: kernels.Ops
+    forward: kernels.Ops
+    input_grad: kernels.Ops
+    weight_grad: kernels.Ops
     sgd: object | None = None
 
     @classmethod
@@ -92,7 +92,7 @@ def forced() -> str | None:
     return value
 
 
-def from_names(names: dict[str, str], impls: dict[str, object]) -> LayerOps:
+def from_names(names: dict[str, str], impls: Mapping[str, kernels.Ops]) -> LayerOps:
     """The `LayerOps` that ``names`` (as `LayerOps.names` gives them) describe."""
     default = impls.get("compiled", kernels.TORCH_OPS)
     ops = {op: impls.get(names.get(op, ""), default) for op in OPERATIONS}
@@ -116,7 +116,7 @@ def fastest(candidates: dict[str, Callable[[], object]], default: str, repeats: 
             start = time.perf_counter()
             candidates[name]()
             best[name] = min(best[name], time.perf_counter() - start)
-    winner = min(best, key=best.get)
+    winner = min(best, key=best.__getitem__)
     if default in best and best[winner] >= (1 - MARGIN) * best[default]:
         winner = default
     return winner, best
@@ -139,7 +139,7 @@ def choose(trial: Callable[[object], dict], impls: dict[str, object], repeats: i
             pick[op], total = name, total + op_times[name]
             detail[op] = op_times
         totals[layout_name], picks[layout_name], times[layout_name] = total, pick, detail
-    layout = min(totals, key=totals.get)
+    layout = min(totals, key=totals.__getitem__)
     if default in totals and totals[layout] >= (1 - MARGIN) * totals[default]:
         layout = default
     ms = {

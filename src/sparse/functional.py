@@ -14,6 +14,7 @@ divisions by zero, with the same methods.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from ..registry import unknown
 from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, get_criterion
 from .density import sample_mask
 from .growth import GrowthRule, get_growth
-from .reference import set_legacy
+from .reference import Reference, set_legacy
 from .selection import flatten, select_highest, select_lowest, split_like
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
@@ -96,8 +97,8 @@ def prune_tensors(
     normalization: str = "none",
     norm_reduction: str = "sum",
     running: list[Tensor | None] | None = None,
-    hg: list[Tensor | None] | None = None,
-    policy: Clean = CLEAN,
+    hg: Sequence[Tensor | None] | None = None,
+    policy: Clean | Reference = CLEAN,
     **options,
 ) -> list[Tensor]:
     """The masks after pruning: ``counts[i]`` active weights of each tensor alone (scope
@@ -127,6 +128,8 @@ def prune_tensors(
             scores.append(normalize_scores(s, m, normalization, norm_reduction, policy=policy))
     if scope == "global":
         return policy.remove(crit, scores, weights, masks, eligible, counts, scope)
+    if isinstance(counts, int):
+        raise ValueError(f"counts: scope 'layer' needs one count per tensor, got {counts}")
     return [
         policy.remove(crit, [s], [w], [m], [e], q, scope)[0]
         for s, w, m, e, q in zip(scores, weights, masks, eligible, counts)
@@ -165,7 +168,7 @@ def grow(
     momentum: Tensor | None = None,
     exclude: Tensor | None = None,
     generator: torch.Generator | None = None,
-    policy: Clean = CLEAN,
+    policy: Clean | Reference = CLEAN,
 ) -> Tensor:
     """Return ``mask`` with ``count`` inactive positions switched on by the growth ``rule``.
 
@@ -195,7 +198,7 @@ def grow(
 
 
 def normalize_scores(
-    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, policy: Clean = CLEAN
+    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, policy: Clean | Reference = CLEAN
 ) -> Tensor:
     """Divide scores by their sum or max over the layer, or per input / output row or channel.
 
@@ -213,6 +216,7 @@ def normalize_scores(
     if normalization in ("input", "output") and score.dim() != 2:
         raise ValueError(f"normalization {normalization!r} needs a 2-D (linear) weight, got shape {tuple(score.shape)}")
     active = score * mask
+    dims: tuple[int, ...]
     if normalization == "channel" and score.dim() == 4:
         dims = (1, 2, 3)
     elif normalization == "input":
@@ -229,7 +233,9 @@ def normalize_scores(
 
 
 @torch.no_grad()
-def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, policy: Clean = CLEAN) -> None:
+def rescale_weight(
+    weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, policy: Clean | Reference = CLEAN
+) -> None:
     """Scale ``weight`` in place by rho = ||W * M_old|| / ||W * M_new|| after pruning.
 
     ``dim0``/``dim1`` reduce the L2 norms over that dim (per input column / output row of a

@@ -37,8 +37,9 @@ def hessian_gradient(
         grad_f = torch.autograd.grad(
             nn.functional.cross_entropy(net(inputs) / temperature, targets), weights, create_graph=True
         )
-        z = 0
+        z: Tensor | int = 0
         for a, b in zip(g, grad_f):
             z += (a * b).sum()
+        assert isinstance(z, Tensor)  # weights is not empty
         hg = torch.autograd.grad(z, weights)
     return [h.detach() for h in hg]

@@ -200,7 +200,10 @@ def torch_forced() -> bool:
     return _forced_torch
 
 
-def implementations(weight: Tensor) -> dict[str, TorchOps | CompiledOps]:
+Ops = TorchOps | CompiledOps  # either implements every product
+
+
+def implementations(weight: Tensor) -> dict[str, Ops]:
     """The implementations of the products that can run a layer with this weight, by name."""
     if weight.device.type == "cpu" and weight.dtype in DTYPES and not _forced_torch:
         compiled = compiled_ops()
@@ -378,7 +381,13 @@ def _build() -> tuple[Path, bytes]:
     return path, built
 
 
-def _load(path: Path, expected: bytes) -> ctypes.CDLL:
+class _KernelLibrary(ctypes.CDLL):
+    """The loaded library; ``path``: the cached file whose verified bytes it was loaded from."""
+
+    path: str
+
+
+def _load(path: Path, expected: bytes) -> _KernelLibrary:
     """dlopen the library through a descriptor whose content is checked first: what is loaded
     is exactly the verified bytes, even if the name is replaced in between."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -388,7 +397,7 @@ def _load(path: Path, expected: bytes) -> ctypes.CDLL:
                 raise UntrustedCache(f"{path} changed while it was being loaded")
         # torch is imported, so its OpenMP runtime is loaded: the library's libgomp.so.1 resolves
         # to it, and the kernels share torch's thread pool and thread count.
-        lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+        lib = _KernelLibrary(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
@@ -403,7 +412,7 @@ def _load(path: Path, expected: bytes) -> ctypes.CDLL:
 
 
 @functools.cache
-def library() -> ctypes.CDLL | None:
+def library() -> _KernelLibrary | None:
     """The compiled library, built on first use; None (with one warning) when it cannot be
     built, verified or loaded -- whatever the failure, the backend then runs torch's kernels."""
     try:

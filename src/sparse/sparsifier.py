@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +32,11 @@ from .backend import SparseExecution, _distributed, choose_backends, layer_input
 from .config import SparsityConfig
 from .criteria import get_criterion
 from .density import layer_densities
-from .functional import CLEAN, grow, prune_count, prune_tensors, rescale_weight
+from .functional import CLEAN, Clean, grow, prune_count, prune_tensors, rescale_weight
 from .grasp import hessian_gradient
 from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
-from .reference import REFERENCE
+from .reference import REFERENCE, Reference
 from .schedules import prune_rate
 
 MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -97,14 +98,14 @@ class Sparsifier:
         self.names = [] if config.mode == "dense" else masked_parameter_names(model, config.include, config.exclude)
         if config.mode != "dense" and not self.names:
             raise ValueError("sparsity.include/exclude: no parameter of the model is selected for masking")
-        self.params = [params[n] for n in self.names]
+        self.params: list[Tensor] = [params[n] for n in self.names]
         # Masks are stored in the weights' dtype so one foreach multiply applies them all.
         self.masks = [torch.ones_like(p, memory_format=torch.preserve_format) for p in self.params]
         device = self.params[0].device if self.params else torch.device("cpu")
         self._generators = {
             k: torch.Generator(device=device).manual_seed(seed * 1000 + k) for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)
         }
-        self.policy = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
+        self.policy: Clean | Reference = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
         self._criterion = get_criterion(config.criterion)
         self._growth = get_growth(config.growth)
         if self._criterion.needs_batch and config.mode == "dst" and batches is None:
@@ -123,7 +124,10 @@ class Sparsifier:
         # Every masked tensor runs masked until `prepare` picks the backend of each.
         self.backends = ["masked"] * len(self.params)
         self._execution = SparseExecution(optimizer, {})
-        self._stepped = (self.params, self.masks)  # the tensors masked after optimizer steps
+        self._stepped: tuple[list[Tensor], list[Tensor]] = (
+            self.params,
+            self.masks,
+        )  # the tensors masked after optimizer steps
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
@@ -153,7 +157,8 @@ class Sparsifier:
         modules = dict(self.model.named_modules())
         owners = [modules.get(n.rpartition(".")[0]) if n.rpartition(".")[2] == "weight" else None for n in self.names]
         allowed = self.config.sparse_unsupported_reason() is None
-        sizes, grads = [None] * len(self.params), [True] * len(self.params)
+        sizes: list[tuple[int, int] | None] = [None] * len(self.params)
+        grads = [True] * len(self.params)
         if self.config.backend != "masked" and allowed and input_shape is not None:
             sizes, grads = layer_inputs(self.model, owners, tuple(input_shape))
         backend = self.config.backend
@@ -161,14 +166,20 @@ class Sparsifier:
         sparse = [i for i, b in enumerate(self.backends) if b == "sparse"]
         options = {i: {"batch": batch_size, "input_size": sizes[i], "input_grad": grads[i]} for i in sparse}
         rank0 = not _distributed() or torch.distributed.get_rank() == 0
-        layers = {i: sparse_layer(owners[i], self.masks[i], **options[i]) for i in sparse} if rank0 else {}
+
+        def owner(i: int) -> nn.Module:
+            module = owners[i]
+            assert module is not None  # choose_backends runs sparse only a module's own weight
+            return module
+
+        layers = {i: sparse_layer(owner(i), self.masks[i], **options[i]) for i in sparse} if rank0 else {}
         if _distributed():
             # Every rank runs rank 0's choices (timed trials may differ between ranks).
-            chosen = [self.backends, {i: layer.ops.names() for i, layer in layers.items()}]
+            chosen: list[Any] = [self.backends, {i: layer.ops.names() for i, layer in layers.items()}]
             torch.distributed.broadcast_object_list(chosen, src=0)
             if not rank0:
                 self.backends, names = chosen
-                layers = {i: sparse_layer(owners[i], self.masks[i], ops=n) for i, n in names.items()}
+                layers = {i: sparse_layer(owner(i), self.masks[i], ops=n) for i, n in names.items()}
         self._execution = SparseExecution(self.optimizer, layers)
         kept = [i for i, b in enumerate(self.backends) if b == "masked"]
         self._stepped = ([self.params[i] for i in kept], [self.masks[i] for i in kept])
@@ -225,10 +236,11 @@ class Sparsifier:
                 p = self._execution.layers[i].values
                 m = torch.ones_like(p, dtype=torch.bool)
             sample = self._criterion.sample(p, p.grad, m)
-            if self._running[i] is None:
+            running = self._running[i]
+            if running is None:
                 self._running[i] = sample
             else:
-                self._running[i].mul_(beta).add_(sample, alpha=1 - beta)
+                running.mul_(beta).add_(sample, alpha=1 - beta)
 
     # ------------------------------------------------------------------ topology update
     @torch.no_grad()
@@ -279,15 +291,17 @@ class Sparsifier:
         """Give the sparse-backend layers their dense view for an update (running scores too)."""
         self._execution.to_dense(with_grad)
         for i, layer in self._execution.layers.items():
-            if self._running[i] is not None and self._running[i].shape != layer.weight.shape:
-                self._running[i] = layer.scatter(self._running[i])
+            running = self._running[i]
+            if running is not None and running.shape != layer.weight.shape:
+                self._running[i] = layer.scatter(running)
 
     def _to_sparse(self) -> None:
         """Rebuild the sparse-backend layers for the current masks (running scores too)."""
         self._execution.to_sparse(self.masks)
         for i, layer in self._execution.layers.items():
-            if self._running[i] is not None and self._running[i].shape == layer.weight.shape:
-                self._running[i] = layer.gather(self._running[i])
+            running = self._running[i]
+            if running is not None and running.shape == layer.weight.shape:
+                self._running[i] = layer.gather(running)
 
     def _prune(self, masks: list[Tensor], active: list[int], rate: float) -> list[Tensor]:
         """The masks after pruning, layer-wise or global. With `exclude_just_pruned`, never
@@ -295,8 +309,11 @@ class Sparsifier:
         count, and global pruning leaves dense layers alone."""
         cfg = self.config
         exclude = cfg.exclude_just_pruned
-        eligible = hg = None
+        eligible: list[Tensor] | None = None
+        hg: list[Tensor] | None = None
+        counts: int | list[int]
         if self._criterion.needs_batch:
+            assert self.batches is not None  # __init__ refuses a batch criterion without batches
             hg = hessian_gradient(self.model, self.names, self.batches(), cfg.grasp_temperature)
         if cfg.global_pruning:
             counts = prune_count(rate, sum(active))

@@ -43,7 +43,8 @@ class _CIFAR(DatasetSource):
     normalize: ClassVar[Normalize]
     augment: ClassVar[BatchAugment]
 
-    def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
+    def load(self, location: Path | None, policy: ValidationPolicy) -> DataSplits:
+        assert location is not None  # locate() found the files: this source has a layout
         return in_memory_image_splits(
             self.name,
             location,

@@ -75,7 +75,8 @@ class FashionMNIST(DatasetSource):
     reference_holdout = Holdout.TAIL
     torchvision_name = "FashionMNIST"
 
-    def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
+    def load(self, location: Path | None, policy: ValidationPolicy) -> DataSplits:
+        assert location is not None  # locate() found the files: this source has a layout
         return in_memory_image_splits(
             self.name,
             location,

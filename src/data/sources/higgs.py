@@ -53,7 +53,10 @@ class OpenMLTask:
     def read(cls, path: Path) -> OpenMLTask:
         # Tags are namespaced (oml:...); match on the local name.
         fields = {element.tag.rsplit("}", 1)[-1]: element.text for element in ET.parse(path).iter()}
-        return cls(int(fields["data_set_id"]), fields.get("target_feature"))
+        dataset_id = fields["data_set_id"]
+        if dataset_id is None:
+            raise ValueError(f"{path}: data_set_id is empty")
+        return cls(int(dataset_id), fields.get("target_feature"))
 
 
 def _task_xml(cache_dir: Path) -> Path:
@@ -161,7 +164,7 @@ class Higgs(DatasetSource):
 
     def load(
         self,
-        location: Path,
+        location: Path | None,
         policy: ValidationPolicy,
         *,
         label_column: str | None = None,
@@ -169,6 +172,7 @@ class Higgs(DatasetSource):
         standardize: bool = False,
     ) -> DataSplits:
         """``policy.fraction`` and ``test_fraction`` are shares of all rows."""
+        assert location is not None  # locate() found the files: this source has a layout
         table, task_target = _read_table(location)
         label = _label_column(table, label_column, task_target)
         features = torch.from_numpy(_numeric_features(table.drop(columns=[label])))

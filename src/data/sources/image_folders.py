@@ -131,7 +131,8 @@ class TinyImageNet(DatasetSource):
     info = DatasetInfo(input_shape=(3, 64, 64), num_classes=200, train_samples=100_000)
     reference_holdout = Holdout.TEST
 
-    def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
+    def load(self, location: Path | None, policy: ValidationPolicy) -> DataSplits:
+        assert location is not None  # locate() found the files: this source has a layout
         decode = _transforms().PILToTensor()
         return _streamed_splits(
             self.name,
@@ -162,7 +163,8 @@ class ImageNet(DatasetSource):
     info = DatasetInfo(input_shape=(3, 224, 224), num_classes=1000, train_samples=1_281_167)
     reference_holdout = Holdout.TEST
 
-    def load(self, location: Path, policy: ValidationPolicy) -> DataSplits:
+    def load(self, location: Path | None, policy: ValidationPolicy) -> DataSplits:
+        assert location is not None  # locate() found the files: this source has a layout
         T = _transforms()
         return _streamed_splits(
             self.name,

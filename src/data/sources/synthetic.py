@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -41,7 +42,7 @@ class Synthetic(DatasetSource):
 
     def load(
         self,
-        location: None,
+        location: Path | None,
         policy: ValidationPolicy,
         *,
         num_train: int = 1024,
