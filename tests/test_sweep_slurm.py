@@ -63,7 +63,7 @@ def test_packed_runs_share_a_job_and_resume_after_a_time_limit_requeue(slurm_clu
     )
     # launching again submits nothing: every run finished
     again = launch("-m", *sweep, *slurm_args(slurm_cluster, cpus_per_task=2, runs_per_job=3, concurrent_runs=2))
-    assert "submitted 0 run(s) (3 already finished)" in again.stdout, again.stdout + again.stderr
+    assert "submitted 0 run(s) (3 already finished, 0 queued or running" in again.stdout, again.stdout + again.stderr
 
 
 def test_detach_submits_and_returns_and_status_follows_the_jobs(slurm_cluster, tmp_path):
