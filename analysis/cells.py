@@ -36,6 +36,21 @@ from .verdict import MIN_SEEDS, verdict_readiness  # noqa: F401  (the rule a lau
 
 FEW_UPDATES = MIN_UPDATES  # DST runs with fewer topology updates than this are warned about (as at launch)
 NOT_ENOUGH_SEEDS = "not enough seeds for a verdict"
+# The per-cell table's own columns; every other column of it is an axis of the sweep.
+CELL_COLUMNS = (
+    C.SETUP,
+    C.KIND,
+    C.CELL,
+    "n",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "best_epoch",
+    "final_epoch",
+    C.TOPOLOGY_UPDATES,
+    "seeds",
+)
 BEST, NOT_WORSE, WORSE = "best", "not significantly worse", "worse"
 NO_UPDATES = "no verdict: DST runs made no topology updates"
 
@@ -119,20 +134,7 @@ def cell_table(runs: pd.DataFrame, metric: str = C.DEFAULT_METRIC, *, unfinished
         stats["seeds"] = stats["seeds"].fillna("")
         first = grouped[[C.SETUP, C.KIND, *values.columns]].first()
         parts.append(first.join(stats).reset_index())
-    columns = [
-        C.SETUP,
-        C.KIND,
-        C.CELL,
-        "n",
-        "mean",
-        "std",
-        "min",
-        "max",
-        "best_epoch",
-        "final_epoch",
-        C.TOPOLOGY_UPDATES,
-        "seeds",
-    ]
+    columns = list(CELL_COLUMNS)
     if not parts:
         return pd.DataFrame(columns=columns)
     table = pd.concat(parts, ignore_index=True)
@@ -145,25 +147,7 @@ def cell_display(cells: pd.DataFrame, accounting: pd.DataFrame | None = None) ->
     """`cell_table` for reading: display names, ``mean ± std (n)``, ``min–max``; with
     ``accounting`` (`completeness.cell_accounting`), ``(2 of 3; 1 diverged)`` where a cell's
     mean is not over all its planned runs."""
-    axis_columns = [
-        c
-        for c in cells.columns
-        if c
-        not in (
-            C.SETUP,
-            C.KIND,
-            C.CELL,
-            "n",
-            "mean",
-            "std",
-            "min",
-            "max",
-            "best_epoch",
-            "final_epoch",
-            C.TOPOLOGY_UPDATES,
-            "seeds",
-        )
-    ]
+    axis_columns = [c for c in cells.columns if c not in CELL_COLUMNS]
     out = pd.DataFrame(
         {"setup": cells[C.SETUP].map(setup_label), "kind": cells[C.KIND].map(lambda k: label(C.KIND, k))}
     )

@@ -208,15 +208,8 @@ def read_finished_result(run_dir: Path) -> dict | None:
 def recorded_config(run_dir: Path) -> dict | None:
     """The config a run directory was used for: config.json, or the copy inside result.json
     when config.json is damaged; None for a new directory."""
-    for name in (CONFIG, RESULT):
-        try:
-            content = json.loads((Path(run_dir) / name).read_text())
-        except (OSError, ValueError):
-            continue
-        config = content.get("config") if name == RESULT and isinstance(content, dict) else content
-        if isinstance(config, dict) and config:
-            return config
-    return None
+    found = recorded_configs(run_dir)
+    return found[0][1] if found else None
 
 
 def recorded_configs(run_dir: Path) -> list[tuple[str, dict]]:
