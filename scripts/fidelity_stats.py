@@ -213,6 +213,7 @@ def prepare_reference(out: Path) -> tuple[Path, dict]:
         raise SystemExit(f"error: the reference implementation is not at {REFERENCE}")
     code = out / "reference_code"
     if not code.exists():
+        out.mkdir(parents=True, exist_ok=True)  # (the staging directory is made inside it)
         staging = Path(tempfile.mkdtemp(prefix=".reference_code.tmp-", dir=out))  # (created exclusively)
         shutil.copytree(REFERENCE, staging, ignore=shutil.ignore_patterns("specs", "ImageNet"), dirs_exist_ok=True)
         staging.rename(code)
