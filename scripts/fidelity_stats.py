@@ -41,7 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(ROOT))  # the project's `src`, also once a reference run has changed directory
 REFERENCE = ROOT / ".." / "shared" / "reference" / "fantastic_weights_paper"
+
+from src.rundir import atomic_write_text  # noqa: E402 (after the path above)
+
 IMPLS = ("reference", "compat", "clean")
 
 # name -> the cell's settings; order = the order they are run in.
@@ -200,8 +204,6 @@ def one(args) -> int:
         epochs=args.epochs,
         seconds=time.time() - started,
     )
-    from src.rundir import atomic_write_text
-
     atomic_write_text(run_dir / "result.json", json.dumps(out, indent=1))
     return 0
 
@@ -392,8 +394,6 @@ def write_table(out: Path) -> str:
             + ("—" if math.isnan(mean) else f"{mean:+.3f} ± {se:.3f} (SE), p = {p:.3f}")
         )
     text = "Final-model test accuracy (%), mean ± sd (seeds); diff = project - reference.\n\n" + "\n".join(lines) + "\n"
-    from src.rundir import atomic_write_text
-
     atomic_write_text(out / "table.md", text)
     return text
 
