@@ -200,24 +200,7 @@ def axis_tests(
     best level of its context (module docstring). One row per (setup, axis, context, level):
     n, mean, std, diff (to the best's mean), p_value, p_holm and the verdict."""
     columns = [C.SETUP, "axis", "context", "level", "n", "mean", "std", "diff", "p_value", "p_holm", "verdict"]
-    axis_columns = [
-        c
-        for c in cells.columns
-        if c
-        not in (
-            C.SETUP,
-            C.CELL,
-            "n",
-            "mean",
-            "std",
-            "min",
-            "max",
-            "best_epoch",
-            "final_epoch",
-            C.TOPOLOGY_UPDATES,
-            "seeds",
-        )
-    ]
+    axis_columns = [c for c in cells.columns if c not in CELL_COLUMNS or c == C.KIND]  # (the kind is an axis here)
     parts = []
     cells = cells[cells["n"] > 0]  # (cells none of whose runs completed have nothing to test)
     for setup, of_setup in cells.groupby(C.SETUP, sort=True):
