@@ -21,7 +21,7 @@ from pathlib import Path
 
 from src.config import RunConfig
 from src.sparse import SparsityConfig
-from src.trainer import train
+from src.train import train
 
 from .common import write_result
 

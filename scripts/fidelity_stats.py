@@ -154,7 +154,7 @@ def run_project(impl: str, cell: dict, seed: int, epochs: int, run_dir: Path) ->
     from omegaconf import OmegaConf
 
     from src.config import RunConfig
-    from src.trainer import train
+    from src.train import train
 
     dotlist = [
         "model.name=lenet5",

@@ -35,9 +35,9 @@ from pathlib import Path
 from analysis.verdict import verdict_readiness  # the analysis' rule, applied before launch
 
 from .config_groups import CONF_DIR, GROUPS, REGISTRY_GROUPS, declared_names
-from .execute.child import die_with_launcher, run_config_file, run_one
 from .execute.environment import available_cpus
 from .execute.slurm_queue import SchedulerError
+from .execute.stop import die_with_launcher
 from .resources import SWEEPS_DIR
 from .rundir import classify, exit_code, finished_status, run_dir_link
 
@@ -45,6 +45,7 @@ from .rundir import classify, exit_code, finished_status, run_dir_link
 def run_job(cfg) -> dict:
     """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as
     hydra-submitit's does for DDP) in its run directory; never raises for a failing run."""
+    from .execute.child import run_one  # torch: not on the --help / status paths
     from .plan import job_of  # Hydra: only in a job Hydra composed
 
     run_cfg, run_dir = job_of(cfg)
@@ -219,14 +220,23 @@ def _local_workers(overrides: list[str]) -> int | None:
     return int(workers) if workers.isdigit() else max(1, available_cpus() // threads)
 
 
+def _sweep_of(overrides: list[str], saved: bool = True):
+    """`status`'s planner (`plan.sweep_of`), imported only when a status names overrides."""
+    from .plan import sweep_of  # Hydra: only for a sweep named by its overrides
+
+    return sweep_of(overrides, saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
     if argv[:1] == ["status"]:
         from .status import main as status_main  # (its own light path: no Hydra, no torch)
 
-        return status_main(argv[1:])
+        return status_main(argv[1:], planner=_sweep_of)
     if argv[:1] == ["--run-config"] and argv[2:3] == ["--run-dir"] and len(argv) == 4:
+        from .execute.child import run_config_file  # (torch, as in `run_job`)
+
         return run_config_file(Path(argv[1]), Path(argv[3]))
     if "--help" in argv or "-h" in argv:
         print(help_page())
@@ -300,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         if job.finished:
             print(f"skipped (already {job.finished}): {job.run_dir}", flush=True)
         else:
+            from .execute.child import run_one  # (torch, as in `run_job`)
+
             run_one(job.config, job.run_dir)
     counts = summarize(jobs)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

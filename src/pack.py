@@ -25,8 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .execute.child import PackedRun, preload
-from .execute.pool import Pool
+from .execute.pool import ChildEntry, PackedRun, Pool
 from .execute.slurm_queue import SUBMISSION
 from .execute.stop import StopRequest
 from .rundir import atomic_write_text, classify, exit_code, finished_status, open_run_file, record_death
@@ -37,13 +36,13 @@ SUBMISSION_LOCK = ".submission.lock"
 
 @dataclass
 class Pack:
+    child: ChildEntry  # `execute.child.run_in_child`, given by the launcher (pickled by reference)
     sweep_dir: str
     concurrent_runs: int = 1
     threads: int | None = None  # per run; None: the whole allocation (one run at a time)
 
     def __call__(self, runs: list[PackedRun]) -> list[dict]:
-        preload()  # once here, inherited by every forked run
-        pool = Pool(self.sweep_dir, self.concurrent_runs, self.threads, launcher=None, poll_s=0.1)
+        pool = Pool(self.child, self.sweep_dir, self.concurrent_runs, self.threads, launcher=None, poll_s=0.1)
         # every stop signal, submitit's preemption handler kept (hand_over() requeues); SLURM
         # signals the whole step, but the request is passed on to the runs in case it did not
         pool.stop = stop = StopRequest.preemption(forward=pool.forward)

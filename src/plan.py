@@ -34,10 +34,12 @@ from omegaconf.nodes import ValueNode
 from . import checks
 from .config import LaunchConfig, RunConfig
 from .config_groups import CONF_DIR, GROUPS  # noqa: F401  (CONF_DIR: part of the planner's API)
+from .execute.slurm_queue import SUBMISSION
 from .planfile import PLAN, PLAN_CONFIGS, PlanDamaged, read_plan, read_plan_configs  # noqa: F401  (the API)
 from .resources import SWEEPS_DIR  # noqa: F401  (hydra_plugins/dst_config puts sweeps/ on the search path)
 from .rundir import RESULT, atomic_write_text, finished_status, identity_hash, run_dir_link, run_directory
 from .rundir.heartbeat import process_start
+from .status import Sweep, intact_plans
 
 LAUNCH_KEYS = ("seed", "name", "runs_root")  # LaunchConfig's own fields: where a run goes, not what it is
 
@@ -402,6 +404,27 @@ def sweep_logs(overrides: list[str]) -> Path | None:
     except Exception:  # (any composition error: status then plans anew, and reports it there)
         return None
     return Path(cfg.runs_root) / ".hydra" / cfg.name
+
+
+def sweep_of(overrides: list[str], saved: bool = True) -> Sweep:
+    """The sweep a launch's overrides name, for `status`: the latest saved plan of a launch with
+    these overrides (with `saved`); planned anew without one (not saved, data not checked)."""
+    overrides = [o for o in overrides if not o.startswith("hydra.launcher.detach")]
+    logs = sweep_logs(overrides)
+    if saved and logs is not None:  # (the launcher's options, `hydra.*`, do not change the runs)
+        runs_of = [o for o in overrides if not o.startswith("hydra.")]
+        same = [
+            p
+            for p, record in intact_plans(sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime))
+            if [o for o in record["overrides"] if not o.startswith("hydra.")] == runs_of
+        ]
+        if same:
+            return Sweep.from_plans(same)
+    jobs = expand(overrides, check_data=False)
+    roots = {job.run_dir.parent for job in jobs}
+    records = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{SUBMISSION}"))
+    plans = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{PLAN}"))
+    return Sweep([(str(job.run_dir.resolve()), job.cell) for job in jobs], records, plans)
 
 
 def write_plan(sweep_dir: Path, jobs: list[Job], overrides: list[str]) -> Path:

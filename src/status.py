@@ -22,6 +22,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .execute.slurm_queue import SUBMISSION, QueueUnknown, queue_states, submitted_jobs
@@ -57,6 +58,10 @@ COLUMNS = [
 
 
 # ---------------------------------------------------------------------------- what is planned
+# (overrides, whether a saved plan of the same launch may answer) -> the sweep: `src.plan.sweep_of`
+Planner = Callable[[list[str], bool], "Sweep"]
+
+
 class Sweep:
     """The runs of a sweep (run_dir, cell), the submission records that may name them, and
     whether a launch that planned them is still alive."""
@@ -85,14 +90,17 @@ class Sweep:
         return None if self.plan_dir is None else os.path.join(self.plan_dir, str(i), "job.log")
 
     @classmethod
-    def of(cls, target: list[str] | str | Path) -> Sweep:
-        """`target`: the launch's overrides, a launch's sweep dir, or a directory of run directories."""
+    def of(cls, target: list[str] | str | Path, planner: Planner | None = None) -> Sweep:
+        """`target`: the launch's overrides, a launch's sweep dir, or a directory of run directories.
+        Overrides (and a launch that saved no plan) are composed into runs by `planner`
+        (`src.plan.sweep_of`, given by `python -m src.launch status`): this module reads run
+        directories and plans, the planner composes configs."""
         if isinstance(target, (str, Path)) or (len(target) == 1 and Path(target[0]).is_dir()):
             path = Path(target if isinstance(target, (str, Path)) else target[0])
             if (path / PLAN).exists():
                 return cls.from_plans([path / PLAN])
             if (path / "multirun.yaml").exists() or (path / SUBMISSION).exists():  # a launch before plans
-                return cls.from_overrides(_launch_overrides(path), plan=False)
+                return _planned(planner, _launch_overrides(path), saved=False)
             runs = sorted(
                 p
                 for p in path.iterdir()
@@ -107,7 +115,7 @@ class Sweep:
                 sorted(logs.glob(f"*/{SUBMISSION}")),
                 sorted(logs.glob(f"*/{PLAN}")),
             )
-        return cls.from_overrides([o for o in target if not o.startswith("-")])
+        return _planned(planner, [o for o in target if not o.startswith("-")])
 
     @classmethod
     def from_plans(cls, plans: list[Path]) -> Sweep:
@@ -116,27 +124,14 @@ class Sweep:
         records = sorted(p.parent / SUBMISSION for p in plans if (p.parent / SUBMISSION).exists())
         return cls(runs, records, plans, plans[-1].parent)
 
-    @classmethod
-    def from_overrides(cls, overrides: list[str], plan: bool = True) -> Sweep:
-        """The latest saved plan of a launch with these overrides; planned anew without one."""
-        from .plan import expand, sweep_logs  # Hydra: only for a sweep named by its overrides
 
-        overrides = [o for o in overrides if not o.startswith("hydra.launcher.detach")]
-        logs = sweep_logs(overrides)
-        if plan and logs is not None:  # (the launcher's options, `hydra.*`, do not change the runs)
-            runs_of = [o for o in overrides if not o.startswith("hydra.")]
-            same = [
-                p
-                for p, record in _intact_plans(sorted(logs.glob(f"*/{PLAN}"), key=lambda p: p.stat().st_mtime))
-                if [o for o in record["overrides"] if not o.startswith("hydra.")] == runs_of
-            ]
-            if same:
-                return cls.from_plans(same)
-        jobs = expand(overrides, check_data=False)
-        roots = {job.run_dir.parent for job in jobs}
-        records = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{SUBMISSION}"))
-        plans = sorted(r for root in roots for r in (root.parent / ".hydra" / root.name).glob(f"*/{PLAN}"))
-        return cls([(str(job.run_dir.resolve()), job.cell) for job in jobs], records, plans)
+def _planned(planner: Planner | None, overrides: list[str], saved: bool = True) -> Sweep:
+    if planner is None:
+        raise ValueError(
+            "the status of a launch's overrides needs the planner to compose them: "
+            "`python -m src.launch status <overrides>`, or `status(overrides, planner=src.plan.sweep_of)`"
+        )
+    return planner(overrides, saved)
 
 
 def _launch_overrides(sweep_dir: Path) -> list[str]:
@@ -148,7 +143,7 @@ def _launch_overrides(sweep_dir: Path) -> list[str]:
     return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
 
 
-def _intact_plans(paths: list[Path]) -> list[tuple[Path, dict]]:
+def intact_plans(paths: list[Path]) -> list[tuple[Path, dict]]:
     """The plans among `paths` that can be read, with their records; each damaged one is
     named in one warning line and left out: it never blocks the status of other launches."""
     intact = []
@@ -264,13 +259,15 @@ def status(
     now: float | None = None,
     reader: Reader | None = None,
     sweep: Sweep | None = None,
+    planner: Planner | None = None,
 ):
     """One row per planned run (a DataFrame): run_dir, cell, state, detail, and where it runs
-    (host, pid, job, step, epoch, heartbeat_age_s) and its test accuracy when finished."""
+    (host, pid, job, step, epoch, heartbeat_age_s) and its test accuracy when finished.
+    `target` as in `Sweep.of` (overrides need `planner=src.plan.sweep_of`)."""
     import pandas as pd  # the table for a notebook; the command line needs no pandas
 
     return pd.DataFrame(
-        rows(sweep or Sweep.of(target), stale_after=stale_after, now=now, reader=reader), columns=COLUMNS
+        rows(sweep or Sweep.of(target, planner), stale_after=stale_after, now=now, reader=reader), columns=COLUMNS
     )
 
 
@@ -316,7 +313,7 @@ def render(table: list[tuple], *, details: int = 20) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], planner: Planner | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m src.launch status",
@@ -354,7 +351,7 @@ def main(argv: list[str]) -> int:
     reader, sweep = Reader(), None
     while True:
         try:
-            sweep = sweep or Sweep.of(target)  # planned once; each refresh reads what changed
+            sweep = sweep or Sweep.of(target, planner)  # planned once; each refresh reads what changed
             table = rows(sweep, stale_after=args.stale_after, reader=reader)
         except (ValueError, FileNotFoundError) as error:
             print(f"error: {error}", file=sys.stderr)

@@ -3,7 +3,7 @@
     python -m src.train model.name=lenet5 sparsity.mode=dst sparsity.density=0.05 \
         train.epochs=4 --run-dir runs/lenet5-dst
 
-The training loop is `src/trainer/loop.py`; this reads the command line, validates the config
+The training loop is `src/trainer/loop.py`, run in its directory by `src.execute.child.train`; this reads the command line, validates the config
 once, and runs it in its directory with its output teed to train.log, stopped at a step
 boundary by SIGTERM / SIGINT / SIGUSR2 (checkpointed, recorded interrupted).
 """
@@ -29,7 +29,7 @@ def __getattr__(name: str):
 
 
 def _trainer_entry():
-    from .trainer import train  # torch: not on the --help path
+    from .execute.child import train  # torch: not on the --help path
 
     return train
 

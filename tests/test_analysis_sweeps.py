@@ -30,7 +30,7 @@ SEEDS = (1, 2, 3)
 def train_sweep(root: Path, *overrides: str) -> Path:
     """A real sweep of smoke runs, trained in this process; returns its run directory root."""
     from src.plan import expand
-    from src.trainer import train
+    from src.train import train
 
     jobs = expand(["setup=smoke", f"runs_root={root}", "name=sweep", *overrides], check_data=False)
     for job in jobs:

@@ -20,7 +20,7 @@ from src.config import RunConfig
 from src.execute.stop import StopRequest
 from src.plan import expand
 from src.rundir import RunDirConflict, metrics_damage, read_metrics, read_result
-from src.trainer import train
+from src.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -231,7 +231,7 @@ def test_local_sweep_runs_skips_and_records_failures(tmp_path):
 @pytest.mark.slow
 def test_single_run_resumes_from_checkpoint(tmp_path):
     job = expand(["setup=smoke", f"runs_root={tmp_path}", "train.epochs=3"], check_data=False)[0]
-    from src.trainer import train
+    from src.train import train
 
     calls = {"n": 0}
 

@@ -2,6 +2,7 @@
 state classifier (liveness from the lock first, clock skew, the saved plan), the read-only
 lock probe, a pack's run killed by a signal, and the one exit-code rule."""
 
+import functools
 import json
 import os
 import shutil
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from src.plan import expand, read_plan
+from src.plan import expand, read_plan, sweep_of
 from src.rundir import STATES, RunLock, RunLocked, classify, exit_code, lock_probe
-from src.status import status
+from src.status import status as status_of_target
+
+# overrides composed by the planner, as `python -m src.launch status` does
+status = functools.partial(status_of_target, planner=sweep_of)
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -267,11 +271,12 @@ def test_a_packed_run_killed_by_a_signal_is_failed_naming_it_and_the_task_exits_
     # fmt: off
     pack = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
         import json, sys
+        from src.execute.child import run_in_child
         from src.pack import Pack, PackedRun
         runs = [PackedRun(i, [], d, json.loads(c)) for i, (d, c) in enumerate({[
             (str(slow.run_dir), json.dumps(slow.config.to_dict())),
             (str(quick.run_dir), json.dumps(quick.config.to_dict()))]!r})]
-        print(Pack({str(tmp_path / 'sweep')!r}, concurrent_runs=2, threads=1)(runs))
+        print(Pack(run_in_child, {str(tmp_path / 'sweep')!r}, concurrent_runs=2, threads=1)(runs))
     """)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # fmt: on
     try:

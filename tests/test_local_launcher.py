@@ -61,17 +61,16 @@ def test_runs_are_forked_from_the_launcher_and_die_with_it(tmp_path):
 
 
 def test_a_forked_run_imports_nothing_from_torch_that_its_parent_did_not(tmp_path):
-    """`execute.child.preload` is what the local launcher and a SLURM pack import before they fork: a run
+    """`execute.child` (the child entry) is what the local launcher and a SLURM pack import before they fork: a run
     started after it imports no more of torch (torch builds its first optimizer through
     `torch._dynamo`, ~1.5 s, which every forked run paid again before)."""
     script = f"""
 import sys
-from src.execute.child import preload
-preload()
+import src.execute.child
 import threading, torch
 assert threading.active_count() == 1 and not torch.cuda.is_initialized()  # still safe to fork
 before = set(sys.modules)
-from src.trainer import train
+from src.train import train
 from tests.test_train import tiny
 cfg = tiny(); cfg.train.epochs = 1
 assert train(cfg, {str(tmp_path / "run")!r})["status"] == "completed"

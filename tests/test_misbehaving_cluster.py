@@ -5,6 +5,7 @@ misbehaving cluster"). Everything here is done for real: real signals to real pr
 `sbatch` / `squeue` first on PATH that fails or hangs, a live unrelated process at the
 launcher's recorded pid, real files and links."""
 
+import functools
 import hashlib
 import json
 import os
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from src.plan import expand
+from src.plan import expand, sweep_of
 from src.rundir import read_metrics, read_result
-from src.status import status
+from src.status import status as status_of_target
+
+# overrides composed by the planner, as `python -m src.launch status` does
+status = functools.partial(status_of_target, planner=sweep_of)
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -119,9 +123,10 @@ def test_a_packed_run_dies_with_its_pack(tmp_path):
     (job,) = expand([*LONG, f"runs_root={tmp_path}", "name=pk"], check_data=False)
     code = textwrap.dedent(f"""
         import json
+        from src.execute.child import run_in_child
         from src.pack import Pack, PackedRun
         run = PackedRun(0, [], {str(job.run_dir)!r}, json.loads({json.dumps(json.dumps(job.config.to_dict()))}))
-        Pack({str(tmp_path / "sweep")!r}, concurrent_runs=1, threads=1)([run])
+        Pack(run_in_child, {str(tmp_path / "sweep")!r}, concurrent_runs=1, threads=1)([run])
     """)
     pack = subprocess.Popen([PY, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     child = None

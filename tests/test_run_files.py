@@ -15,7 +15,7 @@ import torch
 from src.launch import summarize
 from src.plan import Job
 from src.rundir import LinkRefused, read_heartbeat, read_metrics, read_result, tee_output
-from src.trainer import train
+from src.train import train
 from tests.test_faults import PY, REPO, args, config, lines, start_train, stop_after, strip_times, wait_for
 
 

@@ -494,7 +494,7 @@ def test_trainer_runs_sparse_and_resumes_bit_identically(tmp_path, model):
 
 
 def train_run(cfg, run_dir, **kwargs):
-    from src.trainer import train
+    from src.train import train
 
     return train(cfg, run_dir, **kwargs)
 

@@ -6,16 +6,21 @@ with a 1-minute limit and `signal_delay_s=5` the USR2 warning comes 25-55 s into
 and the job restarts ~15 s after its requeue.
 """
 
+import functools
 import json
 import subprocess
 import time
 
 import pytest
 
+from src.plan import sweep_of
 from src.rundir import read_metrics, read_result
-from src.status import status
+from src.status import status as status_of_target
 
 from .slurm_cluster import launch, slurm_args
+
+# overrides composed by the planner, as `python -m src.launch status` does
+status = functools.partial(status_of_target, planner=sweep_of)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -1,6 +1,7 @@
 """Sweep status from the run directories (heartbeats, results), Hydra sweep syntax, the help
 pages and the console scripts. The SLURM side (packing, --detach, queued) is in test_sweep_slurm.py."""
 
+import functools
 import importlib
 import os
 import signal
@@ -13,10 +14,14 @@ import pytest
 import tomllib
 
 from src.launch import main as launch_main
-from src.plan import expand
+from src.plan import expand, sweep_of
 from src.rundir import read_heartbeat
-from src.status import counts, status
+from src.status import counts
+from src.status import status as status_of_target
 from src.train import main as train_main
+
+# overrides composed by the planner, as `python -m src.launch status` does
+status = functools.partial(status_of_target, planner=sweep_of)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,12 +142,13 @@ def test_console_scripts_point_at_entry_points():
 
 @pytest.mark.slow
 def test_a_pack_runs_its_runs_side_by_side_and_skips_finished_ones(tmp_path):
+    from src.execute.child import run_in_child
     from src.pack import Pack, PackedRun
     from src.rundir import read_result
 
     jobs = expand(["setup=smoke", "train.epochs=1", "seed=1,2,3", f"runs_root={tmp_path}"], check_data=False)
     runs = [PackedRun(i, j.overrides, str(j.run_dir), j.config.to_dict()) for i, j in enumerate(jobs)]
-    pack = Pack(str(tmp_path / "sweep"), concurrent_runs=2, threads=1)
+    pack = Pack(run_in_child, str(tmp_path / "sweep"), concurrent_runs=2, threads=1)
     assert [o["status"] for o in pack(runs)] == ["completed"] * 3
     results = [read_result(j.run_dir) for j in jobs]
     assert all(r["threads"] == 1 and r["config"]["train"]["threads"] == 1 for r in results)

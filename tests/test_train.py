@@ -10,7 +10,7 @@ import torch
 from src.config import RunConfig
 from src.rundir import read_metrics, read_result
 from src.sparse import SparsityConfig
-from src.trainer import train
+from src.train import train
 from src.trainer.optim import learning_rate
 
 

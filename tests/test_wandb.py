@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from src.rundir import read_metrics
-from src.trainer import train
+from src.train import train
 from tests.test_faults import args, config, lines, start_train, stop_after, wait_for
 
 pytestmark = pytest.mark.slow

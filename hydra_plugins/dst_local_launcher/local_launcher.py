@@ -4,7 +4,7 @@ Each job runs its resolved run config, as planned (composed and validated) by
 `python -m src.launch` and saved in the sweep dir's plan (`src.plan.planned_jobs`), in its own
 process (so a crash or a leak stays in its run), forked from the launcher once it has imported
 torch and the trainer: a run does not pay the interpreter's and torch's start-up again (the
-same child entry as a SLURM pack's runs, `src.pack.run_in_child`). The launcher forks from a
+same child entry as a SLURM pack's runs, `src.execute.child.run_in_child`). The launcher forks from a
 single-threaded loop (no other thread may hold a lock the child would inherit). Each run takes
 its own session, its thread count fixed through OMP_NUM_THREADS / MKL_NUM_THREADS and
 `train.threads` before any parallel op, and writes its output to `<sweep dir>/<job num>/job.log`
@@ -17,7 +17,7 @@ Jobs never outlive the launcher: every stop signal sent to it (`src.execute.stop
 USR1, USR2, HUP, XCPU) is passed on to the running jobs (which checkpoint and record themselves
 as interrupted; a second Ctrl-C aborts them), no further job starts, and the launcher ends with
 its summary; if the launcher is killed outright, each job gets SIGTERM from the kernel
-(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.child.die_with_parent`). A job
+(PR_SET_PDEATHSIG, set by the job itself, see `src.execute.stop.die_with_parent`). A job
 killed by another signal (a segfault, the OOM killer) is recorded as failed, naming the signal
 (`rundir.record_death`).
 
@@ -41,9 +41,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from src.checks import validated
-from src.execute.child import PackedRun, preload
+from src.execute.child import run_in_child
 from src.execute.environment import available_cpus
-from src.execute.pool import Pool
+from src.execute.pool import PackedRun, Pool
 from src.execute.stop import STOP_SIGNALS, StopRequest
 from src.plan import Job, job_of, launch_plan
 from src.rundir import atomic_write, finished_status, record_death, run_dir_link
@@ -103,8 +103,7 @@ class LocalPoolLauncher(Launcher):
     def _run_all(self, sweep_dir: Path, jobs) -> list[JobReturn]:
         """Run the jobs in the pool, `max_workers` at a time; every stop signal (`execute.stop`)
         is passed on to the running jobs and starts no more."""
-        preload()  # once here, inherited by every forked run
-        pool = Pool(str(sweep_dir), self.max_workers, self.threads_per_job, launcher=os.getpid())
+        pool = Pool(run_in_child, str(sweep_dir), self.max_workers, self.threads_per_job, launcher=os.getpid())
         pool.stop = self.stop = StopRequest(STOP_SIGNALS, forward=pool.forward)
         returns: dict[int, JobReturn] = {}
 

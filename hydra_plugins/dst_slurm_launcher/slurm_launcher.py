@@ -32,8 +32,10 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 from src.checks import validated
+from src.execute.child import run_in_child
+from src.execute.pool import PackedRun
 from src.execute.slurm_queue import QueueUnknown, SchedulerError, still_queued, submission_error
-from src.pack import Pack, PackedRun, submission_lock, write_submission
+from src.pack import Pack, submission_lock, write_submission
 from src.plan import Job, job_of, launch_plan
 from src.rundir import finished_status
 
@@ -112,7 +114,9 @@ class PackedSlurmLauncher(SlurmLauncher):
             jobs = []
             if packs:
                 try:
-                    jobs = self._executor().map_array(Pack(str(sweep_dir), self.concurrent_runs, threads), packs)
+                    jobs = self._executor().map_array(
+                        Pack(run_in_child, str(sweep_dir), self.concurrent_runs, threads), packs
+                    )
                 except (RuntimeError, OSError, subprocess.SubprocessError) as error:  # (submitit's FailedJobError)
                     raise submission_error(error) from None
             record = write_submission(

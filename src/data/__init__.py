@@ -10,12 +10,11 @@ Typical use::
 ``check_dataset(name, root)`` validates that a dataset exists without loading it.
 """
 
-from . import sources  # noqa: F401  (registers the datasets)
 from .loaders import InMemoryLoader, Loader, Loaders, StreamLoader, make_loader, make_loaders
 from .locate import DatasetNotFoundError, FileLayout
 from .registry import DATASETS, DatasetSource, build_dataset, check_dataset, register_dataset
-from .splits import DataSplits, Holdout, Split, StreamedSplit, TensorSplit, ValidationPolicy
-from .transforms import BatchAugment, Normalize
+from .sources import cifar, fashion_mnist, higgs, image_folders, synthetic  # noqa: F401  (they register the datasets)
+from .splits import BatchAugment, DataSplits, Holdout, Normalize, Split, StreamedSplit, TensorSplit, ValidationPolicy
 
 __all__ = [
     "DATASETS",

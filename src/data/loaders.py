@@ -39,8 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .splits import SPLIT_NAMES, DataSplits, Split, StreamedSplit, TensorSplit
-from .transforms import BatchAugment, Normalize
+from .splits import SPLIT_NAMES, BatchAugment, DataSplits, Normalize, Split, StreamedSplit, TensorSplit
 
 
 @dataclass(frozen=True)

@@ -9,30 +9,44 @@ preemption warning, and never outliving the launcher or pack that started it.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
 import sys
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+
+# Imported here, so that a process that forks runs (a SLURM pack, the local launcher) has
+# imported them once, by importing this entry, and no forked run pays for them again:
+# `torch._dynamo`, which torch imports lazily when a run builds its first optimizer (~1.5 s on
+# a 2-core machine, as long again as the interpreter's start-up), and `torch.utils.serialization`
+# (the first checkpoint's `torch.save`). Neither starts a thread nor initialises CUDA, so the
+# process still forks safely.
+import torch._dynamo  # noqa: F401
+import torch.utils.serialization  # noqa: F401
 
 from ..checks import validated
 from ..config import RunConfig
-from ..rundir import LOG, RunLocked, exit_code, open_in_directory, run_dir_conflict, tee_output
+from ..rundir import (
+    LOG,
+    Heartbeat,
+    RunDirConflict,
+    RunLock,
+    RunLocked,
+    RunRecorder,
+    claim_run_dir,
+    exit_code,
+    open_in_directory,
+    run_dir_conflict,
+    tee_output,
+)
+from ..trainer.distributed import is_main_process
+from ..trainer.loop import fit
+from ..trainer.provenance import provenance
 from .environment import export_distributed, set_threads
-from .stop import STOP_SIGNALS, StopRequest
-
-
-@dataclass
-class PackedRun:
-    """A run as a pool starts it."""
-
-    idx: int  # the run's job number in the Hydra sweep (its `<sweep dir>/<idx>/job.log`)
-    overrides: list[str]
-    run_dir: str
-    config: dict  # the run's resolved RunConfig, composed and validated at planning
+from .pool import PackedRun
+from .stop import STOP_SIGNALS, StopRequest, die_with_parent
 
 
 def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) -> dict:
@@ -41,8 +55,6 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) 
     (`rundir.finished_status`); the trainer only makes sure, under the run's lock, that no
     other launcher finished it meanwhile. Without `stop`: a request of its own for every stop
     signal (`execute.stop`), in a submitit job one that requeues on a time-limit warning."""
-    from ..trainer import train  # torch: not on the launcher's light paths (--help, status)
-
     export_distributed()  # several SLURM tasks: torchrun's variables, before the rank is asked
     main_rank = int(os.environ.get("RANK", "0")) == 0
     # Refused before the log is opened, so that the directory is left byte-identical: a link,
@@ -72,6 +84,64 @@ def run_one(run_cfg: RunConfig, run_dir: Path, stop: StopRequest | None = None) 
             stop.hand_over()  # in a submitit job: it requeues the job, which then resumes
         print(f"{result['status']}: {run_dir}", flush=True)
     return {"status": result["status"], "run_dir": str(run_dir)}
+
+
+def train(
+    cfg: RunConfig, run_dir: str | Path, *, should_stop: Callable[[], bool] | None = None, force: bool = False
+) -> dict:
+    """Run (or resume) one training run in ``run_dir`` and return its result dict.
+
+    ``cfg`` is a validated config (`RunConfig.validate`: the entry points validate it once).
+    ``should_stop`` is polled between steps; when it returns True the run checkpoints and
+    returns with status "interrupted" (a signal, SLURM preemption / time limits). An exception
+    is recorded as a "failed" result (with the traceback) and re-raised; the last epoch
+    checkpoint stays, so running again resumes from it.
+
+    The run holds ``run_dir``'s lock throughout (`RunLocked` if another process runs it), and
+    a directory holding another experiment's records is refused (`RunDirConflict`) unless
+    ``force``, which starts it over.
+    """
+    run_dir = Path(run_dir)
+    main_rank = is_main_process()
+    if main_rank and not force:  # refused before anything in it is written (its lock included)
+        conflict = run_dir_conflict(run_dir, cfg.to_dict())
+        if conflict:
+            raise RunDirConflict(conflict)
+    with RunLock(run_dir, enabled=main_rank):
+        if main_rank:
+            claim_run_dir(run_dir, cfg.to_dict(), force=force)
+        # From the start, so that a failure that cannot be recorded can still be marked in it.
+        heartbeat = Heartbeat(run_dir, every_s=cfg.train.heartbeat_every_s, enabled=main_rank)
+        try:
+            heartbeat.beat(0, 0)
+            return fit(cfg, run_dir, should_stop, heartbeat)
+        except Exception as error:  # (another experiment's checkpoint too: recorded, so `status` says why)
+            if main_rank:
+                record_failure(cfg, run_dir, error, heartbeat)
+            raise
+
+
+def record_failure(cfg: RunConfig, run_dir: Path, error: Exception, heartbeat: Heartbeat) -> None:
+    """result.json says "failed", with the traceback; where it cannot be written (a full disk)
+    the error is printed and marked in the heartbeat, where `status` and the launcher look."""
+    failed = {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "traceback": traceback.format_exc(),
+        **provenance(cfg.to_dict(), run_dir),
+    }
+    try:
+        RunRecorder(run_dir, cfg.to_dict()).write_result(failed)
+    except OSError as record_error:  # a full disk: the error must still be seen
+        print(
+            f"could not record the failure in {run_dir}: {record_error}\n{failed['traceback']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            heartbeat.record_unrecorded_failure(failed["error"])
+        except OSError as mark_error:
+            print(f"could not mark the failure in {heartbeat.path} either: {mark_error}", file=sys.stderr, flush=True)
 
 
 def run_in_child(
@@ -120,36 +190,3 @@ def run_config_file(config_file: Path, run_dir: Path) -> int:
     cfg = validated(RunConfig.from_dict(json.loads(Path(config_file).read_text())))
     result = run_one(cfg, Path(run_dir))
     return 2 if "error" in result and result["status"] == "damaged" else exit_code([result["status"]])
-
-
-def preload() -> None:
-    """What every run imports, imported once by a process that forks runs (a SLURM pack, the
-    local launcher) so that no forked run pays for it again: the trainer; `torch._dynamo`,
-    which torch imports lazily when a run builds its first optimizer (~1.5 s on a 2-core
-    machine, as long again as the interpreter's start-up); and `torch.utils.serialization`
-    (the first checkpoint's `torch.save`). None of it starts a thread or initialises CUDA, so
-    the process still forks safely."""
-    import torch._dynamo  # noqa: F401  (the point: imported before the fork)
-    import torch.utils.serialization  # noqa: F401  (the point: imported before the fork)
-
-    from .. import trainer  # noqa: F401  (the point: imported before the fork)
-
-
-def die_with_launcher() -> None:
-    """In a job started by the local launcher as a process of its own (`DST_LAUNCHER_PID`):
-    SIGTERM when the launcher dies (`die_with_parent`)."""
-    launcher = os.environ.get("DST_LAUNCHER_PID")
-    if launcher:
-        die_with_parent(int(launcher))
-
-
-def die_with_parent(parent: int) -> None:
-    """Get SIGTERM (a stop request: checkpoint, record, exit) when process `parent` (the local
-    launcher, a SLURM pack) dies, even by SIGKILL, so that no run trains on as an orphan (Linux
-    only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,7 +1,8 @@
 """The one process pool, shared by the local launcher and SLURM packs: at most `concurrent`
-runs at a time, each forked (from this single-threaded loop, once the trainer is imported:
-`child.preload`) into `child.run_in_child`, and reaped as it exits. A stop request (`stop`)
-is passed on to the running runs and starts no more."""
+runs at a time, each forked (from this single-threaded loop) into the child entry it is given
+(`child.run_in_child`: importing that module imports what every run needs, so no forked run
+pays for it again), and reaped as it exits. A stop request (`stop`) is passed on to the
+running runs and starts no more."""
 
 from __future__ import annotations
 
@@ -11,16 +12,37 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from .child import PackedRun, run_in_child
 from .stop import STOP_SIGNALS, StopRequest, send
+
+# the child entry: (run, sweep dir, threads, the local launcher's pid, the forking process's pid)
+ChildEntry = Callable[["PackedRun", str, "int | None", "int | None", "int | None"], None]
+
+
+@dataclass
+class PackedRun:
+    """A run as a pool starts it."""
+
+    idx: int  # the run's job number in the Hydra sweep (its `<sweep dir>/<idx>/job.log`)
+    overrides: list[str]
+    run_dir: str
+    config: dict  # the run's resolved RunConfig, composed and validated at planning
 
 
 class Pool:
     def __init__(
-        self, sweep_dir: str, concurrent: int, threads: int | None, *, launcher: int | None, poll_s: float = 0.05
+        self,
+        child: ChildEntry,
+        sweep_dir: str,
+        concurrent: int,
+        threads: int | None,
+        *,
+        launcher: int | None,
+        poll_s: float = 0.05,
     ):
+        self.child = child  # (given by the launcher: the pool itself imports no trainer)
         self.sweep_dir, self.concurrent, self.threads = sweep_dir, concurrent, threads
         self.launcher = launcher  # the local launcher's pid (its runs die with it); None in a pack
         self.poll_s = poll_s
@@ -63,7 +85,7 @@ class Pool:
 
     def _start(self, fork, run: PackedRun) -> None:
         proc = fork.Process(
-            target=run_in_child, args=(run, self.sweep_dir, self.threads, self.launcher, os.getpid()), daemon=False
+            target=self.child, args=(run, self.sweep_dir, self.threads, self.launcher, os.getpid()), daemon=False
         )
         sys.stdout.flush()
         sys.stderr.flush()

@@ -18,8 +18,10 @@ training unhandled:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 
@@ -119,3 +121,23 @@ def send(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def die_with_launcher() -> None:
+    """In a job started by the local launcher as a process of its own (`DST_LAUNCHER_PID`):
+    SIGTERM when the launcher dies (`die_with_parent`)."""
+    launcher = os.environ.get("DST_LAUNCHER_PID")
+    if launcher:
+        die_with_parent(int(launcher))
+
+
+def die_with_parent(parent: int) -> None:
+    """Get SIGTERM (a stop request: checkpoint, record, exit) when process `parent` (the local
+    launcher, a SLURM pack) dies, even by SIGKILL, so that no run trains on as an orphan (Linux
+    only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

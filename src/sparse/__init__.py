@@ -35,7 +35,7 @@ _HOME = {
     "LayerUpdate": "sparsifier",
     "Sparsifier": "sparsifier",
     "UpdateRecord": "sparsifier",
-    "masked_parameter_names": "sparsifier",
+    "masked_parameter_names": "density",
 }
 
 __all__ = sorted(_HOME)

@@ -8,9 +8,11 @@ would exceed 1 are made dense and eps is re-solved (PAPER_SPEC §4.2).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from ..registry import unknown
 
@@ -71,3 +73,17 @@ def sample_mask(
     if k > 0:
         mask[noise.topk(k).indices] = True
     return mask.view(*shape)
+
+
+MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def masked_parameter_names(model: nn.Module, include=(), exclude=()) -> list[str]:
+    """Names of the parameters to mask: Conv/Linear weights, or those matching ``include``."""
+    if include:
+        names = [n for n, p in model.named_parameters() if any(re.search(r, n) for r in include)]
+    else:
+        names = [
+            f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules() if isinstance(m, MASKABLE)
+        ]
+    return [n for n in names if not any(re.search(r, n) for r in exclude)]

@@ -38,11 +38,10 @@ from torch import nn
 from ..models import build_model, model_info
 from .config import SparsityConfig
 from .criteria import get_criterion
-from .density import layer_densities
+from .density import layer_densities, masked_parameter_names
 from .functional import CLEAN
 from .growth import get_growth
 from .reference import REFERENCE
-from .sparsifier import masked_parameter_names
 
 METHOD = (
     "2 x multiply-adds of the linear and convolution weights at the layer densities of the run; "

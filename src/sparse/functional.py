@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -23,8 +24,7 @@ from ..registry import unknown
 from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, get_criterion
 from .density import sample_mask
 from .growth import GrowthRule, get_growth
-from .reference import Reference, set_legacy
-from .selection import flatten, select_highest, select_lowest, split_like
+from .selection import flatten, select_highest, select_lowest, set_legacy, split_like
 
 NORMALIZATIONS = ("none", "layer", "input", "output", "channel")
 NORM_REDUCTIONS = ("sum", "max")
@@ -36,8 +36,23 @@ def prune_count(rate: float, active: int) -> int:
     return math.ceil(rate * active)
 
 
+class Policy(Protocol):
+    """The semantics a prune or grow follows: `CLEAN` (below, the default) or
+    `reference.REFERENCE` (the paper's code), each answering these the same way."""
+
+    update_on_last_step: bool
+
+    def criterion(self, crit: Criterion) -> Criterion: ...
+    def growth(self, rule: GrowthRule) -> GrowthRule: ...
+    def init(self, method: str) -> str: ...
+    def sample_mask(self, shape, density, *, generator=None, device=None) -> Tensor: ...
+    def divide(self, score: Tensor, divisor: Tensor) -> Tensor: ...
+    def rescale_factor(self, old: Tensor, new: Tensor) -> Tensor: ...
+    def remove(self, crit, scores, weights, masks, eligible, q, scope) -> list[Tensor]: ...
+
+
 class Clean:
-    """The default semantics. `reference.Reference` has the same methods, for the paper's code."""
+    """The default semantics."""
 
     update_on_last_step = False  # it would leave the regrown weights untrained
 
@@ -98,7 +113,7 @@ def prune_tensors(
     norm_reduction: str = "sum",
     running: list[Tensor | None] | None = None,
     hg: Sequence[Tensor | None] | None = None,
-    policy: Clean | Reference = CLEAN,
+    policy: Policy = CLEAN,
     **options,
 ) -> list[Tensor]:
     """The masks after pruning: ``counts[i]`` active weights of each tensor alone (scope
@@ -168,7 +183,7 @@ def grow(
     momentum: Tensor | None = None,
     exclude: Tensor | None = None,
     generator: torch.Generator | None = None,
-    policy: Clean | Reference = CLEAN,
+    policy: Policy = CLEAN,
 ) -> Tensor:
     """Return ``mask`` with ``count`` inactive positions switched on by the growth ``rule``.
 
@@ -198,7 +213,7 @@ def grow(
 
 
 def normalize_scores(
-    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, policy: Clean | Reference = CLEAN
+    score: Tensor, mask: Tensor, normalization: str, reduction: str = "sum", *, policy: Policy = CLEAN
 ) -> Tensor:
     """Divide scores by their sum or max over the layer, or per input / output row or channel.
 
@@ -233,9 +248,7 @@ def normalize_scores(
 
 
 @torch.no_grad()
-def rescale_weight(
-    weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, policy: Clean | Reference = CLEAN
-) -> None:
+def rescale_weight(weight: Tensor, old_mask: Tensor, new_mask: Tensor, mode: str, *, policy: Policy = CLEAN) -> None:
     """Scale ``weight`` in place by rho = ||W * M_old|| / ||W * M_new|| after pruning.
 
     ``dim0``/``dim1`` reduce the L2 norms over that dim (per input column / output row of a

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..registry import Registry
 from .criteria import BOTH_ENDS, HIGHEST, LOWEST, SIGN_SPLIT, SIGN_SPLIT_LEGACY, Criterion, _abs_w_abs_g
 from .growth import GrowthRule, get_growth
-from .selection import flatten, split_like
+from .selection import flatten, set_legacy, split_like
 
 # PAPER_SPEC §1.2: the reference prunes these criteria after the optimizer step and all
 # others before it; `update_order: reference` reproduces that.
@@ -209,30 +209,6 @@ def global_removal(scores: list[Tensor], masks: list[Tensor], q: int) -> list[Te
     k = sum(m.numel() for m in masks) - int(sum(m.count_nonzero() for m in masks)) + q
     tau = flat.kthvalue(k).values if k > 0 else flat.min() - 1
     return [s > tau for s in scores]
-
-
-def set_legacy(weight: Tensor, mask: Tensor, q: int) -> Tensor:
-    """§2.2a: the layer-wise SET, bit for bit.
-
-    Keeps W > tau+ (tau+ = h-th smallest positive) and W < tau- (tau- = h'-th *most negative*),
-    h = min(ceil(q/2), #positives), h' = min(ceil(q/2), #negatives). It therefore removes all
-    but h'-1 negative weights whatever the rate. The reference indexes an empty tensor when a
-    side has no weights; that is reported as an error here.
-    """
-    w = weight.detach() * mask
-    positives = w[w > 0].sort().values
-    negatives = w[w < 0].sort().values  # ascending: most negative first (the reference's slip)
-    if positives.numel() == 0 or negatives.numel() == 0:
-        raise ValueError(
-            "set_legacy: the reference SET fails on a layer with no positive or no negative "
-            f"active weight ({positives.numel()} positive, {negatives.numel()} negative)"
-        )
-    half = math.ceil(q / 2)
-    h, h_neg = min(half, positives.numel()), min(half, negatives.numel())
-    # h = 0 indexes position -1 in the reference (the extreme value); reproduced.
-    tau_pos = positives[h - 1]
-    tau_neg = negatives[h_neg - 1]
-    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))
 
 
 def global_set(weights: Tensor, flat_mask: Tensor, q: int) -> Tensor:

@@ -10,6 +10,8 @@ k entries, is deterministic, and never leaves the tensor's device.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -76,3 +78,27 @@ def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
 def split_like(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     """The inverse of `flatten`: views of ``flat`` with the shapes of ``like``."""
     return [part.view(t.shape) for part, t in zip(flat.split([t.numel() for t in like]), like)]
+
+
+def set_legacy(weight: torch.Tensor, mask: torch.Tensor, q: int) -> torch.Tensor:
+    """§2.2a: the layer-wise SET, bit for bit.
+
+    Keeps W > tau+ (tau+ = h-th smallest positive) and W < tau- (tau- = h'-th *most negative*),
+    h = min(ceil(q/2), #positives), h' = min(ceil(q/2), #negatives). It therefore removes all
+    but h'-1 negative weights whatever the rate. The reference indexes an empty tensor when a
+    side has no weights; that is reported as an error here.
+    """
+    w = weight.detach() * mask
+    positives = w[w > 0].sort().values
+    negatives = w[w < 0].sort().values  # ascending: most negative first (the reference's slip)
+    if positives.numel() == 0 or negatives.numel() == 0:
+        raise ValueError(
+            "set_legacy: the reference SET fails on a layer with no positive or no negative "
+            f"active weight ({positives.numel()} positive, {negatives.numel()} negative)"
+        )
+    half = math.ceil(q / 2)
+    h, h_neg = min(half, positives.numel()), min(half, negatives.numel())
+    # h = 0 indexes position -1 in the reference (the extreme value); reproduced.
+    tau_pos = positives[h - 1]
+    tau_neg = negatives[h_neg - 1]
+    return ((w > tau_pos) & (w > 0)) | ((w < tau_neg) & (w < 0))

@@ -20,7 +20,6 @@ is chosen once here from `compat`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,15 +30,13 @@ from torch import Tensor, nn
 from .backend import SparseExecution, _distributed, choose_backends, layer_inputs, sparse_layer
 from .config import SparsityConfig
 from .criteria import get_criterion
-from .density import layer_densities
-from .functional import CLEAN, Clean, grow, prune_count, prune_tensors, rescale_weight
+from .density import layer_densities, masked_parameter_names
+from .functional import CLEAN, Policy, grow, prune_count, prune_tensors, rescale_weight
 from .grasp import hessian_gradient
 from .growth import get_growth
 from .overlap import OverlapResult, criteria_overlap
-from .reference import REFERENCE, Reference
+from .reference import REFERENCE
 from .schedules import prune_rate
-
-MASKABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 # Seeds of the sparsifier's own generators are offset by purpose so that, e.g., random
 # pruning never shifts the growth or the data order (PAPER_SPEC §10.1 item 21).
@@ -63,17 +60,6 @@ class UpdateRecord:
     # Jaccard similarity of the pruned set with each `overlap_with` criterion's, and between
     # those criteria (pooled over layers; "run" is this update's actual pruned set).
     overlap: dict | None = None
-
-
-def masked_parameter_names(model: nn.Module, include=(), exclude=()) -> list[str]:
-    """Names of the parameters to mask: Conv/Linear weights, or those matching ``include``."""
-    if include:
-        names = [n for n, p in model.named_parameters() if any(re.search(r, n) for r in include)]
-    else:
-        names = [
-            f"{m_name}.weight" if m_name else "weight" for m_name, m in model.named_modules() if isinstance(m, MASKABLE)
-        ]
-    return [n for n in names if not any(re.search(r, n) for r in exclude)]
 
 
 class Sparsifier:
@@ -105,7 +91,7 @@ class Sparsifier:
         self._generators = {
             k: torch.Generator(device=device).manual_seed(seed * 1000 + k) for k in (_INIT, _PRUNE, _GROW, _ANALYSIS)
         }
-        self.policy: Clean | Reference = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
+        self.policy: Policy = REFERENCE if config.compat else CLEAN  # the semantics, see reference.py
         self._criterion = get_criterion(config.criterion)
         self._growth = get_growth(config.growth)
         if self._criterion.needs_batch and config.mode == "dst" and batches is None:

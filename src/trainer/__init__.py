@@ -1,8 +1,4 @@
-"""The trainer: one run's training loop (`loop`), run in its directory (`run.train`), with
-what happens around it attached as listeners (`metrics`, `beat`, `checkpoints`, `console`,
-`wandb_mirror`). It reads nothing of the launcher's environment (SLURM, submitit): the launch
-side (`src.execute`) sets that up."""
-
-from .run import train
-
-__all__ = ["train"]
+"""The trainer: one run's training loop (`loop.fit`), with what happens around it attached as
+listeners (`metrics`, `beat`, `checkpoints`, `console`, `wandb_mirror`). It reads nothing of
+the launcher's environment (SLURM, submitit) and holds no lock: a run's process
+(`src.execute.child.train`) runs it in its directory, and the launch side sets up the rest."""

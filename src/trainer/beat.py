@@ -5,7 +5,7 @@ carrying the latest epoch's accuracies and what the ETA needs."""
 
 from __future__ import annotations
 
-from ..rundir import Heartbeat
+from ..rundir.heartbeat import Heartbeat
 from .listeners import Listener
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..rundir import CHECKPOINT, RunDirConflict, RunRecorder, atomic_write
+from ..rundir.files import CHECKPOINT, RunRecorder, atomic_write
+from ..rundir.state import RunDirConflict
 from .listeners import Listener
 from .rng import rng_state, set_rng_state
 

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import RunConfig
 from ..data import build_dataset, make_loaders
 from ..models import build_model, model_info
-from ..rundir import Heartbeat, RunRecorder, identity_hash, read_finished_result, read_metrics
-from ..sparse import Sparsifier
+from ..rundir.files import RunRecorder, read_finished_result, read_metrics
+from ..rundir.heartbeat import Heartbeat
+from ..rundir.identity import identity_hash
 from ..sparse.flops import record_flops
+from ..sparse.sparsifier import Sparsifier
 from .beat import HeartbeatListener
 from .checkpoints import Checkpoints, save_torch
 from .console import Console
@@ -67,7 +69,7 @@ class Training:
     progress: Progress = field(default_factory=Progress)
     acc: EpochAccumulator = field(default_factory=lambda: EpochAccumulator(torch.device("cpu")))
     lr: float = 0.0
-    batch: tuple | None = None  # the latest training batch: what data-scored criteria (grasp) score on
+    batch: tuple[Tensor, Tensor] | None = None  # the latest training batch: what data-scored criteria (grasp) score on
     input_shape: tuple = ()  # one sample's shape, and the classes: what the FLOPs count needs
     num_classes: int = 0
     train_samples: int = 0
@@ -79,6 +81,11 @@ class Training:
     @property
     def total_steps(self) -> int:
         return self.cfg.train.epochs * self.steps_per_epoch
+
+    def latest_batch(self) -> tuple[Tensor, Tensor]:
+        """The batch a data-scored criterion (grasp) scores on: the latest training batch."""
+        assert self.batch is not None, "no training batch yet"
+        return self.batch
 
     def reached_max_steps(self) -> bool:
         return self.cfg.train.max_steps is not None and self.progress.step >= self.cfg.train.max_steps
@@ -117,7 +124,7 @@ def build(cfg: RunConfig, device: torch.device, ddp: Dist, recorder: RunRecorder
     optimizer = make_optimizer(model, cfg.optim)
     run = Training(cfg, cfg.to_dict(), device, ddp, recorder, model, model, optimizer, None, loaders, task)  # type: ignore[arg-type]
     run.sparsifier = Sparsifier(
-        model, optimizer, cfg.sparsity, run.total_steps, seed=tc.seed, batches=lambda: run.batch
+        model, optimizer, cfg.sparsity, run.total_steps, seed=tc.seed, batches=run.latest_batch
     ).prepare(splits.input_shape, cfg.data.batch_size)
     run.net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     run.acc = EpochAccumulator(device)  # (on the run's device)
@@ -181,12 +188,12 @@ def train_epochs(run: Training, listeners: list, should_stop) -> tuple[str, dict
                 out = run.net(x)
                 loss = run.task.loss(out, y)
                 loss.backward()
-                record = run.sparsifier.step()  # the optimizer step, the masks, and the topology updates
+                change = run.sparsifier.step()  # the optimizer step, the masks, and the topology updates
                 run.optimizer.zero_grad(set_to_none=True)
                 progress.step += 1
                 run.acc.add(loss.detach(), run.task.correct(out.detach(), y), len(y), progress.step)
-                if record is not None:
-                    update = update_record(record)
+                if change is not None:
+                    update = update_record(change)
                     for listener in listeners:
                         listener.on_update(run, update)
                 if progress.step % tc.log_every == 0:

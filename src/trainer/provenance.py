@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ..rundir import LOG, identity_hash, whereabouts
+from ..rundir.files import LOG
+from ..rundir.heartbeat import whereabouts
+from ..rundir.identity import identity_hash
 from ..sparse.kernels import cpu_info  # (the one reader of /proc/cpuinfo)
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..rundir import cell_hash, cell_of_name, identity_hash, read_metrics, sweep_of
+from ..rundir.files import read_metrics
+from ..rundir.identity import cell_hash, cell_of_name, identity_hash, sweep_of
 from .listeners import Listener
 from .provenance import code_version
 

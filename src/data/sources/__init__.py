@@ -1,3 +1,1 @@
-"""Dataset sources; importing this package registers every dataset."""
-
-from . import cifar, fashion_mnist, higgs, image_folders, synthetic  # noqa: F401
+"""Dataset sources, one module each; `src.data` imports them all, which registers the datasets."""

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..splits import DataSplits, TensorSplit, ValidationPolicy
-from ..transforms import BatchAugment, Normalize
+from ..splits import BatchAugment, DataSplits, Normalize, TensorSplit, ValidationPolicy
 
 
 def in_memory_image_splits(

@@ -16,8 +16,7 @@ import numpy as np
 
 from ..locate import FileLayout
 from ..registry import DatasetInfo, DatasetSource, register_dataset
-from ..splits import DataSplits, Holdout, ValidationPolicy
-from ..transforms import Normalize
+from ..splits import DataSplits, Holdout, Normalize, ValidationPolicy
 from .common import in_memory_image_splits
 
 FILES = {

@@ -30,8 +30,7 @@ import torch
 
 from ..locate import DatasetNotFoundError, not_found_message, search_bases
 from ..registry import DatasetInfo, DatasetSource, PathLike, register_dataset
-from ..splits import DataSplits, TensorSplit, ValidationPolicy, stratified_indices
-from ..transforms import Normalize
+from ..splits import DataSplits, Normalize, TensorSplit, ValidationPolicy, stratified_indices
 
 if TYPE_CHECKING:
     import pandas as pd

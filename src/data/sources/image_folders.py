@@ -17,8 +17,7 @@ from torch.utils.data import Dataset
 
 from ..locate import FileLayout
 from ..registry import DatasetInfo, DatasetSource, register_dataset
-from ..splits import DataSplits, Holdout, StreamedSplit, ValidationPolicy
-from ..transforms import BatchAugment, Normalize
+from ..splits import BatchAugment, DataSplits, Holdout, Normalize, StreamedSplit, ValidationPolicy
 
 IMAGENET_NORMALIZE = Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 Sample = tuple[str, int]
