@@ -124,9 +124,9 @@ STUDY_SWEEPS = ("fmnist_fig1_dense", "fmnist_fig1_static", "fmnist_fig1")
 
 def records_from_csv(csv_path: Path, root: Path, sweeps=STUDY_SWEEPS) -> Path:
     """The study's run directories rebuilt under ``root`` from runs.csv (module docstring)."""
-    from src.config import run_identity
     from src.plan import expand
     from src.rundir import RunRecorder, config_hash
+    from src.rundir.identity import run_identity
 
     table = pd.read_csv(csv_path).set_index("run")
     jobs = [job for sweep in sweeps for job in expand([f"+sweeps={sweep}", f"runs_root={root}"], check_data=False)]
