@@ -28,8 +28,8 @@ STEPS_PER_EPOCH = "steps_per_epoch"
 # (see analysis.load). These two are the ones the analyses single out:
 COMPLETED = "completed"  # its result is used
 DAMAGED = "damaged"  # records that cannot be used (the `damage` and `error` columns say why)
-RUNS = "runs"  # column (`completeness.cell_accounting`): a cell's planned seeds, then one column per state
-DETAIL = "detail"  # column: what `src.rundir.state` says of a run without a usable result (empty otherwise)
+RUNS = "runs"  # column (`completeness.cell_accounting`): a cell's planned seeds, whatever became of them
+DETAIL = "detail"  # column: what its state says of a run without a finished result (empty for finished runs)
 DAMAGE = "damage"  # column: what is wrong with a run's records (also when the run could be recovered)
 
 DEFAULT_METRIC = "final.test_acc"
