@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from src import resources
-from src.rundir import atomic_write_text
+from src.rundir.files import atomic_write_text
 
 from . import columns as C
 from .verdict import ALTERNATIVES, MIN_SEEDS
@@ -160,20 +160,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def not_finished(runs) -> str:
-    """``5 running, 1 missing, 1 unreadable``: the runs without a result (running, or killed
-    without one), the (cell, seed) pairs other cells of the same study have and these lack,
-    and the runs in any other state."""
+    """``5 stale, 1 missing``: the runs in each state (`src.rundir.state`'s words, as `status`
+    says them), the (cell, seed) pairs other cells of the same study have and these lack
+    counted as missing."""
+    from .completeness import ORDER  # (pandas, as `load`: not on the --help path)
+
     readable = runs[runs[C.CELL].notna()]
     family = [C.SETUP, C.KIND, C.VARIANT]
     expected = readable.groupby(family, dropna=False).agg(cells=(C.CELL, "nunique"), seeds=(C.SEED, "nunique"))
     present = len(readable.drop_duplicates([C.CELL, C.SEED]))
-    counts = runs[C.STATUS].fillna(C.UNREADABLE).value_counts()
-    parts = [
-        f"{int(counts.get(C.INCOMPLETE, 0))} running",
-        f"{int((expected['cells'] * expected['seeds']).sum()) - present} missing",
-    ]
-    parts += [f"{int(n)} {s}" for s, n in counts.items() if s not in (C.INCOMPLETE, C.COMPLETED)]
-    return ", ".join(parts)
+    counts = runs[C.STATUS].value_counts().to_dict()
+    counts["missing"] = counts.get("missing", 0) + int((expected["cells"] * expected["seeds"]).sum()) - present
+    return ", ".join(f"{int(counts[s])} {s}" for s in ORDER if counts.get(s))
 
 
 def results_text(report_dir: Path, max_rows: int = 40) -> str:

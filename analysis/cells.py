@@ -28,7 +28,6 @@ import pandas as pd
 from src.sparse.few_updates import MIN_UPDATES, few_updates_advice, update_fixes
 
 from . import columns as C
-from .completeness import accounted
 from .grid import completed, identity_frame
 from .stats import holm_within, welch_from_moments
 from .style import field_label, label, setup_label
@@ -60,6 +59,17 @@ _NOT_AXES = {C.MODE, C.MODEL, C.DATA}
 
 def _not_enough(n: int, min_seeds: int) -> str:
     return f"{NOT_ENOUGH_SEEDS} (n={n}, need ≥ {min_seeds})"
+
+
+def accounted(completed: int, planned: int, counts: dict) -> str:
+    """``3 of 5; 2 diverged`` (``""`` when every planned seed completed): how many of a
+    cell's runs its mean is over, and what became of the others (``counts``: state -> runs,
+    as `completeness.cell_accounting` gives them)."""
+    completed, planned = int(completed), int(planned)
+    if completed >= planned:
+        return ""
+    others = [f"{int(n)} {state}" for state, n in counts.items() if state != C.COMPLETED and n]
+    return f"{completed} of {planned}" + (f"; {', '.join(others)}" if others else "")
 
 
 # ------------------------------------------------------------------------ axes
@@ -156,11 +166,10 @@ def cell_display(cells: pd.DataFrame, accounting: pd.DataFrame | None = None) ->
     means = [_mean_std_n(m, s, n) for m, s, n in zip(cells["mean"], cells["std"], cells["n"])]
     if accounting is not None:
         found = accounting.reindex(cells[C.CELL])
-        for i, row in enumerate(found.itertuples(index=False)):
-            row = row._asdict()
-            if pd.isna(row["planned"]):
+        for i, row in enumerate(found.to_dict("records")):
+            if pd.isna(row[C.RUNS]):
                 continue
-            note = accounted(row[C.COMPLETED], row["planned"], {k: v for k, v in row.items() if k != "planned"})
+            note = accounted(row[C.COMPLETED], row[C.RUNS], {k: v for k, v in row.items() if k != C.RUNS})
             if note:
                 head = means[i].rsplit(" (", 1)[0] if cells["n"].iloc[i] else "—"
                 means[i] = f"{head} ({note})"

@@ -33,7 +33,6 @@ from .cells import MIN_SEEDS, NOT_ENOUGH_SEEDS
 from .grid import Selection
 from .stats import compare_to_best, holm, welch_pvalue
 from .style import setup_label
-from .tables import Table
 
 HOLDS, PARTLY, FAILS, NOT_SIGNIFICANT, NOT_ENOUGH = (
     "holds",
@@ -256,18 +255,6 @@ def dst_beats_static(cells: dict, static: pd.DataFrame | None, metric: str, alph
         why = "; ".join(parts) or "no static runs at the DST densities"
         return _not_enough(why), why, test
     return _verdict(passed, tested), "; ".join(parts), test
-
-
-def claims_table(claims: pd.DataFrame) -> Table | None:
-    """The claims as a report table (display: the claim in words)."""
-    if claims.empty:
-        return None
-    display = claims.assign(claim=claims["claim"].map(CLAIMS))
-    if (display["variant"] == "").all():
-        display = display.drop(columns="variant")
-    return Table(
-        "claims", "The paper's findings on these runs: verdict, the numbers behind it, and the test.", claims, display
-    )
 
 
 def claims_summary(claims: pd.DataFrame) -> str:

@@ -6,8 +6,6 @@ the derived columns below; everything else in the package refers to columns by t
 
 from __future__ import annotations
 
-from src.rundir import STATUSES
-
 # Config columns the analyses group by.
 MODEL, DATA = "model.name", "data.name"
 MODE, CRITERION, GROWTH = "sparsity.mode", "sparsity.criterion", "sparsity.growth"
@@ -26,12 +24,13 @@ RESULT_MTIME = "result_mtime"
 TOPOLOGY_UPDATES = "topology_updates"  # DST updates the run's schedule made in the steps it ran
 STEPS_PER_EPOCH = "steps_per_epoch"
 
-COMPLETED = "completed"  # one of a run's own STATUSES (src/records.py); the others below are the table's
-INCOMPLETE = "incomplete"  # config.json but no result.json: running, or killed without a trace
-UNREADABLE = "unreadable"  # a record that is not valid JSON
-DAMAGED = "damaged"  # a result.json that is not a run result, or metrics with NULs / duplicated lines
+# A run's status is one of the states of `src.rundir.state.STATES`, the words `status` uses
+# (see analysis.load). These two are the ones the analyses single out:
+COMPLETED = "completed"  # its result is used
+DAMAGED = "damaged"  # records that cannot be used (the `damage` and `error` columns say why)
+RUNS = "runs"  # column (`completeness.cell_accounting`): a cell's planned seeds, whatever became of them
+DETAIL = "detail"  # column: what its state says of a run without a finished result (empty for finished runs)
 DAMAGE = "damage"  # column: what is wrong with a run's records (also when the run could be recovered)
-NOT_COMPLETED = (*(s for s in STATUSES if s != COMPLETED), INCOMPLETE, UNREADABLE, DAMAGED)
 
 DEFAULT_METRIC = "final.test_acc"
 

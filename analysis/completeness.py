@@ -11,19 +11,23 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from src.rundir import classify
+from src.rundir.files import FINISHED
+from src.rundir.state import ACTIVE, STATES
 
 from . import columns as C
 
-_STATUSES = (C.COMPLETED, *C.NOT_COMPLETED)
+# The states of `src.rundir.state`, in the order tables show them, which is also the order in
+# which the records of one (cell, seed) speak for it when there are several (a failed run
+# retried): a finished one first, then a live one (the furthest along first), then the rest.
+ORDER = (*FINISHED, *reversed(ACTIVE), *(s for s in STATES if s not in FINISHED and s not in ACTIVE))
 _DESCRIPTION = [C.SETUP, C.KIND, C.CRITERION, C.GROWTH, C.DENSITY, C.VARIANT]
 
 
 @dataclass
 class Completeness:
-    status: pd.DataFrame  # runs per (setup, kind) and status
+    status: pd.DataFrame  # runs per (setup, kind) and status (a column per state of `src.rundir.state`)
     cells: pd.DataFrame  # one row per cell: its runs by status, completed seeds, missing seeds
-    problems: pd.DataFrame  # every run that did not complete, with why when known, and its `state` now
+    problems: pd.DataFrame  # every run that did not complete: its status and why (`detail`, `error`, `damage`)
     duplicates: pd.DataFrame  # (cell, seed) completed more than once; the analyses keep one
 
     @property
@@ -32,8 +36,8 @@ class Completeness:
         return self.cells[self.cells["short"]]
 
     def summary(self) -> str:
-        totals = self.status[list(_STATUSES)].sum()
-        lines = [f"{int(totals.sum())} runs: " + ", ".join(f"{int(totals[s])} {s}" for s in _STATUSES if totals[s])]
+        totals = self.status[list(ORDER)].sum()
+        lines = [f"{int(totals.sum())} runs: " + ", ".join(f"{int(totals[s])} {s}" for s in ORDER if totals[s])]
         if len(self.short):
             lines.append(f"{len(self.short)} of {len(self.cells)} cells have fewer completed seeds than expected")
         if len(self.duplicates):
@@ -49,12 +53,11 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
     and variant (one study of one sweep, which is meant to have the same seeds throughout).
     ``missing_seeds`` lists the seeds that runs of the family have and this cell lacks.
     """
-    runs = runs.assign(**{C.STATUS: runs[C.STATUS].fillna(C.UNREADABLE)})
     status = (
         runs.groupby([C.SETUP, C.KIND, C.STATUS], dropna=False)
         .size()
         .unstack(C.STATUS, fill_value=0)
-        .reindex(columns=list(_STATUSES), fill_value=0)
+        .reindex(columns=list(ORDER), fill_value=0)
         .rename_axis(columns=None)
         .reset_index()
     )
@@ -65,13 +68,11 @@ def completeness(runs: pd.DataFrame, expected_seeds: int | None = None) -> Compl
         *_DESCRIPTION,
         C.SEED,
         C.STATUS,
+        C.DETAIL,
         *(c for c in ("epochs_completed", "diverged.reason", "error", C.DAMAGE) if c in runs),
     ]
     not_completed = _described(runs[runs[C.STATUS] != C.COMPLETED])
     problems = not_completed[[c for c in problem_columns if c in not_completed]]
-    # what `status` says of each (src.rundir.state: running / stale / failed / damaged ...)
-    states = [classify(d) for d in problems[C.RUN_DIR]]
-    problems = problems.assign(state=[s.state for s in states], state_detail=[s.detail for s in states])
     done = readable[readable[C.STATUS] == C.COMPLETED]
     counts = done.groupby([C.CELL, C.SEED]).size()
     duplicates = counts[counts > 1].rename("runs").reset_index()
@@ -96,7 +97,7 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
     grouped = described.groupby(C.CELL, sort=False)
     cells = grouped[_DESCRIPTION].first()
     cells = cells.join(
-        grouped[C.STATUS].value_counts().unstack(fill_value=0).reindex(columns=list(_STATUSES), fill_value=0)
+        grouped[C.STATUS].value_counts().unstack(fill_value=0).reindex(columns=list(ORDER), fill_value=0)
     )
     seeds = described[described[C.STATUS] == C.COMPLETED].groupby(C.CELL)[C.SEED].agg(lambda s: sorted(set(s)))
     cells["seeds"] = seeds.reindex(cells.index).map(lambda s: s if isinstance(s, list) else [])
@@ -124,51 +125,36 @@ def _cells(runs: pd.DataFrame, expected_seeds: int | None) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------ every run accounted for
-# Which record of a (cell, seed) speaks for it when there are several (a failed run retried):
-# a completed one first, then the most informative state.
-_PRECEDENCE = (C.COMPLETED, "diverged", "failed", "interrupted", C.INCOMPLETE, C.DAMAGED, C.UNREADABLE)
-
-
 def cell_accounting(runs: pd.DataFrame, expected_seeds: int | None = None) -> pd.DataFrame:
-    """Per cell (index): ``planned`` seeds (every seed it has a record of, the seeds other
-    cells of its family have and it lacks, at least ``expected_seeds``), ``completed``,
-    one column per other state (diverged, failed, interrupted, incomplete, damaged,
-    unreadable) and ``missing`` (no record at all). A seed counts once, by its best record."""
+    """Per cell (index): ``runs``, its planned seeds (every seed it has a record of, the seeds
+    other cells of its family have and it lacks, at least ``expected_seeds``), ``completed``, and
+    one column per other state of `src.rundir.state` (`ORDER`: diverged, running, ...,
+    failed, stale, damaged), ``missing`` counting the seeds without any record too. A seed
+    counts once, by its first record in `ORDER`."""
     readable = runs[runs[C.CELL].notna()]
-    states = [s for s in _PRECEDENCE if s != C.COMPLETED] + ["missing"]
     if readable.empty:
-        return pd.DataFrame(columns=["planned", C.COMPLETED, *states])
-    rank = {s: i for i, s in enumerate(_PRECEDENCE)}
+        return pd.DataFrame(columns=[C.RUNS, *ORDER])
+    rank = {s: i for i, s in enumerate(ORDER)}
     frame = readable[[C.CELL, C.SEED, C.SETUP, C.KIND, C.VARIANT, C.STATUS]].assign(
         _rank=readable[C.STATUS].map(lambda s: rank.get(s, len(rank)))
     )
     best = frame.sort_values("_rank", kind="stable").drop_duplicates([C.CELL, C.SEED])
     counts = best.groupby([C.CELL, C.STATUS]).size().unstack(fill_value=0)
-    counts = counts.reindex(columns=list(_PRECEDENCE), fill_value=0)
+    counts = counts.reindex(columns=list(ORDER), fill_value=0)
     family = [C.SETUP, C.KIND, C.VARIANT]
     family_seeds = best.groupby(family, dropna=False)[C.SEED].agg(lambda s: set(s.dropna()))
     cell_family = best.groupby(C.CELL)[family].first()
     cell_seeds = best.groupby(C.CELL)[C.SEED].agg(lambda s: set(s.dropna()))
-    missing = pd.Series(
+    unrecorded = pd.Series(
         [
             len(family_seeds.get(tuple(key), set()) - cell_seeds[cell])
             for cell, key in zip(cell_family.index, cell_family.itertuples(index=False))
         ],
         index=cell_family.index,
     )
-    out = counts.assign(missing=missing.reindex(counts.index).fillna(0).astype(int))
-    present = out[list(_PRECEDENCE)].sum(axis=1) + out["missing"]
+    out = counts.astype(int)
+    out["missing"] += unrecorded.reindex(out.index).fillna(0).astype(int)
     if expected_seeds is not None:
-        out["missing"] += (expected_seeds - present).clip(lower=0)
-    out["planned"] = out[list(_PRECEDENCE)].sum(axis=1) + out["missing"]
-    return out[["planned", C.COMPLETED, *states]]
-
-
-def accounted(completed: int, planned: int, counts: dict) -> str:
-    """``3 of 5; 2 diverged`` (``""`` when every planned seed completed): how many of a
-    cell's runs its mean is over, and what became of the others."""
-    completed, planned = int(completed), int(planned)
-    if completed >= planned:
-        return ""
-    others = [f"{int(n)} {state}" for state, n in counts.items() if state != C.COMPLETED and n]
-    return f"{completed} of {planned}" + (f"; {', '.join(others)}" if others else "")
+        out["missing"] += (expected_seeds - out[list(ORDER)].sum(axis=1)).clip(lower=0)
+    out[C.RUNS] = out[list(ORDER)].sum(axis=1)
+    return out[[C.RUNS, *ORDER]]

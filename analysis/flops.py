@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.rundir import CONFIG, read_metrics
+from src.rundir.files import CONFIG, read_metrics
 
 from . import columns as C
 from .grid import completed

@@ -1,15 +1,19 @@
 """Reading run records into pandas: one row per run, and the per-epoch / per-update metrics.
 
 A run directory holds ``config.json`` (written at the start), ``metrics.jsonl`` and, once
-the run has ended in any way, ``result.json`` (see ``src/records.py``). Runs are found by
-searching sweep directories recursively, so any launcher layout works. A run without a
-result is kept with status ``incomplete``; a record that cannot be parsed is kept with
-status ``unreadable``, and a result that is not a run result, that cannot be used as what it
-says (`src.records.unusable_result`: a completed run without its final test accuracy, a
-format newer than this code) or whose metrics are damaged (NUL bytes, duplicated lines)
-with status ``damaged``; a damaged config.json is recovered
-from the copy in result.json (the ``damage`` column says so). Nothing is dropped here, the
-analyses choose what they use.
+the run has ended in any way, ``result.json`` (see `src.rundir.files`). Runs are found by
+searching sweep directories recursively, so any launcher layout works. Every run's
+``status`` is one of the states of `src.rundir.state` (the words `status` shows): a run that
+finished (completed, diverged) has its result's; any other is in the state `classify`
+finds it in now (running, starting, stale, failed, interrupted, damaged ...; ``detail``
+says more), asked at each load, never cached. A run whose records the analysis cannot use
+is ``damaged`` (unless a process holds it): a record that cannot be parsed, a config of
+another schema, a result that cannot be used as what it says
+(`src.rundir.files.unusable_result`: a completed run without its final test accuracy, a
+format newer than this code) or whose metrics are damaged (NUL bytes, duplicated lines); the
+``damage`` or ``error`` column says why. A damaged config.json is recovered from the copy in
+result.json (the ``damage`` column says so). Nothing is dropped here, the analyses choose
+what they use.
 """
 
 from __future__ import annotations
@@ -26,24 +30,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from src.rundir import (
-    CONFIG,
-    METRICS,
-    RESULT,
-    STATUSES,
-    atomic_write,
-    cell_identity,
-    config_hash,
-    metrics_damage,
-    unusable_result,
-)
+from src.rundir.files import CONFIG, FINISHED, METRICS, RESULT, STATUSES, atomic_write, metrics_damage, unusable_result
+from src.rundir.identity import cell_identity, config_hash
+from src.rundir.state import ACTIVE, classify
 
 from . import columns as C
 from .grid import variant_labels
 
 CACHE_NAME = ".analysis_cache.parquet"
 # Bump when the rows built by `read_run` change, so that old caches are rebuilt.
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 _FINGERPRINT_KEY = b"analysis.fingerprint"
 
 # Present in every runs table, even one of unreadable or no records, so analyses need no guards.
@@ -104,6 +100,7 @@ def load_runs(*sweep_dirs: str | Path, cache: bool = True) -> pd.DataFrame:
     # A run reachable from two of the given directories (nested sweeps) is one run.
     runs = runs.drop_duplicates(C.RUN_DIR, ignore_index=True)
     runs[C.VARIANT] = variant_labels(runs)
+    runs = _with_states(runs)
     first = [C.RUN_DIR, C.STATUS, C.SETUP, C.KIND, C.VARIANT, C.CELL]
     return runs[first + [c for c in runs.columns if c not in first]]
 
@@ -136,17 +133,32 @@ def load_metrics(runs: pd.DataFrame | Iterable[str | Path], kind: str) -> pd.Dat
 
 
 def read_run(run_dir: Path) -> dict:
-    """The runs-table row of one run directory; a directory whose records cannot be made
-    sense of is an ``unreadable`` row saying why, never an exception."""
+    """The runs-table row of one run directory as its records say (``status``: a usable
+    result's, ``damaged``, or None: no result, `_with_states` asks); a directory whose records
+    cannot be made sense of is a row saying why (``error``), never an exception."""
     try:
         return _read_run(run_dir)
     except Exception as e:  # noqa: BLE001 (one bad run dir must not stop the loading of the others)
-        return {
-            C.RUN_DIR: str(run_dir),
-            C.RESULT_MTIME: None,
-            C.STATUS: C.UNREADABLE,
-            "error": f"{type(e).__name__}: {e}",
-        }
+        return {C.RUN_DIR: str(run_dir), C.RESULT_MTIME: None, C.STATUS: None, "error": f"{type(e).__name__}: {e}"}
+
+
+def _with_states(runs: pd.DataFrame) -> pd.DataFrame:
+    """``status`` and ``detail`` of the runs without a finished result, from
+    `src.rundir.state.classify` (the state `status` shows); records that cannot be used make a
+    run ``damaged`` unless a process holds it. Asked at each load: it changes as runs start,
+    beat and die without a record file changing."""
+    status = runs[C.STATUS].copy()
+    detail = pd.Series(None, index=runs.index, dtype=object)
+    why = pd.Series(None, index=runs.index, dtype=object)  # what the analysis found wrong with the records
+    for name in (C.DAMAGE, "error"):
+        if name in runs:
+            why = runs[name].where(runs[name].notna(), why)
+    for i in runs.index[~runs[C.STATUS].isin([*FINISHED, C.DAMAGED])]:
+        found = classify(Path(runs.at[i, C.RUN_DIR]))
+        status[i], detail[i] = found.state, found.detail
+        if pd.isna(runs.at[i, C.STATUS]) and pd.notna(why[i]) and found.state not in ACTIVE:
+            status[i], detail[i] = C.DAMAGED, why[i]
+    return runs.assign(**{C.STATUS: status, C.DETAIL: detail})
 
 
 def _read_run(run_dir: Path) -> dict:
@@ -194,11 +206,11 @@ def _read_run(run_dir: Path) -> dict:
         if damage:
             row[C.STATUS], row[C.DAMAGE] = C.DAMAGED, damage
     if errors:
-        row[C.STATUS], row["error"] = C.UNREADABLE, "; ".join(errors)
-    elif C.DAMAGE in row and result is None:
-        row[C.STATUS] = C.DAMAGED
-    elif result is None:
-        row[C.STATUS] = C.INCOMPLETE
+        row["error"] = "; ".join(errors)
+        if result:  # a result the analyses cannot place: its config unreadable
+            row[C.STATUS] = C.DAMAGED
+    if result is None:
+        row[C.STATUS] = None  # no result: its state now (`_with_states`)
     return row
 
 

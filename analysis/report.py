@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from src.rundir import atomic_write_text
+from src.rundir.files import atomic_write_text
 
 from . import cells, claims, flops, grid, overlap, tables
 from . import columns as C
@@ -219,7 +219,7 @@ def _claims(runs: pd.DataFrame, out: _Output, opt: Options) -> Section | None:
         min_seeds=opt.min_seeds,
     )
     section = Section("The paper's claims, checked on these runs", summary=claims.claims_summary(found))
-    out.table(section, claims.claims_table(found))
+    out.table(section, tables.claims_table(found))
     return section
 
 

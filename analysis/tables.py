@@ -17,7 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import columns as C
-from .completeness import Completeness, accounted, cell_accounting
+from .cells import accounted
+from .claims import CLAIMS
+from .completeness import ORDER, Completeness, cell_accounting
 from .grid import AXES, Selection, common_identity, describe, identity
 from .stats import best_of_moments, rank_criteria, rank_summary, summarize
 from .style import display_names, field_label
@@ -264,7 +266,7 @@ def _stack(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
 
 
 # ------------------------------------------------------------------------ accuracy
-_STATE_COLUMNS = ("diverged", "failed", "interrupted", C.INCOMPLETE, C.DAMAGED, C.UNREADABLE, "missing")
+_STATE_COLUMNS = tuple(s for s in ORDER if s != C.COMPLETED)  # (`cell_accounting`'s, besides `runs`)
 
 
 def accuracy_table(
@@ -282,7 +284,7 @@ def accuracy_table(
 
     With ``runs`` (the whole runs table), every run is accounted for: each row says how many
     of its cell's planned seeds its mean is over and what became of the others
-    (``planned``, ``completed`` and one column per state, see
+    (``runs``, ``completed`` and one column per state, see
     `completeness.cell_accounting`), and the cells of the setup none of whose runs completed
     (all diverged, say) are rows too, told apart by the fields in which they differ from the
     grid (``variant``). The best mean of each column of a block is ``best`` and the others
@@ -323,7 +325,7 @@ def accuracy_table(
     data = _mark_best(data, [C.SETUP, C.VARIANT, C.GROWTH, C.DENSITY], alpha, alternative, min_seeds)
     columns = [C.SETUP, C.VARIANT, C.GROWTH, "method", C.DENSITY, "n", "mean", "std", "sem", "seeds"]
     columns += ["best", "not_worse", "baseline_differs"]
-    columns += [c for c in ("planned", *_STATE_COLUMNS) if c in data]
+    columns += [c for c in (C.RUNS, *_occurring(data, _STATE_COLUMNS)) if c in data]
     data = data[columns + [C.CELL]]
     return Table(
         "accuracy",
@@ -381,7 +383,7 @@ def _seeds_note(data: pd.DataFrame) -> str:
 
 
 def _complete(data: pd.DataFrame) -> pd.Series:
-    return data["n"] >= data["planned"] if "planned" in data else pd.Series(True, index=data.index)
+    return data["n"] >= data[C.RUNS] if C.RUNS in data else pd.Series(True, index=data.index)
 
 
 def _accuracy_cell(row: pd.Series, with_n: bool) -> str:
@@ -390,8 +392,8 @@ def _accuracy_cell(row: pd.Series, with_n: bool) -> str:
     else:
         text = f"{row['mean']:.2f}" + ("" if pd.isna(row["std"]) else f" ± {row['std']:.2f}")
     note = ""
-    if "planned" in row and not pd.isna(row["planned"]):
-        note = accounted(row["n"], row["planned"], {s: row[s] for s in _STATE_COLUMNS if s in row})
+    if C.RUNS in row and not pd.isna(row[C.RUNS]):
+        note = accounted(row["n"], row[C.RUNS], {s: row[s] for s in _STATE_COLUMNS if s in row})
     if note:
         return f"{text} ({note})"
     return f"{text} ({int(row['n'])})" if with_n else text
@@ -627,24 +629,67 @@ def overlap_trajectory_table(trajectories: pd.DataFrame, max_steps_shown: int = 
 
 
 # ------------------------------------------------------------------------ completeness
+def _occurring(data: pd.DataFrame, states: Sequence[str]) -> list[str]:
+    """The columns of ``states`` in ``data`` that count any run."""
+    return [s for s in states if s in data and (data[s].fillna(0) != 0).any()]
+
+
+def _without_empty_states(data: pd.DataFrame) -> pd.DataFrame:
+    """``data`` without the state columns no run is in (completed stays)."""
+    return data.drop(columns=[s for s in _STATE_COLUMNS if s in data and s not in _occurring(data, [s])])
+
+
 def completeness_tables(report: Completeness) -> list[Table]:
+    """The runs by status (the states of `src.rundir.state`, as `status` says them), every cell,
+    the short cells, the runs that did not complete (with what their state says of them:
+    ``detail``) and duplicates. The displays leave out the states no run is in; the CSVs
+    have them all."""
     tables = [
-        Table("runs_by_status", "Runs by setup, kind and status.", report.status),
+        Table(
+            "runs_by_status",
+            "Runs by setup, kind and status (the states `python -m src.launch status` reports).",
+            report.status,
+            _without_empty_states(report.status),
+        ),
         Table(
             "cells",
             "Every cell (experiment without the seed): its runs by status, completed seeds and "
             "the seeds other cells of the setup have and it lacks.",
             report.cells,
+            _without_empty_states(report.cells),
         ),
     ]
     if len(report.short):
-        tables.append(Table("short_cells", "Cells with fewer completed seeds than expected.", report.short))
+        tables.append(
+            Table(
+                "short_cells",
+                "Cells with fewer completed seeds than expected.",
+                report.short,
+                _without_empty_states(report.short),
+            )
+        )
     if len(report.problems):
         tables.append(
-            Table("not_completed", "Runs that did not complete (not used by any table or figure).", report.problems)
+            Table(
+                "not_completed",
+                "Runs that did not complete (not used by any table or figure): their state and what it says of them.",
+                report.problems,
+            )
         )
     if len(report.duplicates):
         tables.append(
             Table("duplicates", "(cell, seed) pairs completed more than once; the latest is used.", report.duplicates)
         )
     return tables
+
+
+def claims_table(claims: pd.DataFrame) -> Table | None:
+    """The claims as a report table (display: the claim in words)."""
+    if claims.empty:
+        return None
+    display = claims.assign(claim=claims["claim"].map(CLAIMS))
+    if (display["variant"] == "").all():
+        display = display.drop(columns="variant")
+    return Table(
+        "claims", "The paper's findings on these runs: verdict, the numbers behind it, and the test.", claims, display
+    )

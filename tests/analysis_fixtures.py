@@ -32,7 +32,7 @@ STEPS_PER_EPOCH = 2000  # 5 topology updates in 2 epochs at the default update f
 
 # Cells the sweep leaves short, and how.
 FAILED = {"sparsity.criterion": "set", "sparsity.growth": "random", "sparsity.density": 0.2, "train.seed": 1}
-INCOMPLETE = {"sparsity.criterion": "snip", "sparsity.growth": "gradient", "sparsity.density": 0.5, "train.seed": 2}
+STALE = {"sparsity.criterion": "snip", "sparsity.growth": "gradient", "sparsity.density": 0.5, "train.seed": 2}
 MISSING = {"sparsity.criterion": "magnitude", "sparsity.growth": "gradient", "sparsity.density": 0.1, "train.seed": 2}
 
 # Overlap at initialisation: criteria and, per seed, the pooled Jaccard of each pair.
@@ -146,8 +146,9 @@ def _matches(cfg: dict, which: dict) -> bool:
 
 
 def write_sweep(root: Path) -> Path:
-    """The main grid with its dense and static baselines, one failed run, one incomplete
-    run and one missing run (see FAILED, INCOMPLETE, MISSING)."""
+    """The main grid with its dense and static baselines, one failed run, one stale run
+    (config.json only, no process: killed before its first heartbeat) and one missing run
+    (see FAILED, STALE, MISSING)."""
     root = Path(root)
     for seed in SEEDS:
         write_run(
@@ -176,7 +177,7 @@ def write_sweep(root: Path) -> Path:
                         continue
                     if _matches(cfg, FAILED):
                         write_run(run_dir, cfg, status="failed")
-                    elif _matches(cfg, INCOMPLETE):
+                    elif _matches(cfg, STALE):
                         write_run(run_dir, cfg, test_acc=50.0, result=False)
                     else:
                         write_run(run_dir, cfg, test_acc=dst_accuracy(criterion, density, seed))

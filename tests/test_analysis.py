@@ -52,12 +52,13 @@ def test_one_row_per_run_with_the_flattened_config_and_result(runs, sweep):
     assert runs[C.KIND].value_counts().to_dict() == {"dst": 117, "static": 12, "dense": 7, "overlap_init": 6}
 
 
-def test_failed_and_incomplete_runs_are_kept_with_their_status(runs, sweep):
+def test_failed_and_unfinished_runs_are_kept_with_their_state(runs, sweep):
     failed = run_of(runs, sweep / "dst" / "random" / "set" / "d0.2" / "s1")
     assert (failed[C.STATUS], failed["error"]) == ("failed", "RuntimeError: boom")
-    incomplete = run_of(runs, sweep / "dst" / "gradient" / "snip" / "d0.5" / "s2")
-    assert incomplete[C.STATUS] == "incomplete" and pd.isna(incomplete["final.test_acc"])
-    assert incomplete["sparsity.criterion"] == "snip"  # the config is read even without a result
+    killed = run_of(runs, sweep / "dst" / "gradient" / "snip" / "d0.5" / "s2")  # config.json only, no process
+    assert killed[C.STATUS] == "stale" and pd.isna(killed["final.test_acc"])
+    assert "killed before its first heartbeat" in killed[C.DETAIL]
+    assert killed["sparsity.criterion"] == "snip"  # the config is read even without a result
 
 
 def test_an_unreadable_record_is_reported_not_dropped(tmp_path):
@@ -66,9 +67,10 @@ def test_an_unreadable_record_is_reported_not_dropped(tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text('{"model": ')
     runs = analysis.load_runs(tmp_path)
-    assert sorted(runs[C.STATUS]) == ["completed", "unreadable"]
+    assert sorted(runs[C.STATUS]) == ["completed", "damaged"]
     problems = analysis.completeness(runs).problems
-    assert problems[C.STATUS].tolist() == ["unreadable"] and "config.json" in problems["error"].iloc[0]
+    assert problems[C.STATUS].tolist() == ["damaged"] and "config.json" in problems["error"].iloc[0]
+    assert problems[C.DETAIL].iloc[0] == problems["error"].iloc[0]  # what makes it damaged
 
 
 def test_runs_of_one_cell_differ_only_in_their_seed(runs):
@@ -99,7 +101,7 @@ def test_cache_is_used_and_refreshed_when_a_record_changes(tmp_path, monkeypatch
     assert analysis.load_runs(tmp_path)["final.test_acc"].tolist() == [60.0]
 
     fx.write_run(tmp_path / "b", fx.config(**{"train.seed": 1}), result=False)  # a run that just started
-    assert sorted(analysis.load_runs(tmp_path)[C.STATUS]) == ["completed", "incomplete"]
+    assert sorted(analysis.load_runs(tmp_path)[C.STATUS]) == ["completed", "stale"]  # (no process holds it)
 
 
 def test_a_run_recorded_twice_is_one_observation(tmp_path):
@@ -128,7 +130,7 @@ def test_the_main_grid_is_the_paper_grid_and_studies_are_split_off(runs, main_gr
     assert set(grid[C.UPDATE_FREQUENCY]) == {800} and not grid[C.GLOBAL].any()
     assert set(grid["sparsity.prune_rate"]) == {0.5}  # not the trajectory runs (0.4)
     assert set(grid[C.CRITERION]) == set(fx.CRITERIA) and set(grid[C.DENSITY]) == set(fx.DENSITIES)
-    assert len(grid) == 2 * 3 * 4 * 3 - 3  # less the missing, failed and incomplete runs
+    assert len(grid) == 2 * 3 * 4 * 3 - 3  # less the missing, failed and stale runs
     assert len(main_grid.baselines["dense"].runs) == 3 and not main_grid.baselines["dense"].differences
     assert len(main_grid.baselines["static"].runs) == 12
 
@@ -215,21 +217,21 @@ def test_ranks_and_significance_on_records(main_grid):
 
 
 # ------------------------------------------------------------------------ completeness
-def test_completeness_reports_failed_incomplete_and_missing_runs(runs):
+def test_completeness_reports_failed_stale_and_missing_runs(runs):
     report = analysis.completeness(runs)
-    totals = report.status[["completed", "failed", "incomplete", "diverged"]].sum().to_dict()
-    assert totals == {"completed": 140, "failed": 1, "incomplete": 1, "diverged": 0}
-    assert sorted(report.problems[C.STATUS]) == ["failed", "incomplete"]
+    totals = report.status[["completed", "failed", "stale", "diverged"]].sum().to_dict()
+    assert totals == {"completed": 140, "failed": 1, "stale": 1, "diverged": 0}
+    assert sorted(report.problems[C.STATUS]) == ["failed", "stale"]
     short = report.short[report.short[C.KIND] == "dst"].set_index([C.CRITERION, C.GROWTH, C.DENSITY])
     expected = {
         (c["sparsity.criterion"], c["sparsity.growth"], c["sparsity.density"]): str(c["train.seed"])
-        for c in (fx.MISSING, fx.FAILED, fx.INCOMPLETE)
+        for c in (fx.MISSING, fx.FAILED, fx.STALE)
     }
     assert short["missing_seeds"].to_dict() == expected
-    assert short.loc[("set", "random", 0.2), "failed"] == 1 and short.loc[("snip", "gradient", 0.5), "incomplete"] == 1
+    assert short.loc[("set", "random", 0.2), "failed"] == 1 and short.loc[("snip", "gradient", 0.5), "stale"] == 1
     # One probe criterion ran for seed 0 only.
     assert set(report.short[report.short[C.KIND] == "overlap_init"][C.CRITERION]) == {"snip"}
-    assert "1 failed" in report.summary() and "1 incomplete" in report.summary()
+    assert report.summary().splitlines()[0] == "142 runs: 140 completed, 1 failed, 1 stale"
     # With an explicit expectation, the two-seed studies are short too.
     assert len(analysis.completeness(runs, expected_seeds=3).short) > len(report.short)
 

@@ -279,7 +279,8 @@ def test_a_stray_or_broken_run_dir_is_reported_by_path_and_never_stops_the_repor
     assert cli(["report", str(root), "--out", str(tmp_path / "report")]) == 0
     problems = pd.read_csv(tmp_path / "report" / "tables" / "not_completed.csv").set_index(C.RUN_DIR)
     assert problems.loc[str(root / "stray"), "error"] == "config.json: not a run config (no sparsity.mode)"
-    assert problems.loc[str(root / "odd"), C.STATUS] == C.UNREADABLE and problems.loc[str(root / "odd"), "error"]
+    assert problems.loc[str(root / "odd"), C.STATUS] == C.DAMAGED and problems.loc[str(root / "odd"), "error"]
+    assert problems.loc[str(root / "stray"), C.STATUS] == problems.loc[str(root / "loop"), C.STATUS] == C.DAMAGED
     assert "result.json" in problems.loc[str(root / "loop"), "error"]
     per_cell = pd.read_csv(tmp_path / "report" / "tables" / "cell_results.csv")
     assert list(per_cell["n"]) == [3, 3]  # the good runs are all there
@@ -313,7 +314,7 @@ def test_no_finished_runs_yet_and_a_missing_sweep_dir_are_one_line(sweep, tmp_pa
         result.unlink()
     shutil.rmtree(next(root.glob("*mest*s3*")))  # a seed never started: missing
     out = subprocess.run([sys.executable, "-m", "analysis", "report", str(root)], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.strip() == "no finished runs yet (5 running, 1 missing)"
+    assert out.returncode == 1 and out.stderr.strip() == "no finished runs yet (5 stale, 1 missing)"
     out = subprocess.run(
         [sys.executable, "-m", "analysis", "report", str(tmp_path / "nowhere")], capture_output=True, text=True
     )

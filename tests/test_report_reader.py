@@ -20,7 +20,7 @@ DIVERGED_LR = 1e6
 
 
 def write_reader_sweep(root: Path) -> Path:
-    """The fixture's main grid (one failed, one incomplete and one missing run), a cell whose
+    """The fixture's main grid (one failed, one stale and one missing run), a cell whose
     runs all diverged at lr 1e6, and a completed result.json without its final accuracy."""
     fx.write_sweep(root)
     for seed in fx.SEEDS:
@@ -64,7 +64,7 @@ def test_the_headline_table_says_what_became_of_every_run(reader):
 
     assert "(2 of 3; 1 failed)" in row("random", "SET")  # fx.FAILED
     assert "(2 of 3; 1 missing)" in row("gradient", "Magnitude")  # fx.MISSING: no record at all
-    assert "(2 of 3; 1 incomplete)" in row("gradient", "SNIP")  # fx.INCOMPLETE
+    assert "(2 of 3; 1 stale)" in row("gradient", "SNIP")  # fx.STALE
     assert "(2 of 3; 1 damaged)" in row("random", "SNIP")  # the hand-edited result
     # The cell whose runs all diverged is a row of its own, told apart by its learning rate.
     assert "— (0 of 3; 3 diverged)" in row("random", "Magnitude", variant="lr=1e+06")
@@ -72,7 +72,7 @@ def test_the_headline_table_says_what_became_of_every_run(reader):
     assert "3 seeds per cell" in (reader / "report" / "tables" / "accuracy.md").read_text().splitlines()[0]
     data = pd.read_csv(reader / "report" / "tables" / "accuracy.csv")
     lr = data[data[C.VARIANT] == "lr=1e+06"].iloc[0]
-    assert (lr["n"], lr["planned"], lr["diverged"]) == (0, 3, 3)
+    assert (lr["n"], lr[C.RUNS], lr["diverged"]) == (0, 3, 3)
 
 
 def test_the_per_cell_table_and_the_completeness_tables_tell_the_cells_apart(reader):
