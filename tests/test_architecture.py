@@ -111,11 +111,6 @@ def test_the_import_graph_has_no_cycle():
     layers(graph())  # (raises on a cycle, naming it)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="14 layers today: the data package alone is 6 deep (transforms <- splits <- registry <- a "
-    "source <- sources <- data), and the launch side stacks 5 more above the trainer; to flatten",
-)
 def test_the_import_graph_has_few_layers():
     layer = layers(graph())
     deepest = max(layer.values())
