@@ -109,12 +109,14 @@ def test_a_dead_lock_and_no_heartbeat_is_stale_as_status_says(tmp_path):
     assert states(tmp_path) == ({"r": "stale"}, {"r": "stale"})
 
 
-@pytest.mark.parametrize("damage", ["truncated", "not_a_result"])
+@pytest.mark.parametrize("damage", ["truncated", "not_a_result", "null"])
 def test_an_unreadable_result_is_damaged_in_the_analysis_as_in_status(tmp_path, damage):
     run = fx.write_run(tmp_path / "r", fx.config(), test_acc=50.0)
     result = run / "result.json"
     if damage == "truncated":
         result.write_bytes(result.read_bytes()[:40])  # cut short, as by a full disk
+    elif damage == "null":  # valid JSON, but no record: not the same as no result.json
+        result.write_text("null")
     else:
         result.write_text(json.dumps({"status": "finished"}))
     assert states(tmp_path) == ({"r": "damaged"}, {"r": "damaged"})

@@ -186,14 +186,16 @@ def claim_run_dir(run_dir: Path, config: dict, *, force: bool = False) -> None:
 
 
 def read_json(path: str | Path):
-    """A record file's content, `None` when absent, or the error (a string) when unreadable."""
+    """A record file's content, `None` when absent, or the error (a string) when unreadable
+    (a file that holds JSON's `null` too: that is no record, and no absent file either)."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            content = json.loads(f.read())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
         return f"{type(error).__name__}: {error}"
+    return "it holds `null`, not a record" if content is None else content
 
 
 def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
