@@ -26,6 +26,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from . import columns as C
+from .cells import _axis_values, _context, _trained, sweep_axes
 from .grid import Baseline, Selection
 from .grid import completed as completed_runs
 from .overlap import jaccard_matrix, random_expectation
@@ -460,8 +461,6 @@ def axis_figure(
     (criterion, growth, kind, ...), a curve with a ±1 std band for a numeric one (density,
     update frequency, ...). None when the axis has fewer than two levels or more than
     ``max_series`` combinations of the other axes (the tables have them)."""
-    from .cells import _axis_values, _context, _trained, sweep_axes  # (cells imports grid, like this module)
-
     done = _trained(completed_runs(runs))
     done = done[(done[C.SETUP] == setup)].dropna(subset=[metric])
     axes = sweep_axes(runs).get(setup, [])

@@ -45,14 +45,20 @@ from .rundir import classify, exit_code, finished_status, run_dir_link
 def run_job(cfg) -> dict:
     """Run one job that Hydra composed (for a launcher that runs Hydra's task function, as
     hydra-submitit's does for DDP) in its run directory; never raises for a failing run."""
-    from .execute.child import run_one  # torch: not on the --help / status paths
     from .plan import job_of  # Hydra: only in a job Hydra composed
 
     run_cfg, run_dir = job_of(cfg)
-    status = finished_status(run_dir, run_cfg.to_dict())
-    if status is not None:
-        print(f"skipped (already {status}): {run_dir}", flush=True)
-        return {"status": status, "run_dir": str(run_dir)}
+    return run_unless_finished(run_cfg, run_dir, finished_status(run_dir, run_cfg.to_dict()))
+
+
+def run_unless_finished(run_cfg, run_dir: Path, finished: str | None) -> dict:
+    """One run in this process, unless it finished (`finished`: the skip decision); never
+    raises for a failing run."""
+    if finished is not None:
+        print(f"skipped (already {finished}): {run_dir}", flush=True)
+        return {"status": finished, "run_dir": str(run_dir)}
+    from .execute.child import run_one  # torch: not on the --help / status paths
+
     return run_one(run_cfg, run_dir)
 
 
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return status_main(argv[1:], planner=_sweep_of)
     if argv[:1] == ["--run-config"] and argv[2:3] == ["--run-dir"] and len(argv) == 4:
-        from .execute.child import run_config_file  # (torch, as in `run_job`)
+        from .execute.child import run_config_file  # (torch, as in `run_unless_finished`)
 
         return run_config_file(Path(argv[1]), Path(argv[3]))
     if "--help" in argv or "-h" in argv:
@@ -307,12 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     else:
         (job,) = jobs
-        if job.finished:
-            print(f"skipped (already {job.finished}): {job.run_dir}", flush=True)
-        else:
-            from .execute.child import run_one  # (torch, as in `run_job`)
-
-            run_one(job.config, job.run_dir)
+        run_unless_finished(job.config, job.run_dir, job.finished)
     counts = summarize(jobs)
     print("summary: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     print(f"run records under {jobs[0].run_dir.parent}" if jobs else "no runs")

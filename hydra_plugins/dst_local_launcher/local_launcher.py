@@ -41,7 +41,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from src.checks import validated
-from src.execute.child import run_in_child
 from src.execute.environment import available_cpus
 from src.execute.pool import PackedRun, Pool
 from src.execute.stop import STOP_SIGNALS, StopRequest
@@ -103,6 +102,10 @@ class LocalPoolLauncher(Launcher):
     def _run_all(self, sweep_dir: Path, jobs) -> list[JobReturn]:
         """Run the jobs in the pool, `max_workers` at a time; every stop signal (`execute.stop`)
         is passed on to the running jobs and starts no more."""
+        # torch and the trainer (importing the child entry imports them once, before the forks):
+        # not at the top, since Hydra imports every launcher plugin on each launch, a dry run too
+        from src.execute.child import run_in_child
+
         pool = Pool(run_in_child, str(sweep_dir), self.max_workers, self.threads_per_job, launcher=os.getpid())
         pool.stop = self.stop = StopRequest(STOP_SIGNALS, forward=pool.forward)
         returns: dict[int, JobReturn] = {}

@@ -32,7 +32,6 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 from src.checks import validated
-from src.execute.child import run_in_child
 from src.execute.pool import PackedRun
 from src.execute.slurm_queue import QueueUnknown, SchedulerError, still_queued, submission_error
 from src.pack import Pack, submission_lock, write_submission
@@ -111,6 +110,9 @@ class PackedSlurmLauncher(SlurmLauncher):
             packs = [todo[i : i + k] for i in range(0, len(todo), k)]
             cpus = self.params.get("cpus_per_task") or 1
             threads = max(1, cpus // self.concurrent_runs) if self.concurrent_runs > 1 else None
+            # the runs' entry, pickled by reference (torch: Hydra imports every plugin on each launch)
+            from src.execute.child import run_in_child
+
             jobs = []
             if packs:
                 try:
