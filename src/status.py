@@ -39,6 +39,7 @@ from .rundir import (
     refused_link,
 )
 from .rundir.heartbeat import eta_s, read_heartbeat, same_process
+from .rundir.identity import identity_hash
 from .rundir.state import DEFAULT_STALE_AFTER_S, QUEUE_UNKNOWN, duration, read_json, state
 
 COLUMNS = [
@@ -189,9 +190,19 @@ class Reader:
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         cached = self._cache.get(path)
         if cached is None or cached[0] != key:
-            cached = (key, read_json(path), st.st_mtime)
+            cached = (key, read_json(path), st.st_mtime, None)
             self._cache[path] = cached
         return cached[1], cached[2]
+
+    def recorded_hash(self, path: str) -> str | None:
+        """The identity hash of the config a record read by `read` holds (result.json's), once
+        per version of the file: a refresh re-hashes only the results that changed."""
+        cached = self._cache.get(path)
+        if cached is None or not isinstance(cached[1], dict) or not isinstance(cached[1].get("config"), dict):
+            return None
+        if cached[3] is None:
+            cached = self._cache[path] = (*cached[:3], identity_hash(cached[1]["config"]))
+        return cached[3]
 
 
 def rows(
@@ -211,10 +222,12 @@ def rows(
         queued, unknown = {}, str(error)
     live = _planned_by_live_launches(sweep.plans)
     now = time.time() if now is None else now
+    directories: dict[str, bool] = {}  # (the sweep directory is checked once, not once per run)
     out = []
     for i, (run_dir, cell) in enumerate(sweep.runs):
         beat, _ = reader.read(os.path.join(run_dir, HEARTBEAT))  # (strings, not Paths: 10,000 runs)
-        result, result_time = reader.read(os.path.join(run_dir, RESULT))
+        result_path = os.path.join(run_dir, RESULT)
+        result, result_time = reader.read(result_path)
         job = submitted.get(run_dir)
         row = state(
             run_dir,
@@ -227,7 +240,8 @@ def rows(
             job=job,
             now=now,
             stale_after=stale_after,
-            link=refused_link(run_dir, sweep.job_log(i)),
+            link=refused_link(run_dir, sweep.job_log(i), directories=directories),
+            result_hash=reader.recorded_hash(result_path),
         )
         if row.state == "unknown":
             row.detail = f"queue unknown: job {row.job}: {unknown}"

@@ -487,6 +487,26 @@ def test_a_watch_refresh_reads_only_the_record_files_that_changed(tmp_path):
     assert rows(sweep)[0][3] == "damaged"  # a fresh reader reads it all (the in-place write cut it short)
 
 
+def test_a_watch_refresh_hashes_a_result_again_once_it_changed(tmp_path):
+    """The identity hash of a result's config is kept between refreshes, with the file's
+    version: a result replaced by another experiment's is damaged at the next refresh."""
+    from src.rundir.identity import directory_name
+    from src.status import Reader, Sweep, rows
+    from tests.test_train import tiny
+
+    ours, theirs = tiny().to_dict(), tiny().to_dict()
+    theirs["optim"]["lr"] = ours["optim"]["lr"] * 2
+    run = tmp_path / "sweep" / directory_name(ours)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(ours))
+    (run / "result.json").write_text(json.dumps({"status": "completed", "config": ours, "final": {"test_acc": 9.0}}))
+    sweep, reader = Sweep.of(tmp_path / "sweep"), Reader()
+    assert [r[3] for r in rows(sweep, reader=reader)] == ["completed"]
+    (run / "result.json").write_text(json.dumps({"status": "completed", "config": theirs, "final": {"test_acc": 9.0}}))
+    (row,) = rows(sweep, reader=reader)
+    assert row[3] == "damaged" and "another experiment" in row[4]
+
+
 def test_run_directories_keep_their_names_across_versions():
     """A run's directory name (its identity hash) is what a resumed or extended sweep finds its
     finished runs by: these were written by an earlier version of the project and must still

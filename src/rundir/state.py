@@ -120,13 +120,16 @@ class RunState:
     test_acc: float | None = None
 
 
-def foreign_records(run_dir: str | Path, recorded: dict | None, expected: dict | None = None) -> str | None:
+def foreign_records(
+    run_dir: str | Path, recorded: dict | None, expected: dict | None = None, *, recorded_hash: str | None = None
+) -> str | None:
     """Why the records in `run_dir` are not this run's, or None when they are (or say nothing):
-    their config's identity hash is not the directory's (or not that of `expected`, the run's
-    planned config), with both hashes and, when `expected` is known, the differing fields."""
+    their config's identity hash (`recorded_hash` when already known) is not the directory's
+    (or not that of `expected`, the run's planned config), with both hashes and, when
+    `expected` is known, the differing fields."""
     if not isinstance(recorded, dict) or not recorded:
         return None
-    theirs = identity_hash(recorded)
+    theirs = recorded_hash or identity_hash(recorded)
     ours: str | None
     if expected is not None:
         ours = identity_hash(expected)
@@ -216,12 +219,13 @@ def finished_status(run_dir: Path, config: dict | None = None) -> str | None:
 RUN_FILES = frozenset((LOCK, LOG, CONFIG, METRICS, RESULT, HEARTBEAT, CHECKPOINT, MODEL_FINAL))
 
 
-def refused_link(run_dir, job_log=None) -> str | None:
+def refused_link(run_dir, job_log=None, *, directories: dict[str, bool] | None = None) -> str | None:
     """What a run refuses to write through, and where, or None: its directory or the sweep
     directory above it (`runs_root/name`) is a symbolic link, or one of its files is
     (`RUN_FILES`), or its launcher's output file `job_log` is. Such a run cannot start (or
     its records cannot be trusted) until the link is removed. (lstat and one directory
-    listing: no file is opened.)"""
+    listing: no file is opened; `directories`: whether each directory is a link, as found for
+    other runs of the same sweep in this pass.)"""
     run_dir = os.fspath(run_dir)
 
     def refused(path: str, what: str) -> str:
@@ -233,9 +237,14 @@ def refused_link(run_dir, job_log=None) -> str | None:
             f"refused a symbolic link: {what} {path} -> {target} (the run writes only its own files: remove the link)"
         )
 
-    for path, what in ((run_dir, "its run directory"), (os.path.dirname(run_dir), "its sweep directory")):
-        if os.path.islink(path):
-            return refused(path, what)
+    if os.path.islink(run_dir):
+        return refused(run_dir, "its run directory")
+    sweep = os.path.dirname(run_dir)
+    known = {} if directories is None else directories
+    if sweep not in known:
+        known[sweep] = os.path.islink(sweep)
+    if known[sweep]:
+        return refused(sweep, "its sweep directory")
     try:
         with os.scandir(run_dir) as entries:
             links = sorted(e.name for e in entries if e.name in RUN_FILES and e.is_symlink())
@@ -269,12 +278,14 @@ def state(
     stale_after: float = DEFAULT_STALE_AFTER_S,
     expected: dict | None = None,
     link: str | None = None,
+    result_hash: str | None = None,
 ) -> RunState:
     """The state of one run from what is known of it: `link` (`refused_link`), `lock` (`lock.lock_probe`: holder,
     FREE or NO_FLOCK), its `heartbeat` and `result` (as `read_json` gives them; `result_time`: when
     result.json was written), whether the
     launch that planned it is still alive, its SLURM job's `queue` state, the clock `now`, and
-    the run's planned config (`expected`) when known. Use `classify` to read them from disk."""
+    the run's planned config (`expected`) when known (`result_hash`: the identity hash of the
+    result's config, when already known). Use `classify` to read them from disk."""
     now = time.time() if now is None else now
     row = _where(RunState("missing", job=job), heartbeat, now)
     beat_pid = row.pid
@@ -290,7 +301,8 @@ def state(
         return _with(row, "damaged", damage)
     result = None if damage else result
     status = (result or {}).get("status")
-    foreign = foreign_records(run_dir, (result or {}).get("config"), expected) if result else None
+    recorded = (result or {}).get("config")
+    foreign = foreign_records(run_dir, recorded, expected, recorded_hash=result_hash) if result else None
 
     if lock:  # a live process holds the run: whatever its heartbeat or an earlier result say
         row.pid = row.pid if beat_pid is not None else _pid_of(lock)
