@@ -41,7 +41,8 @@ def test_the_eta_follows_the_runs_pace_and_counts_down_between_beats():
 def test_a_running_run_beats_at_its_first_step_and_status_shows_epoch_accuracy_and_eta(tmp_path):
     run = subprocess.Popen(
         [sys.executable, "-m", "src.launch", "setup=smoke", "train.epochs=400", "train.heartbeat_every_s=3600"]
-        + [f"runs_root={tmp_path}"],
+        # small batches: an epoch of seconds, so that the beat of its first step is seen before the epoch's
+        + ["data.batch_size=2", f"runs_root={tmp_path}"],
         cwd=REPO,
         env=ENV,
         stdout=subprocess.DEVNULL,

@@ -292,7 +292,7 @@ def test_two_detached_submissions_at_once_submit_each_run_once(slurm_cluster, tm
         assert sorted(len(r["jobs"]) for r in records) == [0, 2], records
         text = "".join(o for out in outs for o in out)
         assert "2 already finished" not in text and "2 queued" in text, text
-        assert set(status(sweep).state) == {"queued"}
+        assert set(status(sweep, planner=sweep_of).state) == {"queued"}
     finally:
         if ids:
             subprocess.run(["scancel", *ids], check=False)
