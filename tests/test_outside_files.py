@@ -251,6 +251,7 @@ def test_a_truncated_plan_configs_file_is_named_in_one_line(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_two_detached_submissions_at_once_submit_each_run_once(slurm_cluster, tmp_path):
+    from src.plan import sweep_of
     from src.status import status
     from tests.slurm_cluster import slurm_args
 
