@@ -2,7 +2,10 @@
 launcher and of a SLURM pack), and `run_one`, which every way of running a run goes through:
 in its directory, with its output teed to its train.log, stopped at a step boundary by any
 stop signal (checkpointed, recorded interrupted), handed back to SLURM on a time-limit or
-preemption warning, and never outliving the launcher or pack that started it.
+preemption warning, and never outliving the launcher or pack that started it. `train` is the
+run in its directory around the training loop (`trainer.loop.fit`): the run's lock held
+throughout, a directory of another experiment refused, the heartbeat from the start, and a
+failure recorded before it is raised.
 
     python -m src.launch --run-config <config.json> --run-dir <run dir>   # a local job, by hand
 """
