@@ -278,13 +278,15 @@ from tests.test_sparse_kernels import random_csr
 lib = kernels.library()
 assert lib is not None
 compiled = kernels.CompiledOps(lib)
+torch.manual_seed(0)
 for dtype in (torch.float32, torch.float64):
     for batch in (1, 63, 64, 65, 128, 129, 200):
         mask, (crow, col, t_crow, t_col, t_order) = random_csr(300, 170, 0.1, seed=batch)
         values = torch.randn(int(mask.sum()), dtype=dtype)
         weight = torch.zeros(300, 170, dtype=dtype).masked_scatter_(mask, values)
         x_t, grad_t = torch.randn(170, batch, dtype=dtype), torch.randn(300, batch, dtype=dtype)
-        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+        # float32 sums of up to 200 products in another order than torch's: errors of ~1e-5 are rounding
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
         torch.testing.assert_close(compiled.spmm(crow, col, values, None, x_t, 300), weight @ x_t, **tol)
         torch.testing.assert_close(compiled.spmm(t_crow, t_col, values, t_order, grad_t, 170), weight.t() @ grad_t, **tol)
         torch.testing.assert_close(compiled.sampled(crow, col, grad_t, x_t), (grad_t @ x_t.t())[mask], **tol)
