@@ -16,6 +16,7 @@ from torch import nn
 
 from src.sparse import Sparsifier, SparsityConfig, choice, kernels
 from src.sparse.backend import SparseConv2d, SparseLinear, choose_backends, choose_ops, load_crossover
+from tests.test_sparse_kernels import assert_same_as_masked
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_LIBRARY = kernels.ops_for(torch.zeros(1)).name == "compiled"
@@ -59,18 +60,6 @@ def masked_pair(seed=0, out_f=200, in_f=300, density=0.05):
         dense.weight.mul_(mask)
     sparse.load_state_dict(dense.state_dict())
     return dense, sparse, mask
-
-
-def assert_same_as_masked(dense, sparse, layer, mask, batch=32):
-    x = torch.randn(batch, dense.in_features)
-    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yd, ys = dense(xd), sparse(xs)
-    torch.testing.assert_close(ys, yd, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(yd)
-    yd.backward(grad)
-    ys.backward(grad)
-    torch.testing.assert_close(xs.grad, xd.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.scatter(layer.values.grad), dense.weight.grad * mask, rtol=1e-5, atol=1e-5)
 
 
 def implementations_with(slow: set[str]) -> dict:

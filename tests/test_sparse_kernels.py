@@ -82,6 +82,19 @@ def test_compiled_products_take_a_value_index_strided_operands_and_empty_pattern
 
 # Every combination the measured choice can make: each product on either implementation over
 # the compiled layout, and torch's own layout (strided views) with torch's products.
+def assert_same_as_masked(dense, sparse, layer, mask, batch=32):
+    """The sparse layer's output, input gradient and weight gradient equal the masked dense layer's."""
+    x = torch.randn(batch, dense.in_features)
+    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yd, ys = dense(xd), sparse(xs)
+    torch.testing.assert_close(ys, yd, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(yd)
+    yd.backward(grad)
+    ys.backward(grad)
+    torch.testing.assert_close(xs.grad, xd.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.scatter(layer.values.grad), dense.weight.grad * mask, rtol=1e-5, atol=1e-5)
+
+
 COMBINATIONS = [
     {"layout": "compiled", "forward": f, "input_grad": i, "weight_grad": w}
     for f, i, w in itertools.product(("compiled", "torch"), repeat=3)
@@ -100,15 +113,7 @@ def test_sparse_linear_float32_on_every_implementation_matches_masked_linear(bat
     sparse.load_state_dict(dense.state_dict())
     layer = SparseLinear(sparse, mask, ops=names)
     assert {k: v for k, v in layer.ops.names().items() if k in names} == names
-    x = torch.randn(batch, 300)
-    xd, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    yd, ys = dense(xd), sparse(xs)
-    torch.testing.assert_close(ys, yd, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(yd)
-    yd.backward(grad)
-    ys.backward(grad)
-    torch.testing.assert_close(xs.grad, xd.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.scatter(layer.values.grad), dense.weight.grad * mask, rtol=1e-5, atol=1e-5)
+    assert_same_as_masked(dense, sparse, layer, mask, batch)
     torch.testing.assert_close(layer.pattern_grad(), layer.values.grad)
 
 
